@@ -1,0 +1,41 @@
+"""One error hierarchy. Every message a user can cause says what, where, and what to do."""
+
+from __future__ import annotations
+
+
+class DetectorError(Exception):
+    """Base of every error the detector raises on purpose."""
+
+
+class ConfigError(DetectorError):
+    """A setting (app setting, environment variable or CLI option) is missing or invalid."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        super().__init__(f"setting {setting}: {problem}")
+
+
+class RuleError(DetectorError):
+    """A rule file is malformed; the message names the file and the field."""
+
+    def __init__(self, path: str, field: str, problem: str) -> None:
+        self.path = path
+        self.field = field
+        where = f"{path}: field '{field}'" if field else path
+        super().__init__(f"{where}: {problem}")
+
+
+class InputError(DetectorError):
+    """Source data is malformed; the message names the file and line where known."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {problem}")
+
+
+class SourceError(DetectorError):
+    """A source could not return a complete answer for a window."""
+
+
+class SinkError(DetectorError):
+    """A sink could not deliver; the message names the sink and what to check."""

@@ -1,0 +1,37 @@
+"""The engine: rows and a window in, findings out. Pure: no clock, no clients, no environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from detector.models import Entity, Finding, Row, Window, finding_id
+from detector.rules import Rule
+
+
+def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
+    """Evaluate a rule over rows for one window, as Sentinel would for the same rows and window."""
+    results = rule.logic.evaluate(rows, window)
+    if not rule.triggers(len(results)):
+        return []
+    findings = []
+    for result in results:
+        entities = []
+        for mapping in rule.entity_mappings:
+            fields = {identifier: str(result[column]) for identifier, column in mapping.fields if result.get(column)}
+            if fields:
+                entities.append(Entity(mapping.entity_type, fields))
+        findings.append(
+            Finding(
+                id=finding_id(rule.id, *rule.logic.group_key(result)),
+                rule_id=rule.id,
+                rule_name=rule.name,
+                rule_version=rule.version,
+                severity=rule.severity,
+                tactics=rule.tactics,
+                techniques=rule.techniques,
+                window=window,
+                columns=result,
+                entities=tuple(entities),
+            )
+        )
+    return findings

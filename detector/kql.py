@@ -1,0 +1,179 @@
+"""KQL scalar and aggregate semantics the rules need, in pure Python.
+
+Each function documents the KQL behaviour it reproduces and where that behaviour is undocumented, which
+reading we chose. Sources: reference/kql-and-sentinel.md §2 (Kusto docs) and §7 (pitfalls).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Hashable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+from urllib.parse import unquote_plus
+
+_TIMESPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)\s*$")
+_TIMESPAN_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+# .NET Int64.TryParse with NumberStyles.Integer: optional surrounding whitespace, optional sign, ASCII
+# digits only. Python's int() would also accept "1_000" and non-ASCII digits, which Kusto rejects.
+_LONG = re.compile(r"^[ \t\r\n]*([+-]?[0-9]+)[ \t\r\n]*$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_timespan(text: str) -> timedelta:
+    """Parse a KQL timespan literal such as 10m, 1d, 2h, 30s, 500ms (what rule files and settings use)."""
+    match = _TIMESPAN.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not a timespan; write it as KQL does, e.g. 10m, 1h, 1d")
+    return timedelta(seconds=float(match.group(1)) * _TIMESPAN_UNITS[match.group(2)])
+
+
+def format_timespan(span: timedelta) -> str:
+    """Render a timedelta as the shortest KQL timespan literal (1d, 10m, 90s)."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def parse_datetime(text: str) -> datetime:
+    """Parse an ISO 8601 datetime as Kusto prints them; no offset means UTC. Result is tz-aware UTC.
+
+    Kusto keeps 100 ns ticks; Python keeps microseconds, so the 7th fractional digit is dropped
+    (truncated, like the Log Analytics SDK does). Truncation never moves a value across a bin or window
+    edge, because those are whole microseconds.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO 8601 datetime such as 2026-11-26T00:00:00Z") from None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def format_datetime(value: datetime) -> str:
+    """Render a UTC datetime the way Kusto does: 2026-11-26T00:10:00Z (fraction only when non-zero)."""
+    value = value.astimezone(UTC)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tostring(value: Any) -> str:
+    """KQL tostring(): null is "", bools print as true/false, everything else its text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    return str(value)
+
+
+def strcat(*parts: Any) -> str:
+    """KQL strcat(): every argument converted with tostring(), so a missing part is "" and never null."""
+    return "".join(tostring(part) for part in parts)
+
+
+def tolong(value: Any) -> int | None:
+    """KQL tolong(): a signed 64-bit integer, or null when conversion fails.
+
+    Strings follow .NET Int64.TryParse (whitespace around, one sign, ASCII digits, in range);
+    "-", "", "1.5", "0x1f", "1_000" and out-of-range values are null. Whole reals are truncated.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _INT64_MAX else None
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        truncated = int(value)
+        return truncated if _INT64_MIN <= truncated <= _INT64_MAX else None
+    if isinstance(value, str):
+        match = _LONG.match(value)
+        if not match:
+            return None
+        number = int(match.group(1))
+        return number if _INT64_MIN <= number <= _INT64_MAX else None
+    return None
+
+
+def tohex(value: int | None) -> str:
+    """KQL tohex() of a long: lower-case, no 0x, no padding, negatives as 64-bit two's complement.
+
+    A null input gives null, which in a string column is "".
+    """
+    if value is None:
+        return ""
+    return format(value & 0xFFFFFFFFFFFFFFFF, "x")
+
+
+def url_decode(value: str) -> str:
+    """KQL url_decode().
+
+    Undocumented in Kusto for '+', malformed escapes and invalid UTF-8. We follow .NET
+    HttpUtility.UrlDecode, the counterpart of KQL url_encode (which writes space as '+'): '+' becomes a
+    space, a '%' not followed by two hex digits is kept verbatim, %XX sequences are decoded as UTF-8 and
+    invalid UTF-8 becomes U+FFFD. This is exactly urllib.parse.unquote_plus. Not reproduced: .NET's
+    legacy %uXXXX form, which stays verbatim here.
+    """
+    if not value:
+        return ""
+    return unquote_plus(value, encoding="utf-8", errors="replace")
+
+
+def bin_datetime(value: datetime, size: timedelta) -> datetime:
+    """KQL bin(datetime, size): round down to a whole multiple of size since the epoch (UTC clock aligned)."""
+    size_us = _microseconds(size)
+    since_epoch = _microseconds(value - EPOCH)
+    return EPOCH + timedelta(microseconds=since_epoch - since_epoch % size_us)
+
+
+def _microseconds(span: timedelta) -> int:
+    return (span.days * 86400 + span.seconds) * 1_000_000 + span.microseconds
+
+
+T = TypeVar("T", bound=Hashable)
+
+
+class CappedSet(Generic[T]):
+    """The set built by KQL make_set(x, cap) / legacy makeset(x) (cap 128): distinct values, nulls ignored.
+
+    Which values survive when there are more than `cap` distinct ones is undefined in KQL. We keep the
+    `cap` smallest, so the result never depends on the order rows arrive in (files, raw and two-step
+    Log Analytics reads all agree). Memory stays O(cap): the set is trimmed whenever it doubles.
+    """
+
+    __slots__ = ("_cap", "_values")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._values: set[T] = set()
+
+    def add(self, value: T | None) -> None:
+        """Add one value; None (KQL null) is ignored as make_set ignores nulls."""
+        if value is None:
+            return
+        self._values.add(value)
+        if len(self._values) > 2 * self._cap:
+            self._trim()
+
+    def update(self, values: Iterable[T | None]) -> None:
+        """Add many values."""
+        for value in values:
+            self.add(value)
+
+    def _trim(self) -> None:
+        self._values = set(sorted(self._values)[: self._cap])  # type: ignore[type-var]
+
+    def values(self) -> list[T]:
+        """The surviving distinct values, sorted (KQL leaves the order undefined)."""
+        return sorted(self._values)[: self._cap]  # type: ignore[type-var]
+
+    def __len__(self) -> int:
+        return min(len(self._values), self._cap)

@@ -1,0 +1,100 @@
+"""Rule logic plugins: the Python evaluation of each rule, found through a registry keyed by rule id.
+
+Adding a rule means adding a YAML file under rules/ and a module here that subclasses RuleLogic and
+decorates it with @register. The engine never changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, TypeVar
+
+from detector.models import Row, Window
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """What a source may push down to find candidate groups cheaply, before reading details.
+
+    A group (bin of `time_bin` on TimeGenerated, then `keys`) can only become a finding when its count of
+    distinct non-null `distinct_column` values reaches `threshold`. Sources that can count server-side
+    (Log Analytics) or in a cheap first pass (files) return only rows of such groups.
+    """
+
+    time_bin: timedelta
+    keys: tuple[str, ...]
+    distinct_column: str
+    threshold: int
+
+
+class RuleLogic(ABC):
+    """The Python evaluation of one rule. Pure: rows and a window in, KQL result rows out."""
+
+    rule_id: ClassVar[str]
+    # Columns the logic reads (sources may return only these), and those that must exist in the data.
+    columns: ClassVar[tuple[str, ...]]
+    required_columns: ClassVar[tuple[str, ...]]
+    # The query's output columns, in order (what entity mappings and sinks may refer to).
+    output_columns: ClassVar[tuple[str, ...]]
+    # Windows are whole multiples of this, aligned to the UTC clock, so no bin is ever split.
+    time_bin: timedelta
+
+    @classmethod
+    @abstractmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> RuleLogic:
+        """Build from the rule file's `parameters`; raise ValueError naming the bad parameter."""
+
+    @abstractmethod
+    def evaluate(self, rows: Iterable[Row], window: Window) -> list[dict[str, Any]]:
+        """The query's result rows (KQL column names, KQL order) for rows with start <= TimeGenerated < end."""
+
+    @abstractmethod
+    def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The values that identify a result row across runs (its stable id is derived from them)."""
+
+    def candidate_spec(self) -> CandidateSpec | None:
+        """Pushdown a source may use to skip groups that cannot fire; None when the rule has none."""
+        return None
+
+    def first_activity(self, result: Mapping[str, Any]) -> Any:
+        """Start of the activity a result row describes (for incidents); the bin start by default."""
+        return result.get("TimeGenerated")
+
+    def last_activity(self, result: Mapping[str, Any]) -> Any:
+        """End of the activity a result row describes."""
+        return result.get("TimeGenerated")
+
+
+L = TypeVar("L", bound=type[RuleLogic])
+_REGISTRY: dict[str, type[RuleLogic]] = {}
+_loaded = False
+
+
+def register(cls: L) -> L:
+    """Class decorator: register rule logic under its rule_id; a second class for the same id is refused."""
+    key = cls.rule_id.lower()
+    if key in _REGISTRY and _REGISTRY[key] is not cls:
+        raise RuntimeError(f"rule id {cls.rule_id} already has logic {_REGISTRY[key].__name__}")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def logic_class(rule_id: str) -> type[RuleLogic] | None:
+    """The logic registered for a rule id, importing every module of this package once."""
+    global _loaded
+    if not _loaded:
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+        _loaded = True
+    return _REGISTRY.get(rule_id.lower())
+
+
+def registered_ids() -> list[str]:
+    """Rule ids that have logic."""
+    logic_class("")
+    return sorted(_REGISTRY)

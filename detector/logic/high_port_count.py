@@ -1,0 +1,247 @@
+"""Sentinel rule 44a555d8 "High count of connections by client IP on many ports" (v1.0.2).
+
+The query, step by step (reference/kql-and-sentinel.md §0):
+  scStatusFull = strcat(scStatus, ".", scSubStatus); two case() tables; tohex(tolong(scWin32Status));
+  url_decode(csUriQuery); summarize makeset(...) (cap 128), count() by bin(TimeGenerated, 10m), cIP,
+  Computer, sIP; portCount = arraylength(set_sPort); where portCount >= 30; order by portCount desc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from detector.kql import CappedSet, bin_datetime, parse_timespan, strcat, tohex, tolong, url_decode
+from detector.logic import CandidateSpec, RuleLogic, register
+from detector.models import Row, Window
+
+# case(scStatusFull == ...): == is case-sensitive.
+STATUS_FRIENDLY: dict[str, str] = {
+    "401.0": "Access denied.",
+    "401.1": "Logon failed.",
+    "401.2": "Logon failed due to server configuration.",
+    "401.3": "Unauthorized due to ACL on resource.",
+    "401.4": "Authorization failed by filter.",
+    "401.5": "Authorization failed by ISAPI/CGI application.",
+    "403.0": "Forbidden.",
+    "403.4": "SSL required.",
+}
+STATUS_FRIENDLY_ELSE = "See - https://support.microsoft.com/help/943891/the-http-status-code-in-iis-7-0-iis-7-5-and-iis-8-0"
+
+# case(scWin32Status_Hex =~ ...): =~ is case-insensitive, so keys are kept lower-case here. The rule
+# writes "8009030C" in upper case; it matches tohex's lower-case output only because of =~.
+WIN32_FRIENDLY: dict[str, str] = {
+    "775": "The referenced account is currently locked out and cannot be logged on to.",
+    "52e": "Logon failure: Unknown user name or bad password.",
+    "532": "Logon failure: The specified account password has expired.",
+    "533": "Logon failure: Account currently disabled.",
+    "2ee2": "The request has timed out.",
+    "0": "The operation completed successfully.",
+    "1": "Incorrect function.",
+    "2": "The system cannot find the file specified.",
+    "3": "The system cannot find the path specified.",
+    "4": "The system cannot open the file.",
+    "5": "Access is denied.",
+    "8009030e": "SEC_E_NO_CREDENTIALS",
+    "8009030c": "SEC_E_LOGON_DENIED",
+}
+WIN32_FRIENDLY_ELSE = "See - https://msdn.microsoft.com/library/cc231199.aspx"
+
+OUTPUT_COLUMNS = (
+    "TimeGenerated",
+    "cIP",
+    "set_sPort",
+    "set_csUserName",
+    "set_decodedUriQuery",
+    "Computer",
+    "set_sSiteName",
+    "sIP",
+    "set_csUserAgent",
+    "set_csMethod",
+    "set_scStatusFull",
+    "set_scStatusFull_Friendly",
+    "set_scWin32Status_Hex",
+    "set_scWin32Status_Friendly",
+    "ConnectionsCount",
+    "portCount",
+    "timestamp",
+    "IPCustomEntity",
+)
+
+
+@lru_cache(maxsize=4096)
+def status_full(sc_status: str, sc_substatus: str) -> tuple[str, str]:
+    """(scStatusFull, scStatusFull_Friendly) for one status pair; cached: few distinct pairs exist."""
+    full = strcat(sc_status, ".", sc_substatus)
+    return full, STATUS_FRIENDLY.get(full, STATUS_FRIENDLY_ELSE)
+
+
+@lru_cache(maxsize=4096)
+def win32_status(sc_win32_status: str) -> tuple[str, str]:
+    """(scWin32Status_Hex, scWin32Status_Friendly) for one raw scWin32Status value."""
+    hex_value = tohex(tolong(sc_win32_status))
+    return hex_value, WIN32_FRIENDLY.get(hex_value.lower(), WIN32_FRIENDLY_ELSE)
+
+
+@lru_cache(maxsize=65536)
+def decoded_query(cs_uri_query: str) -> str:
+    """url_decode(csUriQuery), cached per distinct value."""
+    return url_decode(cs_uri_query)
+
+
+def _result_order(result: Mapping[str, Any]) -> tuple[int, datetime, str, str, str]:
+    return (-int(result["portCount"]), result["TimeGenerated"], result["cIP"], result["Computer"], result["sIP"])
+
+
+class _Group:
+    """Accumulator of one (bin, cIP, Computer, sIP) group: the makeset() sets and count()."""
+
+    __slots__ = (
+        "agents",
+        "count",
+        "decoded",
+        "methods",
+        "ports",
+        "sites",
+        "status",
+        "status_friendly",
+        "users",
+        "win32_friendly",
+        "win32_hex",
+    )
+
+    def __init__(self, cap: int) -> None:
+        self.ports: CappedSet[int] = CappedSet(cap)
+        self.decoded: CappedSet[str] = CappedSet(cap)
+        self.users: CappedSet[str] = CappedSet(cap)
+        self.sites: CappedSet[str] = CappedSet(cap)
+        self.agents: CappedSet[str] = CappedSet(cap)
+        self.methods: CappedSet[str] = CappedSet(cap)
+        self.status: CappedSet[str] = CappedSet(cap)
+        self.status_friendly: CappedSet[str] = CappedSet(cap)
+        self.win32_hex: CappedSet[str] = CappedSet(cap)
+        self.win32_friendly: CappedSet[str] = CappedSet(cap)
+        self.count = 0
+
+    def add(self, row: Row) -> None:
+        self.count += 1
+        self.ports.add(row.get("sPort"))
+        self.decoded.add(decoded_query(row.get("csUriQuery") or ""))
+        self.users.add(row.get("csUserName") or "")
+        self.sites.add(row.get("sSiteName") or "")
+        self.agents.add(row.get("csUserAgent") or "")
+        self.methods.add(row.get("csMethod") or "")
+        full, friendly = status_full(row.get("scStatus") or "", row.get("scSubStatus") or "")
+        self.status.add(full)
+        self.status_friendly.add(friendly)
+        hex_value, win32_text = win32_status(row.get("scWin32Status") or "")
+        self.win32_hex.add(hex_value)
+        self.win32_friendly.add(win32_text)
+
+
+@register
+class HighPortCountByClientIP(RuleLogic):
+    """A client IP reaching `portThreshold` distinct server ports of one server within one time bin."""
+
+    rule_id = "44a555d8-ecee-4a25-95ce-055879b4b14b"
+    output_columns = OUTPUT_COLUMNS
+    required_columns = ("TimeGenerated", "cIP", "Computer", "sIP", "sPort")
+    columns = (
+        *required_columns,
+        "csUriQuery",
+        "csUserName",
+        "sSiteName",
+        "csUserAgent",
+        "csMethod",
+        "scStatus",
+        "scSubStatus",
+        "scWin32Status",
+    )
+
+    def __init__(self, time_bin: timedelta, port_threshold: int, max_set_size: int) -> None:
+        self.time_bin = time_bin
+        self.port_threshold = port_threshold
+        self.max_set_size = max_set_size
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> HighPortCountByClientIP:
+        expected = {"timeBin", "portThreshold", "maxSetSize"}
+        unknown = set(parameters) - expected
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; expected {sorted(expected)}")
+        missing = expected - set(parameters)
+        if missing:
+            raise ValueError(f"missing parameter(s) {sorted(missing)}")
+        time_bin = parse_timespan(str(parameters["timeBin"]))
+        if time_bin <= timedelta(0) or timedelta(days=1) % time_bin:
+            raise ValueError("timeBin must be a positive timespan that divides a day, e.g. 10m")
+        threshold, cap = parameters["portThreshold"], parameters["maxSetSize"]
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+            raise ValueError("portThreshold must be a positive integer")
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise ValueError("maxSetSize must be a positive integer (128 for the legacy makeset)")
+        if threshold > cap:
+            raise ValueError("portThreshold above maxSetSize can never fire (portCount is capped)")
+        return cls(time_bin, threshold, cap)
+
+    def candidate_spec(self) -> CandidateSpec:
+        return CandidateSpec(self.time_bin, ("cIP", "Computer", "sIP"), "sPort", self.port_threshold)
+
+    def evaluate(self, rows: Iterable[Row], window: Window) -> list[dict[str, Any]]:
+        groups: dict[tuple[datetime, str, str, str], _Group] = {}
+        start, end, size, cap = window.start, window.end, self.time_bin, self.max_set_size
+        bin_cache: dict[datetime, datetime] = {}  # IIS times have second precision: many repeats
+        for row in rows:
+            moment = row["TimeGenerated"]
+            if not start <= moment < end:
+                continue
+            bin_start = bin_cache.get(moment)
+            if bin_start is None:
+                if len(bin_cache) > 100_000:
+                    bin_cache.clear()
+                bin_start = bin_cache[moment] = bin_datetime(moment, size)
+            key = (bin_start, row.get("cIP") or "", row.get("Computer") or "", row.get("sIP") or "")
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(cap)
+            group.add(row)
+
+        results = []
+        for (bin_start, cip, computer, sip), group in groups.items():
+            port_count = len(group.ports)  # arraylength of the capped set
+            if port_count < self.port_threshold:
+                continue
+            results.append(
+                {
+                    "TimeGenerated": bin_start,
+                    "cIP": cip,
+                    "set_sPort": group.ports.values(),
+                    "set_csUserName": group.users.values(),
+                    "set_decodedUriQuery": group.decoded.values(),
+                    "Computer": computer,
+                    "set_sSiteName": group.sites.values(),
+                    "sIP": sip,
+                    "set_csUserAgent": group.agents.values(),
+                    "set_csMethod": group.methods.values(),
+                    "set_scStatusFull": group.status.values(),
+                    "set_scStatusFull_Friendly": group.status_friendly.values(),
+                    "set_scWin32Status_Hex": group.win32_hex.values(),
+                    "set_scWin32Status_Friendly": group.win32_friendly.values(),
+                    "ConnectionsCount": group.count,
+                    "portCount": port_count,
+                    "timestamp": bin_start,
+                    "IPCustomEntity": cip,
+                }
+            )
+        # order by portCount (desc by default in KQL). Ties are unordered in KQL; we break them by the
+        # group key so output is reproducible.
+        results.sort(key=_result_order)
+        return results
+
+    def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (result["TimeGenerated"], result["cIP"], result["Computer"], result["sIP"])
+
+    def last_activity(self, result: Mapping[str, Any]) -> Any:
+        return result["TimeGenerated"] + self.time_bin

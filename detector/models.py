@@ -1,0 +1,94 @@
+"""Value objects shared by sources, rules, sinks and the runner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from detector.kql import format_datetime
+
+# A W3CIISLog row: Log Analytics column names to values. TimeGenerated is a tz-aware UTC datetime,
+# sPort an int or None, the other columns the rule reads are str ("" when absent: KQL strings have no null).
+Row = dict[str, Any]
+
+# Namespace of finding ids (uuid5). Never change it: ids must stay stable across versions, because
+# sinks (Sentinel incident ids, the outbox) key on them.
+FINDING_NAMESPACE = uuid.UUID("5f0c3a52-8f7e-4c8e-9d0b-2a1f44a555d8")
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """A half-open time window [start, end) in UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("window bounds must be timezone-aware UTC datetimes")
+        if self.start >= self.end:
+            raise ValueError(f"window start {format_datetime(self.start)} is not before end {format_datetime(self.end)}")
+
+    def contains(self, moment: datetime) -> bool:
+        """True when start <= moment < end, the filter every source applies."""
+        return self.start <= moment < self.end
+
+    def __str__(self) -> str:
+        return f"[{format_datetime(self.start)}, {format_datetime(self.end)})"
+
+
+def finding_id(rule_id: str, *key: Any) -> str:
+    """Stable id of a finding: the same rule and group key always give the same id (a UUID string)."""
+    parts = [rule_id] + [format_datetime(k) if isinstance(k, datetime) else str(k) for k in key]
+    return str(uuid.uuid5(FINDING_NAMESPACE, "\x1f".join(parts)))
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A Sentinel entity: type (IP, Host) and its identifier fields."""
+
+    type: str
+    fields: Mapping[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"Type": self.type, **self.fields}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result row of a rule, with the metadata a SOC needs to act on it."""
+
+    id: str
+    rule_id: str
+    rule_name: str
+    rule_version: str
+    severity: str
+    tactics: tuple[str, ...]
+    techniques: tuple[str, ...]
+    window: Window
+    columns: Mapping[str, Any]  # the query's output columns, in KQL order, with KQL names
+    entities: tuple[Entity, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        """A flat JSON object: the KQL columns in order, then the finding's metadata."""
+        out: dict[str, Any] = {}
+        for name, value in self.columns.items():
+            out[name] = format_datetime(value) if isinstance(value, datetime) else value
+        out.update(
+            {
+                "FindingId": self.id,
+                "RuleId": self.rule_id,
+                "RuleName": self.rule_name,
+                "RuleVersion": self.rule_version,
+                "Severity": self.severity,
+                "Tactics": list(self.tactics),
+                "Techniques": list(self.techniques),
+                "WindowStart": format_datetime(self.window.start),
+                "WindowEnd": format_datetime(self.window.end),
+                "Entities": [e.to_json() for e in self.entities],
+            }
+        )
+        return out

@@ -1,0 +1,330 @@
+"""Rule files: parsed and validated once at the edge into typed Rule objects."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector.errors import RuleError
+from detector.kql import parse_datetime, parse_timespan
+from detector.logic import RuleLogic, logic_class
+from detector.models import Row, Window
+from detector.w3ciislog import coerce_row
+
+DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+_TECHNIQUE = re.compile(r"^T\d{4}(\.\d{3})?$")
+SEVERITIES = ("Informational", "Low", "Medium", "High")
+TACTICS = (
+    "Reconnaissance",
+    "ResourceDevelopment",
+    "InitialAccess",
+    "Execution",
+    "Persistence",
+    "PrivilegeEscalation",
+    "DefenseEvasion",
+    "CredentialAccess",
+    "Discovery",
+    "LateralMovement",
+    "Collection",
+    "CommandAndControl",
+    "Exfiltration",
+    "Impact",
+    "PreAttack",
+    "ImpairProcessControl",
+    "InhibitResponseFunction",
+)
+TRIGGER_OPERATORS = {"gt": int.__gt__, "lt": int.__lt__, "eq": int.__eq__, "ne": int.__ne__}
+ENTITY_TYPES = ("IP", "Host", "Account", "URL", "DNS", "FileHash", "File", "Process", "AzureResource", "CloudApplication")
+
+
+@dataclass(frozen=True)
+class EntityMapping:
+    """Sentinel entityMappings item: entity type and (identifier, column) pairs."""
+
+    entity_type: str
+    fields: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class RuleExample:
+    """An inline example: rows and a window, whether the rule must fire, and expected result columns."""
+
+    name: str
+    fires: bool
+    window: Window
+    rows: tuple[Row, ...]
+    expected: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A Sentinel scheduled rule and the parameters of its Python logic."""
+
+    path: str
+    id: str
+    name: str
+    description: str
+    severity: str
+    kind: str
+    query_frequency: timedelta
+    query_period: timedelta
+    trigger_operator: str
+    trigger_threshold: int
+    tactics: tuple[str, ...]
+    techniques: tuple[str, ...]
+    entity_mappings: tuple[EntityMapping, ...]
+    required_data_connectors: tuple[Mapping[str, Any], ...]
+    version: str
+    query: str
+    parameters: Mapping[str, Any]
+    logic: RuleLogic
+    examples: tuple[RuleExample, ...]
+
+    def triggers(self, result_count: int) -> bool:
+        """Sentinel's alert threshold: compare the number of result rows with triggerThreshold."""
+        return TRIGGER_OPERATORS[self.trigger_operator](result_count, self.trigger_threshold)
+
+
+class _Fields:
+    """Reads typed fields from a rule mapping, raising RuleError with file, line and field name."""
+
+    def __init__(self, path: str, data: Mapping[str, Any], lines: Mapping[str, int]) -> None:
+        self.path, self.data, self.lines = path, data, lines
+
+    def error(self, field: str, problem: str) -> RuleError:
+        line = self.lines.get(field.split(".", maxsplit=1)[0].split("[", maxsplit=1)[0])
+        return RuleError(f"{self.path}:{line}" if line else self.path, field, problem)
+
+    def get(self, field: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+        if field not in self.data:
+            if required:
+                raise self.error(field, "is missing")
+            return None
+        value = self.data[field]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.error(field, f"must be a {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def text(self, field: str, pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = ()) -> str:
+        value = self.get(field, (str, int, float))
+        value = str(value).strip()
+        if not value:
+            raise self.error(field, "must not be empty")
+        if pattern and not pattern.match(value):
+            raise self.error(field, f"'{value}' has the wrong form (expected {pattern.pattern})")
+        if choices and value not in choices:
+            raise self.error(field, f"'{value}' is not one of {', '.join(choices)}")
+        return value
+
+    def timespan(self, field: str) -> timedelta:
+        try:
+            span = parse_timespan(self.text(field))
+        except ValueError as exc:
+            raise self.error(field, str(exc)) from None
+        if not timedelta(minutes=5) <= span <= timedelta(days=14):
+            raise self.error(field, "must be between 5m and 14d, as Sentinel requires")
+        return span
+
+    def text_list(self, field: str, pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = ()) -> tuple[str, ...]:
+        items = self.get(field, list)
+        if not items:
+            raise self.error(field, "must list at least one value")
+        for item in items:
+            if not isinstance(item, str) or (pattern and not pattern.match(item)) or (choices and item not in choices):
+                allowed = f"one of {', '.join(choices)}" if choices else f"matching {pattern.pattern if pattern else 'text'}"
+                raise self.error(field, f"value {item!r} is not {allowed}")
+        return tuple(items)
+
+
+def _top_level_lines(text: str) -> dict[str, int]:
+    """Line number (1-based) of each top-level key, for error messages."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def load_rule(path: str | Path) -> Rule:
+    """Load and validate one rule file; any problem raises RuleError naming the file, line and field."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuleError(where, "", f"cannot read rule file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise RuleError(at, "", f"is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise RuleError(where, "", "must be a YAML mapping of Sentinel rule fields")
+    f = _Fields(where, data, _top_level_lines(text))
+
+    rule_id = f.text("id", _GUID).lower()
+    cls = logic_class(rule_id)
+    if cls is None:
+        raise f.error("id", f"no Python logic is registered for rule {rule_id}; add a module to detector/logic/")
+    params = f.get("parameters", dict)
+    try:
+        logic = cls.from_parameters(params)
+    except ValueError as exc:
+        raise f.error("parameters", str(exc)) from None
+
+    frequency, period = f.timespan("queryFrequency"), f.timespan("queryPeriod")
+    if frequency > period:
+        raise f.error("queryFrequency", "must not be longer than queryPeriod")
+    threshold = f.get("triggerThreshold", int)
+    if not 0 <= threshold <= 10000:
+        raise f.error("triggerThreshold", "must be between 0 and 10000")
+    connectors = f.get("requiredDataConnectors", list)
+    for i, connector in enumerate(connectors):
+        if not isinstance(connector, dict) or not isinstance(connector.get("dataTypes"), list):
+            raise f.error(f"requiredDataConnectors[{i}]", "needs connectorId and a dataTypes list")
+    kind = f.text("kind", choices=("Scheduled", "NRT"))
+    query = f.text("query")
+    if len(query) > 10000:
+        raise f.error("query", "is longer than Sentinel's 10,000 characters")
+
+    mappings = _entity_mappings(f, "entityMappings", logic)
+    # Ours, not Sentinel's: entities the detector adds (Host from Computer) beyond the rule's own mapping.
+    mappings += _entity_mappings(f, "additionalEntityMappings", logic, required=False)
+    return Rule(
+        path=where,
+        id=rule_id,
+        name=f.text("name"),
+        description=f.text("description"),
+        severity=f.text("severity", choices=SEVERITIES),
+        kind=kind,
+        query_frequency=frequency,
+        query_period=period,
+        trigger_operator=f.text("triggerOperator", choices=tuple(TRIGGER_OPERATORS)),
+        trigger_threshold=threshold,
+        tactics=f.text_list("tactics", choices=TACTICS),
+        techniques=f.text_list("relevantTechniques", _TECHNIQUE),
+        entity_mappings=mappings,
+        required_data_connectors=tuple(connectors),
+        version=f.text("version", _SEMVER),
+        query=query,
+        parameters=params,
+        logic=logic,
+        examples=_examples(f, logic),
+    )
+
+
+def _entity_mappings(f: _Fields, field: str, logic: RuleLogic, required: bool = True) -> tuple[EntityMapping, ...]:
+    items = f.get(field, list, required=required)
+    if items is None:
+        return ()
+    if required and not 1 <= len(items) <= 10:
+        raise f.error(field, "must hold 1 to 10 mappings")
+    mappings = []
+    for i, item in enumerate(items):
+        name = f"{field}[{i}]"
+        if not isinstance(item, dict) or item.get("entityType") not in ENTITY_TYPES:
+            raise f.error(name, f"needs entityType, one of {', '.join(ENTITY_TYPES)}")
+        pairs = item.get("fieldMappings")
+        if not isinstance(pairs, list) or not 1 <= len(pairs) <= 3:
+            raise f.error(name, "needs 1 to 3 fieldMappings")
+        fields = []
+        for pair in pairs:
+            if (
+                not isinstance(pair, dict)
+                or not isinstance(pair.get("identifier"), str)
+                or not isinstance(pair.get("columnName"), str)
+            ):
+                raise f.error(name, "each fieldMapping needs identifier and columnName")
+            if pair["columnName"] not in logic.output_columns:
+                raise f.error(name, f"column {pair['columnName']!r} is not an output column of the rule")
+            fields.append((pair["identifier"], pair["columnName"]))
+        mappings.append(EntityMapping(item["entityType"], tuple(fields)))
+    return tuple(mappings)
+
+
+def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
+    items = f.get("examples", list)
+    if not any(isinstance(e, dict) and e.get("fires") is True for e in items) or not any(
+        isinstance(e, dict) and e.get("fires") is False for e in items
+    ):
+        raise f.error("examples", "must hold at least one example that fires and one that does not")
+    examples = []
+    for i, item in enumerate(items):
+        name = f"examples[{i}]"
+        if not isinstance(item, dict):
+            raise f.error(name, "must be a mapping with name, fires, window and rows")
+        for key in ("name", "fires", "window", "rows"):
+            if key not in item:
+                raise f.error(f"{name}.{key}", "is missing")
+        if not isinstance(item["fires"], bool):
+            raise f.error(f"{name}.fires", "must be true or false")
+        window_data = item["window"]
+        try:
+            window = Window(parse_datetime(str(window_data["start"])), parse_datetime(str(window_data["end"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise f.error(f"{name}.window", f"needs start and end ISO datetimes, start before end ({exc})") from None
+        rows: list[Row] = []
+        if not isinstance(item["rows"], list):
+            raise f.error(f"{name}.rows", "must be a list of W3CIISLog rows")
+        for j, raw in enumerate(item["rows"]):
+            where = f"{f.path}: {name}.rows[{j}]"
+            if not isinstance(raw, dict):
+                raise f.error(f"{name}.rows[{j}]", "must be a mapping of W3CIISLog columns")
+            for expanded in _expand(raw, f, f"{name}.rows[{j}]"):
+                rows.append(coerce_row(expanded, logic.columns, logic.required_columns, where))
+        expected = item.get("expect", [])
+        if not isinstance(expected, list) or not all(isinstance(e, dict) for e in expected):
+            raise f.error(f"{name}.expect", "must be a list of mappings of result columns")
+        if expected and not item["fires"]:
+            raise f.error(f"{name}.expect", "an example that does not fire cannot expect results")
+        examples.append(RuleExample(str(item["name"]), item["fires"], window, tuple(rows), tuple(expected)))
+    return tuple(examples)
+
+
+def _expand(raw: Mapping[str, Any], f: _Fields, name: str) -> list[dict[str, Any]]:
+    """An example row may say `sPortRange: "8000-8029"`: one row per port, to keep examples short."""
+    if "sPortRange" not in raw:
+        return [dict(raw)]
+    match = re.match(r"^\s*(\d+)\s*-\s*(\d+)\s*$", str(raw["sPortRange"]))
+    if not match or int(match.group(1)) > int(match.group(2)):
+        raise f.error(f"{name}.sPortRange", "must look like 8000-8029 (first <= last)")
+    base = {k: v for k, v in raw.items() if k != "sPortRange"}
+    return [{**base, "sPort": port} for port in range(int(match.group(1)), int(match.group(2)) + 1)]
+
+
+def load_rules(spec: str | Path) -> list[Rule]:
+    """Rules from a file, a folder of *.yaml files, or a rule id looked up in the bundled rules/ folder."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        if not files:
+            raise RuleError(text, "", "folder holds no .yaml rule files")
+        rules = [load_rule(p) for p in files]
+    elif path.is_file():
+        rules = [load_rule(path)]
+    elif _GUID.match(text):
+        rules = [r for r in load_rules(DEFAULT_RULES_DIR) if r.id == text.lower()]
+        if not rules:
+            raise RuleError(text, "", f"no rule with this id in {DEFAULT_RULES_DIR}")
+    else:
+        raise RuleError(text, "", "is neither a rule file, a folder of rules, nor a rule id")
+    seen: dict[str, str] = {}
+    for rule in rules:
+        if rule.id in seen:
+            raise RuleError(rule.path, "id", f"duplicates the id of {seen[rule.id]}")
+        seen[rule.id] = rule.path
+    return rules

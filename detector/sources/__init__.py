@@ -1,0 +1,71 @@
+"""Sources of W3CIISLog rows, chosen by a `scheme:argument` spec."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from detector.errors import ConfigError
+from detector.logic import CandidateSpec
+from detector.models import Row, Window
+
+if TYPE_CHECKING:
+    from detector.config import Settings
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What the rule needs from a source for one window."""
+
+    window: Window
+    columns: tuple[str, ...]  # the columns the rule reads; a source may return only these
+    required: tuple[str, ...]  # columns the data must have; absent ones are an InputError
+    candidates: CandidateSpec | None = None  # pushdown a source may use to skip groups that cannot fire
+
+
+class Source(ABC):
+    """Yields typed W3CIISLog rows with window.start <= TimeGenerated < window.end.
+
+    A source either returns every row the rule needs for the window or raises: a partial answer is never
+    returned as complete.
+    """
+
+    @abstractmethod
+    def read(self, request: ReadRequest) -> Iterator[Row]:
+        """Rows for the request's window."""
+
+    def describe(self) -> str:
+        """A short human description (for logs and the run summary)."""
+        return type(self).__name__
+
+
+SourceFactory = Callable[[str, "Settings | None", str], Source]
+_FACTORIES: dict[str, SourceFactory] = {}
+
+
+def register_source(scheme: str) -> Callable[[SourceFactory], SourceFactory]:
+    """Register a factory(argument, settings, computer) for `scheme:argument` source specs."""
+
+    def decorate(factory: SourceFactory) -> SourceFactory:
+        if scheme in _FACTORIES:
+            raise RuntimeError(f"source scheme {scheme} registered twice")
+        _FACTORIES[scheme] = factory
+        return factory
+
+    return decorate
+
+
+def open_source(spec: str, settings: Settings | None = None, computer: str = "", setting: str = "--source") -> Source:
+    """Build the source a spec names, e.g. file:rows.jsonl, iis:C:/inetpub/logs, loganalytics:<id>."""
+    _load_builtin()
+    scheme, sep, argument = spec.partition(":")
+    if not sep or scheme not in _FACTORIES or not argument:
+        raise ConfigError(setting, f"unknown source '{spec}'; use one of {', '.join(f'{s}:<...>' for s in sorted(_FACTORIES))}")
+    return _FACTORIES[scheme](argument, settings, computer)
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that importing the package (and function_app) stays cheap.
+    from detector.sources import file, iis  # noqa: F401

@@ -1,0 +1,25 @@
+"""Azure Functions entry point: a daily timer that runs the detector. Trigger only; the work is in detector/."""
+
+import json
+import logging
+from datetime import UTC, datetime
+
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.timer_trigger(schedule="%DETECTOR_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+def detect(timer: func.TimerRequest) -> None:
+    """Run every configured rule over its latest whole window and deliver the findings."""
+    # Imported here, not at module level, to keep the host's indexing of this file fast.
+    from detector.config import Settings
+    from detector.runner import run_scheduled
+
+    if timer.past_due:
+        logging.warning("detector: timer is past due; this run covers the latest window only")
+    summary = run_scheduled(Settings.from_env(), now=datetime.now(UTC))
+    logging.info("detector.summary %s", json.dumps(summary.to_json()))
+    if not summary.ok:
+        # Failing the invocation makes the failure visible in Application Insights and alerts.
+        raise RuntimeError(f"detector: deliveries failed: {summary.delivery_errors}")
