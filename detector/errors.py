@@ -38,4 +38,12 @@ class SourceError(DetectorError):
 
 
 class SinkError(DetectorError):
-    """A sink could not deliver; the message names the sink and what to check."""
+    """A sink could not deliver; the message names the sink and what to check.
+
+    `delivered` holds the ids of findings that did reach the sink before the failure (a partial
+    delivery); every other finding passed to the sink counts as not delivered and is retried later.
+    """
+
+    def __init__(self, message: str, delivered: frozenset[str] = frozenset()) -> None:
+        self.delivered = delivered
+        super().__init__(message)
