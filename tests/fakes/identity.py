@@ -24,8 +24,15 @@ def fake_jwt(audience: str, client_id: str) -> str:
     def part(data: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
-    claims = {"aud": audience, "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
-              "iat": now, "nbf": now, "exp": now + 3600, "appid": client_id, "oid": client_id}
+    claims = {
+        "aud": audience,
+        "iss": "https://sts.windows.net/00000000-0000-0000-0000-000000000000/",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "appid": client_id,
+        "oid": client_id,
+    }
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.sig"
 
 
@@ -45,10 +52,13 @@ class IdentityHandler(JsonHandler):
             self.send_json(400, {"error": "resource is required"})
             return
         audience = resource[: -len("/.default")] if resource.endswith("/.default") else resource
-        self.send_json(200, {
-            "access_token": fake_jwt(audience, client_id or "system-assigned"),
-            "expires_on": str(int(time.time()) + 3600),
-            "resource": resource,
-            "token_type": "Bearer",
-            "client_id": client_id,
-        })
+        self.send_json(
+            200,
+            {
+                "access_token": fake_jwt(audience, client_id or "system-assigned"),
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": client_id,
+            },
+        )
