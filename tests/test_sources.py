@@ -1,0 +1,169 @@
+"""Sources: every file format gives the findings the fixtures were built to produce; bad input is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detector.errors import ConfigError, InputError
+from detector.evaluate import evaluate
+from detector.models import Row, Window
+from detector.sources import ReadRequest, open_source
+from tests.helpers import DAY, FILES, RULE, expected_findings, summarize
+
+REQUEST = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns, RULE.logic.candidate_spec())
+
+
+def read(spec: str, window: Window = DAY, computer: str = "") -> list[Row]:
+    request = ReadRequest(window, REQUEST.columns, REQUEST.required, REQUEST.candidates)
+    return list(open_source(spec, None, computer).read(request))
+
+
+@pytest.mark.parametrize("name", ["w3ciislog.jsonl", "w3ciislog_array.json", "la_response.json"])
+def test_each_json_format_gives_the_planted_findings(name: str) -> None:
+    findings = evaluate(RULE, read(f"file:{FILES / name}"), DAY)
+    assert summarize(findings) == expected_findings()
+
+
+def test_json_formats_agree_row_for_row() -> None:
+    jsonl = read(f"file:{FILES / 'w3ciislog.jsonl'}")
+    assert jsonl == read(f"file:{FILES / 'w3ciislog_array.json'}") == read(f"file:{FILES / 'la_response.json'}")
+
+
+def test_iis_logs_give_the_planted_findings_of_that_server() -> None:
+    rows = read(f"iis:{FILES / 'iis'}", computer="web01.contoso.com")
+    assert {r["Computer"] for r in rows} == {"web01.contoso.com"}
+    assert summarize(evaluate(RULE, rows, DAY)) == expected_findings("web01.contoso.com")
+
+
+def test_iis_logs_agree_with_the_same_rows_as_json() -> None:
+    """Same rows, two formats: IIS keeps '-' where JSON had null/empty and has second precision only."""
+    iis = read(f"iis:{FILES / 'iis'}", computer="web01.contoso.com")
+    json_rows = [r for r in read(f"file:{FILES / 'w3ciislog.jsonl'}") if r["Computer"] == "web01.contoso.com"]
+    assert len(iis) == len(json_rows)
+    iis_findings = evaluate(RULE, iis, DAY)
+    json_findings = evaluate(RULE, json_rows, DAY)
+    assert [f.id for f in iis_findings] == [f.id for f in json_findings]
+    assert [f.columns["set_sPort"] for f in iis_findings] == [f.columns["set_sPort"] for f in json_findings]
+
+
+def test_iis_maps_fields_and_keeps_dash() -> None:
+    rows = read(f"iis:{FILES / 'iis' / 'W3SVC1' / 'u_ex261126.log'}", computer="web01")
+    first = rows[0]
+    assert first["Computer"] == "web01"
+    assert isinstance(first["sPort"], int)
+    # Before the mid-file #Fields change s-sitename is not logged: ""; after it, the site name is.
+    assert {r["sSiteName"] for r in rows if r["TimeGenerated"].hour < 12} == {""}
+    assert {r["sSiteName"] for r in rows if r["TimeGenerated"].hour >= 12} == {"Default+Web+Site"}
+    assert "-" in {r["csUserName"] for r in rows}
+
+
+def test_iis_default_computer_is_this_host() -> None:
+    import socket
+
+    rows = read(f"iis:{FILES / 'iis'}")
+    assert rows[0]["Computer"] == socket.gethostname()
+
+
+def test_window_is_half_open() -> None:
+    window = Window(DAY.start.replace(hour=10), DAY.start.replace(hour=10, minute=10))
+    rows = read(f"file:{FILES / 'w3ciislog.jsonl'}", window)
+    assert rows
+    assert all(window.start <= r["TimeGenerated"] < window.end for r in rows)
+
+
+def test_source_yields_typed_rows() -> None:
+    rows = read(f"file:{FILES / 'w3ciislog.jsonl'}")
+    assert all(r["TimeGenerated"].tzinfo is not None for r in rows)
+    assert {type(r["sPort"]) for r in rows} == {int, type(None)}
+    assert all(isinstance(r["csUserName"], str) for r in rows)  # null/absent become ""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sIP": "s", "sPort": 1}\n{"broken": \n',
+            ":2: not valid JSON",
+        ),
+        (
+            '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sPort": 1}\n',
+            ":1: missing required column 'sIP'",
+        ),
+        ('{"TimeGenerated": "yesterday", "cIP": "a", "Computer": "c", "sIP": "s", "sPort": 1}\n', ":1: column TimeGenerated"),
+        ('{"TimeGenerated": null, "cIP": "a", "Computer": "c", "sIP": "s", "sPort": 1}\n', ":1: TimeGenerated is null"),
+        (
+            '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sIP": "s", "sPort": "http"}\n',
+            ":1: column sPort must be an integer",
+        ),
+        ("[1, 2]\n", "row 0: must be a JSON object"),
+        ("hello\n", ":1: is not JSON Lines"),
+        (
+            '{"tables": [{"name": "PrimaryResult", "columns": [{"name": "TimeGenerated", "type": "datetime"}], "rows": []}]}',
+            "missing required column(s) cIP, Computer, sIP, sPort",
+        ),
+        ('{"tables": [], "error": {"code": "PartialError"}}', "carries an error (PartialError)"),
+    ],
+)
+def test_bad_json_input_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        read(f"file:{path}")
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_pretty_printed_la_response_is_recognised(tmp_path: Path) -> None:
+    document = json.loads((FILES / "la_response.json").read_text(encoding="utf-8"))
+    path = tmp_path / "pretty.json"
+    path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    assert len(read(f"file:{path}")) == len(read(f"file:{FILES / 'la_response.json'}"))
+
+
+def test_empty_file_has_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n", encoding="utf-8")
+    assert read(f"file:{path}") == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("2026-11-26 10:00:00 10.0.0.4 GET / - 80\n", ":1: log entry before any #Fields"),
+        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 80\n", ":2: has 4 fields but #Fields declares 5"),
+        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 xx:00:00 10.0.0.4 80 1.2.3.4\n", ":2: date/time"),
+        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 eighty 1.2.3.4\n", ":2: sPort is 'eighty'"),
+        ("#Fields: date time s-port c-ip\n", ":1: #Fields lacks what the rule needs: sIP (enable s-ip"),
+        ("#Fields: date s-ip s-port c-ip\n", ":1: #Fields has no 'time' field"),
+    ],
+)
+def test_bad_iis_log_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "u_ex261126.log"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        read(f"iis:{path}", computer="web01")
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(str(path))
+
+
+def test_iis_date_from_directive_when_no_date_field(tmp_path: Path) -> None:
+    path = tmp_path / "u_ex261126.log"
+    path.write_text("#Date: 2026-11-26 00:00:00\n#Fields: time s-ip s-port c-ip\n10:00:00 10.0.0.4 - 1.2.3.4\n", encoding="utf-8")
+    (row,) = read(f"iis:{path}", computer="web01")
+    assert row["TimeGenerated"].isoformat() == "2026-11-26T10:00:00+00:00"
+    assert row["sPort"] is None  # '-' in a numeric field is null
+    assert row["csUserAgent"] == ""  # not logged at all
+
+
+def test_iis_folder_without_logs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no \*\.log files"):
+        read(f"iis:{tmp_path}")
+
+
+@pytest.mark.parametrize("spec", ["ftp:/x", "file:", "nothing", "iis"])
+def test_unknown_source_is_a_config_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match="unknown source"):
+        open_source(spec)
