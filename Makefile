@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 START ?= 2026-11-26T00:00:00Z
 END ?= 2026-11-27T00:00:00Z
 
-.PHONY: setup demo test lint
+AZURITE := .tools/azurite/node_modules/.bin/azurite-table
+
+.PHONY: setup demo test lint azurite
 
 setup: $(VENV)/.installed
 
@@ -25,6 +27,13 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Azurite 3.35.0 (the last release that runs on Node 20), for the Table Storage state tests; the tests start it.
+azurite: $(AZURITE)
+
+$(AZURITE):
+	mkdir -p .tools/azurite
+	cd .tools/azurite && npm init -y >/dev/null && npm install --no-audit --no-fund --silent azurite@3.35.0
+
 # Lint, type-check and run every test (pytest).
-test: lint
+test: lint azurite
 	$(BIN)/python -m pytest -q

@@ -17,9 +17,10 @@ def detect(timer: func.TimerRequest) -> None:
     from detector.runner import run_scheduled
 
     if timer.past_due:
-        logging.warning("detector: timer is past due; this run covers the latest window only")
+        # Nothing is lost: the run starts at the checkpoint and catches up every missed window.
+        logging.warning("detector: timer is past due; catching up from the checkpoint")
     summary = run_scheduled(Settings.from_env(), now=datetime.now(UTC))
     logging.info("detector.summary %s", json.dumps(summary.to_json()))
     if not summary.ok:
-        # Failing the invocation makes the failure visible in Application Insights and alerts.
-        raise RuntimeError(f"detector: deliveries failed: {summary.delivery_errors}")
+        # Failing the invocation makes the failure visible in Application Insights and its alerts.
+        raise RuntimeError(f"detector: run failed: {summary.errors or ''} {summary.delivery_errors or ''}".strip())

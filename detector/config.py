@@ -37,6 +37,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DETECTOR_SINKS", "stdout", "comma-separated sinks, e.g. stdout,jsonl:/tmp/findings.jsonl"),
     Setting("DETECTOR_INGESTION_DELAY", "30m", "how far behind now a window must end (KQL timespan: 30m, 2h)"),
     Setting("DETECTOR_NOW", "", "pretend the time is this (ISO 8601 UTC) to replay fixture data", local_only=True),
+    # Identity: the user-assigned managed identity every Azure client uses (empty: developer credentials).
+    Setting("AZURE_CLIENT_ID", "", "client id of the Function App's user-assigned managed identity"),
+    # Durable state: checkpoint, outbox, lease (issue "Runs that never miss and never duplicate").
+    Setting("DETECTOR_STATE", "file:.detector-state", "state store: file:<folder> (local) or table (Azure Table Storage)"),
+    Setting(
+        "DETECTOR_STATE_TABLE_ENDPOINT",
+        "",
+        "table service URL when DETECTOR_STATE=table, https://<account>.table.core.windows.net",
+    ),
+    Setting("DETECTOR_STATE_TABLE_NAME", "detectorstate", "table holding the state"),
+    Setting(
+        "DETECTOR_CATCHUP_LIMIT", "7d", "after downtime, catch up at most this far back; older windows are reported as skipped"
+    ),
+    Setting("DETECTOR_RECHECK_HORIZON", "1d", "re-evaluate bins this recent that received rows after they were evaluated"),
 )
 
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
@@ -52,6 +66,12 @@ class Settings:
     sinks: tuple[str, ...]
     ingestion_delay: timedelta
     now_override: datetime | None
+    azure_client_id: str
+    state: str
+    state_table_endpoint: str
+    state_table_name: str
+    catchup_limit: timedelta
+    recheck_horizon: timedelta
     raw: Mapping[str, str]
 
     @classmethod
@@ -70,12 +90,9 @@ class Settings:
         sinks = tuple(s.strip() for s in values["DETECTOR_SINKS"].split(",") if s.strip())
         if not sinks:
             raise ConfigError("DETECTOR_SINKS", "names no sink; use e.g. 'stdout'")
-        try:
-            delay = parse_timespan(values["DETECTOR_INGESTION_DELAY"])
-        except ValueError as exc:
-            raise ConfigError("DETECTOR_INGESTION_DELAY", str(exc)) from None
-        if delay < timedelta(0):
-            raise ConfigError("DETECTOR_INGESTION_DELAY", "must not be negative")
+        delay = _timespan(values, "DETECTOR_INGESTION_DELAY", timedelta(0))
+        catchup_limit = _timespan(values, "DETECTOR_CATCHUP_LIMIT", timedelta(minutes=10))
+        recheck_horizon = _timespan(values, "DETECTOR_RECHECK_HORIZON", timedelta(0))
         now_override = None
         if values["DETECTOR_NOW"]:
             try:
@@ -89,5 +106,21 @@ class Settings:
             sinks=sinks,
             ingestion_delay=delay,
             now_override=now_override,
+            azure_client_id=values["AZURE_CLIENT_ID"],
+            state=values["DETECTOR_STATE"],
+            state_table_endpoint=values["DETECTOR_STATE_TABLE_ENDPOINT"],
+            state_table_name=values["DETECTOR_STATE_TABLE_NAME"],
+            catchup_limit=catchup_limit,
+            recheck_horizon=recheck_horizon,
             raw=values,
         )
+
+
+def _timespan(values: Mapping[str, str], name: str, minimum: timedelta) -> timedelta:
+    try:
+        span = parse_timespan(values[name])
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+    if span < minimum:
+        raise ConfigError(name, f"must be at least {minimum}")
+    return span

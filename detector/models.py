@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from detector.kql import format_datetime
+from detector.kql import format_datetime, parse_datetime
 
 # A W3CIISLog row: Log Analytics column names to values. TimeGenerated is a tz-aware UTC datetime,
 # sPort an int or None, the other columns the rule reads are str ("" when absent: KQL strings have no null).
@@ -92,3 +94,47 @@ class Finding:
             }
         )
         return out
+
+    def digest(self) -> str:
+        """Hash of what the finding says (its columns and entities, not the window that found it).
+
+        A re-evaluation that finds the same thing gives the same digest; one that finds more (late rows)
+        gives a new one, which is how the outbox knows a delivered finding needs an update.
+        """
+        content = self.to_json()
+        for key in ("WindowStart", "WindowEnd"):
+            content.pop(key)
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:32]
+
+    def to_state(self) -> dict[str, Any]:
+        """Lossless JSON form for the state store (datetimes tagged so they come back as datetimes)."""
+        return {
+            "id": self.id,
+            "rule_id": self.rule_id,
+            "rule_name": self.rule_name,
+            "rule_version": self.rule_version,
+            "severity": self.severity,
+            "tactics": list(self.tactics),
+            "techniques": list(self.techniques),
+            "window": [format_datetime(self.window.start), format_datetime(self.window.end)],
+            "columns": {k: {"$dt": format_datetime(v)} if isinstance(v, datetime) else v for k, v in self.columns.items()},
+            "entities": [[e.type, dict(e.fields)] for e in self.entities],
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Finding:
+        """Inverse of to_state()."""
+        return cls(
+            id=data["id"],
+            rule_id=data["rule_id"],
+            rule_name=data["rule_name"],
+            rule_version=data["rule_version"],
+            severity=data["severity"],
+            tactics=tuple(data["tactics"]),
+            techniques=tuple(data["techniques"]),
+            window=Window(parse_datetime(data["window"][0]), parse_datetime(data["window"][1])),
+            columns={
+                k: parse_datetime(v["$dt"]) if isinstance(v, dict) and "$dt" in v else v for k, v in data["columns"].items()
+            },
+            entities=tuple(Entity(t, f) for t, f in data["entities"]),
+        )

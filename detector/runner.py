@@ -1,78 +1,104 @@
-"""One run: read rows for a window, evaluate every rule, deliver findings to every sink.
+"""Runs: read rows for windows, evaluate rules, stage findings, deliver them. Shared by the CLI and the function.
 
-Shared by the CLI and the Azure Function. Findings are complete before any sink is called, so a source
-failure delivers nothing; one failing sink does not stop the others.
+Two ways to run:
+- `run`: one explicit window, no state (the CLI's `run`): findings go straight to the sinks.
+- `run_incremental` / `run_backfill`: windows planned from a durable checkpoint, findings through the outbox.
+  Order of work per window: evaluate -> stage in the outbox -> advance the checkpoint; then deliver the
+  outbox -> mark delivered. A crash anywhere loses no finding and duplicates none (see detector/state).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from detector.errors import SinkError
+from detector.errors import ConfigError, SinkError, SourceError
 from detector.evaluate import evaluate
 from detector.kql import format_datetime
 from detector.models import Finding, Row, Window
 from detector.rules import Rule, load_rules
 from detector.sinks import Sink
 from detector.sources import ReadRequest, Source
-from detector.windows import latest_window
+from detector.state import LeaseLostError, RuleState, StateStore
+from detector.windows import bins_of, is_aligned, merge_bins, plan_windows, split_window
 
 if TYPE_CHECKING:
     from detector.config import Settings
 
 log = logging.getLogger("detector")
 
+# A run holds its rule's lease this long and renews it after every window. It is longer than
+# host.json's functionTimeout (30 min), so a crashed run's lease lapses before the next daily run.
+LEASE_TTL = timedelta(minutes=35)
+# Rows ingested up to this long before a bin was evaluated may not have been visible to that evaluation.
+LATE_MARGIN = timedelta(minutes=5)
+BACKFILL_PIECE = timedelta(hours=1)
+OUTBOX_LEASE = "outbox"
+
 
 @dataclass
 class RuleRun:
-    """What one rule's evaluation of one window did."""
+    """What one evaluation of one window did."""
 
     rule_id: str
     window: Window
+    kind: str = "window"  # window | recheck | backfill
     rows_read: int = 0
     findings: list[Finding] = field(default_factory=list)
+    staged: int = 0
+    source_stats: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class RunSummary:
-    """The outcome of a run; `ok` is False when any delivery failed."""
+    """The outcome of a run; `ok` is False when a source, the state or a delivery failed."""
 
     source: str
     rules: list[RuleRun] = field(default_factory=list)
-    delivery_errors: dict[str, str] = field(default_factory=dict)  # sink -> error
     deliveries: dict[str, int] = field(default_factory=dict)  # sink -> findings delivered
+    delivery_errors: dict[str, str] = field(default_factory=dict)  # sink -> error
+    errors: dict[str, str] = field(default_factory=dict)  # rule id -> source or state error
+    skipped: list[str] = field(default_factory=list)  # what was not evaluated, and why
+    lag_seconds: dict[str, float] = field(default_factory=dict)  # rule id -> now - checkpoint
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.delivery_errors
+        return not self.delivery_errors and not self.errors
 
     @property
     def findings(self) -> list[Finding]:
         return [f for r in self.rules for f in r.findings]
 
     def to_json(self) -> dict[str, Any]:
-        """Structured form for logs (Application Insights customDimensions) and the CLI."""
+        """Structured form for logs (query it in Application Insights) and the CLI."""
         return {
             "source": self.source,
-            "rules": [
+            "windows": [
                 {
                     "ruleId": r.rule_id,
-                    "windowStart": format_datetime(r.window.start),
-                    "windowEnd": format_datetime(r.window.end),
+                    "kind": r.kind,
+                    "start": format_datetime(r.window.start),
+                    "end": format_datetime(r.window.end),
                     "rowsRead": r.rows_read,
                     "findings": len(r.findings),
+                    "staged": r.staged,
+                    **r.source_stats,
                 }
                 for r in self.rules
             ],
+            "rowsRead": sum(r.rows_read for r in self.rules),
             "findings": len(self.findings),
             "deliveries": self.deliveries,
             "deliveryErrors": self.delivery_errors,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "lagSeconds": self.lag_seconds,
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
         }
@@ -84,29 +110,30 @@ def _counted(rows: Iterator[Row], run: RuleRun) -> Iterator[Row]:
         yield row
 
 
-def evaluate_window(rule: Rule, source: Source, window: Window) -> RuleRun:
+def evaluate_window(rule: Rule, source: Source, window: Window, kind: str = "window") -> RuleRun:
     """Read the rows one rule needs for a window and evaluate it. Raises if the source cannot answer whole."""
-    run = RuleRun(rule.id, window)
+    run = RuleRun(rule.id, window, kind)
     logic = rule.logic
     request = ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())
     run.findings = evaluate(rule, _counted(source.read(request), run), window)
-    log.info("rule %s window %s: %d rows, %d findings", rule.id, window, run.rows_read, len(run.findings))
+    run.source_stats = dict(source.read_stats())
+    log.info("rule %s %s %s: %d rows, %d findings", rule.id, kind, window, run.rows_read, len(run.findings))
     return run
 
 
 def deliver(findings: Sequence[Finding], sinks: Sequence[Sink], summary: RunSummary) -> None:
-    """Deliver to every sink; a failing sink is recorded and the others still run."""
+    """Deliver straight to every sink (no outbox); a failing sink is recorded and the others still run."""
     for sink in sinks:
         try:
             sink.deliver(findings)
             summary.deliveries[sink.describe()] = len(findings)
         except SinkError as exc:
             summary.delivery_errors[sink.describe()] = str(exc)
-            log.error("delivery to %s failed: %s", sink.describe(), exc)  # noqa: TRY400 - expected failure, message is enough
+            log.error("delivery to %s failed: %s", sink.describe(), exc)  # noqa: TRY400 - the message says it all
 
 
 def run(plan: Sequence[tuple[Rule, Window]], source: Source, sinks: Sequence[Sink]) -> RunSummary:
-    """Evaluate each (rule, window) of the plan, then deliver all findings to every sink."""
+    """Evaluate each (rule, window) of the plan, then deliver all findings to every sink. No state."""
     started = time.monotonic()
     summary = RunSummary(source=source.describe())
     for rule, window in plan:
@@ -116,15 +143,198 @@ def run(plan: Sequence[tuple[Rule, Window]], source: Source, sinks: Sequence[Sin
     return summary
 
 
-def run_scheduled(settings: Settings, now: datetime) -> RunSummary:
-    """The timer's run: every configured rule over its latest whole-bin window ending before now - delay."""
+Clock = Callable[[], datetime]
+
+
+def wall_clock() -> datetime:
+    """The real time, for leases and for when bins were evaluated (compared with ingestion times)."""
+    return datetime.now(UTC)
+
+
+def deliver_outbox(store: StateStore, sinks: Sequence[Sink], summary: RunSummary, clock: Clock) -> None:
+    """Deliver every pending outbox entry of each sink and mark what arrived; failures stay pending.
+
+    Runs under the "outbox" lease, so two overlapping runs do not both deliver the same entries.
+    """
+    owner = str(uuid.uuid4())
+    if not store.acquire_lease(OUTBOX_LEASE, owner, LEASE_TTL, clock()):
+        summary.skipped.append("outbox: another run is delivering it")
+        return
+    try:
+        for sink in sinks:
+            name = sink.describe()
+            entries = store.pending(name)
+            delivered = entries
+            if entries:
+                try:
+                    sink.deliver([e.finding for e in entries])
+                except SinkError as exc:
+                    delivered = [e for e in entries if e.finding.id in exc.delivered]
+                    summary.delivery_errors[name] = f"{len(entries) - len(delivered)} of {len(entries)} not delivered: {exc}"
+                    log.error("delivery to %s failed, will retry next run: %s", name, exc)  # noqa: TRY400
+                store.mark_delivered(name, delivered, clock())
+            summary.deliveries[name] = len(delivered)
+    finally:
+        store.release_lease(OUTBOX_LEASE, owner)
+
+
+class _RuleProgress:
+    """One rule's (or backfill's) state during a run, written back after every window under the run's lease."""
+
+    def __init__(self, store: StateStore, name: str, rule: Rule, sinks: Sequence[Sink], owner: str, clock: Clock) -> None:
+        self.store, self.name, self.rule, self.owner, self.clock = store, name, rule, owner, clock
+        self.sink_names = [s.describe() for s in sinks]
+        self.state: RuleState = store.load_rule_state(name, rule.logic.time_bin)
+
+    def commit(self, run: RuleRun, advance: bool, record_bins: bool = True) -> None:
+        """Stage the window's findings, then record the window as evaluated (and advance the checkpoint)."""
+        run.staged = self.store.stage(self.sink_names, run.findings)
+        evaluated_at = self.clock()
+        if record_bins:
+            for bin_start in bins_of(run.window, self.rule.logic.time_bin):
+                self.state.evaluated[bin_start] = evaluated_at
+        if advance:
+            self.state.checkpoint = run.window.end
+        self.store.save_rule_state(self.name, self.state, self.owner)
+        if not self.store.acquire_lease(self.name, self.owner, LEASE_TTL, self.clock()):  # renew for the next window
+            raise LeaseLostError(f"lease on {self.name} was taken by another run")
+
+
+def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settings: Settings, summary: RunSummary) -> None:
+    rule, state, time_bin = progress.rule, progress.state, progress.rule.logic.time_bin
+    started_at = progress.clock()
+    plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, rule.query_period, settings.catchup_limit)
+    if plan.skipped:
+        message = (
+            f"rule {rule.id}: {plan.skipped} is older than DETECTOR_CATCHUP_LIMIT and was NOT evaluated; "
+            f"run `python -m detector backfill --start {format_datetime(plan.skipped.start)} "
+            f"--end {format_datetime(plan.skipped.end)}` to cover it"
+        )
+        summary.skipped.append(message)
+        log.error(message)
+    for window in plan.windows:
+        run_ = evaluate_window(rule, source, window)
+        summary.rules.append(run_)
+        progress.commit(run_, advance=True)
+
+    # Late data: bins within the re-check horizon that received rows after they were evaluated.
+    horizon_start = (state.checkpoint or now) - settings.recheck_horizon
+    for bin_start in [b for b in state.evaluated if b < horizon_start]:
+        del state.evaluated[bin_start]
+    earlier = [(b, at) for b, at in state.evaluated.items() if at < started_at]
+    late: set[datetime] = set()
+    for at in sorted({at for _, at in earlier}):
+        for window in merge_bins([b for b, when in earlier if when == at], time_bin):
+            found = source.late_bins(window, at - LATE_MARGIN, time_bin)
+            late |= set(bins_of(window, time_bin)) if found is None else found
+    for window in merge_bins(late, time_bin):
+        run_ = evaluate_window(rule, source, window, kind="recheck")
+        summary.rules.append(run_)
+        progress.commit(run_, advance=False)
+    if state.checkpoint is not None:
+        summary.lag_seconds[rule.id] = (now - state.checkpoint).total_seconds()
+
+
+def _under_lease(store: StateStore, name: str, summary: RunSummary, clock: Clock, work: Callable[[str], None]) -> None:
+    """Run work(owner) holding the lease `name`; report, do not raise, source and lease failures."""
+    owner = str(uuid.uuid4())
+    if not store.acquire_lease(name, owner, LEASE_TTL, clock()):
+        message = f"{name}: another run holds its lease; this run leaves it to that run"
+        summary.skipped.append(message)
+        log.warning(message)
+        return
+    try:
+        work(owner)
+    except (SourceError, LeaseLostError) as exc:
+        summary.errors[name] = str(exc)
+        log.error("%s: %s", name, exc)  # noqa: TRY400 - expected failure, the message says what to do
+    finally:
+        store.release_lease(name, owner)
+
+
+def run_incremental(
+    rules: Sequence[Rule],
+    source: Source,
+    sinks: Sequence[Sink],
+    store: StateStore,
+    now: datetime,
+    settings: Settings,
+    clock: Clock = wall_clock,
+) -> RunSummary:
+    """Evaluate every whole window each rule has not evaluated yet (and late bins), then deliver the outbox."""
+    started = time.monotonic()
+    summary = RunSummary(source=source.describe())
+    for rule in rules:
+        _under_lease(
+            store,
+            rule.id,
+            summary,
+            clock,
+            lambda owner, rule=rule: _advance_rule(  # type: ignore[misc]
+                _RuleProgress(store, rule.id, rule, sinks, owner, clock), source, now, settings, summary
+            ),
+        )
+    deliver_outbox(store, sinks, summary, clock)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def run_backfill(
+    rules: Sequence[Rule],
+    source: Source,
+    sinks: Sequence[Sink],
+    store: StateStore,
+    window: Window,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    clock: Clock = wall_clock,
+) -> RunSummary:
+    """Evaluate a past range window by window under the same state rules; resumable after interruption.
+
+    Progress is kept under its own name (rule id + range), so rerunning the same command continues where
+    it stopped; the scheduled checkpoint is not touched. Findings go through the outbox like any run's.
+    """
+    started = time.monotonic()
+    summary = RunSummary(source=source.describe())
+    for rule in rules:
+        if not is_aligned(window, rule.logic.time_bin):
+            raise ConfigError("--start/--end", f"a backfill must cover whole {rule.logic.time_bin} bins: {window}")
+
+        def work(owner: str, rule: Rule = rule) -> None:
+            name = f"backfill|{rule.id}|{format_datetime(window.start)}|{format_datetime(window.end)}"
+            state = _RuleProgress(store, name, rule, sinks, owner, clock)
+            # The rule's lease is held for the whole backfill; progress is saved under the backfill's name.
+            if not store.acquire_lease(name, owner, LEASE_TTL, clock()):
+                raise LeaseLostError(f"{name}: another backfill of the same range is running")
+            try:
+                pieces = split_window(window, BACKFILL_PIECE)
+                done = [p for p in pieces if state.state.checkpoint and p.end <= state.state.checkpoint]
+                progress(len(done), len(pieces))
+                for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):
+                    run_ = evaluate_window(rule, source, piece, kind="backfill")
+                    summary.rules.append(run_)
+                    state.commit(run_, advance=True, record_bins=False)
+                    if not store.acquire_lease(rule.id, owner, LEASE_TTL, clock()):  # renew the rule's lease
+                        raise LeaseLostError(f"lease on {rule.id} was taken by another run")
+                    progress(index, len(pieces))
+            finally:
+                store.release_lease(name, owner)
+
+        _under_lease(store, rule.id, summary, clock, work)
+    deliver_outbox(store, sinks, summary, clock)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock) -> RunSummary:
+    """The timer's run: every configured rule, incrementally from its checkpoint, through the outbox."""
     from detector.sinks import open_sink
     from detector.sources import open_source
+    from detector.state import open_state_store
 
     if settings.now_override is not None:
         now = settings.now_override
     rules = load_rules(settings.rules)
     source = open_source(settings.source, settings, settings.computer, setting="DETECTOR_SOURCE")
     sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in settings.sinks]
-    plan = [(rule, latest_window(now, settings.ingestion_delay, rule.query_period, rule.logic.time_bin)) for rule in rules]
-    return run(plan, source, sinks)
+    store = open_state_store(settings)
+    return run_incremental(rules, source, sinks, store, now, settings, clock)

@@ -38,3 +38,68 @@ def azure_env(monkeypatch: pytest.MonkeyPatch, pki: TestPki, identity_server: Fa
         monkeypatch.delenv(name, raising=False)
     identity_server.server.state.clear()  # type: ignore[attr-defined]
     return identity_server
+
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_TABLE = ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-table"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def azurite_table(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite's Table service over HTTPS (test CA) with OAuth on: the endpoint URL of its dev account.
+
+    The real azure-data-tables client and ManagedIdentityCredential talk to it as to Azure Table Storage.
+    """
+    import socket
+    import subprocess
+    import time
+
+    if not AZURITE_TABLE.exists():
+        pytest.fail(f"Azurite is not installed at {AZURITE_TABLE}: run `make azurite` (make test does it)")
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            str(AZURITE_TABLE),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--silent",
+            "--oauth",
+            "basic",
+            "--cert",
+            str(pki.server_cert),
+            "--key",
+            str(pki.server_key),
+        ],
+        cwd=tmp_path_factory.mktemp("azurite"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read().decode() if process.stdout else ""
+                    pytest.fail(f"Azurite did not start: {output}")
+                time.sleep(0.05)
+        yield f"https://127.0.0.1:{port}/devstoreaccount1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

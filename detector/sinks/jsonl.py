@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from detector.atomicfile import write_atomically
 from detector.errors import ConfigError, SinkError
 from detector.models import Finding
 from detector.sinks import Sink, register_sink
@@ -46,18 +45,7 @@ class JsonlSink(Sink):
                                 ) from None
             for finding in findings:
                 records[finding.id] = finding.to_json()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    for record in records.values():
-                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values()))
         except OSError as exc:
             raise SinkError(
                 f"jsonl:{self.path}: cannot write ({exc.strerror}); check the folder exists and is writable"

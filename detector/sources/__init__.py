@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.errors import ConfigError
@@ -39,6 +41,23 @@ class Source(ABC):
     def describe(self) -> str:
         """A short human description (for logs and the run summary)."""
         return type(self).__name__
+
+    def late_bins(self, window: Window, ingested_after: datetime, time_bin: timedelta) -> set[datetime] | None:
+        """Bins of `window` holding rows that arrived after `ingested_after`, for the late-data re-check.
+
+        None means the source cannot tell, and every bin of the window is re-evaluated (which is always
+        safe: re-evaluating a bin that did not change produces the same findings, and they are not sent again).
+        """
+        return None
+
+    def read_stats(self) -> dict[str, int]:
+        """Figures about the last read (requests, candidate groups, bytes...) for the run summary."""
+        return {}
+
+
+def files_changed_after(paths: list[Path], moment: datetime) -> bool:
+    """True when any file was modified after `moment` (how local sources detect late data)."""
+    return any(path.stat().st_mtime > moment.timestamp() for path in paths)
 
 
 SourceFactory = Callable[[str, "Settings | None", str], Source]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from detector.errors import InputError
-from detector.models import Row
-from detector.sources import ReadRequest, Source, register_source
+from detector.models import Row, Window
+from detector.sources import ReadRequest, Source, files_changed_after, register_source
 from detector.w3ciislog import coerce_row
 
 
@@ -25,6 +26,10 @@ class FileSource(Source):
 
     def describe(self) -> str:
         return f"file:{self.path}"
+
+    def late_bins(self, window: Window, ingested_after: datetime, time_bin: timedelta) -> set[datetime] | None:
+        # Files carry no ingestion time: if any changed since, every bin of the window is re-checked.
+        return None if files_changed_after([self.path], ingested_after) else set()
 
     def read(self, request: ReadRequest) -> Iterator[Row]:
         for row in self._rows(request):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from detector.errors import InputError
-from detector.models import Row
-from detector.sources import ReadRequest, Source, register_source
+from detector.models import Row, Window
+from detector.sources import ReadRequest, Source, files_changed_after, register_source
 from detector.w3ciislog import COLUMN_TYPES
 
 FIELD_TO_COLUMN: dict[str, str] = {
@@ -67,6 +67,10 @@ class IisLogSource(Source):
                 raise InputError(str(self.path), "folder holds no *.log files; point iis: at an IIS log folder")
             return found
         raise InputError(str(self.path), "no such file or folder; check the path after 'iis:'")
+
+    def late_bins(self, window: Window, ingested_after: datetime, time_bin: timedelta) -> set[datetime] | None:
+        # Files carry no ingestion time: if any changed since, every bin of the window is re-checked.
+        return None if files_changed_after(self.files(), ingested_after) else set()
 
     def read(self, request: ReadRequest) -> Iterator[Row]:
         for path in self.files():
