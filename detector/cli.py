@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from detector import runner
 from detector.errors import ConfigError, DetectorError, SourceError
 from detector.kql import format_timespan, parse_datetime
 from detector.models import Window
@@ -37,21 +38,83 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sink", action="append", help="stdout (default) | jsonl:<path>; repeat for several")
     run.add_argument("--summary-json", action="store_true", help="print the run summary as JSON on stderr")
 
+    backfill = sub.add_parser("backfill", help="evaluate a past range window by window, with state; resumable")
+    backfill.add_argument("--source", required=True, help="file:<path> | iis:<path> | loganalytics:<workspace id>")
+    backfill.add_argument("--computer", default="", help="Computer for iis: rows (default: this host's name)")
+    backfill.add_argument("--start", required=True, help="range start, ISO 8601 UTC, on a bin edge")
+    backfill.add_argument("--end", required=True, help="range end, ISO 8601 UTC, on a bin edge")
+    backfill.add_argument("--rule", default=str(DEFAULT_RULES_DIR), help="rule file, folder, or rule id")
+    backfill.add_argument("--sink", action="append", help="as for run; findings go through the state's outbox")
+    backfill.add_argument("--state", default="file:.detector-state", help="state store (default file:.detector-state)")
+    backfill.add_argument("--summary-json", action="store_true", help="print the run summary as JSON on stderr")
+
+    sub.add_parser("scheduled", help="do what the timer does, with settings from the environment (DETECTOR_*)")
+
     validate = sub.add_parser("validate", help="validate rule files and run their inline examples")
     validate.add_argument("paths", nargs="*", default=[str(DEFAULT_RULES_DIR)], help="rule files or folders")
     return parser
 
 
+def _window(args: argparse.Namespace) -> Window:
+    start, end = _datetime("--start", args.start), _datetime("--end", args.end)
+    if start >= end:  # type: ignore[operator]
+        raise ConfigError("--start", f"{args.start} is not before --end {args.end}")
+    return Window(start, end)  # type: ignore[arg-type]
+
+
+def _report(summary: runner.RunSummary, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(summary.to_json()), file=sys.stderr)
+    else:
+        rows = sum(r.rows_read for r in summary.rules)
+        windows = ", ".join(sorted({str(r.window) for r in summary.rules})) or "none"
+        print(f"windows {windows}: {rows} rows read, {len(summary.findings)} finding(s)", file=sys.stderr)
+    for message in summary.skipped:
+        print(f"warning: {message}", file=sys.stderr)
+    for rule, error in summary.errors.items():
+        print(f"error: {rule}: {error}", file=sys.stderr)
+    for sink, error in summary.delivery_errors.items():
+        print(f"error: delivery to {sink} failed: {error}", file=sys.stderr)
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from detector.sinks import open_sink
+    from detector.sources import open_source
+    from detector.state import open_state_store
+
+    window = _window(args)
+    rules = load_rules(args.rule)
+    source = open_source(args.source, None, args.computer)
+    sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
+    store = open_state_store(None, args.state)
+
+    def progress(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        print(f"\rbackfill [{'#' * filled}{'.' * (width - filled)}] {done}/{total} windows", end="", file=sys.stderr)
+        if done == total:
+            print(file=sys.stderr)
+
+    summary = runner.run_backfill(rules, source, sinks, store, window, progress)
+    return _report(summary, args.summary_json)
+
+
+def _scheduled() -> int:
+    from datetime import UTC, datetime
+
+    from detector.config import Settings
+
+    summary = runner.run_scheduled(Settings.from_env(), now=datetime.now(UTC))
+    return _report(summary, as_json=True)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from detector import runner
     from detector.sinks import open_sink
     from detector.sources import open_source
     from detector.windows import is_aligned
 
-    start, end = _datetime("--start", args.start), _datetime("--end", args.end)
-    if start >= end:  # type: ignore[operator]
-        raise ConfigError("--start", f"{args.start} is not before --end {args.end}")
-    window = Window(start, end)  # type: ignore[arg-type]
+    window = _window(args)
     rules = load_rules(args.rule)
     source = open_source(args.source, None, args.computer)
     sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
@@ -63,14 +126,7 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     summary = runner.run([(rule, window) for rule in rules], source, sinks)
-    if args.summary_json:
-        print(json.dumps(summary.to_json()), file=sys.stderr)
-    else:
-        rows = sum(r.rows_read for r in summary.rules)
-        print(f"window {window}: {rows} rows read, {len(summary.findings)} finding(s)", file=sys.stderr)
-    for sink, error in summary.delivery_errors.items():
-        print(f"error: delivery to {sink} failed: {error}", file=sys.stderr)
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    return _report(summary, args.summary_json)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -95,7 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args) if args.command == "run" else _validate(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "backfill":
+            return _backfill(args)
+        if args.command == "scheduled":
+            return _scheduled()
+        return _validate(args)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

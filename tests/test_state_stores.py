@@ -1,0 +1,140 @@
+"""One contract, two stores: the local folder and Azure Table Storage (Azurite, over HTTPS, with the
+real managed-identity credential and azure-data-tables client)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from detector.config import Settings
+from detector.errors import ConfigError
+from detector.evaluate import evaluate
+from detector.kql import parse_datetime
+from detector.models import Finding
+from detector.sources import ReadRequest, open_source
+from detector.state import LeaseLostError, RuleState, StateStore, open_state_store
+from detector.state.file import FileStateStore
+from tests.fakes.server import FakeServer
+from tests.helpers import DAY, FILES, RULE
+
+BIN = timedelta(minutes=10)
+T0 = parse_datetime("2026-11-27T00:00:00Z")
+FINDINGS = evaluate(
+    RULE,
+    open_source(f"file:{FILES / 'w3ciislog.jsonl'}").read(ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns)),
+    DAY,
+)
+_tables = itertools.count()
+CLIENT_ID = "5e3c2f8a-1111-2222-3333-444455556666"
+
+
+@pytest.fixture(params=["file", "table"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    if request.param == "file":
+        yield FileStateStore(tmp_path / "state")
+        return
+    azure_env: FakeServer = request.getfixturevalue("azure_env")
+    endpoint: str = request.getfixturevalue("azurite_table")
+    settings = Settings.from_env(
+        {
+            "DETECTOR_SOURCE": "file:x",
+            "DETECTOR_STATE": "table",
+            "DETECTOR_STATE_TABLE_ENDPOINT": endpoint,
+            "DETECTOR_STATE_TABLE_NAME": f"state{next(_tables)}",
+            "AZURE_CLIENT_ID": CLIENT_ID,
+        }
+    )
+    yield open_state_store(settings)
+    # The token came from the managed-identity endpoint, for Storage, for our user-assigned identity.
+    assert {"resource": "https://storage.azure.com", "client_id": CLIENT_ID} in azure_env.server.state["requests"]  # type: ignore[attr-defined]
+
+
+def test_lease_is_exclusive_until_it_expires(store: StateStore) -> None:
+    ttl = timedelta(minutes=35)
+    assert store.acquire_lease("rule", "a", ttl, T0)
+    assert not store.acquire_lease("rule", "b", ttl, T0 + timedelta(minutes=34))
+    assert store.acquire_lease("rule", "a", ttl, T0 + timedelta(minutes=34))  # renewal by the holder
+    assert store.acquire_lease("rule", "b", ttl, T0 + timedelta(minutes=70))  # lapsed: taken over
+    assert not store.acquire_lease("rule", "a", ttl, T0 + timedelta(minutes=71))
+    store.release_lease("rule", "a")  # not the holder: no effect
+    assert not store.acquire_lease("rule", "c", ttl, T0 + timedelta(minutes=72))
+    store.release_lease("rule", "b")
+    assert store.acquire_lease("rule", "c", ttl, T0 + timedelta(minutes=72))
+    assert store.acquire_lease("other-rule", "a", ttl, T0)  # leases are per name
+
+
+def test_state_round_trips_and_writes_are_fenced_by_the_lease(store: StateStore) -> None:
+    assert store.load_rule_state("rule", BIN) == RuleState(BIN)
+    store.acquire_lease("rule", "a", timedelta(minutes=35), T0)
+    state = RuleState(BIN, T0, {T0 - BIN: T0, T0 - 2 * BIN: T0, T0 - 5 * BIN: T0 - timedelta(hours=1)})
+    store.save_rule_state("rule", state, "a")
+    assert store.load_rule_state("rule", BIN) == state
+    store.acquire_lease("rule", "b", timedelta(minutes=35), T0 + timedelta(hours=1))  # a's lease lapsed
+    with pytest.raises(LeaseLostError):
+        store.save_rule_state("rule", replace(state, checkpoint=T0 + BIN), "a")
+    assert store.load_rule_state("rule", BIN).checkpoint == T0
+
+
+def test_outbox_stage_pending_and_delivered(store: StateStore) -> None:
+    sinks = ["jsonl:/x", "sentinel"]
+    assert store.stage(sinks, FINDINGS) == 2 * len(FINDINGS)
+    pending = store.pending("sentinel")
+    assert [e.finding for e in pending] == sorted(FINDINGS, key=lambda f: (f.window.start, f.id))
+    assert all(isinstance(e.finding, Finding) for e in pending)
+    store.mark_delivered("sentinel", pending[:3], T0)
+    assert len(store.pending("sentinel")) == len(FINDINGS) - 3
+    assert len(store.pending("jsonl:/x")) == len(FINDINGS)  # per sink
+
+    # Re-staging the same findings (a retry, a re-check without new rows) changes nothing.
+    assert store.stage(sinks, FINDINGS) == 0
+    assert len(store.pending("sentinel")) == len(FINDINGS) - 3
+
+    # A delivered finding that changed (late rows) is pending again, as an update of the same id.
+    changed = replace(pending[0].finding, columns={**pending[0].finding.columns, "ConnectionsCount": 999})
+    assert store.stage(["sentinel"], [changed]) == 1
+    again = [e for e in store.pending("sentinel") if e.finding.id == changed.id]
+    assert len(again) == 1
+    assert again[0].finding.columns["ConnectionsCount"] == 999
+    assert again[0].delivered_digest == pending[0].digest
+
+    # Marking an older version delivered does not mark the newer one.
+    store.mark_delivered("sentinel", [pending[0]], T0)
+    assert changed.id in {e.finding.id for e in store.pending("sentinel")}
+
+
+def test_delivered_entries_are_pruned_after_retention(store: StateStore) -> None:
+    store.stage(["s"], FINDINGS[:2])
+    store.mark_delivered("s", store.pending("s")[:1], T0 + timedelta(days=40))
+    # The delivered one is forgotten: staging it again makes it pending (sinks upsert, so no duplicate).
+    assert store.stage(["s"], FINDINGS[:2]) == 1
+    assert len(store.pending("s")) == 2
+
+
+def test_a_large_finding_survives_the_round_trip(store: StateStore) -> None:
+    big = replace(
+        FINDINGS[0], columns={**FINDINGS[0].columns, "set_csUserAgent": [f"agent-{i:03d}-" + "x" * 700 for i in range(128)]}
+    )
+    store.stage(["s"], [big])
+    (entry,) = store.pending("s")
+    assert entry.finding == big
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"DETECTOR_STATE": "table"}, "DETECTOR_STATE_TABLE_ENDPOINT"),
+        ({"DETECTOR_STATE": "s3:bucket"}, "DETECTOR_STATE"),
+        (
+            {"DETECTOR_STATE": "table", "DETECTOR_STATE_TABLE_ENDPOINT": "https://x", "DETECTOR_STATE_TABLE_NAME": "a-b"},
+            "DETECTOR_STATE_TABLE_NAME",
+        ),
+    ],
+)
+def test_bad_state_settings_are_named(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        open_state_store(Settings.from_env({"DETECTOR_SOURCE": "file:x", **values}))
