@@ -71,6 +71,10 @@ class Finding:
     window: Window
     columns: Mapping[str, Any]  # the query's output columns, in KQL order, with KQL names
     entities: tuple[Entity, ...] = field(default_factory=tuple)
+    # The span of the activity the finding describes (for a time-binned rule: its bin, clipped to the
+    # window). Sinks use it for incident activity times and evidence queries. None when unknown.
+    first_activity: datetime | None = None
+    last_activity: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object: the KQL columns in order, then the finding's metadata."""
