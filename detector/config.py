@@ -109,7 +109,7 @@ class Settings:
             if not value:
                 if spec.default is None and not (spec.name == "DETECTOR_SOURCE" and not source_required):
                     raise ConfigError(spec.name, f"is required ({spec.description})")
-                value = spec.default
+                value = spec.default or ""
             values[spec.name] = value
 
         sinks = tuple(s.strip() for s in values["DETECTOR_SINKS"].split(",") if s.strip())

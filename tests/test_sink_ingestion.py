@@ -63,7 +63,9 @@ def settings_for(server: FakeServer, dcr: str = DCR_ID) -> Settings:
     )
 
 
-def sink(server: FakeServer, waits: list[float] | None = None, clock: datetime | None = None, max_wait: float = 60) -> LogsIngestionSink:
+def sink(
+    server: FakeServer, waits: list[float] | None = None, clock: datetime | None = None, max_wait: float = 60
+) -> LogsIngestionSink:
     return LogsIngestionSink(
         server.url,
         DCR_ID,
@@ -138,7 +140,8 @@ def test_oversized_value_sets_are_shortened_and_named() -> None:
     row = finding_row(finding, datetime.now(UTC))
     assert row["TruncatedColumns"] == ["set_csUserAgent"]
     assert 0 < len(row["set_csUserAgent"]) < 30
-    assert row["portCount"] == 30 and len(row["set_sPort"]) == 30
+    assert row["portCount"] == 30
+    assert len(row["set_sPort"]) == 30
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,7 +155,8 @@ def test_rows_arrive_gzip_compressed_and_match_the_findings(ingestion: FakeServe
     rows = state(ingestion)["rows"]
     assert [r["FindingId"] for r in rows] == [f.id for f in found]
     (call,) = state(ingestion)["calls"]
-    assert call["gzip"] and call["compressed"] < call["uncompressed"]
+    assert call["gzip"]
+    assert call["compressed"] < call["uncompressed"]
     for row, finding in zip(rows, found, strict=True):
         c = finding.columns
         assert (row["cIP"], row["Computer"], row["sIP"]) == (c["cIP"], c["Computer"], c["sIP"])
@@ -200,7 +204,8 @@ def test_429_longer_than_the_bound_fails_with_the_wait(ingestion: FakeServer) ->
     state(ingestion).update(throttle=1, retry_after="900")
     with pytest.raises(SinkError, match="asks to wait 900 s") as caught:
         sink(ingestion, waits, max_wait=30).deliver(findings())
-    assert waits == [] and caught.value.delivered == frozenset()
+    assert waits == []
+    assert caught.value.delivered == frozenset()
 
 
 def test_403_names_the_role_and_the_dcr(ingestion: FakeServer) -> None:
@@ -219,7 +224,7 @@ def test_unknown_dcr_names_the_settings(ingestion: FakeServer) -> None:
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="DETECTOR_INGESTION_ENDPOINT.*required"):
+    with pytest.raises(ConfigError, match=r"DETECTOR_INGESTION_ENDPOINT.*required"):
         open_sink("loganalytics-table", Settings.from_env({"DETECTOR_SOURCE": "file:x"}))
     with pytest.raises(ConfigError, match="DETECTOR_INGESTION_DCR_IMMUTABLE_ID"):
         Settings.from_env({"DETECTOR_SOURCE": "file:x", "DETECTOR_INGESTION_DCR_IMMUTABLE_ID": "my-dcr"})
@@ -265,15 +270,19 @@ def test_rule_template_is_consistent_with_its_query_and_the_table() -> None:
     mapped = {(m["entityType"], f["identifier"], f["columnName"]) for m in template["entityMappings"] for f in m["fieldMappings"]}
     assert mapped == {("IP", "Address", "cIP"), ("Host", "FullName", "Computer")}
     for key, column in template["customDetails"].items():
-        assert re.fullmatch(r"[a-zA-Z]+\w*", key) and len(key) <= 20
+        assert re.fullmatch(r"[a-zA-Z]+\w*", key)
+        assert len(key) <= 20
         assert column in columns
     for field in ("alertDisplayNameFormat", "alertDescriptionFormat"):
         placeholders = re.findall(r"\{\{(\w+)\}\}", template["alertDetailsOverride"][field])
-        assert len(set(placeholders)) <= 3 and set(placeholders) <= set(columns)
+        assert len(set(placeholders)) <= 3
+        assert set(placeholders) <= set(columns)
     grouping = template["incidentConfiguration"]["groupingConfiguration"]
-    assert grouping["groupByCustomDetails"] == ["FindingId"] and grouping["matchingMethod"] == "Selected"
+    assert grouping["groupByCustomDetails"] == ["FindingId"]
+    assert grouping["matchingMethod"] == "Selected"
     assert template["eventGroupingSettings"]["aggregationKind"] == "AlertPerResult"
-    assert re.search(r"let lookback = 10m;", alert_query()) and template["queryFrequency"] == "5m"
+    assert re.search(r"let lookback = 10m;", alert_query())
+    assert template["queryFrequency"] == "5m"
 
 
 def load_rows_into_duckdb(rows: list[dict[str, Any]]) -> Any:

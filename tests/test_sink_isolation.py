@@ -64,7 +64,11 @@ def test_a_failing_sink_leaves_the_others_delivered_and_is_reported(services: di
     assert not summary.ok
     assert list(summary.delivery_errors) == ["sentinel:law-soc"]
     assert "Microsoft Sentinel Responder" in summary.delivery_errors["sentinel:law-soc"]
-    assert summary.deliveries == {f"jsonl:{out}": 7, "loganalytics-table:Custom-IISPortScanFindings_CL": 7, "webhook:per-finding": 7}
+    assert summary.deliveries == {
+        f"jsonl:{out}": 7,
+        "loganalytics-table:Custom-IISPortScanFindings_CL": 7,
+        "webhook:per-finding": 7,
+    }
     ids = {f.id for f in found}
     assert {json.loads(line)["FindingId"] for line in out.read_text().splitlines()} == ids
     assert {row["FindingId"] for row in state(services["ingestion"])["rows"]} == ids

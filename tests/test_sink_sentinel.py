@@ -61,7 +61,8 @@ def test_one_incident_per_finding_with_the_evidence(arm: FakeServer, azure_env: 
         c = finding.columns
         assert props["status"] == "New"
         assert props["severity"] == "Medium"
-        assert c["cIP"] in props["title"] and c["Computer"] in props["title"]
+        assert c["cIP"] in props["title"]
+        assert c["Computer"] in props["title"]
         assert {label["labelName"] for label in props["labels"]} >= {"Tactic: InitialAccess", "Technique: T1190"}
         start, end = bin_of(finding)
         assert props["firstActivityTimeUtc"] == start.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -98,8 +99,21 @@ def test_second_run_creates_nothing_and_keeps_the_analysts_changes(arm: FakeServ
     found = findings()
     open_sink("sentinel", settings_for(arm)).deliver(found)
     closed, taken = found[0].id, found[1].id
-    owner = {"objectId": "2f4c1b9e-0000-4000-8000-000000000001", "email": "ana@contoso.com", "assignedTo": "Ana", "userPrincipalName": "ana@contoso.com"}
-    analyst_edit(state(arm), WORKSPACE, closed, status="Closed", classification="TruePositive", classificationReason="SuspiciousActivity", owner=owner)
+    owner = {
+        "objectId": "2f4c1b9e-0000-4000-8000-000000000001",
+        "email": "ana@contoso.com",
+        "assignedTo": "Ana",
+        "userPrincipalName": "ana@contoso.com",
+    }
+    analyst_edit(
+        state(arm),
+        WORKSPACE,
+        closed,
+        status="Closed",
+        classification="TruePositive",
+        classificationReason="SuspiciousActivity",
+        owner=owner,
+    )
     analyst_edit(state(arm), WORKSPACE, taken, status="Active", owner=owner, severity="High")
     before = {key: dict(value) for key, value in state(arm)["incidents"].items()}
     puts_before = len(writes(arm))
@@ -133,7 +147,8 @@ def test_late_rows_update_the_evidence_only_and_comment_once(arm: FakeServer) ->
     assert len(comments) == 1
     assert f"portCount {grown.columns['portCount']}" in comments[0]["properties"]["message"]
     update = [w for w in writes(arm) if w["path"].endswith(grown.id) and w["if_match"]]
-    assert len(update) == 1 and update[0]["body"]["etag"] == update[0]["if_match"]
+    assert len(update) == 1
+    assert update[0]["body"]["etag"] == update[0]["if_match"]
 
 
 @pytest.mark.parametrize("conflict_status", [409, 412])
@@ -149,7 +164,8 @@ def test_etag_conflict_rereads_and_keeps_the_concurrent_edit(arm: FakeServer, co
     open_sink("sentinel", settings_for(arm)).deliver([grown])
 
     props = incident(arm, grown.id)["properties"]
-    assert props["owner"]["assignedTo"] == "Bo" and props["status"] == "Active"
+    assert props["owner"]["assignedTo"] == "Bo"
+    assert props["status"] == "Active"
     assert f"reached {grown.columns['portCount']} distinct ports" in props["description"]
     gets = [r for r in s["requests"] if r["method"] == "GET" and r["path"].endswith(grown.id)]
     assert len(gets) == 3  # first delivery, then the read before the conflict and the re-read after it
@@ -221,7 +237,7 @@ def test_requests_use_the_stable_api_version(arm: FakeServer) -> None:
 
 
 def test_settings_are_checked_when_the_sink_is_opened() -> None:
-    with pytest.raises(ConfigError, match="DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID.*required"):
+    with pytest.raises(ConfigError, match=r"DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID.*required"):
         open_sink("sentinel", Settings.from_env({"DETECTOR_SOURCE": "file:x"}))
     with pytest.raises(ConfigError, match="not a workspace resource id"):
         Settings.from_env({"DETECTOR_SOURCE": "file:x", "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID": "law-soc"})

@@ -57,7 +57,8 @@ def test_one_post_per_finding_with_text_and_idempotency_key(receiver: FakeServer
         assert body["finding"] == finding.to_json()
         text = body["text"]
         assert f"{finding.columns['cIP']} reached {finding.columns['portCount']} ports on {finding.columns['Computer']}" in text
-        assert "InitialAccess" in text and "T1190" in text
+        assert "InitialAccess" in text
+        assert "T1190" in text
 
 
 def test_per_run_mode_posts_batches_keyed_by_their_findings(receiver: FakeServer) -> None:
@@ -107,15 +108,19 @@ def test_the_url_never_appears_in_errors_or_logs(receiver: FakeServer, caplog: p
     caplog.set_level(logging.DEBUG)
     state(receiver)["script"] = [(404, {})]
     sink = open_sink("webhook", settings_for(receiver))
-    assert SECRET_QUERY not in repr(sink) and SECRET_QUERY not in sink.describe()
+    assert SECRET_QUERY not in repr(sink)
+    assert SECRET_QUERY not in sink.describe()
     with pytest.raises(SinkError) as refused:
         sink.deliver(findings()[:1])
     # A receiver that is not listening: the transport's own error text names the URL; ours must not.
-    closed = WebhookSink(f"https://127.0.0.1:9{SECRET_PATH}?{SECRET_QUERY}", retry=RetrySettings(sleep=lambda _: None, attempts=2))
+    closed = WebhookSink(
+        f"https://127.0.0.1:9{SECRET_PATH}?{SECRET_QUERY}", retry=RetrySettings(sleep=lambda _: None, attempts=2)
+    )
     with pytest.raises(SinkError, match="cannot reach the webhook") as unreachable:
         closed.deliver(findings()[:1])
     for message in (str(refused.value), str(unreachable.value)):
-        assert SECRET_PATH not in message and SECRET_QUERY not in message
+        assert SECRET_PATH not in message
+        assert SECRET_QUERY not in message
     # urllib3 logs request paths at DEBUG (documented in docs/sinks.md); nothing else may.
     leaks = [r for r in caplog.records if (SECRET_QUERY in r.getMessage() or SECRET_PATH in r.getMessage())]
     assert [r.name for r in leaks if not r.name.startswith("urllib3")] == []
@@ -125,13 +130,15 @@ def test_the_url_never_appears_in_errors_or_logs(receiver: FakeServer, caplog: p
 
 def test_redact_removes_every_form_of_the_url() -> None:
     url = f"https://hooks.example.com{SECRET_PATH}?{SECRET_QUERY}"
-    text = f"failed {url}; path {SECRET_PATH}; query {SECRET_QUERY}; {url.split('?')[0]}"
+    text = f"failed {url}; path {SECRET_PATH}; query {SECRET_QUERY}; {url.split('?', maxsplit=1)[0]}"
     cleaned = redact(text, url)
-    assert SECRET_PATH not in cleaned and SECRET_QUERY not in cleaned and "hooks.example.com" not in cleaned
+    assert SECRET_PATH not in cleaned
+    assert SECRET_QUERY not in cleaned
+    assert "hooks.example.com" not in cleaned
 
 
 def test_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="DETECTOR_WEBHOOK_URL.*required"):
+    with pytest.raises(ConfigError, match=r"DETECTOR_WEBHOOK_URL.*required"):
         open_sink("webhook", Settings.from_env({"DETECTOR_SOURCE": "file:x"}))
     with pytest.raises(ConfigError, match="takes no argument"):
         open_sink("webhook:https://hooks.example.com/x", Settings.from_env({"DETECTOR_SOURCE": "file:x"}))

@@ -37,7 +37,7 @@ class RetrySettings:
     sleep: Callable[[float], None] = time.sleep
 
 
-class BoundedRetryPolicy(RetryPolicy):  # type: ignore[misc]  # azure-core is untyped for mypy here
+class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]  # generic only in azure-core's stubs
     """azure-core's RetryPolicy (Retry-After first, else exponential backoff), with three changes:
     a Retry-After longer than `max_wait` ends the retries instead of blocking the run; waits go through a
     replaceable `sleep` (tests record them instead of sleeping); POST may be made retryable."""

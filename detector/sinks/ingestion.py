@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from detector.errors import ConfigError, SinkError
@@ -185,7 +185,7 @@ def schema_problems(columns: Sequence[Column] = COLUMNS) -> list[str]:
             problems.append(f"{column.name}: names start with a letter and hold at most 45 letters, digits or _")
         if column.type not in DCR_TYPES:
             problems.append(f"{column.name}: type {column.type} is not a DCR stream type")
-    if len(set(n.lower() for n in names)) != len(names):
+    if len({n.lower() for n in names}) != len(names):
         problems.append("column names must be unique (case-insensitively)")
     return problems
 
@@ -264,7 +264,8 @@ class LogsIngestionSink(Sink):
         def collect(error: Any) -> None:
             failed.append((error.error, list(error.failed_logs)))
 
-        self._ingestion_client().upload(rule_id=self.dcr_immutable_id, stream_name=self.stream, logs=rows, on_error=collect)
+        logs = cast("list[MutableMapping[str, Any]]", rows)
+        self._ingestion_client().upload(rule_id=self.dcr_immutable_id, stream_name=self.stream, logs=logs, on_error=collect)
         remaining: list[tuple[BaseException, list[Mapping[str, Any]]]] = []
         for error, chunk in failed:
             if _status(error) == 413 and len(chunk) > 1:
@@ -287,7 +288,7 @@ class LogsIngestionSink(Sink):
         if response is not None:
             try:
                 body = response.text()
-            except Exception:  # noqa: BLE001 - the body is only decoration for the message
+            except Exception:  # the body only decorates the message; never fail on it
                 body = None
         detail = (service_error(body) or getattr(error, "message", "") or str(error)).strip()
         ids = request_ids(headers)

@@ -275,11 +275,11 @@ def update_comment(finding: Finding, owned: Mapping[str, Any]) -> tuple[str, str
 # I/O: the Security Insights API
 
 
-class _FindingFailed(Exception):
+class _FindingFailedError(Exception):
     """This finding could not be delivered; the others may still be."""
 
 
-class _SinkBroken(Exception):
+class _SinkBrokenError(Exception):
     """Nothing more can be delivered this run (permissions, wrong workspace, throttling, network)."""
 
 
@@ -338,18 +338,20 @@ class SentinelSink(Sink):
 
         client = self._pipeline()
         headers = {"If-Match": etag} if etag else {}
-        request = HttpRequest(method, f"{self.arm_endpoint}{path}", params={"api-version": API_VERSION}, json=body, headers=headers)
+        request = HttpRequest(
+            method, f"{self.arm_endpoint}{path}", params={"api-version": API_VERSION}, json=body, headers=headers
+        )
         try:
             response: HttpResponse = client.send_request(
                 request, connection_timeout=self._retry.connection_timeout, read_timeout=self._retry.read_timeout
             )
         except ClientAuthenticationError as exc:
-            raise _SinkBroken(
+            raise _SinkBrokenError(
                 f"could not get a token for {scope_of(self.arm_endpoint)} from the managed identity: {exc.message}; "
                 "check AZURE_CLIENT_ID names the Function App's user-assigned identity"
             ) from None
         except (ServiceRequestError, ServiceResponseError) as exc:
-            raise _SinkBroken(f"cannot reach {self.arm_endpoint} (DETECTOR_ARM_ENDPOINT): {exc.message}") from None
+            raise _SinkBrokenError(f"cannot reach {self.arm_endpoint} (DETECTOR_ARM_ENDPOINT): {exc.message}") from None
         response.read()
         return response
 
@@ -360,26 +362,26 @@ class SentinelSink(Sink):
         status, detail, ids = response.status_code, service_error(response.content), request_ids(response.headers)
         scope = self.workspace_resource_id.split("/providers/", 1)[0]
         if status == 401:
-            return _SinkBroken(
+            return _SinkBrokenError(
                 f"401 Unauthorized to {action}: the token was refused ({detail}){ids}; check that the managed identity "
                 f"(AZURE_CLIENT_ID) belongs to the workspace's tenant and that DETECTOR_ARM_ENDPOINT matches its cloud"
             )
         if status == 403:
-            return _SinkBroken(
+            return _SinkBrokenError(
                 f"403 Forbidden to {action} ({detail}){ids}: grant the Function App's managed identity the "
                 f"'{RESPONDER_ROLE}' role on the workspace's resource group {scope} "
                 "(or on the workspace and its SecurityInsights solution)"
             )
         if status == 404:
-            return _SinkBroken(
+            return _SinkBrokenError(
                 f"404 Not Found to {action} ({detail}){ids}: check DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID "
                 f"('{self.workspace_resource_id}') names a workspace with Microsoft Sentinel enabled"
             )
         if status == 429:
-            return _SinkBroken(f"cannot {action}: {throttled_text(response.headers, self._retry)}{ids}")
+            return _SinkBrokenError(f"cannot {action}: {throttled_text(response.headers, self._retry)}{ids}")
         if status >= 500:
-            return _SinkBroken(f"cannot {action}: the service answered {status} ({detail}){ids}; retried next run")
-        return _FindingFailed(f"cannot {action}: {status} {detail}{ids}")
+            return _SinkBrokenError(f"cannot {action}: the service answered {status} ({detail}){ids}; retried next run")
+        return _FindingFailedError(f"cannot {action}: {status} {detail}{ids}")
 
     # -- delivery
 
@@ -421,7 +423,7 @@ class SentinelSink(Sink):
                 log.info("sentinel: incident %s changed while we updated it (etag conflict); re-reading", finding.id)
                 continue
             raise self._problem(updated, f"update incident {finding.id}")
-        raise _FindingFailed(
+        raise _FindingFailedError(
             f"incident {finding.id} kept changing while the detector updated it ({CONFLICT_ATTEMPTS} etag conflicts); "
             "retried next run"
         )
@@ -432,10 +434,10 @@ class SentinelSink(Sink):
         for finding in findings:
             try:
                 self._deliver_one(finding)
-            except _FindingFailed as exc:
+            except _FindingFailedError as exc:
                 failures.append(str(exc))
                 continue
-            except _SinkBroken as exc:
+            except _SinkBrokenError as exc:
                 left = len(findings) - len(delivered)
                 raise SinkError(
                     f"{self.describe()}: {exc} ({left} of {len(findings)} findings not delivered)",

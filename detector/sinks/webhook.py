@@ -38,7 +38,7 @@ log = logging.getLogger("detector.sinks.webhook")
 RUN_BATCH = 50  # findings per POST in per-run mode: keeps bodies well below receivers' limits (Slack: 40k chars of text)
 TEXT_LINES = 20  # findings listed in a per-run text before "... and N more"
 MODES = ("per-finding", "per-run")
-SECRET = "<DETECTOR_WEBHOOK_URL>"
+URL_PLACEHOLDER = "<DETECTOR_WEBHOOK_URL>"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def redact(text: str, url: str) -> str:
     if len(parts.path) > 1:
         forms.add(parts.path)
     for form in sorted((f for f in forms if f and len(f) > 1), key=len, reverse=True):
-        text = text.replace(form, SECRET)
+        text = text.replace(form, URL_PLACEHOLDER)
     return text
 
 
@@ -118,7 +118,7 @@ def redact(text: str, url: str) -> str:
 # I/O
 
 
-class _Failed(Exception):
+class _PostFailedError(Exception):
     """A POST failed for good; the message is already free of the URL."""
 
 
@@ -173,7 +173,7 @@ class WebhookSink(Sink):
             response.read()
         except AzureError as exc:
             reason = type(exc).__name__
-            raise _Failed(
+            raise _PostFailedError(
                 f"cannot reach the webhook ({reason}: {redact(str(exc.message), self._url)}) "
                 f"after {self._retry.attempts} attempts; check DETECTOR_WEBHOOK_URL (not shown: it is a secret)"
             ) from None
@@ -181,7 +181,7 @@ class WebhookSink(Sink):
         if 200 <= status < 300:
             return
         if status == 429:
-            raise _Failed(f"the webhook {throttled_text(response.headers, self._retry)}")
+            raise _PostFailedError(f"the webhook {throttled_text(response.headers, self._retry)}")
         body = redact(response.text()[:300], self._url).strip()
         hint = {
             400: "the receiver refused the body",
@@ -191,7 +191,7 @@ class WebhookSink(Sink):
             410: "the receiver was deleted: create a new webhook and update DETECTOR_WEBHOOK_URL",
             413: "the body is too large for the receiver: use DETECTOR_WEBHOOK_MODE=per-finding",
         }.get(status, "retried next run")
-        raise _Failed(f"the webhook answered {status}{f' ({body})' if body else ''}: {hint}")
+        raise _PostFailedError(f"the webhook answered {status}{f' ({body})' if body else ''}: {hint}")
 
     def deliver(self, findings: Sequence[Finding]) -> None:
         if not findings:
@@ -208,7 +208,7 @@ class WebhookSink(Sink):
         for key, ids, payload in posts:
             try:
                 self._post(key, payload)
-            except _Failed as exc:
+            except _PostFailedError as exc:
                 raise SinkError(
                     f"{self.describe()}: {exc} ({len(findings) - len(delivered)} of {len(findings)} findings not delivered)",
                     delivered=frozenset(delivered),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from detector.sinks.ingestion import SCHEMA_PATH, schema_document  # noqa: E402
+from detector.sinks.ingestion import SCHEMA_PATH, schema_document
 
 
 def main() -> None:

@@ -95,7 +95,9 @@ class ArmHandler(JsonHandler):
         return state
 
     def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        self.send_json(status, {"error": {"code": code, "message": message}}, {"x-ms-request-id": str(uuid.uuid4()), **(headers or {})})
+        self.send_json(
+            status, {"error": {"code": code, "message": message}}, {"x-ms-request-id": str(uuid.uuid4()), **(headers or {})}
+        )
 
     def _common(self, method: str) -> tuple[dict[str, Any], re.Match[str] | None, Any] | None:
         """Checks every request passes; None when an error was already sent."""
@@ -103,9 +105,7 @@ class ArmHandler(JsonHandler):
         url = urlsplit(self.path)
         body = self.read_body() if method == "PUT" else b""
         parsed = json.loads(body) if body else None
-        state["requests"].append(
-            {"method": method, "path": url.path, "if_match": self.headers.get("If-Match"), "body": parsed}
-        )
+        state["requests"].append({"method": method, "path": url.path, "if_match": self.headers.get("If-Match"), "body": parsed})
         expected = state.get("audience")
         if expected and token_audience(self.headers.get("Authorization", "")) != expected:
             self._error(401, "InvalidAuthenticationToken", "The access token is invalid or has the wrong audience.")

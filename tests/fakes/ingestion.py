@@ -80,7 +80,9 @@ class IngestionHandler(JsonHandler):
     """The Logs Ingestion endpoint of one DCR (or DCE)."""
 
     def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        self.send_json(status, {"error": {"code": code, "message": message}}, {"x-ms-request-id": str(uuid.uuid4()), **(headers or {})})
+        self.send_json(
+            status, {"error": {"code": code, "message": message}}, {"x-ms-request-id": str(uuid.uuid4()), **(headers or {})}
+        )
 
     def do_POST(self) -> None:
         state: dict[str, Any] = self.server.state  # type: ignore[attr-defined]
@@ -105,7 +107,11 @@ class IngestionHandler(JsonHandler):
             fail(429, "TooManyRequests", "Rate limit exceeded.", {"Retry-After": str(state.get("retry_after", "1"))})
             return
         if state.get("forbidden"):
-            fail(403, "OperationFailed", "The authentication token provided does not have access to ingest data for the data collection rule.")
+            fail(
+                403,
+                "OperationFailed",
+                "The authentication token provided does not have access to ingest data for the data collection rule.",
+            )
             return
         if parse_qs(url.query).get("api-version") != [API_VERSION]:
             fail(400, "InvalidApiVersion", f"Unsupported api-version in '{url.query}'.")
