@@ -216,6 +216,26 @@ def test_403_names_the_role_and_the_dcr(ingestion: FakeServer) -> None:
     assert caught.value.delivered == frozenset()
 
 
+def test_unreachable_endpoint_is_reported_with_the_setting(pki: TestPki, azure_env: FakeServer) -> None:
+    settings = Settings.from_env(
+        {
+            "DETECTOR_SOURCE": "file:unused",
+            "AZURE_CLIENT_ID": CLIENT_ID,
+            "DETECTOR_INGESTION_ENDPOINT": "https://127.0.0.1:9",
+            "DETECTOR_INGESTION_DCR_IMMUTABLE_ID": DCR_ID,
+        }
+    )
+    closed = LogsIngestionSink(
+        settings.ingestion_endpoint,
+        DCR_ID,
+        credential=build_credential(settings),
+        retry=RetrySettings(sleep=lambda _: None, attempts=2),
+    )
+    with pytest.raises(SinkError, match="DETECTOR_INGESTION_ENDPOINT") as caught:
+        closed.deliver(findings())
+    assert caught.value.delivered == frozenset()
+
+
 def test_unknown_dcr_names_the_settings(ingestion: FakeServer) -> None:
     other = "dcr-ffffffffffffffffffffffffffffffff"
     with pytest.raises(SinkError, match="DETECTOR_INGESTION_DCR_IMMUTABLE_ID") as caught:

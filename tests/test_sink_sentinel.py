@@ -182,6 +182,14 @@ def test_403_names_the_role_and_delivers_nothing(arm: FakeServer) -> None:
     assert len(state(arm)["requests"]) == 1  # stops at the first refusal instead of hammering the API
 
 
+def test_401_points_at_the_identity_and_the_cloud(arm: FakeServer) -> None:
+    state(arm)["audience"] = "https://management.usgovcloudapi.net"  # the token is for another audience
+    with pytest.raises(SinkError, match="401 Unauthorized") as caught:
+        open_sink("sentinel", settings_for(arm)).deliver(findings())
+    assert "AZURE_CLIENT_ID" in str(caught.value)
+    assert "DETECTOR_ARM_ENDPOINT" in str(caught.value)
+
+
 def test_404_names_the_workspace_setting(arm: FakeServer) -> None:
     wrong = WORKSPACE.replace("law-soc", "law-typo")
     with pytest.raises(SinkError, match="DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID") as caught:

@@ -295,7 +295,7 @@ class LogsIngestionSink(Sink):
         if status is None:
             return (
                 f"cannot reach {self.endpoint} (DETECTOR_INGESTION_ENDPOINT) or get a token for "
-                f"{monitor_scope(self.endpoint)}: {detail}"
+                f"{monitor_scope(self.endpoint)} (check AZURE_CLIENT_ID): {detail}"
             )
         if status in (401, 403):
             return (
@@ -316,17 +316,10 @@ class LogsIngestionSink(Sink):
     def deliver(self, findings: Sequence[Finding]) -> None:
         if not findings:
             return
-        from azure.core.exceptions import ClientAuthenticationError
-
         delivered_at = self._clock()
         rows = [finding_row(f, delivered_at, self.evidence_table) for f in findings]
-        try:
-            failed = self._upload(rows)
-        except ClientAuthenticationError as exc:  # raised by the credential before any chunk is sent
-            raise SinkError(
-                f"{self.describe()}: could not get a token for {monitor_scope(self.endpoint)}: {exc.message}; "
-                "check AZURE_CLIENT_ID names the Function App's user-assigned identity"
-            ) from None
+        # upload() hands every failure to on_error, credential errors included (they have no status).
+        failed = self._upload(rows)
         if not failed:
             log.info("loganalytics-table: %d rows uploaded to %s", len(rows), self.stream)
             return

@@ -264,8 +264,8 @@ def update_comment(finding: Finding, owned: Mapping[str, Any]) -> tuple[str, str
     counts = ", ".join(f"{name} {c[name]}" for name in ("portCount", "ConnectionsCount") if name in c)
     first, last = activity_span(finding)
     message = (
-        f"The detector re-evaluated this finding with rows that arrived late and updated the evidence in the "
-        f"description ({counts}; activity {format_datetime(first)} to {format_datetime(last)}). "
+        f"The detector re-evaluated this finding (late-arriving rows or a new detector version) and updated the "
+        f"evidence in the description ({counts}; activity {format_datetime(first)} to {format_datetime(last)}). "
         "Status, owner and classification were left as they are."
     )
     return comment_id, message
