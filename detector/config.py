@@ -7,9 +7,11 @@ README use exactly these names; tests check that they agree.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from detector.errors import ConfigError
 from detector.kql import parse_datetime, parse_timespan
@@ -51,6 +53,31 @@ SETTINGS: tuple[Setting, ...] = (
         "DETECTOR_CATCHUP_LIMIT", "7d", "after downtime, catch up at most this far back; older windows are reported as skipped"
     ),
     Setting("DETECTOR_RECHECK_HORIZON", "1d", "re-evaluate bins this recent that received rows after they were evaluated"),
+    # Sinks that reach Azure and the SOC (issue 4, docs/sinks.md).
+    Setting(
+        "DETECTOR_ARM_ENDPOINT",
+        "https://management.azure.com",
+        "Azure Resource Manager endpoint of the cloud (sovereign clouds: https://management.usgovcloudapi.net, ...)",
+    ),
+    Setting(
+        "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID",
+        "",
+        "sentinel sink: resource id of the Sentinel workspace, "
+        "/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.OperationalInsights/workspaces/<name>",
+    ),
+    Setting(
+        "DETECTOR_INGESTION_ENDPOINT",
+        "",
+        "loganalytics-table sink: logs ingestion endpoint of the DCR (or its DCE), https://<name>.<region>.ingest.monitor.azure.com",
+    ),
+    Setting("DETECTOR_INGESTION_DCR_IMMUTABLE_ID", "", "loganalytics-table sink: immutable id of the DCR (dcr-<32 hex>)"),
+    Setting(
+        "DETECTOR_INGESTION_STREAM",
+        "Custom-IISPortScanFindings_CL",
+        "loganalytics-table sink: stream declared in the DCR (infra/schema/findings-columns.json)",
+    ),
+    Setting("DETECTOR_WEBHOOK_URL", "", "webhook sink: URL to POST findings to; a secret (Key Vault reference in Azure)"),
+    Setting("DETECTOR_WEBHOOK_MODE", "per-finding", "webhook sink: per-finding (one POST per finding) or per-run (one POST)"),
 )
 
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
@@ -72,19 +99,30 @@ class Settings:
     state_table_name: str
     catchup_limit: timedelta
     recheck_horizon: timedelta
-    raw: Mapping[str, str]
+    raw: Mapping[str, str] = field(repr=False)  # holds DETECTOR_WEBHOOK_URL, a secret: never printed
+    # The Azure sinks (issue 4). Defaults keep Settings constructible in tests.
+    arm_endpoint: str = "https://management.azure.com"
+    sentinel_workspace_resource_id: str = ""
+    ingestion_endpoint: str = ""
+    ingestion_dcr_immutable_id: str = ""
+    ingestion_stream: str = "Custom-IISPortScanFindings_CL"
+    webhook_url: str = field(default="", repr=False)  # a secret: never printed
+    webhook_mode: str = "per-finding"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from a mapping (default: os.environ); raise ConfigError naming the setting."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, source_required: bool = True) -> Settings:
+        """Build settings from a mapping (default: os.environ); raise ConfigError naming the setting.
+
+        source_required=False serves callers that only need the sink settings (the CLI's --sink).
+        """
         source_env: Mapping[str, str] = os.environ if env is None else env
         values: dict[str, str] = {}
         for spec in SETTINGS:
             value = source_env.get(spec.name, "").strip()
             if not value:
-                if spec.default is None:
+                if spec.default is None and not (spec.name == "DETECTOR_SOURCE" and not source_required):
                     raise ConfigError(spec.name, f"is required ({spec.description})")
-                value = spec.default
+                value = spec.default or ""
             values[spec.name] = value
 
         sinks = tuple(s.strip() for s in values["DETECTOR_SINKS"].split(",") if s.strip())
@@ -113,6 +151,7 @@ class Settings:
             catchup_limit=catchup_limit,
             recheck_horizon=recheck_horizon,
             raw=values,
+            **_sink_settings(values),
         )
 
 
@@ -124,3 +163,61 @@ def _timespan(values: Mapping[str, str], name: str, minimum: timedelta) -> timed
     if span < minimum:
         raise ConfigError(name, f"must be at least {minimum}")
     return span
+
+
+_WORKSPACE_RESOURCE_ID = re.compile(
+    r"^/subscriptions/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/resourceGroups/[-\w._()]{1,90}"
+    r"/providers/Microsoft\.OperationalInsights/workspaces/[-A-Za-z0-9]{4,63}$",
+    re.IGNORECASE,
+)
+_DCR_IMMUTABLE_ID = re.compile(r"^dcr-[0-9a-f]{32}$")
+_STREAM = re.compile(r"^Custom-[A-Za-z][A-Za-z0-9_]{0,62}$")
+WEBHOOK_MODES = ("per-finding", "per-run")
+
+
+def _https_url(name: str, value: str, *, secret: bool = False) -> str:
+    """Validate an https:// URL setting; a secret URL is never echoed back in the error."""
+    parsed = urlsplit(value)
+    if parsed.scheme != "https" or not parsed.hostname:
+        shown = "the value" if secret else f"'{value}'"
+        raise ConfigError(name, f"{shown} is not an https:// URL")
+    return value.rstrip("/") if not secret else value
+
+
+def _sink_settings(values: Mapping[str, str]) -> dict[str, str]:
+    """Parse the Azure sink settings. Emptiness is checked by the sink that needs a value, not here."""
+    out = {
+        "arm_endpoint": _https_url("DETECTOR_ARM_ENDPOINT", values["DETECTOR_ARM_ENDPOINT"]),
+        "sentinel_workspace_resource_id": values["DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID"].rstrip("/"),
+        "ingestion_endpoint": values["DETECTOR_INGESTION_ENDPOINT"],
+        "ingestion_dcr_immutable_id": values["DETECTOR_INGESTION_DCR_IMMUTABLE_ID"],
+        "ingestion_stream": values["DETECTOR_INGESTION_STREAM"],
+        "webhook_url": values["DETECTOR_WEBHOOK_URL"],
+        "webhook_mode": values["DETECTOR_WEBHOOK_MODE"],
+    }
+    workspace = out["sentinel_workspace_resource_id"]
+    if workspace and not _WORKSPACE_RESOURCE_ID.match(workspace):
+        raise ConfigError(
+            "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID",
+            f"'{workspace}' is not a workspace resource id; copy it from the workspace's Properties page: "
+            "/subscriptions/<subscription id>/resourceGroups/<group>/providers/Microsoft.OperationalInsights/workspaces/<name>",
+        )
+    if out["ingestion_endpoint"]:
+        out["ingestion_endpoint"] = _https_url("DETECTOR_INGESTION_ENDPOINT", out["ingestion_endpoint"])
+    dcr = out["ingestion_dcr_immutable_id"]
+    if dcr and not _DCR_IMMUTABLE_ID.match(dcr):
+        raise ConfigError(
+            "DETECTOR_INGESTION_DCR_IMMUTABLE_ID",
+            f"'{dcr}' is not a DCR immutable id (dcr- and 32 hex digits); it is the DCR's immutableId property, "
+            "not its name or resource id",
+        )
+    if not _STREAM.match(out["ingestion_stream"]):
+        raise ConfigError(
+            "DETECTOR_INGESTION_STREAM",
+            f"'{out['ingestion_stream']}' is not a custom stream name such as Custom-IISPortScanFindings_CL",
+        )
+    if out["webhook_url"]:
+        _https_url("DETECTOR_WEBHOOK_URL", out["webhook_url"], secret=True)
+    if out["webhook_mode"] not in WEBHOOK_MODES:
+        raise ConfigError("DETECTOR_WEBHOOK_MODE", f"'{out['webhook_mode']}' is not one of {', '.join(WEBHOOK_MODES)}")
+    return out

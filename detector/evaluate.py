@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 from detector.models import Entity, Finding, Row, Window, finding_id
 from detector.rules import Rule
@@ -32,6 +34,15 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
                 window=window,
                 columns=result,
                 entities=tuple(entities),
+                first_activity=_clip(rule.logic.first_activity(result), window),
+                last_activity=_clip(rule.logic.last_activity(result), window),
             )
         )
     return findings
+
+
+def _clip(moment: Any, window: Window) -> datetime | None:
+    """A logic's activity time, kept inside the window (a partial bin ends where the window ends)."""
+    if not isinstance(moment, datetime):
+        return None
+    return min(max(moment, window.start), window.end)

@@ -73,6 +73,10 @@ class Finding:
     window: Window
     columns: Mapping[str, Any]  # the query's output columns, in KQL order, with KQL names
     entities: tuple[Entity, ...] = field(default_factory=tuple)
+    # The span of the activity the finding describes (for a time-binned rule: its bin, clipped to the
+    # window). Sinks use it for incident activity times and evidence queries. None when unknown.
+    first_activity: datetime | None = None
+    last_activity: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object: the KQL columns in order, then the finding's metadata."""
@@ -119,6 +123,7 @@ class Finding:
             "window": [format_datetime(self.window.start), format_datetime(self.window.end)],
             "columns": {k: {"$dt": format_datetime(v)} if isinstance(v, datetime) else v for k, v in self.columns.items()},
             "entities": [[e.type, dict(e.fields)] for e in self.entities],
+            "activity": [format_datetime(t) if t else None for t in (self.first_activity, self.last_activity)],
         }
 
     @classmethod
@@ -137,4 +142,6 @@ class Finding:
                 k: parse_datetime(v["$dt"]) if isinstance(v, dict) and "$dt" in v else v for k, v in data["columns"].items()
             },
             entities=tuple(Entity(t, f) for t, f in data["entities"]),
+            first_activity=parse_datetime(data["activity"][0]) if data["activity"][0] else None,
+            last_activity=parse_datetime(data["activity"][1]) if data["activity"][1] else None,
         )

@@ -54,4 +54,5 @@ def open_sink(spec: str, settings: Settings | None = None, setting: str = "--sin
 
 
 def _load_builtin() -> None:
-    from detector.sinks import jsonl, stdout  # noqa: F401
+    # Each module registers itself; none imports an Azure SDK at module level (they do it when used).
+    from detector.sinks import ingestion, jsonl, sentinel, stdout, webhook  # noqa: F401
