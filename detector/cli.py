@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start", required=True, help="window start, ISO 8601 UTC (inclusive)")
     run.add_argument("--end", required=True, help="window end, ISO 8601 UTC (exclusive)")
     run.add_argument("--rule", default=str(DEFAULT_RULES_DIR), help="rule file, folder, or rule id (default: all bundled rules)")
-    run.add_argument("--sink", action="append", help="stdout (default) | jsonl:<path>; repeat for several")
+    run.add_argument(
+        "--sink", action="append", help="stdout (default) | jsonl:<path> | sentinel | loganalytics-table | webhook; repeatable"
+    )
     run.add_argument("--summary-json", action="store_true", help="print the run summary as JSON on stderr")
 
     backfill = sub.add_parser("backfill", help="evaluate a past range window by window, with state; resumable")
