@@ -131,6 +131,15 @@ class World:
         path = self.jsonl.path
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
+    def set_checkpoint(self, moment: str) -> None:
+        """As if earlier runs had evaluated everything up to `moment`."""
+        store = FileStateStore(self.state_dir)
+        store.acquire_lease(RULE.id, "earlier-run", LEASE_TTL, self.clock())
+        state = store.load_rule_state(RULE.id, RULE.logic.time_bin)
+        state.checkpoint = parse_datetime(moment)
+        store.save_rule_state(RULE.id, state, "earlier-run")
+        store.release_lease(RULE.id, "earlier-run")
+
     def checkpoint(self) -> datetime | None:
         return FileStateStore(self.state_dir).load_rule_state(RULE.id, RULE.logic.time_bin).checkpoint
 
@@ -234,12 +243,7 @@ def test_killed_run_blocks_until_its_lease_lapses_then_the_next_run_finishes(wor
 
 def test_source_error_fails_loudly_and_the_next_run_resumes_where_it_stopped(world: World) -> None:
     # Three days of catch-up; the second day's read fails.
-    store = FileStateStore(world.state_dir)
-    store.acquire_lease(RULE.id, "seed", LEASE_TTL, world.clock())
-    state = store.load_rule_state(RULE.id, RULE.logic.time_bin)
-    state.checkpoint = parse_datetime("2026-11-26T00:00:00Z")
-    store.save_rule_state(RULE.id, state, "seed")
-    store.release_lease(RULE.id, "seed")
+    world.set_checkpoint("2026-11-26T00:00:00Z")
     later = parse_datetime("2026-11-29T00:35:00Z")
 
     failed = world.run(source=FlakySource(world.data, fail_on={2}), now=later)
@@ -383,12 +387,7 @@ def test_same_window_evaluated_twice_gives_the_same_findings(world: World) -> No
 
 
 def test_catch_up_beyond_the_limit_is_reported(world: World) -> None:
-    store = FileStateStore(world.state_dir)
-    store.acquire_lease(RULE.id, "seed", LEASE_TTL, world.clock())
-    state = store.load_rule_state(RULE.id, RULE.logic.time_bin)
-    state.checkpoint = parse_datetime("2026-11-01T00:00:00Z")
-    store.save_rule_state(RULE.id, state, "seed")
-    store.release_lease(RULE.id, "seed")
+    world.set_checkpoint("2026-11-01T00:00:00Z")
     summary = world.run(config=settings(DETECTOR_CATCHUP_LIMIT="2d"))
     assert any("NOT evaluated" in s and "2026-11-01T00:00:00Z" in s and "backfill" in s for s in summary.skipped)
     assert [format_datetime(r.window.start) for r in summary.rules if r.kind == "window"] == [
