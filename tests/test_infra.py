@@ -422,8 +422,9 @@ def findings_column_problems(columns: Any) -> list[str]:
     problems = []
     seen: set[str] = set()
     for index, column in enumerate(columns):
-        if not isinstance(column, dict) or set(column) - {"name", "type", "description"} or not {"name", "type"} <= set(column):
-            problems.append(f"item {index}: must be an object with name and type (and optional description)")
+        # Exactly name and type: a DCR stream declaration accepts no other column property.
+        if not isinstance(column, dict) or set(column) != {"name", "type"}:
+            problems.append(f"item {index}: must be an object with exactly name and type")
             continue
         name, kind = column["name"], column["type"]
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,44}", str(name)):
@@ -456,6 +457,7 @@ def test_column_validator_accepts_the_fixture_schema() -> None:
         ([{"name": "TimeGenerated", "type": "datetime"}, {"name": "Type", "type": "string"}], "reserved"),
         ([{"name": "TimeGenerated", "type": "datetime"}, {"name": "1st", "type": "string"}], "starts with a letter"),
         ([{"name": "TimeGenerated", "type": "datetime"}, {"name": "TimeGenerated", "type": "datetime"}], "duplicate"),
+        ([{"name": "TimeGenerated", "type": "datetime", "description": "when"}], "exactly name and type"),
     ],
 )
 def test_column_validator_rejects_bad_schemas(columns: Any, expected: str) -> None:
@@ -565,8 +567,8 @@ def _checkov_executable() -> str:
     if not executable:
         pytest.fail(
             "checkov not found. It conflicts with the dev pins, so install it in its own venv: "
-            "python3.11 -m venv .venv-checkov && .venv-checkov/bin/pip install -r requirements-infra.txt, "
-            "then set CHECKOV=$PWD/.venv-checkov/bin/checkov (or put checkov on PATH)."
+            "python3.11 -m venv /opt/venv-checkov && /opt/venv-checkov/bin/pip install -r requirements-infra.txt, "
+            "then set CHECKOV=/opt/venv-checkov/bin/checkov (or put checkov on PATH). See requirements-infra.txt."
         )
     return executable
 
