@@ -6,8 +6,9 @@ START ?= 2026-11-26T00:00:00Z
 END ?= 2026-11-27T00:00:00Z
 
 AZURITE := .tools/azurite/node_modules/.bin/azurite-table
+CHECKOV := .tools/checkov/bin/checkov
 
-.PHONY: setup demo test lint azurite
+.PHONY: setup demo test lint azurite checkov
 
 setup: $(VENV)/.installed
 
@@ -34,6 +35,14 @@ $(AZURITE):
 	mkdir -p .tools/azurite
 	cd .tools/azurite && npm init -y >/dev/null && npm install --no-audit --no-fund --silent azurite@3.35.0
 
+# checkov (Bicep security checks) pins packages that clash with ours: it gets a venv of its own.
+checkov: $(CHECKOV)
+
+$(CHECKOV): requirements-infra.txt
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install --quiet --disable-pip-version-check -r requirements-infra.txt
+	touch $@
+
 # Lint, type-check and run every test (pytest).
-test: lint azurite
-	$(BIN)/python -m pytest -q
+test: lint azurite checkov
+	CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest -q

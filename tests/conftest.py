@@ -99,7 +99,15 @@ def azurite_table(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Ite
                     output = process.stdout.read().decode() if process.stdout else ""
                     pytest.fail(f"Azurite did not start: {output}")
                 time.sleep(0.05)
-        yield f"https://127.0.0.1:{port}/devstoreaccount1"
+        yield f"https://127.0.0.1:{port}/devstoreaccount1"  # tables: create them with create_state_table()
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def create_state_table(endpoint: str, name: str) -> None:
+    """What infra/ does in Azure: create the state table (the detector's identity may not create tables)."""
+    from azure.data.tables import TableServiceClient
+    from azure.identity import ManagedIdentityCredential
+
+    TableServiceClient(endpoint=endpoint, credential=ManagedIdentityCredential()).create_table_if_not_exists(name)

@@ -15,6 +15,7 @@ from detector.kql import parse_datetime
 from detector.runner import run_scheduled
 from detector.sources import ReadRequest
 from detector.sources.file import FileSource
+from tests.conftest import create_state_table
 from tests.fakes.server import FakeServer
 from tests.helpers import FILES, expected_findings
 
@@ -90,6 +91,7 @@ def test_backfill_refuses_a_range_that_splits_bins(tmp_path: Path, capsys: pytes
 
 def test_scheduled_runs_on_table_storage_and_never_duplicates(azure_env: FakeServer, azurite_table: str, tmp_path: Path) -> None:
     out = tmp_path / "f.jsonl"
+    create_state_table(azurite_table, "scheduledstate")
     settings = Settings.from_env(
         {
             "DETECTOR_SOURCE": f"file:{FILES / 'w3ciislog.jsonl'}",

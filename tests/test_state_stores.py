@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from detector.config import Settings
-from detector.errors import ConfigError
+from detector.errors import ConfigError, DetectorError
 from detector.evaluate import evaluate
 from detector.kql import parse_datetime
 from detector.models import Finding
 from detector.sources import ReadRequest, open_source
 from detector.state import LeaseLostError, RuleState, StateStore, open_state_store
 from detector.state.file import FileStateStore
+from tests.conftest import create_state_table
 from tests.fakes.server import FakeServer
 from tests.helpers import DAY, FILES, RULE
 
@@ -40,12 +41,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore
         return
     azure_env: FakeServer = request.getfixturevalue("azure_env")
     endpoint: str = request.getfixturevalue("azurite_table")
+    table = f"state{next(_tables)}"
+    create_state_table(endpoint, table)
     settings = Settings.from_env(
         {
             "DETECTOR_SOURCE": "file:x",
             "DETECTOR_STATE": "table",
             "DETECTOR_STATE_TABLE_ENDPOINT": endpoint,
-            "DETECTOR_STATE_TABLE_NAME": f"state{next(_tables)}",
+            "DETECTOR_STATE_TABLE_NAME": table,
             "AZURE_CLIENT_ID": CLIENT_ID,
         }
     )
@@ -138,3 +141,16 @@ def test_a_large_finding_survives_the_round_trip(store: StateStore) -> None:
 def test_bad_state_settings_are_named(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_state_store(Settings.from_env({"DETECTOR_SOURCE": "file:x", **values}))
+
+
+def test_a_missing_state_table_is_a_clear_error(azure_env: FakeServer, azurite_table: str) -> None:
+    settings = Settings.from_env(
+        {
+            "DETECTOR_SOURCE": "file:x",
+            "DETECTOR_STATE": "table",
+            "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table,
+            "DETECTOR_STATE_TABLE_NAME": "nosuchtable",
+        }
+    )
+    with pytest.raises(DetectorError, match=r"state table nosuchtable does not exist.*deploy infra"):
+        open_state_store(settings)

@@ -66,15 +66,24 @@ class TableStateStore(StateStore):
         if not _TABLE_NAME.match(name):
             raise ConfigError("DETECTOR_STATE_TABLE_NAME", f"'{name}' is not a table name (3-63 letters and digits)")
         service = TableServiceClient(endpoint=settings.state_table_endpoint, credential=build_credential(settings))
+        # The table is not created here: infra creates it, and the identity's role is scoped to that one
+        # table (least privilege), which does not allow creating tables. A cheap read checks access now.
+        table = service.get_table_client(name)
         try:
-            table = service.create_table_if_not_exists(name)
+            table.get_entity(_RULE_PARTITION, "access-check")
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "TableNotFound":
+                raise DetectorError(
+                    f"state table {name} does not exist at {settings.state_table_endpoint}; deploy infra/ (it creates "
+                    "it) or create it, or fix DETECTOR_STATE_TABLE_NAME"
+                ) from None
         except ClientAuthenticationError as exc:
             raise DetectorError(f"state table {name}: authentication failed ({exc.message})") from None
         except HttpResponseError as exc:
             if exc.status_code == 403:
                 raise DetectorError(
                     f"state table {name} at {settings.state_table_endpoint}: access denied; grant the Function App's "
-                    "identity 'Storage Table Data Contributor' on the storage account"
+                    "identity 'Storage Table Data Contributor' on the table"
                 ) from None
             raise DetectorError(f"state table {name}: {exc.message}") from None
         return cls(table, f"table:{settings.state_table_endpoint}/{name}")
