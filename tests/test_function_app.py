@@ -159,3 +159,23 @@ def test_importing_the_app_does_not_import_azure_sdks() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "[]"
+
+
+def test_past_due_timer_catches_up_every_missed_window(
+    indexed: dict[str, Any], set_env: SetEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "findings.jsonl"
+    common = {"DETECTOR_SOURCE": f"file:{FILES / 'w3ciislog.jsonl'}", "DETECTOR_SINKS": f"jsonl:{out}"}
+    set_env(**common, DETECTOR_NOW="2026-11-25T00:35:00Z")
+    call(indexed)  # the last run before an outage: [11-24, 11-25)
+    set_env(**common, DETECTOR_NOW="2026-11-28T00:35:00Z")  # three days later
+    caplog.set_level(logging.INFO)
+    call(indexed, TimerRequest(past_due=True))
+    summary = json.loads(next(r for r in caplog.records if r.getMessage().startswith("detector.summary")).getMessage()[17:])
+    assert [w["start"] for w in summary["windows"] if w["kind"] == "window"] == [
+        "2026-11-25T00:00:00Z",
+        "2026-11-26T00:00:00Z",
+        "2026-11-27T00:00:00Z",
+    ]
+    ips = {r["cIP"] for r in read_jsonl(out)}
+    assert {"203.0.113.50", "203.0.113.52"} <= ips  # scans just before and just after the fixture day
