@@ -7,8 +7,8 @@ README use exactly these names; tests check that they agree.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -80,7 +80,13 @@ class LogAnalyticsSettings:
     server_timeout: timedelta = timedelta(minutes=5)
     client_id: str = ""
 
-    NAMES = ("DETECTOR_LOGS_ENDPOINT", "DETECTOR_LOGS_MODE", "DETECTOR_LOGS_TABLE", "DETECTOR_LOGS_SERVER_TIMEOUT", "AZURE_CLIENT_ID")
+    NAMES = (
+        "DETECTOR_LOGS_ENDPOINT",
+        "DETECTOR_LOGS_MODE",
+        "DETECTOR_LOGS_TABLE",
+        "DETECTOR_LOGS_SERVER_TIMEOUT",
+        "AZURE_CLIENT_ID",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LogAnalyticsSettings:
@@ -99,7 +105,9 @@ class LogAnalyticsSettings:
         endpoint = values["DETECTOR_LOGS_ENDPOINT"].rstrip("/")
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigError("DETECTOR_LOGS_ENDPOINT", f"'{endpoint}' must be an https:// URL such as https://api.loganalytics.io")
+            raise ConfigError(
+                "DETECTOR_LOGS_ENDPOINT", f"'{endpoint}' must be an https:// URL such as https://api.loganalytics.io"
+            )
         mode = values["DETECTOR_LOGS_MODE"].lower()
         if mode not in LOGS_MODES:
             raise ConfigError("DETECTOR_LOGS_MODE", f"'{values['DETECTOR_LOGS_MODE']}' is not one of {', '.join(LOGS_MODES)}")
@@ -117,7 +125,9 @@ class LogAnalyticsSettings:
             raise ConfigError("DETECTOR_LOGS_SERVER_TIMEOUT", "must be whole seconds from 1s to 10m (the API's maximum)")
         client_id = values["AZURE_CLIENT_ID"]
         if client_id and not GUID.fullmatch(client_id):
-            raise ConfigError("AZURE_CLIENT_ID", f"'{client_id}' is not a client id (a GUID); leave it empty for developer credentials")
+            raise ConfigError(
+                "AZURE_CLIENT_ID", f"'{client_id}' is not a client id (a GUID); leave it empty for developer credentials"
+            )
         return cls(endpoint=endpoint, mode=mode, table=table, server_timeout=timeout, client_id=client_id)
 
 

@@ -23,7 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -209,6 +209,7 @@ class LogAnalyticsSource(Source):
         self.stats = QueryStats()
         self._client: LogsQueryClient | None = None
         self._requests_at_read_start = 0
+        self._last_status = 0
 
     def describe(self) -> str:
         return f"loganalytics:{self.workspace_id} ({self.settings.mode}, table {self.settings.table}, {self.settings.endpoint})"
@@ -258,7 +259,11 @@ class LogAnalyticsSource(Source):
 
         def rows(start: datetime, end: datetime) -> _Piece:
             return _Piece(
-                "raw", start, end, raw_query(table, start, end, request.columns), lambda: self._split_anywhere(start, end, size, rows)
+                "raw",
+                start,
+                end,
+                raw_query(table, start, end, request.columns),
+                lambda: self._split_anywhere(start, end, size, rows),
             )
 
         per_bin: dict[datetime, int] = {}
@@ -330,7 +335,9 @@ class LogAnalyticsSource(Source):
         if batch:
             yield batch
 
-    def _plan_slices(self, window: Window, size: timedelta, per_bin: dict[datetime, int]) -> Iterator[tuple[datetime, datetime, int]]:
+    def _plan_slices(
+        self, window: Window, size: timedelta, per_bin: dict[datetime, int]
+    ) -> Iterator[tuple[datetime, datetime, int]]:
         """Consecutive time slices of the window, each with at most rows_per_request rows (or one bin)."""
         start, rows = window.start, 0
         for bin_start in sorted(per_bin):
@@ -343,7 +350,9 @@ class LogAnalyticsSource(Source):
         if rows:
             yield start, window.end, rows
 
-    def _split_anywhere(self, start: datetime, end: datetime, size: timedelta, make: Callable[[datetime, datetime], _Piece]) -> tuple[_Piece, ...]:
+    def _split_anywhere(
+        self, start: datetime, end: datetime, size: timedelta, make: Callable[[datetime, datetime], _Piece]
+    ) -> tuple[_Piece, ...]:
         cut = _time_split(start, end, size)
         return () if cut is None else (make(start, cut), make(cut, end))
 
@@ -412,22 +421,29 @@ class LogAnalyticsSource(Source):
                     connection_timeout=30,
                     raw_response_hook=self._count_bytes,
                 )
+            except (ServiceRequestError, ServiceResponseError, DecodeError) as exc:
+                # Timeouts, resets and bodies cut short (DecodeError covers IncompleteReadError): ask again.
+                problem = f"{type(exc).__name__}: {_one_line(str(exc))}"
+            except json.JSONDecodeError:
+                # The SDK parses an error body even when there is none, as on a 204 No Content.
+                problem = f"HTTP {self._last_status} without a body"
             except HttpResponseError as exc:
                 status = exc.status_code or 0
-                if status not in RETRYABLE_STATUS and status != 204:
+                # No status: the answer never arrived whole (the SDK re-raises a cut body as a bare
+                # HttpResponseError); ask again like any transport failure.
+                if status and status not in RETRYABLE_STATUS and status != 204:
                     raise SourceError(
                         f"{self.describe()} window {window}: {piece} failed with HTTP {status}: {_error_text(exc)}"
                         + _hint(status)
                     ) from None
-                problem = "no content (204)" if status == 204 else f"HTTP {status}: {_error_text(exc)}"
+                problem = f"HTTP {status}: {_error_text(exc)}" if status else f"broken answer: {_error_text(exc)}"
                 retry_after = _retry_after(exc)
-            except (ServiceRequestError, ServiceResponseError, DecodeError) as exc:
-                # Timeouts, resets and bodies cut short: the answer is not whole, ask again.
-                problem = f"{type(exc).__name__}: {exc}"
             else:
                 if result.status == LogsQueryStatus.PARTIAL:
                     error = getattr(result, "partial_error", None)
-                    log.warning("%s: partial answer to %s (%s); not used", self.describe(), piece, getattr(error, "message", error))
+                    log.warning(
+                        "%s: partial answer to %s (%s); not used", self.describe(), piece, getattr(error, "message", error)
+                    )
                     return None
                 tables = getattr(result, "tables", None)
                 if tables:
@@ -450,6 +466,7 @@ class LogAnalyticsSource(Source):
 
     def _count_bytes(self, response: PipelineResponse[Any, Any]) -> None:
         http = response.http_response
+        self._last_status = http.status_code
         length = http.headers.get("Content-Length")
         self.stats.bytes_received += int(length) if length and length.isdigit() else len(http.body() or b"")
 
@@ -506,10 +523,9 @@ def _table_rows(table: Any, window: Window) -> list[dict[str, Any]]:
         values = list(row)
         for i in dynamic:
             if isinstance(values[i], str):
-                try:
+                # A dynamic string scalar that is not JSON text stays the string it is.
+                with suppress(json.JSONDecodeError):
                     values[i] = json.loads(values[i])
-                except json.JSONDecodeError:
-                    pass  # a dynamic string scalar that is not JSON text: keep it as the string it is
         for i in dates:
             value = values[i]
             if value is not None and not isinstance(value, datetime):
@@ -523,8 +539,12 @@ def _error_text(exc: Any) -> str:
     model = getattr(exc, "model", None)
     code, message = getattr(model, "code", None), getattr(model, "message", None)
     if code or message:
-        return f"{code}: {message}"
-    return str(getattr(exc, "reason", None) or exc.message or exc)
+        return _one_line(f"{code}: {message}")
+    return _one_line(str(getattr(exc, "reason", None) or exc.message or exc))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _hint(status: int) -> str:
