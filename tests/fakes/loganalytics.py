@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb_kql
+from duckdb_kql import engine as kql_engine
 
 from detector.w3ciislog import COLUMN_TYPES
 from tests.fakes.server import FakeServer, JsonHandler, serve
@@ -70,7 +71,8 @@ class RequestRecord:
     status: int = 0
     rows: int = 0
     partial: bool = False
-    wire_bytes: int = 0
+    wire_bytes: int = 0  # as sent: gzip-compressed when the client accepts it, as the service does
+    body_bytes: int = 0  # the JSON before compression
     fault: str = ""
 
 
@@ -173,13 +175,22 @@ class LogAnalyticsFake:
     def wire_bytes(self) -> int:
         return sum(r.wire_bytes for r in self.requests)
 
+    @property
+    def body_bytes(self) -> int:
+        return sum(r.body_bytes for r in self.requests)
+
     def reset_counters(self) -> None:
         self.requests.clear()
 
     # -- answering -------------------------------------------------------------------------------------
 
     def run(self, query: str, timespan: str | None) -> tuple[list[dict[str, str]], list[list[Any]]]:
-        """Columns and rows of the query over the rows inside `timespan` (KQL errors raise)."""
+        """Columns and rows (as on the wire) of the query over the rows inside `timespan`; KQL errors raise."""
+        columns, rows = self.run_json(query, timespan)
+        return columns, [json.loads(row) for row in rows]
+
+    def run_json(self, query: str, timespan: str | None) -> tuple[list[dict[str, str]], list[str]]:
+        """Columns, and each row as the JSON text of its wire form. DuckDB writes the JSON (fast at 1M rows)."""
         bounds = _timespan_bounds(timespan)
         text = _INGESTION_TIME.sub(INGESTION_COLUMN, query)
         with self.lock:
@@ -189,12 +200,38 @@ class LogAnalyticsFake:
                 first, last = (b.astimezone(UTC).isoformat() for b in bounds)
                 where = f""" WHERE "TimeGenerated" >= TIMESTAMPTZ '{first}' AND "TimeGenerated" <= TIMESTAMPTZ '{last}'"""
             self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{self.table}" AS SELECT * FROM "{self._base}"{where}')
-            result = duckdb_kql.kql(self.con, text)
-            names = list(result.columns)
-            kinds = [_kusto_type(str(t)) for t in result.types]
-            rows = result.fetchall()
+            translated = str(duckdb_kql.to_sql(text, schema=kql_engine.schema(self.con)))
+            self.con.execute("SET TimeZone = 'UTC'")
+            shape = self.con.execute(f"SELECT * FROM ({translated}) LIMIT 0")
+            names = [d[0] for d in shape.description or []]
+            duck_types = [str(d[1]) for d in shape.description or []]
+            kinds = [_kusto_type(t) for t in duck_types]
+            values = ", ".join(_wire_sql(f"__r.{_quote(n)}", k, t) for n, k, t in zip(names, kinds, duck_types, strict=True))
+            rows = self.con.execute(f"SELECT json_array({values})::VARCHAR FROM ({translated}) AS __r").fetchall() if names else []
         columns = [{"name": n, "type": k} for n, k in zip(names, kinds, strict=True)]
-        return columns, [[_wire_value(v, k) for v, k in zip(row, kinds, strict=True)] for row in rows]
+        return columns, [row[0] for row in rows]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _wire_sql(column: str, kind: str, duck_type: str) -> str:
+    """SQL rendering one value as Log Analytics sends it."""
+    if kind == "datetime":
+        # Kusto prints 100 ns ticks: 7 fractional digits when there is a fraction (the SDK cuts them to 6).
+        return (
+            f"CASE WHEN {column} IS NULL THEN NULL WHEN epoch_us({column}) % 1000000 = 0 "
+            f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%SZ') ELSE strftime({column}, '%Y-%m-%dT%H:%M:%S.%f') || '0Z' END"
+        )
+    if kind == "dynamic":
+        # Log Analytics sends dynamic values as JSON text, not nested JSON.
+        if duck_type.upper() == "JSON":
+            return f"CAST({column} AS VARCHAR)"
+        return f"CAST(to_json({column}) AS VARCHAR)"
+    if kind == "timespan":
+        return f"CAST({column} AS VARCHAR)"
+    return column
 
 
 def _kusto_type(duck: str) -> str:
@@ -214,24 +251,6 @@ def _kusto_type(duck: str) -> str:
     if duck.startswith("INTERVAL"):
         return "timespan"
     return "dynamic"  # JSON, lists, structs, maps
-
-
-def _wire_value(value: Any, kind: str) -> Any:
-    if value is None:
-        return None
-    if kind == "datetime":
-        moment: datetime = value if value.tzinfo else value.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)
-        if moment.microsecond:
-            # Kusto prints 100 ns ticks: 7 digits. The SDK cuts them to 6.
-            return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if kind == "dynamic":
-        # Log Analytics sends dynamic values as JSON text.
-        return value if isinstance(value, str) else json.dumps(value)
-    if kind == "timespan":
-        return str(value)
-    return value
 
 
 def _parse_iso(text: str) -> datetime:
@@ -344,33 +363,25 @@ class LogAnalyticsHandler(JsonHandler):
             elif self._fault(record, fault):
                 return
         try:
-            columns, rows = fake.run(record.query, record.timespan)
-        except Exception as exc:
+            columns, rows = fake.run_json(record.query, record.timespan)
+        except Exception as exc:  # noqa: BLE001 - any KQL failure is the service's 400
             self._answer(record, 400, _error("BadArgumentError", "The request had some invalid properties", str(exc)))
             return
-        payload: dict[str, Any] = {"tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}]}
+        error: dict[str, Any] | None = None
         if len(rows) > fake.max_rows:
             rows = rows[: fake.max_rows]
-            payload = {
-                "tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}],
-                "error": _partial_error(
-                    f"Query result set has exceeded the internal record count limit {fake.max_rows} records "
-                    "(E_QUERY_RESULT_SET_TOO_LARGE)."
-                ),
-            }
-        data = json.dumps(payload, separators=(",", ":")).encode()
+            error = _partial_error(
+                f"Query result set has exceeded the internal record count limit {fake.max_rows} records (E_QUERY_RESULT_SET_TOO_LARGE)."
+            )
+        data = _body(columns, rows, error)
         if len(data) > fake.max_bytes:
             rows = _rows_within(columns, rows, fake.max_bytes)
-            payload = {
-                "tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}],
-                "error": _partial_error(
-                    f"Query result set has exceeded the internal data size limit {fake.max_bytes} bytes "
-                    "(E_QUERY_RESULT_SET_TOO_LARGE)."
-                ),
-            }
-            data = json.dumps(payload, separators=(",", ":")).encode()
+            error = _partial_error(
+                f"Query result set has exceeded the internal data size limit {fake.max_bytes} bytes (E_QUERY_RESULT_SET_TOO_LARGE)."
+            )
+            data = _body(columns, rows, error)
         record.rows = len(rows)
-        record.partial = "error" in payload
+        record.partial = error is not None
         self._send(record, 200, data)
 
     def _fault(self, record: RequestRecord, fault: Fault) -> bool:
@@ -386,8 +397,8 @@ class LogAnalyticsHandler(JsonHandler):
         elif fault.kind == "no_tables":
             self._answer(record, 200, {"tables": []})
         elif fault.kind == "cut_body":
-            columns, rows = self.server.state["fake"].run(record.query, record.timespan)  # type: ignore[attr-defined]
-            data = json.dumps({"tables": [{"name": "PrimaryResult", "columns": columns, "rows": rows}]}).encode()
+            columns, rows = self.server.state["fake"].run_json(record.query, record.timespan)  # type: ignore[attr-defined]
+            data = _body(columns, rows, None)
             self.send_response(200)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
@@ -404,6 +415,7 @@ class LogAnalyticsHandler(JsonHandler):
         self._send(record, status, json.dumps(payload).encode(), headers)
 
     def _send(self, record: RequestRecord, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        record.body_bytes = len(data)
         gzipped = bool(data) and "gzip" in self.headers.get("Accept-Encoding", "")
         if gzipped:
             data = gzip.compress(data, compresslevel=6)
@@ -424,12 +436,21 @@ class LogAnalyticsHandler(JsonHandler):
             record.wire_bytes = 0  # the client gave up (its read timeout) before the answer
 
 
-def _rows_within(columns: list[dict[str, str]], rows: list[list[Any]], limit: int) -> list[list[Any]]:
+def _body(columns: list[dict[str, str]], rows: list[str], error: dict[str, Any] | None) -> bytes:
+    """The response body, spliced from the rows' JSON texts."""
+    head = json.dumps({"name": "PrimaryResult", "columns": columns})[:-1]
+    text = '{"tables":[' + head + ',"rows":[' + ",".join(rows) + "]}]"
+    if error is not None:
+        text += ',"error":' + json.dumps(error)
+    return (text + "}").encode()
+
+
+def _rows_within(columns: list[dict[str, str]], rows: list[str], limit: int) -> list[str]:
     """The longest prefix of rows whose answer stays under `limit` bytes."""
-    budget = limit - len(json.dumps({"tables": [{"name": "PrimaryResult", "columns": columns, "rows": []}]})) - 1024
+    budget = limit - len(_body(columns, [], _partial_error("x" * 200)))
     kept = []
     for row in rows:
-        budget -= len(json.dumps(row, separators=(",", ":"))) + 1
+        budget -= len(row.encode()) + 1
         if budget < 0:
             break
         kept.append(row)
