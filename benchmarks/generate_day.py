@@ -60,9 +60,27 @@ def planted() -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     EXPECTED.clear()
 
-    def row(moment: datetime, cip: str, server: int, port: int, agent: str = "Mozilla/5.0+(compatible;+Nmap+Scripting+Engine)") -> None:
+    def row(
+        moment: datetime, cip: str, server: int, port: int, agent: str = "Mozilla/5.0+(compatible;+Nmap+Scripting+Engine)"
+    ) -> None:
         rows.append(
-            (moment, computer(server), "Default Web Site", server_ip(server), port, "GET", "/", "-", "-", cip, agent, "404", "0", "2", 3)
+            (
+                moment,
+                computer(server),
+                "Default Web Site",
+                server_ip(server),
+                port,
+                "GET",
+                "/",
+                "-",
+                "-",
+                cip,
+                agent,
+                "404",
+                "0",
+                "2",
+                3,
+            )
         )
 
     # S1
@@ -123,8 +141,8 @@ def generate(total: int, path: Path) -> Path:
             (['-', '-', 'id=' || (h1 % 9973)::VARCHAR, 'q=a+b%20c'])[1 + ((h3 // 250) % 4)::INTEGER] AS csUriQuery,
             (['-', '-', '-', 'CONTOSO\\alice'])[1 + ((h3 // 1000) % 4)::INTEGER] AS csUserName,
             '198.18.' || (((h2 // 20) % ?) // 256)::VARCHAR || '.' || (((h2 // 20) % ?) % 256)::VARCHAR AS cIP,
-            (['Mozilla/5.0+(Windows+NT+10.0;+Win64;+x64)', 'curl/8.4.0', '-', 'Mozilla/5.0+(iPhone)'])[1 + ((h3 // 4000) % 4)::INTEGER]
-                AS csUserAgent,
+            (['Mozilla/5.0+(Windows+NT+10.0;+Win64;+x64)', 'curl/8.4.0', '-', 'Mozilla/5.0+(iPhone)'])
+                [1 + ((h3 // 4000) % 4)::INTEGER] AS csUserAgent,
             (['200', '200', '200', '304', '404', '401'])[1 + ((h3 // 16000) % 6)::INTEGER] AS scStatus,
             '0' AS scSubStatus,
             (['0', '0', '0', '64', '1236'])[1 + ((h3 // 96000) % 5)::INTEGER] AS scWin32Status,

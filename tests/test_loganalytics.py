@@ -266,6 +266,14 @@ def test_a_hung_request_times_out_and_is_retried(workspace: Workspace, rule: Rul
     assert workspace.fake.requests[0].prefer == "wait=1"
 
 
+def test_a_slow_query_past_its_server_timeout_is_retried(workspace: Workspace, rule: Rule) -> None:
+    workspace.fake.script(Fault("slow_query", seconds=2))
+    source = workspace.source(server_timeout=timedelta(seconds=1))
+    assert findings_of(rule, source) == workspace.expected
+    assert [r.status for r in workspace.fake.requests][:2] == [504, 200]
+    assert workspace.sleeps == [1.0]
+
+
 PERSISTENT = [
     pytest.param(Fault("status", 429, retry_after=1), "HTTP 429", id="429"),
     pytest.param(Fault("status", 503), "HTTP 503", id="503"),

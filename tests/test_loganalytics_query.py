@@ -179,3 +179,16 @@ def test_pacer_keeps_to_the_request_rate() -> None:
     now[0] += 100
     pacer.wait()
     assert slept == [27.0]
+
+
+def test_fake_intersects_the_timespan_with_the_query_inclusively() -> None:
+    fake = LogAnalyticsFake(WS)
+    fake.add_rows([{"TimeGenerated": DAY + timedelta(minutes=m), "cIP": "x", "sPort": 80} for m in range(0, 30, 5)])
+    _, rows = fake.run("W3CIISLog | count", "2026-11-26T00:05:00.000Z/2026-11-26T00:15:00.000Z")
+    assert rows == [[3]]  # 00:05, 00:10 and 00:15: the end instant is included, as the API does
+    _, rows = fake.run(
+        "W3CIISLog | where TimeGenerated < datetime(2026-11-26T00:15:00Z) | count", "2026-11-26T00:05:00.000Z/PT600.0S"
+    )
+    assert rows == [[2]]
+    _, rows = fake.run("W3CIISLog | count", None)
+    assert rows == [[6]]

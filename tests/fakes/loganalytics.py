@@ -207,7 +207,9 @@ class LogAnalyticsFake:
             duck_types = [str(d[1]) for d in shape.description or []]
             kinds = [_kusto_type(t) for t in duck_types]
             values = ", ".join(_wire_sql(f"__r.{_quote(n)}", k, t) for n, k, t in zip(names, kinds, duck_types, strict=True))
-            rows = self.con.execute(f"SELECT json_array({values})::VARCHAR FROM ({translated}) AS __r").fetchall() if names else []
+            rows = (
+                self.con.execute(f"SELECT json_array({values})::VARCHAR FROM ({translated}) AS __r").fetchall() if names else []
+            )
         columns = [{"name": n, "type": k} for n, k in zip(names, kinds, strict=True)]
         return columns, [row[0] for row in rows]
 
@@ -309,6 +311,12 @@ def _partial_error(reason: str) -> dict[str, Any]:
     }
 
 
+def _prefer_wait(prefer: str) -> float | None:
+    """N of `Prefer: wait=N` (the service's default is 3 minutes)."""
+    match = re.search(r"\bwait=(\d+)", prefer)
+    return float(match.group(1)) if match else 180.0
+
+
 def _token_problem(header: str, audience: str) -> str:
     scheme, _, token = header.partition(" ")
     if scheme != "Bearer" or token.count(".") != 2:
@@ -360,24 +368,33 @@ class LogAnalyticsHandler(JsonHandler):
             record.fault = fault.kind
             if fault.kind == "delay":
                 time.sleep(fault.seconds)
+            elif fault.kind == "slow_query":
+                wait = _prefer_wait(record.prefer)
+                if wait is not None and fault.seconds > wait:
+                    time.sleep(wait)
+                    self._answer(record, 504, _error(*_STATUS_CODES[504]))
+                    return
+                time.sleep(fault.seconds)
             elif self._fault(record, fault):
                 return
         try:
             columns, rows = fake.run_json(record.query, record.timespan)
-        except Exception as exc:  # noqa: BLE001 - any KQL failure is the service's 400
+        except Exception as exc:  # any KQL failure is the service's 400
             self._answer(record, 400, _error("BadArgumentError", "The request had some invalid properties", str(exc)))
             return
         error: dict[str, Any] | None = None
         if len(rows) > fake.max_rows:
             rows = rows[: fake.max_rows]
             error = _partial_error(
-                f"Query result set has exceeded the internal record count limit {fake.max_rows} records (E_QUERY_RESULT_SET_TOO_LARGE)."
+                f"Query result set has exceeded the internal record count limit {fake.max_rows} records "
+                "(E_QUERY_RESULT_SET_TOO_LARGE)."
             )
         data = _body(columns, rows, error)
         if len(data) > fake.max_bytes:
             rows = _rows_within(columns, rows, fake.max_bytes)
             error = _partial_error(
-                f"Query result set has exceeded the internal data size limit {fake.max_bytes} bytes (E_QUERY_RESULT_SET_TOO_LARGE)."
+                f"Query result set has exceeded the internal data size limit {fake.max_bytes} bytes "
+                "(E_QUERY_RESULT_SET_TOO_LARGE)."
             )
             data = _body(columns, rows, error)
         record.rows = len(rows)
