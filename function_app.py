@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import azure.functions as func
 
 app = func.FunctionApp()
+# The Azure SDKs log every HTTP request and its headers at INFO: keep Application Insights for our own lines.
+logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 @app.timer_trigger(schedule="%DETECTOR_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)

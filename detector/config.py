@@ -78,9 +78,91 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("DETECTOR_WEBHOOK_URL", "", "webhook sink: URL to POST findings to; a secret (Key Vault reference in Azure)"),
     Setting("DETECTOR_WEBHOOK_MODE", "per-finding", "webhook sink: per-finding (one POST per finding) or per-run (one POST)"),
+    # Log Analytics source (loganalytics:<workspace id>), docs/loganalytics.md.
+    Setting(
+        "DETECTOR_LOGS_ENDPOINT",
+        "https://api.loganalytics.io",
+        "Log Analytics query API endpoint (sovereign clouds: https://api.loganalytics.us, https://api.loganalytics.azure.cn)",
+    ),
+    Setting("DETECTOR_LOGS_MODE", "two-step", "two-step (candidates server-side, then details) or raw (all projected rows)"),
+    Setting("DETECTOR_LOGS_TABLE", "W3CIISLog", "table to query, e.g. W3CIISLog or a custom IISLogs_CL"),
+    Setting("DETECTOR_LOGS_SERVER_TIMEOUT", "5m", "server timeout of each query (KQL timespan, 1s to 10m)"),
 )
 
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
+
+LOGS_MODES = ("two-step", "raw")
+# Log Analytics table names: a letter or underscore, then letters, digits, underscores (custom tables
+# end in _CL, which this allows). Nothing else may reach the query text.
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+MAX_SERVER_TIMEOUT = timedelta(minutes=10)  # the query API's ceiling for Prefer: wait=N
+
+
+def _defaults(names: tuple[str, ...]) -> dict[str, str]:
+    by_name = {spec.name: spec for spec in SETTINGS}
+    return {name: by_name[name].default or "" for name in names}
+
+
+@dataclass(frozen=True)
+class LogAnalyticsSettings:
+    """Settings of the `loganalytics:<workspace id>` source, validated."""
+
+    endpoint: str = "https://api.loganalytics.io"
+    mode: str = "two-step"
+    table: str = "W3CIISLog"
+    server_timeout: timedelta = timedelta(minutes=5)
+    client_id: str = ""
+
+    NAMES = (
+        "DETECTOR_LOGS_ENDPOINT",
+        "DETECTOR_LOGS_MODE",
+        "DETECTOR_LOGS_TABLE",
+        "DETECTOR_LOGS_SERVER_TIMEOUT",
+        "AZURE_CLIENT_ID",
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LogAnalyticsSettings:
+        """Read and validate the Log Analytics settings (default: os.environ); ConfigError names the setting."""
+        source_env: Mapping[str, str] = os.environ if env is None else env
+        values = _defaults(cls.NAMES)
+        for name in cls.NAMES:
+            value = source_env.get(name, "").strip()
+            if value:
+                values[name] = value
+        return cls.from_values(values)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str]) -> LogAnalyticsSettings:
+        """Validate already-collected setting values (defaults applied)."""
+        endpoint = values["DETECTOR_LOGS_ENDPOINT"].rstrip("/")
+        parts = urlsplit(endpoint)
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(
+                "DETECTOR_LOGS_ENDPOINT", f"'{endpoint}' must be an https:// URL such as https://api.loganalytics.io"
+            )
+        mode = values["DETECTOR_LOGS_MODE"].lower()
+        if mode not in LOGS_MODES:
+            raise ConfigError("DETECTOR_LOGS_MODE", f"'{values['DETECTOR_LOGS_MODE']}' is not one of {', '.join(LOGS_MODES)}")
+        table = values["DETECTOR_LOGS_TABLE"]
+        if not TABLE_NAME.fullmatch(table):
+            raise ConfigError(
+                "DETECTOR_LOGS_TABLE",
+                f"{table!r} is not a table name; use letters, digits and underscores only (e.g. W3CIISLog or IISLogs_CL)",
+            )
+        try:
+            timeout = parse_timespan(values["DETECTOR_LOGS_SERVER_TIMEOUT"])
+        except ValueError as exc:
+            raise ConfigError("DETECTOR_LOGS_SERVER_TIMEOUT", str(exc)) from None
+        if not timedelta(seconds=1) <= timeout <= MAX_SERVER_TIMEOUT or timeout.microseconds:
+            raise ConfigError("DETECTOR_LOGS_SERVER_TIMEOUT", "must be whole seconds from 1s to 10m (the API's maximum)")
+        client_id = values["AZURE_CLIENT_ID"]
+        if client_id and not GUID.fullmatch(client_id):
+            raise ConfigError(
+                "AZURE_CLIENT_ID", f"'{client_id}' is not a client id (a GUID); leave it empty for developer credentials"
+            )
+        return cls(endpoint=endpoint, mode=mode, table=table, server_timeout=timeout, client_id=client_id)
 
 
 @dataclass(frozen=True)
@@ -108,6 +190,7 @@ class Settings:
     ingestion_stream: str = "Custom-IISPortScanFindings_CL"
     webhook_url: str = field(default="", repr=False)  # a secret: never printed
     webhook_mode: str = "per-finding"
+    logs: LogAnalyticsSettings = field(default_factory=LogAnalyticsSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, source_required: bool = True) -> Settings:
@@ -137,6 +220,7 @@ class Settings:
                 now_override = parse_datetime(values["DETECTOR_NOW"])
             except ValueError as exc:
                 raise ConfigError("DETECTOR_NOW", str(exc)) from None
+        logs = LogAnalyticsSettings.from_values(values)
         return cls(
             rules=values["DETECTOR_RULES"],
             source=values["DETECTOR_SOURCE"],
@@ -152,6 +236,7 @@ class Settings:
             recheck_horizon=recheck_horizon,
             raw=values,
             **_sink_settings(values),
+            logs=logs,
         )
 
 

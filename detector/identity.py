@@ -17,11 +17,20 @@ if TYPE_CHECKING:
 
 def build_credential(settings: Settings) -> TokenCredential:
     """ManagedIdentityCredential for AZURE_CLIENT_ID, or the developer credential chain when it is empty."""
+    return credential_for(settings.azure_client_id)
+
+
+def credential_for(client_id: str) -> TokenCredential:
+    """The user-assigned managed identity with this client id; developer credentials when it is empty.
+
+    DefaultAzureCredential also tries a system-assigned managed identity, so an app without a
+    user-assigned identity still works; on a laptop it uses `az login`, VS Code or environment credentials.
+    """
     # Imported here: azure.identity is slow to import and `import function_app` must stay fast.
-    if settings.azure_client_id:
+    if client_id:
         from azure.identity import ManagedIdentityCredential
 
-        return ManagedIdentityCredential(client_id=settings.azure_client_id)
+        return ManagedIdentityCredential(client_id=client_id)
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()

@@ -20,32 +20,9 @@ from tests.bicep_model import INFRA, ROOT, bicep_files, parse, render, resource_
 MAIN = INFRA / "main.bicep"
 APP = INFRA / "app"
 
-# Setting names fixed in the team's COMMON.md for issues 3 (Log Analytics source), 4 (sinks) and 5 (state).
-# They reach detector/config.py SETTINGS when those branches merge; until then the union below keeps Bicep
-# and local.settings.json.template honest about them. Once they are in SETTINGS this set changes nothing.
-PENDING_SETTINGS = frozenset(
-    {
-        "DETECTOR_LOGS_ENDPOINT",
-        "DETECTOR_LOGS_MODE",
-        "DETECTOR_LOGS_TABLE",
-        "DETECTOR_LOGS_SERVER_TIMEOUT",
-        "AZURE_CLIENT_ID",
-        "DETECTOR_ARM_ENDPOINT",
-        "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID",
-        "DETECTOR_INGESTION_ENDPOINT",
-        "DETECTOR_INGESTION_DCR_IMMUTABLE_ID",
-        "DETECTOR_INGESTION_STREAM",
-        "DETECTOR_WEBHOOK_URL",
-        "DETECTOR_WEBHOOK_MODE",
-        "DETECTOR_STATE",
-        "DETECTOR_STATE_TABLE_ENDPOINT",
-        "DETECTOR_STATE_TABLE_NAME",
-        "DETECTOR_CATCHUP_LIMIT",
-        "DETECTOR_RECHECK_HORIZON",
-    }
-)
+# The settings the code reads (detector/config.py SETTINGS): Bicep and the template must set exactly these.
 LOCAL_ONLY = frozenset(s.name for s in SETTINGS if s.local_only)
-REQUIRED_IN_AZURE = frozenset(s.name for s in SETTINGS if not s.local_only) | PENDING_SETTINGS
+REQUIRED_IN_AZURE = frozenset(s.name for s in SETTINGS if not s.local_only)
 
 
 def _is_detector_setting(name: str) -> bool:

@@ -87,4 +87,4 @@ def open_source(spec: str, settings: Settings | None = None, computer: str = "",
 
 def _load_builtin() -> None:
     # Imported lazily so that importing the package (and function_app) stays cheap.
-    from detector.sources import file, iis  # noqa: F401
+    from detector.sources import file, iis, loganalytics  # noqa: F401

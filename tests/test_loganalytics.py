@@ -1,0 +1,408 @@
+"""The Log Analytics source through the real SDK and managed-identity credential, against the HTTPS fake."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector import cli
+from detector.config import LogAnalyticsSettings
+from detector.errors import ConfigError, SourceError
+from detector.kql import bin_datetime, format_datetime
+from detector.models import Finding, Window
+from detector.rules import Rule, load_rules
+from detector.runner import evaluate_window
+from detector.sources import open_source
+from detector.sources.file import FileSource
+from detector.sources.kql_query import datetime_literal
+from detector.sources.loganalytics import LogAnalyticsSource, QueryLimits, RequestPacer, _table_rows
+from tests.conftest import FILES
+from tests.fakes import tls
+from tests.fakes.loganalytics import Fault, LogAnalyticsFake, serve_log_analytics
+from tests.fakes.server import FakeServer
+
+WS = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+DAY = datetime(2026, 11, 26, tzinfo=UTC)
+WINDOW = Window(DAY, DAY + timedelta(days=1))
+ROWS = FILES / "w3ciislog.jsonl"
+
+
+@dataclass
+class Workspace:
+    """A running fake workspace and what a test needs to build sources against it."""
+
+    fake: LogAnalyticsFake
+    server: FakeServer
+    identity: FakeServer
+    expected: list[dict[str, Any]]  # the file source's findings over the same rows
+    sleeps: list[float] = field(default_factory=list)
+
+    def settings(self, **changes: Any) -> LogAnalyticsSettings:
+        values: dict[str, Any] = {"endpoint": self.server.url, "client_id": CLIENT_ID, **changes}
+        return LogAnalyticsSettings(**values)
+
+    def source(self, limits: QueryLimits | None = None, **changes: Any) -> LogAnalyticsSource:
+        # A pacer of its own per source so one test's requests never slow another's; sleeps are recorded.
+        pacer = RequestPacer(200, 30.0, sleep=self.sleeps.append)
+        return LogAnalyticsSource(WS, self.settings(**changes), limits=limits, pacer=pacer, sleep=self.sleeps.append)
+
+
+@pytest.fixture
+def workspace(azure_env: FakeServer, pki: tls.TestPki, file_findings: list[dict[str, Any]]) -> Iterator[Workspace]:
+    fake = LogAnalyticsFake(WS)
+    fake.load_jsonl(ROWS)
+    with serve_log_analytics(pki, fake) as server:
+        yield Workspace(fake, server, azure_env, file_findings)
+
+
+@pytest.fixture(scope="module")
+def rule() -> Rule:
+    return load_rules("44a555d8-ecee-4a25-95ce-055879b4b14b")[0]
+
+
+def as_json(findings: list[Finding]) -> list[dict[str, Any]]:
+    return [f.to_json() for f in findings]
+
+
+@pytest.fixture(scope="module")
+def file_findings(rule: Rule) -> list[dict[str, Any]]:
+    """The oracle: the file source over the same rows, checked against the generator's expectations."""
+    findings = as_json(evaluate_window(rule, FileSource(ROWS), WINDOW).findings)
+    expected = json.loads((FILES / "expected_findings.json").read_text(encoding="utf-8"))
+    keys = ("TimeGenerated", "cIP", "Computer", "sIP", "portCount", "ConnectionsCount")
+    assert [{k: f[k] for k in keys} for f in findings] == expected
+    return findings
+
+
+def findings_of(rule: Rule, source: LogAnalyticsSource, window: Window = WINDOW) -> list[dict[str, Any]]:
+    return as_json(evaluate_window(rule, source, window).findings)
+
+
+# -- the same findings whichever way the rows are read ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["two-step", "raw"])
+def test_findings_equal_the_file_source(workspace: Workspace, rule: Rule, mode: str) -> None:
+    source = workspace.source(mode=mode)
+    assert findings_of(rule, source) == workspace.expected
+    assert source.stats.splits == 0
+    assert source.stats.retries == 0
+    assert all(not r.partial and r.status == 200 for r in workspace.fake.requests)
+
+
+def test_two_step_reads_only_candidate_groups_and_columns(workspace: Workspace, rule: Rule) -> None:
+    source = workspace.source()
+    run = evaluate_window(rule, source, WINDOW)
+    # Independent count of the rows of groups with >= 30 distinct ports, from the fixture file.
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for line in ROWS.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        moment = datetime.fromisoformat(row["TimeGenerated"])
+        if WINDOW.contains(moment):
+            key = (bin_datetime(moment, timedelta(minutes=10)), row["cIP"], row["Computer"], row["sIP"])
+            groups.setdefault(key, []).append(row["sPort"])
+    candidate_rows = sum(len(ports) for ports in groups.values() if len({p for p in ports if p is not None}) >= 30)
+    assert run.rows_read == candidate_rows
+    assert run.rows_read < sum(len(ports) for ports in groups.values()) / 2
+    queries = [r.query for r in workspace.fake.requests]
+    assert len(queries) == 2
+    assert "summarize" in queries[0]
+    assert "summarize" not in queries[1]
+    assert queries[1].rstrip().endswith("| project " + ", ".join(rule.logic.columns))
+
+
+def test_every_query_is_bounded_in_time(workspace: Workspace, rule: Rule) -> None:
+    for mode in ("two-step", "raw"):
+        findings_of(rule, workspace.source(mode=mode, server_timeout=timedelta(seconds=90)))
+    assert len(workspace.fake.requests) == 4
+    for record in workspace.fake.requests:
+        assert record.timespan
+        start, end = (datetime.fromisoformat(part) for part in record.timespan.split("/"))
+        assert WINDOW.start <= start < end <= WINDOW.end
+        assert record.prefer == "wait=90"
+        # The same bounds in the KQL, half-open there.
+        assert f"TimeGenerated >= {datetime_literal(start)} and TimeGenerated < {datetime_literal(end)}" in record.query
+    assert workspace.fake.requests[0].timespan == "2026-11-26T00:00:00.000Z/2026-11-27T00:00:00.000Z"
+
+
+def test_window_end_is_exclusive_although_the_timespan_is_not(workspace: Workspace, rule: Rule) -> None:
+    # A scan planted at exactly the window's end must not be seen, while the fake (like the API)
+    # includes rows at the timespan's end instant.
+    late_scan = [
+        {"TimeGenerated": WINDOW.end, "cIP": "198.18.0.1", "Computer": "web09", "sIP": "10.9.9.9", "sPort": port}
+        for port in range(1000, 1040)
+    ]
+    workspace.fake.add_rows(late_scan)
+    for mode in ("two-step", "raw"):
+        assert all(f["cIP"] != "198.18.0.1" for f in findings_of(rule, workspace.source(mode=mode)))
+    later = Window(WINDOW.end, WINDOW.end + timedelta(minutes=10))
+    assert "198.18.0.1" in [f["cIP"] for f in findings_of(rule, workspace.source(), later)]
+
+
+def test_hostile_group_keys_are_fetched_exactly(workspace: Workspace, rule: Rule) -> None:
+    hostile = ['x" or 1==1 or cIP == "', "back\\slash\nnewline", "' | take 1"]
+    rows = [
+        {
+            "TimeGenerated": DAY + timedelta(hours=20, seconds=port - 2000),
+            "cIP": cip,
+            "Computer": f"web{i}",
+            "sIP": "10.0.0.4",
+            "sPort": port,
+        }
+        for i, cip in enumerate(hostile)
+        for port in range(2000, 2030 + i)
+    ]
+    workspace.fake.add_rows(rows)
+    two_step = findings_of(rule, workspace.source())
+    assert two_step == findings_of(rule, workspace.source(mode="raw"))
+    assert {f["cIP"] for f in two_step} >= set(hostile)
+
+
+def test_managed_identity_with_the_configured_client_id(workspace: Workspace, rule: Rule) -> None:
+    findings_of(rule, workspace.source())
+    asked = workspace.identity.server.state["requests"]  # type: ignore[attr-defined]
+    assert asked
+    assert {a["client_id"] for a in asked} == {CLIENT_ID}
+    assert {a["resource"] for a in asked} == {workspace.server.url}  # the SDK's audience: its endpoint
+
+
+def test_developer_credential_when_no_client_id(workspace: Workspace, rule: Rule) -> None:
+    # DefaultAzureCredential: here its managed-identity step answers (system-assigned: no client id sent).
+    assert findings_of(rule, workspace.source(client_id="")) == workspace.expected
+    asked = workspace.identity.server.state["requests"]  # type: ignore[attr-defined]
+    assert {a["client_id"] for a in asked} == {""}
+
+
+# -- limits: split until whole ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["two-step", "raw"])
+@pytest.mark.parametrize(("max_rows", "max_bytes"), [(150, 100 * 2**20), (100_000, 30_000)])
+def test_cut_answers_are_split_until_whole(workspace: Workspace, rule: Rule, mode: str, max_rows: int, max_bytes: int) -> None:
+    workspace.fake.max_rows, workspace.fake.max_bytes = max_rows, max_bytes
+    source = workspace.source(mode=mode)
+    assert findings_of(rule, source) == workspace.expected
+    assert source.stats.splits > 0
+    assert any(r.partial for r in workspace.fake.requests)
+    assert source.stats.retries == 0
+
+
+def test_reads_are_planned_under_the_row_limit(workspace: Workspace, rule: Rule) -> None:
+    # With the plan sized to the service's limit, no answer is ever cut: splitting is the fallback, not the plan.
+    workspace.fake.max_rows = 300
+    limits = QueryLimits(rows_per_request=300, ranges_per_request=2)
+    for mode in ("two-step", "raw"):
+        source = workspace.source(limits=limits, mode=mode)
+        assert findings_of(rule, source) == workspace.expected
+        assert source.stats.splits == 0
+    assert not any(r.partial for r in workspace.fake.requests)
+    assert max(r.rows for r in workspace.fake.requests) <= 300
+    details = [r for r in workspace.fake.requests if "summarize" not in r.query and "distinct_values" not in r.query]
+    assert len(details) >= 1 + 1333 // 300  # raw slices
+    assert sum(r.query.count(" == ") for r in details) >= 6  # two-step ranges, two per query at most
+
+
+def test_a_bin_too_big_to_answer_whole_fails_loudly(workspace: Workspace, rule: Rule) -> None:
+    # 18:40 holds two candidate groups: with room for one row per answer, that bin cannot be counted whole.
+    workspace.fake.max_rows = 1
+    with pytest.raises(SourceError, match=r"window \[2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z\).*cannot be split further"):
+        findings_of(rule, workspace.source())
+
+
+# -- faults: whole results or a loud failure, never fewer findings --------------------------------------
+
+TRANSIENT = [
+    pytest.param([Fault("status", 429, retry_after=2)] * 2, [2.0, 2.0], id="429-retry-after"),
+    pytest.param([Fault("status", 429)], [1.0], id="429-no-retry-after"),
+    pytest.param([Fault("status", 503, retry_after=1), Fault("status", 502)], [1.0, 2.0], id="503-then-502"),
+    pytest.param([Fault("status", 500)], [1.0], id="500"),
+    pytest.param([Fault("status", 504)], [1.0], id="504-server-timeout"),
+    pytest.param([Fault("no_content")], [1.0], id="204"),
+    pytest.param([Fault("no_tables")], [1.0], id="no-tables"),
+    pytest.param([Fault("cut_body")], [1.0], id="body-cut-short"),
+]
+
+
+@pytest.mark.parametrize("mode", ["two-step", "raw"])
+@pytest.mark.parametrize(("faults", "waits"), TRANSIENT)
+def test_transient_faults_are_retried_to_whole_results(
+    workspace: Workspace, rule: Rule, mode: str, faults: list[Fault], waits: list[float]
+) -> None:
+    workspace.fake.script(*faults)
+    source = workspace.source(mode=mode)
+    assert findings_of(rule, source) == workspace.expected
+    assert workspace.sleeps == waits  # Retry-After when given, else exponential backoff
+    assert source.stats.retries == len(faults)
+
+
+@pytest.mark.parametrize("number", [1, 2])
+def test_failure_of_the_nth_request_is_retried(workspace: Workspace, rule: Rule, number: int) -> None:
+    workspace.fake.fail_at(number, Fault("status", 503))
+    assert findings_of(rule, workspace.source()) == workspace.expected
+    assert [r.status for r in workspace.fake.requests] == [200] * (number - 1) + [503, 200] + [200] * (2 - number)
+
+
+def test_partial_answer_without_data_is_split_not_trusted(workspace: Workspace, rule: Rule) -> None:
+    workspace.fake.script(Fault("partial_without_data"))
+    source = workspace.source()
+    assert findings_of(rule, source) == workspace.expected
+    assert source.stats.splits == 1
+
+
+def test_a_hung_request_times_out_and_is_retried(workspace: Workspace, rule: Rule) -> None:
+    # Server timeout 1 s, so the client's read timeout is 2.1 s; the fake answers the first request after 3 s.
+    workspace.fake.script(Fault("delay", seconds=3))
+    source = workspace.source(server_timeout=timedelta(seconds=1))
+    assert findings_of(rule, source) == workspace.expected
+    assert source.stats.retries == 1
+    assert workspace.fake.requests[0].prefer == "wait=1"
+
+
+def test_a_slow_query_past_its_server_timeout_is_retried(workspace: Workspace, rule: Rule) -> None:
+    workspace.fake.script(Fault("slow_query", seconds=2))
+    source = workspace.source(server_timeout=timedelta(seconds=1))
+    assert findings_of(rule, source) == workspace.expected
+    assert [r.status for r in workspace.fake.requests][:2] == [504, 200]
+    assert workspace.sleeps == [1.0]
+
+
+PERSISTENT = [
+    pytest.param(Fault("status", 429, retry_after=1), "HTTP 429", id="429"),
+    pytest.param(Fault("status", 503), "HTTP 503", id="503"),
+    pytest.param(Fault("no_content"), "HTTP 204 without a body", id="204"),
+    pytest.param(Fault("partial_without_data"), "gave up after 40 requests|cannot be split further", id="partial"),
+    pytest.param(Fault("cut_body"), "failed 6 times", id="body-cut-short"),
+]
+
+
+@pytest.mark.parametrize("mode", ["two-step", "raw"])
+@pytest.mark.parametrize(("fault", "message"), PERSISTENT)
+def test_persistent_faults_fail_the_window_loudly(
+    workspace: Workspace, rule: Rule, mode: str, fault: Fault, message: str
+) -> None:
+    workspace.fake.fail_always(fault)
+    source = workspace.source(limits=QueryLimits(max_requests=40), mode=mode)
+    with pytest.raises(SourceError, match=r"window \[2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z\)") as caught:
+        findings_of(rule, source)
+    assert re.search(message, str(caught.value))
+    assert len(workspace.fake.requests) <= 40
+
+
+def test_retry_waits_are_bounded(workspace: Workspace, rule: Rule) -> None:
+    workspace.fake.script(Fault("status", 429, retry_after=500))
+    with pytest.raises(SourceError, match="exceeds the retry budget"):
+        findings_of(rule, workspace.source())
+    assert workspace.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"table": "NoSuchTable"}, "HTTP 400.*DETECTOR_LOGS_TABLE"),
+        ({"endpoint": "https://127.0.0.1:1"}, "failed 6 times"),
+    ],
+)
+def test_configuration_mistakes_fail_with_a_hint(workspace: Workspace, rule: Rule, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        findings_of(rule, workspace.source(**change))
+
+
+def test_wrong_workspace_and_wrong_audience(workspace: Workspace, rule: Rule) -> None:
+    other = LogAnalyticsSource("99999999-2222-3333-4444-555555555555", workspace.settings())
+    with pytest.raises(SourceError, match=r"HTTP 404.*workspace id"):
+        findings_of(rule, other)
+    workspace.fake.audience = "https://api.loganalytics.io"  # a token minted for another audience
+    with pytest.raises(SourceError, match=r"HTTP 401.*Log Analytics Reader"):
+        findings_of(rule, workspace.source())
+
+
+def test_workspace_id_must_be_a_guid(workspace: Workspace) -> None:
+    with pytest.raises(ConfigError, match=r"DETECTOR_SOURCE.*GUID"):
+        LogAnalyticsSource("contoso/../query", workspace.settings())
+
+
+# -- types, late data ------------------------------------------------------------------------------------
+
+
+def test_dynamic_columns_and_seven_digit_datetimes(workspace: Workspace) -> None:
+    from azure.identity import ManagedIdentityCredential
+    from azure.monitor.query import LogsQueryClient
+
+    with LogsQueryClient(ManagedIdentityCredential(client_id=CLIENT_ID), endpoint=workspace.server.url) as client:
+        result = client.query_workspace(
+            WS,
+            'print d = pack_array(1, "a"), t = datetime(2026-11-26T00:00:00.1234567Z), n = int(null)',
+            timespan=(WINDOW.start, WINDOW.end),
+        )
+    [row] = _table_rows(result.tables[0], WINDOW)
+    assert row == {"d": [1, "a"], "t": DAY.replace(microsecond=123456), "n": None}
+
+
+def test_late_bins(workspace: Workspace) -> None:
+    source = workspace.source()
+    # Every bin with rows, when everything arrived after the cutoff.
+    all_bins = source.late_bins(WINDOW, DAY - timedelta(days=1), timedelta(minutes=10))
+    assert DAY + timedelta(hours=10) in all_bins
+    assert len(all_bins) == 144
+    # Rows of 10:00-10:20 arrive a day late: only those bins are late after a cutoff between.
+    workspace.fake.set_ingestion_time(DAY + timedelta(hours=10), DAY + timedelta(hours=10, minutes=20), DAY + timedelta(days=2))
+    late = source.late_bins(WINDOW, DAY + timedelta(days=1, hours=1), timedelta(minutes=10))
+    assert late == {DAY + timedelta(hours=10), DAY + timedelta(hours=10, minutes=10)}
+    assert "_IngestionTime" not in workspace.fake.requests[-1].query  # production KQL says ingestion_time()
+    assert "ingestion_time()" in workspace.fake.requests[-1].query
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def test_cli_runs_against_the_workspace(
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DETECTOR_LOGS_ENDPOINT", workspace.server.url)
+    monkeypatch.setenv("AZURE_CLIENT_ID", CLIENT_ID)
+    out = tmp_path / "findings.jsonl"
+    argv = [
+        "run",
+        "--source",
+        f"loganalytics:{WS}",
+        "--start",
+        format_datetime(WINDOW.start),
+        "--end",
+        format_datetime(WINDOW.end),
+    ]
+    assert cli.main([*argv, "--sink", f"jsonl:{out}"]) == 0
+    delivered = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(delivered, key=lambda f: f["FindingId"]) == sorted(workspace.expected, key=lambda f: f["FindingId"])
+    assert "7 finding(s)" in capsys.readouterr().err
+
+    monkeypatch.setenv("DETECTOR_LOGS_TABLE", "W3CIISLog | where sPort != 80")
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert "setting DETECTOR_LOGS_TABLE" in capsys.readouterr().err
+
+    monkeypatch.setenv("DETECTOR_LOGS_TABLE", "NoSuchTable")
+    other = tmp_path / "none.jsonl"
+    assert cli.main([*argv, "--sink", f"jsonl:{other}"]) == cli.EXIT_FAILED
+    assert "error: loganalytics:" in capsys.readouterr().err
+    assert not other.exists() or not other.read_text(encoding="utf-8").strip()
+
+
+def test_open_source_uses_settings(workspace: Workspace) -> None:
+    from detector.config import Settings
+
+    settings = Settings.from_env(
+        {"DETECTOR_SOURCE": f"loganalytics:{WS}", "DETECTOR_LOGS_ENDPOINT": workspace.server.url, "DETECTOR_LOGS_MODE": "raw"}
+    )
+    source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
+    assert isinstance(source, LogAnalyticsSource)
+    assert source.describe() == f"loganalytics:{WS} (raw, table W3CIISLog, {workspace.server.url})"
