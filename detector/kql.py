@@ -20,6 +20,19 @@ _TIMESPAN_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _LONG = re.compile(r"^[ \t\r\n]*([+-]?[0-9]+)[ \t\r\n]*$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Escapes Kusto documents for "..." literals (scalar-data-types/string): the quote, the backslash, tab,
+# newline, return. Other control characters have no documented escape, so such values are built from
+# code points instead of being pasted into the query text.
+_LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_NEEDS_ESCAPE = re.compile(r'[\\"\n\r\t]')
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def string_literal(value: str) -> str:
+    """A KQL expression that evaluates to exactly `value`, whatever it holds: how any text reaches a query."""
+    if _CONTROL.search(value):
+        return f"unicode_codepoints_to_string(dynamic([{', '.join(str(ord(c)) for c in value)}]))"
+    return '"' + _NEEDS_ESCAPE.sub(lambda m: _LITERAL_ESCAPES[m.group(0)], value) + '"'
 
 
 def parse_timespan(text: str) -> timedelta:

@@ -10,9 +10,10 @@ import pytest
 
 from detector.config import Settings
 from detector.errors import ConfigError, SinkError
+from detector.kql import string_literal as kql_string
 from detector.sinks import open_sink
 from detector.sinks.http_delivery import RetrySettings
-from detector.sinks.sentinel import API_VERSION, SentinelSink, evidence_query, kql_string
+from detector.sinks.sentinel import API_VERSION, SentinelSink, evidence_query
 from tests.fakes.arm import ArmHandler, analyst_edit
 from tests.fakes.server import FakeServer, serve
 from tests.sink_support import CLIENT_ID, WORKSPACE, bin_of, findings, fixture_rows, late_rows_of

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import ConfigError, SinkError
-from detector.kql import format_datetime, parse_datetime
+from detector.kql import format_datetime, parse_datetime, string_literal
 from detector.models import FINDING_NAMESPACE, Finding
 from detector.sinks import Sink, register_sink
 
@@ -88,28 +88,15 @@ _SET_LABELS = (
     ("set_decodedUriQuery", "Decoded URI queries"),
 )
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Pure: what an incident for a finding says
 
 
-def kql_string(value: str) -> str:
-    """A KQL string literal that evaluates to exactly `value`, whatever it contains.
-
-    Kusto's quoted literals know the escapes \\\\ \\" \\n \\r \\t (string.md); any other control
-    character cannot be written in a literal, so such values are built from code points instead.
-    """
-    if _CONTROL.search(value):
-        return f"unicode_codepoints_to_string(dynamic([{', '.join(str(ord(c)) for c in value)}]))"
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
-
-
 def kql_table(name: str) -> str:
     """A table name as KQL: bare when it is an identifier, else bracket-quoted."""
-    return name if _TABLE_NAME.match(name) else f"[{kql_string(name)}]"
+    return name if _TABLE_NAME.match(name) else f"[{string_literal(name)}]"
 
 
 def activity_span(finding: Finding) -> tuple[datetime, datetime]:
@@ -127,7 +114,7 @@ def evidence_query(finding: Finding, table: str = "W3CIISLog") -> str:
         f"| where TimeGenerated >= datetime({format_datetime(first)}) and TimeGenerated < datetime({format_datetime(last)})",
     ]
     keys = [
-        f"{column} == {kql_string(str(finding.columns[column]))}"
+        f"{column} == {string_literal(str(finding.columns[column]))}"
         for column in EVIDENCE_KEYS
         if isinstance(finding.columns.get(column), str)
     ]

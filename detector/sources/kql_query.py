@@ -12,14 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from detector.kql import format_timespan
+from detector.kql import format_timespan, string_literal
 from detector.logic import CandidateSpec
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-# Escapes Kusto documents for "..." literals: the quote, the backslash, tab, newline, return
-# (learn.microsoft.com/kusto/query/scalar-data-types/string). Any other character may appear verbatim.
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_NEEDS_ESCAPE = re.compile(r'[\\"\n\r\t]')
 
 
 def identifier(name: str) -> str:
@@ -27,11 +23,6 @@ def identifier(name: str) -> str:
     if not IDENTIFIER.fullmatch(name):
         raise ValueError(f"{name!r} is not a KQL identifier (letters, digits, underscores)")
     return name
-
-
-def string_literal(value: str) -> str:
-    """A KQL double-quoted string literal that evaluates to exactly `value`."""
-    return '"' + _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], value) + '"'
 
 
 def datetime_literal(moment: datetime) -> str:
