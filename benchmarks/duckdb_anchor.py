@@ -139,12 +139,17 @@ def run(path: Path, start: str, end: str, computer: str | None) -> list[dict[str
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.create_function(
-        "py_unquote_plus", lambda q: unquote_plus(q, encoding="utf-8", errors="replace"), ["VARCHAR"], "VARCHAR", side_effects=False
+        "py_unquote_plus",
+        lambda q: unquote_plus(q, encoding="utf-8", errors="replace"),
+        ["VARCHAR"],
+        "VARCHAR",
+        side_effects=False,
     )
     bounds = con.execute(
         "SELECT epoch_us(CAST($s AS TIMESTAMPTZ)), epoch_us(CAST($e AS TIMESTAMPTZ))", {"s": start, "e": end}
     ).fetchone()
-    assert bounds is not None
+    if bounds is None:
+        raise RuntimeError("DuckDB returned no window bounds")
     params = {
         "path": str(path),
         "computer": computer,

@@ -93,13 +93,40 @@ def _clients(rng: random.Random, count: int) -> list[str]:
         if i % 25 == 0:
             clients.append(f"2001:db8:{rng.randrange(1, 0xFFFF):x}::{rng.randrange(1, 0xFFFF):x}")
         else:
-            clients.append(f"{rng.choice([198, 203, 100, 172, 81])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}")
+            clients.append(
+                f"{rng.choice([198, 203, 100, 172, 81])}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            )
     return clients
 
 
 def _hour_weights() -> list[float]:
     # Quiet at night, busiest mid-afternoon (UTC).
-    return [0.3, 0.25, 0.2, 0.2, 0.25, 0.35, 0.5, 0.7, 0.9, 1.0, 1.1, 1.2, 1.3, 1.35, 1.4, 1.4, 1.35, 1.3, 1.2, 1.1, 1.0, 0.8, 0.6, 0.4]
+    return [
+        0.3,
+        0.25,
+        0.2,
+        0.2,
+        0.25,
+        0.35,
+        0.5,
+        0.7,
+        0.9,
+        1.0,
+        1.1,
+        1.2,
+        1.3,
+        1.35,
+        1.4,
+        1.4,
+        1.35,
+        1.3,
+        1.2,
+        1.1,
+        1.0,
+        0.8,
+        0.6,
+        0.4,
+    ]
 
 
 def _scans(rng: random.Random, rows: int) -> list[Row]:
@@ -156,7 +183,9 @@ def generate_rows(rows: int, seed: int = SEED) -> Iterator[Row]:
         carry = []
         while made < target:
             # One browsing session: a burst of requests from one client to one server and port.
-            client = clients[min(int(rng.paretovariate(1.2)) - 1, len(clients) - 1)] if rng.random() < 0.2 else rng.choice(clients)
+            client = (
+                clients[min(int(rng.paretovariate(1.2)) - 1, len(clients) - 1)] if rng.random() < 0.2 else rng.choice(clients)
+            )
             computer, sip = rng.choice(SERVERS)
             port = 443 if rng.random() < 0.85 else 80
             agent = rng.choice(AGENTS)
@@ -164,7 +193,8 @@ def generate_rows(rows: int, seed: int = SEED) -> Iterator[Row]:
             for _ in range(min(target - made, 1 + int(rng.expovariate(1 / 11)))):
                 status, sub, win32 = rng.choice(STATUSES)
                 row = (moment, computer, sip, port, rng.choice(["GET"] * 8 + ["POST", "HEAD"]), rng.choice(STEMS),
-                       rng.choice(QUERIES), rng.choice(USERS), client, agent, status, sub, win32, rng.randrange(1, 3000))  # fmt: skip
+                       rng.choice(QUERIES), rng.choice(USERS), client, agent, status, sub, win32,
+                       rng.randrange(1, 3000))  # fmt: skip
                 (bucket if moment < (hour + 1) * 3600 or hour == 23 else carry).append(row)
                 made += 1
                 moment = min(moment + rng.randrange(0, 6), 86399)
@@ -185,8 +215,12 @@ def write_day(rows: int, data: Path = DATA, seed: int = SEED) -> tuple[Path, Pat
     w3c = [s.strftime("%Y-%m-%d %H:%M:%S") for s in stamps]
     partial_jsonl, partial_iis = jsonl.with_suffix(".tmp"), iis.with_suffix(".tmp")
     with partial_jsonl.open("wb") as out_json, partial_iis.open("w", encoding="utf-8", newline="\r\n") as out_iis:
-        out_iis.write(f"#Software: Microsoft Internet Information Services 10.0\n#Version: 1.0\n#Date: {w3c[0]}\n#Fields: {IIS_FIELDS}\n")
-        for second, computer, sip, port, method, stem, query, user, cip, agent, status, sub, win32, taken in generate_rows(rows, seed):
+        out_iis.write(
+            f"#Software: Microsoft Internet Information Services 10.0\n#Version: 1.0\n#Date: {w3c[0]}\n#Fields: {IIS_FIELDS}\n"
+        )
+        for second, computer, sip, port, method, stem, query, user, cip, agent, status, sub, win32, taken in generate_rows(
+            rows, seed
+        ):
             out_json.write(
                 orjson.dumps(
                     {
@@ -210,7 +244,10 @@ def write_day(rows: int, data: Path = DATA, seed: int = SEED) -> tuple[Path, Pat
                 )
                 + b"\n"
             )
-            out_iis.write(f"{w3c[second]} W3SVC1 {sip} {method} {stem} {query} {port} {user} {cip} {agent} - {status} {sub} {win32} {taken}\n")
+            out_iis.write(
+                f"{w3c[second]} W3SVC1 {sip} {method} {stem} {query} {port} {user} {cip} {agent} - "
+                f"{status} {sub} {win32} {taken}\n"
+            )
     partial_jsonl.replace(jsonl)
     partial_iis.replace(iis)
     return jsonl, iis

@@ -92,7 +92,8 @@ class CandidateFinder:
         if batch.is_empty():
             return
         low, high = batch[BIN].min(), batch[BIN].max()
-        assert isinstance(low, int) and isinstance(high, int)  # noqa: S101 - Int64 column, non-empty
+        if not isinstance(low, int) or not isinstance(high, int):
+            raise TypeError("the bin column must be Int64")
         if self._finished_below is not None and low < self._finished_below:
             raise OutOfOrder
         self._pending.append(batch)

@@ -33,7 +33,7 @@ class FileSource(Source):
     def read(self, request: ReadRequest) -> Iterator[Row]:
         spec = request.candidates
         if spec is not None and _pushdown_applies(spec) and self._is_json_lines():
-            from detector.sources.jsonl_candidates import Unavailable, read_candidate_rows
+            from detector.sources.jsonl_candidates import Unavailable, read_candidate_rows  # noqa: PLC0415 - lazy: polars
 
             try:
                 candidate_rows = read_candidate_rows(self.path, request, spec)
@@ -159,7 +159,10 @@ class FileSource(Source):
 
 def _pushdown_applies(spec: CandidateSpec) -> bool:
     """The two-pass read handles string keys and an integer distinct column, when polars is installed."""
-    if any(COLUMN_TYPES.get(key) != "string" for key in spec.keys) or COLUMN_TYPES.get(spec.distinct_column) not in ("int", "long"):
+    if any(COLUMN_TYPES.get(key) != "string" for key in spec.keys) or COLUMN_TYPES.get(spec.distinct_column) not in (
+        "int",
+        "long",
+    ):
         return False
     return importlib.util.find_spec("polars") is not None
 
