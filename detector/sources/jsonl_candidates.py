@@ -163,18 +163,34 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, window: tuple[int, int]) ->
         return None  # blank lines, or a key missing or null: the plain code decides (and reports)
     if frame[spec.distinct_column].null_count() and data.count(b'"' + spec.distinct_column.encode() + b'"') != lines:
         return None  # a null port is fine, a missing one is an error the plain code reports
+    # Scalar work once per distinct value: a block holds ~20k rows but only ~2k distinct timestamps
+    # (second precision) and a few hundred ports; the results are joined back to the rows.
     time, port = pl.col(TIME), pl.col(spec.distinct_column)
     fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
     seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
-    typed = frame.select(
-        time.str.contains(_CANONICAL_TIME).fill_null(False).alias("_time_ok"),
-        (seconds + fraction).alias("_t"),
-        (port.is_null() | port.is_in(["", "-"]) | port.str.contains(_PLAIN_PORT)).alias("_port_ok"),
-        *(pl.col(k).fill_null("") for k in spec.keys),
-        pl.when(port.str.contains(_PLAIN_PORT)).then(port).otherwise(None).cast(pl.Int64).alias(spec.distinct_column),
+    times = frame.select(time.unique()).select(
+        time, time.str.contains(_CANONICAL_TIME).alias("_time_ok"), (seconds + fraction).alias("_t")
     )
-    if not (typed["_time_ok"].all() and typed["_port_ok"].all() and typed["_t"].null_count() == 0):
+    if not times["_time_ok"].all() or times["_t"].null_count():
         return None
+    ports = frame.select(port.unique()).select(
+        port,
+        (port.is_null() | port.is_in(["", "-"]) | port.str.contains(_PLAIN_PORT)).alias("_port_ok"),
+        pl.when(port.str.contains(_PLAIN_PORT)).then(port).otherwise(None).cast(pl.Int64).alias("_port"),
+    )
+    if not ports["_port_ok"].all():
+        return None
+    typed = (
+        frame.join(times.select(TIME, "_t"), on=TIME, how="left", maintain_order="left")
+        .join(
+            ports.select(spec.distinct_column, "_port"),
+            on=spec.distinct_column,
+            how="left",
+            nulls_equal=True,
+            maintain_order="left",
+        )
+        .select("_t", *spec.keys, pl.col("_port").alias(spec.distinct_column))
+    )
     return with_bins(typed, spec, window)
 
 
