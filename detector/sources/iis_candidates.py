@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 
     from detector.sources import ReadRequest
 
-_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-_TIME = r"^[0-9]{2}:[0-9]{2}:[0-5][0-9]$"
+_STAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-5][0-9]$"
 _PLAIN_PORT = r"^[0-9]{1,18}$"
 _BOM = b"\xef\xbb\xbf"
 _COLUMN_TO_FIELD = {column: field for field, column in FIELD_TO_COLUMN.items()}
@@ -176,24 +175,38 @@ def _columnar_keys(data: bytes, layout: W3cLayout, spec: CandidateSpec, window: 
     expr_of = {name: pl.col(f"column_{index + 1}") for index, names in by_index.items() for name in names}
     date = expr_of["_date"] if "_date" in expr_of else pl.lit(layout.directive_date)
     time = expr_of["_time"]
-    port = expr_of.get(spec.distinct_column)
-    stamp = pl.concat_str([date, pl.lit(" "), time])
-    typed = frame.select(
-        (date.str.contains(_DATE) & time.str.contains(_TIME)).fill_null(False).alias("_time_ok"),
-        stamp.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False).cast(pl.Int64).alias("_t"),
-        *(
-            (
-                pl.lit(layout.computer) if key == "Computer" else expr_of[key].fill_null("") if key in expr_of else pl.lit("")
-            ).alias(key)
-            for key in spec.keys
-        ),
-        (port.eq("-") | port.str.contains(_PLAIN_PORT) if port is not None else pl.lit(True)).fill_null(False).alias("_port_ok"),
-        (
-            pl.when(port.str.contains(_PLAIN_PORT)).then(port).otherwise(None).cast(pl.Int64)
-            if port is not None
-            else pl.lit(None, dtype=pl.Int64)
-        ).alias(spec.distinct_column),
+    has_port = spec.distinct_column in expr_of
+    port_expr = (expr_of[spec.distinct_column] if has_port else pl.lit(None, dtype=pl.String)).alias("_port_text")
+    keys = {
+        key: pl.lit(layout.computer) if key == "Computer" else expr_of[key].fill_null("") if key in expr_of else pl.lit("")
+        for key in spec.keys
+    }
+    # Scalar work once per distinct value (W3C times have second precision; few ports), joined back.
+    stamps = frame.select(
+        pl.concat_str([date, pl.lit(" "), time]).alias("_stamp"), *(e.alias(k) for k, e in keys.items()), port_expr
     )
-    if not (typed["_time_ok"].all() and typed["_port_ok"].all() and typed["_t"].null_count() == 0):
+    distinct = stamps.select(pl.col("_stamp").unique())
+    stamp = pl.col("_stamp")
+    typed_stamps = distinct.select(
+        stamp,
+        stamp.str.contains(_STAMP).alias("_time_ok"),
+        stamp.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False).cast(pl.Int64).alias("_t"),
+    )
+    if not typed_stamps["_time_ok"].all() or typed_stamps["_t"].null_count():
         return None
+    port = pl.col("_port_text")
+    ports = stamps.select(port.unique()).select(
+        port,
+        (port.is_null() | port.eq("-") | port.str.contains(_PLAIN_PORT)).alias("_port_ok"),
+        pl.when(port.str.contains(_PLAIN_PORT)).then(port).otherwise(None).cast(pl.Int64).alias(spec.distinct_column),
+    )
+    if not ports["_port_ok"].all() or (has_port and stamps["_port_text"].null_count()):
+        return None  # an empty s-port field: the plain code reports it
+    typed = (
+        stamps.join(typed_stamps.select("_stamp", "_t"), on="_stamp", how="left", maintain_order="left")
+        .join(
+            ports.select("_port_text", spec.distinct_column), on="_port_text", how="left", nulls_equal=True, maintain_order="left"
+        )
+        .select("_t", *spec.keys, spec.distinct_column)
+    )
     return with_bins(typed, spec, window)

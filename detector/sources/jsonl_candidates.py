@@ -93,25 +93,39 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec) -> Iterator[K
         handle.seek(start)
         window = (microseconds(request.window.start), microseconds(request.window.end))
         line = 1
-        for _, data in read_blocks(handle, start):
+        for offset, data in read_blocks(handle, start):
             if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
                 raise Unavailable  # lone CR line breaks: the plain path's universal newlines decide lines
             keys = _columnar_keys(data, spec, window)
             if keys is not None:
-                yield _ColumnarBlock(keys, data, line, request, str(path))
+                yield _ColumnarBlock(keys, path, offset=offset, length=len(data), first_line=line, request=request)
             else:
                 yield _PlainBlock(data, line, request, spec, str(path))
             line += data.count(b"\n")
 
 
 class _ColumnarBlock(KeyedBlock):
-    def __init__(self, keys: pl.DataFrame, data: bytes, first_line: int, request: ReadRequest, where: str) -> None:
-        self.keys, self.data, self.first_line, self.request, self.where = keys, data, first_line, request, where
+    """Keeps only the key columns and where the block is; its bytes are read again if it holds candidates
+    (few blocks do), so blocks waiting for their bins to finish cost little memory."""
+
+    def __init__(
+        self, keys: pl.DataFrame, path: Path, *, offset: int, length: int, first_line: int, request: ReadRequest
+    ) -> None:
+        self.keys, self.path, self.offset, self.length, self.first_line, self.request = (
+            keys,
+            path,
+            offset,
+            length,
+            first_line,
+            request,
+        )
 
     def rows(self, records: list[int]) -> Iterator[Row]:
-        lines = self.data.split(b"\n")
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            lines = handle.read(self.length).split(b"\n")
         for index in records:
-            row = _typed_row(lines[index], self.first_line + index, self.request, self.where)
+            row = _typed_row(lines[index], self.first_line + index, self.request, str(self.path))
             if row is not None and self.request.window.contains(row[TIME]):
                 yield row
 
