@@ -60,7 +60,7 @@ def run_mode(fake: LogAnalyticsFake, endpoint: str, mode: str) -> dict[str, Any]
         "client_bytes": source.stats.bytes_received,
         "json_bytes": fake.body_bytes,
         "rows_received": source.stats.rows,
-        "rows_evaluated": run.rows_read,
+        "rows_evaluated": run.rows_evaluated,
         "seconds": seconds,
         "findings": [f.to_json() for f in run.findings],
     }

@@ -68,9 +68,9 @@ def _report(summary: runner.RunSummary, as_json: bool) -> int:
     if as_json:
         print(json.dumps(summary.to_json()), file=sys.stderr)
     else:
-        rows = sum(r.rows_read for r in summary.rules)
+        rows = sum(r.rows_evaluated for r in summary.rules)
         windows = ", ".join(sorted({str(r.window) for r in summary.rules})) or "none"
-        print(f"windows {windows}: {rows} rows read, {len(summary.findings)} finding(s)", file=sys.stderr)
+        print(f"windows {windows}: {rows} rows evaluated, {len(summary.findings)} finding(s)", file=sys.stderr)
     for message in summary.skipped:
         print(f"warning: {message}", file=sys.stderr)
     for rule, error in summary.errors.items():

@@ -48,7 +48,7 @@ class RuleRun:
     rule_id: str
     window: Window
     kind: str = "window"  # window | recheck | backfill
-    rows_read: int = 0
+    rows_evaluated: int = 0
     findings: list[Finding] = field(default_factory=list)
     staged: int = 0
     source_stats: dict[str, int] = field(default_factory=dict)
@@ -85,14 +85,14 @@ class RunSummary:
                     "kind": r.kind,
                     "start": format_datetime(r.window.start),
                     "end": format_datetime(r.window.end),
-                    "rowsRead": r.rows_read,
+                    "rowsEvaluated": r.rows_evaluated,
                     "findings": len(r.findings),
                     "staged": r.staged,
                     **r.source_stats,
                 }
                 for r in self.rules
             ],
-            "rowsRead": sum(r.rows_read for r in self.rules),
+            "rowsEvaluated": sum(r.rows_evaluated for r in self.rules),
             "findings": len(self.findings),
             "deliveries": self.deliveries,
             "deliveryErrors": self.delivery_errors,
@@ -106,7 +106,7 @@ class RunSummary:
 
 def _counted(rows: Iterator[Row], run: RuleRun) -> Iterator[Row]:
     for row in rows:
-        run.rows_read += 1
+        run.rows_evaluated += 1
         yield row
 
 
@@ -117,7 +117,7 @@ def evaluate_window(rule: Rule, source: Source, window: Window, kind: str = "win
     request = ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())
     run.findings = evaluate(rule, _counted(source.read(request), run), window)
     run.source_stats = dict(source.read_stats())
-    log.info("rule %s %s %s: %d rows, %d findings", rule.id, kind, window, run.rows_read, len(run.findings))
+    log.info("rule %s %s %s: %d rows, %d findings", rule.id, kind, window, run.rows_evaluated, len(run.findings))
     return run
 
 

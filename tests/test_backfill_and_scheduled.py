@@ -126,5 +126,5 @@ def test_scheduled_command_prints_the_json_summary(
     assert main(["scheduled"]) == EXIT_OK
     summary = json.loads(capsys.readouterr().err.splitlines()[0])
     assert summary["findings"] == len(expected_findings())
-    assert summary["rowsRead"] > 0
+    assert summary["rowsEvaluated"] > 0
     assert summary["windows"][0]["start"] == "2026-11-26T00:00:00Z"

@@ -31,7 +31,7 @@ def test_run_prints_a_table_and_writes_jsonl(tmp_path: Path, capsys: pytest.Capt
     assert code == EXIT_OK
     assert "203.0.113.9" in out
     assert "7 finding(s)" in out
-    assert "7 finding(s)" in err and "rows read" in err
+    assert "7 finding(s)" in err and "rows evaluated" in err
     records = [json.loads(line) for line in out_file.read_text(encoding="utf-8").splitlines()]
     assert [(r["cIP"], r["portCount"], r["ConnectionsCount"]) for r in records] == [
         (e["cIP"], e["portCount"], e["ConnectionsCount"]) for e in expected_findings()

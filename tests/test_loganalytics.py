@@ -110,8 +110,8 @@ def test_two_step_reads_only_candidate_groups_and_columns(workspace: Workspace, 
             key = (bin_datetime(moment, timedelta(minutes=10)), row["cIP"], row["Computer"], row["sIP"])
             groups.setdefault(key, []).append(row["sPort"])
     candidate_rows = sum(len(ports) for ports in groups.values() if len({p for p in ports if p is not None}) >= 30)
-    assert run.rows_read == candidate_rows
-    assert run.rows_read < sum(len(ports) for ports in groups.values()) / 2
+    assert run.rows_evaluated == candidate_rows
+    assert run.rows_evaluated < sum(len(ports) for ports in groups.values()) / 2
     queries = [r.query for r in workspace.fake.requests]
     assert len(queries) == 2
     assert "summarize" in queries[0]

@@ -16,14 +16,16 @@ from tests.helpers import DAY, FILES, RULE, expected_findings, summarize
 REQUEST = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns, RULE.logic.candidate_spec())
 
 
-def read(spec: str, window: Window = DAY, computer: str = "") -> list[Row]:
-    request = ReadRequest(window, REQUEST.columns, REQUEST.required, REQUEST.candidates)
+def read(spec: str, window: Window = DAY, computer: str = "", pushdown: bool = False) -> list[Row]:
+    """Every row of the window, or with pushdown only the rows of groups that can reach the threshold."""
+    request = ReadRequest(window, REQUEST.columns, REQUEST.required, REQUEST.candidates if pushdown else None)
     return list(open_source(spec, None, computer).read(request))
 
 
+@pytest.mark.parametrize("pushdown", [False, True])
 @pytest.mark.parametrize("name", ["w3ciislog.jsonl", "w3ciislog_array.json", "la_response.json"])
-def test_each_json_format_gives_the_planted_findings(name: str) -> None:
-    findings = evaluate(RULE, read(f"file:{FILES / name}"), DAY)
+def test_each_json_format_gives_the_planted_findings(name: str, pushdown: bool) -> None:
+    findings = evaluate(RULE, read(f"file:{FILES / name}", pushdown=pushdown), DAY)
     assert summarize(findings) == expected_findings()
 
 
@@ -32,8 +34,9 @@ def test_json_formats_agree_row_for_row() -> None:
     assert jsonl == read(f"file:{FILES / 'w3ciislog_array.json'}") == read(f"file:{FILES / 'la_response.json'}")
 
 
-def test_iis_logs_give_the_planted_findings_of_that_server() -> None:
-    rows = read(f"iis:{FILES / 'iis'}", computer="web01.contoso.com")
+@pytest.mark.parametrize("pushdown", [False, True])
+def test_iis_logs_give_the_planted_findings_of_that_server(pushdown: bool) -> None:
+    rows = read(f"iis:{FILES / 'iis'}", computer="web01.contoso.com", pushdown=pushdown)
     assert {r["Computer"] for r in rows} == {"web01.contoso.com"}
     assert summarize(evaluate(RULE, rows, DAY)) == expected_findings("web01.contoso.com")
 
