@@ -178,6 +178,26 @@ def deliver_outbox(store: StateStore, sinks: Sequence[Sink], summary: RunSummary
         store.release_lease(OUTBOX_LEASE, owner)
 
 
+def _deliver_even_if(
+    work: Callable[[], None], store: StateStore, sinks: Sequence[Sink], summary: RunSummary, clock: Clock
+) -> None:
+    """Run work(), then deliver the outbox, also when work() raises (the error is then re-raised).
+
+    Findings staged by earlier windows must reach the sinks even when a later window keeps failing with
+    an error the run does not turn into a summary entry (bad input rows, a state store or SDK error):
+    otherwise one bad window would hold them back for as long as it fails.
+    """
+    try:
+        work()
+    except Exception:
+        try:
+            deliver_outbox(store, sinks, summary, clock)
+        except Exception:
+            log.exception("delivering the outbox after a failed run failed too")
+        raise
+    deliver_outbox(store, sinks, summary, clock)
+
+
 class _RuleProgress:
     """One rule's (or backfill's) state during a run, written back after every window under the run's lease."""
 
@@ -274,17 +294,20 @@ def run_incremental(
     """Evaluate every whole window each rule has not evaluated yet (and late bins), then deliver the outbox."""
     started = time.monotonic()
     summary = RunSummary(source=source.describe())
-    for rule in rules:
-        _under_lease(
-            store,
-            rule.id,
-            summary,
-            clock,
-            lambda owner, rule=rule: _advance_rule(  # type: ignore[misc]
-                _RuleProgress(store, rule.id, rule, sinks, owner, clock), source, now, settings, summary
-            ),
-        )
-    deliver_outbox(store, sinks, summary, clock)
+
+    def every_rule() -> None:
+        for rule in rules:
+            _under_lease(
+                store,
+                rule.id,
+                summary,
+                clock,
+                lambda owner, rule=rule: _advance_rule(  # type: ignore[misc]
+                    _RuleProgress(store, rule.id, rule, sinks, owner, clock), source, now, settings, summary
+                ),
+            )
+
+    _deliver_even_if(every_rule, store, sinks, summary, clock)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from detector.config import Settings
-from detector.errors import SinkError, SourceError
+from detector.errors import InputError, SinkError, SourceError
 from detector.kql import format_datetime, parse_datetime
 from detector.models import Finding
 from detector.runner import LEASE_TTL, RunSummary, run_incremental
@@ -36,7 +36,7 @@ from tests.helpers import FILES, RULE, expected_findings
 NOW = parse_datetime("2026-11-27T00:35:00Z")  # first run covers [2026-11-26 00:00, 2026-11-27 00:00)
 
 
-class SimulatedCrash(Exception):  # noqa: N818 - it stands for the process dying
+class SimulatedCrash(BaseException):  # the process dying: not an Exception, so no handler of ours runs after it
     """The process dies here."""
 
 
@@ -441,3 +441,23 @@ def test_rows_that_land_during_a_long_read_are_rechecked(world: World) -> None:
     summary = world.run(now=NOW + timedelta(hours=1))
     assert summary.ok
     assert "203.0.113.200" in {r["cIP"] for r in world.jsonl_records()}
+
+
+class BadRowsOnTheLaterWindow(FlakySource):
+    """A source that has a malformed row (an InputError, not a SourceError) in the window of the 26th."""
+
+    def read(self, request: ReadRequest) -> Any:
+        if request.window.start == parse_datetime("2026-11-26T00:00:00Z"):
+            raise InputError("loganalytics window [2026-11-26, 2026-11-27)", "column sPort must be an integer, got 'eighty'")
+        return self.inner.read(request)
+
+
+def test_a_window_that_keeps_failing_does_not_hold_back_findings_already_staged(world: World) -> None:
+    world.set_checkpoint("2026-11-25T00:00:00Z")  # catch-up: the 25th (one finding, 23:50), then the 26th
+    with pytest.raises(InputError):
+        world.run(source=BadRowsOnTheLaterWindow(world.data))
+    assert world.checkpoint() == parse_datetime("2026-11-26T00:00:00Z")
+    # The 25th's finding was staged and the checkpoint moved past it; the failing window must not keep it
+    # from the sinks until someone fixes the data.
+    assert [f.columns["cIP"] for f in world.recording.received] == ["203.0.113.50"]
+    assert FileStateStore(world.state_dir).pending(world.recording.describe()) == []
