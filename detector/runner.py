@@ -178,6 +178,26 @@ def deliver_outbox(store: StateStore, sinks: Sequence[Sink], summary: RunSummary
         store.release_lease(OUTBOX_LEASE, owner)
 
 
+def _deliver_even_if(
+    work: Callable[[], None], store: StateStore, sinks: Sequence[Sink], summary: RunSummary, clock: Clock
+) -> None:
+    """Run work(), then deliver the outbox, also when work() raises (the error is then re-raised).
+
+    Findings staged by earlier windows must reach the sinks even when a later window keeps failing with
+    an error the run does not turn into a summary entry (bad input rows, a state store or SDK error):
+    otherwise one bad window would hold them back for as long as it fails.
+    """
+    try:
+        work()
+    except Exception:
+        try:
+            deliver_outbox(store, sinks, summary, clock)
+        except Exception:
+            log.exception("delivering the outbox after a failed run failed too")
+        raise
+    deliver_outbox(store, sinks, summary, clock)
+
+
 class _RuleProgress:
     """One rule's (or backfill's) state during a run, written back after every window under the run's lease."""
 
@@ -186,10 +206,14 @@ class _RuleProgress:
         self.sink_names = [s.describe() for s in sinks]
         self.state: RuleState = store.load_rule_state(name, rule.logic.time_bin)
 
-    def commit(self, run: RuleRun, advance: bool, record_bins: bool = True) -> None:
-        """Stage the window's findings, then record the window as evaluated (and advance the checkpoint)."""
+    def commit(self, run: RuleRun, advance: bool, record_bins: bool = True, read_from: datetime | None = None) -> None:
+        """Stage the window's findings, then record the window as evaluated (and advance the checkpoint).
+
+        `read_from` is when the window's read began: rows ingested after it may not have been seen, so that
+        (not the end of the evaluation) is the time the late-data re-check compares ingestion times with.
+        """
         run.staged = self.store.stage(self.sink_names, run.findings)
-        evaluated_at = self.clock()
+        evaluated_at = read_from if read_from is not None else self.clock()
         if record_bins:
             for bin_start in bins_of(run.window, self.rule.logic.time_bin):
                 self.state.evaluated[bin_start] = evaluated_at
@@ -203,6 +227,10 @@ class _RuleProgress:
 def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settings: Settings, summary: RunSummary) -> None:
     rule, state, time_bin = progress.rule, progress.state, progress.rule.logic.time_bin
     started_at = progress.clock()
+    # The horizon is measured from the checkpoint the run starts from: measured from the advanced one, a run
+    # that moves the checkpoint by the horizon or more (the default daily schedule and 1d horizon) would
+    # drop every earlier bin before looking at it, and late rows would never be re-checked.
+    previous_checkpoint = state.checkpoint
     plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, rule.query_period, settings.catchup_limit)
     if plan.skipped:
         message = (
@@ -213,12 +241,13 @@ def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settin
         summary.skipped.append(message)
         log.error(message)
     for window in plan.windows:
+        read_from = progress.clock()
         run_ = evaluate_window(rule, source, window)
         summary.rules.append(run_)
-        progress.commit(run_, advance=True)
+        progress.commit(run_, advance=True, read_from=read_from)
 
     # Late data: bins within the re-check horizon that received rows after they were evaluated.
-    horizon_start = (state.checkpoint or now) - settings.recheck_horizon
+    horizon_start = (previous_checkpoint or state.checkpoint or now) - settings.recheck_horizon
     for bin_start in [b for b in state.evaluated if b < horizon_start]:
         del state.evaluated[bin_start]
     earlier = [(b, at) for b, at in state.evaluated.items() if at < started_at]
@@ -228,9 +257,10 @@ def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settin
             found = source.late_bins(window, at - LATE_MARGIN, time_bin)
             late |= set(bins_of(window, time_bin)) if found is None else found
     for window in merge_bins(late, time_bin):
+        read_from = progress.clock()
         run_ = evaluate_window(rule, source, window, kind="recheck")
         summary.rules.append(run_)
-        progress.commit(run_, advance=False)
+        progress.commit(run_, advance=False, read_from=read_from)
     if state.checkpoint is not None:
         summary.lag_seconds[rule.id] = (now - state.checkpoint).total_seconds()
 
@@ -264,17 +294,20 @@ def run_incremental(
     """Evaluate every whole window each rule has not evaluated yet (and late bins), then deliver the outbox."""
     started = time.monotonic()
     summary = RunSummary(source=source.describe())
-    for rule in rules:
-        _under_lease(
-            store,
-            rule.id,
-            summary,
-            clock,
-            lambda owner, rule=rule: _advance_rule(  # type: ignore[misc]
-                _RuleProgress(store, rule.id, rule, sinks, owner, clock), source, now, settings, summary
-            ),
-        )
-    deliver_outbox(store, sinks, summary, clock)
+
+    def every_rule() -> None:
+        for rule in rules:
+            _under_lease(
+                store,
+                rule.id,
+                summary,
+                clock,
+                lambda owner, rule=rule: _advance_rule(  # type: ignore[misc]
+                    _RuleProgress(store, rule.id, rule, sinks, owner, clock), source, now, settings, summary
+                ),
+            )
+
+    _deliver_even_if(every_rule, store, sinks, summary, clock)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from detector.config import Settings
-from detector.errors import SinkError, SourceError
+from detector.errors import InputError, SinkError, SourceError
 from detector.kql import format_datetime, parse_datetime
 from detector.models import Finding
 from detector.runner import LEASE_TTL, RunSummary, run_incremental
@@ -36,7 +36,7 @@ from tests.helpers import FILES, RULE, expected_findings
 NOW = parse_datetime("2026-11-27T00:35:00Z")  # first run covers [2026-11-26 00:00, 2026-11-27 00:00)
 
 
-class SimulatedCrash(Exception):  # noqa: N818 - it stands for the process dying
+class SimulatedCrash(BaseException):  # the process dying: not an Exception, so no handler of ours runs after it
     """The process dies here."""
 
 
@@ -367,8 +367,9 @@ def test_late_rows_beyond_the_recheck_horizon_are_not_rechecked(world: World) ->
     os.utime(world.data, (world.clock().timestamp(),) * 2)
     summary = world.run(now=NOW + timedelta(hours=2), config=settings(DETECTOR_RECHECK_HORIZON="1h"))
     assert summary.ok
-    # The horizon is the hour before the new checkpoint (02:00): the late bins (12:00, 14:30 the day before) are older.
-    assert all(r.window.start >= parse_datetime("2026-11-27T01:00:00Z") for r in summary.rules if r.kind == "recheck")
+    # The horizon is the hour before the checkpoint the run started from (00:00): the late bins (12:00, 14:30
+    # the day before) are older.
+    assert all(r.window.start >= parse_datetime("2026-11-26T23:00:00Z") for r in summary.rules if r.kind == "recheck")
     assert "203.0.113.200" not in {r["cIP"] for r in world.jsonl_records()}
 
 
@@ -395,3 +396,68 @@ def test_catch_up_beyond_the_limit_is_reported(world: World) -> None:
         "2026-11-26T00:00:00Z",
     ]
     world.assert_everything_delivered_once(also=("203.0.113.50",))
+
+
+def test_late_rows_are_rechecked_when_runs_are_a_day_apart(world: World) -> None:
+    # The shipped defaults: one run a day (DETECTOR_SCHEDULE 0 30 0 * * *), DETECTOR_RECHECK_HORIZON 1d.
+    assert world.run().ok  # evaluates [26th, 27th) at 27th 00:35
+    with world.data.open("a", encoding="utf-8") as out:
+        for row in _late_rows():
+            out.write(json.dumps(row) + "\n")
+    world.clock.advance(timedelta(hours=2))  # the late batch lands two hours after that run
+    os.utime(world.data, (world.clock().timestamp(),) * 2)
+    world.clock.advance(timedelta(hours=22))
+    summary = world.run(now=NOW + timedelta(days=1))  # the next daily run
+    assert summary.ok
+    assert any(r.kind == "recheck" for r in summary.rules)
+    by_ip = {r["cIP"]: r for r in world.jsonl_records()}
+    assert by_ip["203.0.113.200"]["portCount"] == 35
+    assert by_ip["192.0.2.77"]["portCount"] == 35
+
+
+class SlowSource(FlakySource):
+    """The file source, whose reads take `duration` of the test clock; a late batch lands while it reads."""
+
+    def __init__(self, path: Path, clock: Clock, duration: timedelta) -> None:
+        super().__init__(path)
+        self.clock, self.duration = clock, duration
+
+    def read(self, request: ReadRequest) -> Any:
+        rows = list(super().read(request))  # what the evaluation sees: the file as it was when the read began
+        with self.inner.path.open("a", encoding="utf-8") as out:
+            for row in _late_rows():
+                out.write(json.dumps(row) + "\n")
+        self.clock.advance(timedelta(minutes=1))
+        os.utime(self.inner.path, (self.clock().timestamp(),) * 2)
+        self.clock.advance(self.duration - timedelta(minutes=1))
+        return iter(rows)
+
+
+def test_rows_that_land_during_a_long_read_are_rechecked(world: World) -> None:
+    slow = SlowSource(world.data, world.clock, timedelta(minutes=20))
+    assert world.run(source=slow).ok
+    assert "203.0.113.200" not in {r["cIP"] for r in world.jsonl_records()}
+    world.clock.advance(timedelta(hours=1))
+    summary = world.run(now=NOW + timedelta(hours=1))
+    assert summary.ok
+    assert "203.0.113.200" in {r["cIP"] for r in world.jsonl_records()}
+
+
+class BadRowsOnTheLaterWindow(FlakySource):
+    """A source that has a malformed row (an InputError, not a SourceError) in the window of the 26th."""
+
+    def read(self, request: ReadRequest) -> Any:
+        if request.window.start == parse_datetime("2026-11-26T00:00:00Z"):
+            raise InputError("loganalytics window [2026-11-26, 2026-11-27)", "column sPort must be an integer, got 'eighty'")
+        return self.inner.read(request)
+
+
+def test_a_window_that_keeps_failing_does_not_hold_back_findings_already_staged(world: World) -> None:
+    world.set_checkpoint("2026-11-25T00:00:00Z")  # catch-up: the 25th (one finding, 23:50), then the 26th
+    with pytest.raises(InputError):
+        world.run(source=BadRowsOnTheLaterWindow(world.data))
+    assert world.checkpoint() == parse_datetime("2026-11-26T00:00:00Z")
+    # The 25th's finding was staged and the checkpoint moved past it; the failing window must not keep it
+    # from the sinks until someone fixes the data.
+    assert [f.columns["cIP"] for f in world.recording.received] == ["203.0.113.50"]
+    assert FileStateStore(world.state_dir).pending(world.recording.describe()) == []
