@@ -9,6 +9,7 @@ import azure.functions as func
 app = func.FunctionApp()
 # The Azure SDKs log every HTTP request and its headers at INFO: keep Application Insights for our own lines.
 logging.getLogger("azure").setLevel(logging.WARNING)
+logging.getLogger("urllib3").setLevel(logging.WARNING)  # its DEBUG lines carry URLs (a webhook URL is a secret)
 
 
 @app.timer_trigger(schedule="%DETECTOR_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)

@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every request's headers at INFO
+    logging.getLogger("urllib3").setLevel(logging.WARNING)  # its DEBUG lines carry URLs (a webhook URL is a secret)
     try:
         if args.command == "run":
             return _run(args)

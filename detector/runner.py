@@ -163,6 +163,10 @@ def deliver_outbox(store: StateStore, sinks: Sequence[Sink], summary: RunSummary
     try:
         for sink in sinks:
             name = sink.describe()
+            # Renewed before each sink; a run that lost it stops and leaves the rest to the new holder.
+            if not store.acquire_lease(OUTBOX_LEASE, owner, LEASE_TTL, clock()):
+                summary.skipped.append(f"outbox: lease lost before delivering to {name}; the next run delivers")
+                return
             entries = store.pending(name)
             delivered = entries
             if entries:
@@ -212,6 +216,10 @@ class _RuleProgress:
         `read_from` is when the window's read began: rows ingested after it may not have been seen, so that
         (not the end of the evaluation) is the time the late-data re-check compares ingestion times with.
         """
+        # Renew (and so check) the lease before writing anything: a run whose lease lapsed must not put an
+        # older version of a finding into the outbox over what the new lease holder stored.
+        if not self.store.acquire_lease(self.name, self.owner, LEASE_TTL, self.clock()):
+            raise LeaseLostError(f"lease on {self.name} was taken by another run")
         run.staged = self.store.stage(self.sink_names, run.findings)
         evaluated_at = read_from if read_from is not None else self.clock()
         if record_bins:
@@ -219,9 +227,7 @@ class _RuleProgress:
                 self.state.evaluated[bin_start] = evaluated_at
         if advance:
             self.state.checkpoint = run.window.end
-        self.store.save_rule_state(self.name, self.state, self.owner)
-        if not self.store.acquire_lease(self.name, self.owner, LEASE_TTL, self.clock()):  # renew for the next window
-            raise LeaseLostError(f"lease on {self.name} was taken by another run")
+        self.store.save_rule_state(self.name, self.state, self.owner)  # fenced by the lease as well
 
 
 def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settings: Settings, summary: RunSummary) -> None:
@@ -332,28 +338,31 @@ def run_backfill(
         if not is_aligned(window, rule.logic.time_bin):
             raise ConfigError("--start/--end", f"a backfill must cover whole {rule.logic.time_bin} bins: {window}")
 
-        def work(owner: str, rule: Rule = rule) -> None:
-            name = f"backfill|{rule.id}|{format_datetime(window.start)}|{format_datetime(window.end)}"
-            state = _RuleProgress(store, name, rule, sinks, owner, clock)
-            # The rule's lease is held for the whole backfill; progress is saved under the backfill's name.
-            if not store.acquire_lease(name, owner, LEASE_TTL, clock()):
-                raise LeaseLostError(f"{name}: another backfill of the same range is running")
-            try:
-                pieces = split_window(window, BACKFILL_PIECE)
-                done = [p for p in pieces if state.state.checkpoint and p.end <= state.state.checkpoint]
-                progress(len(done), len(pieces))
-                for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):
-                    run_ = evaluate_window(rule, source, piece, kind="backfill")
-                    summary.rules.append(run_)
-                    state.commit(run_, advance=True, record_bins=False)
-                    if not store.acquire_lease(rule.id, owner, LEASE_TTL, clock()):  # renew the rule's lease
-                        raise LeaseLostError(f"lease on {rule.id} was taken by another run")
-                    progress(index, len(pieces))
-            finally:
-                store.release_lease(name, owner)
+    def backfill_rule(owner: str, rule: Rule) -> None:
+        name = f"backfill|{rule.id}|{format_datetime(window.start)}|{format_datetime(window.end)}"
+        state = _RuleProgress(store, name, rule, sinks, owner, clock)
+        # The rule's lease is held for the whole backfill; progress is saved under the backfill's name.
+        if not store.acquire_lease(name, owner, LEASE_TTL, clock()):
+            raise LeaseLostError(f"{name}: another backfill of the same range is running")
+        try:
+            pieces = split_window(window, BACKFILL_PIECE)
+            done = [p for p in pieces if state.state.checkpoint and p.end <= state.state.checkpoint]
+            progress(len(done), len(pieces))
+            for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):
+                run_ = evaluate_window(rule, source, piece, kind="backfill")
+                summary.rules.append(run_)
+                state.commit(run_, advance=True, record_bins=False)
+                if not store.acquire_lease(rule.id, owner, LEASE_TTL, clock()):  # renew the rule's lease
+                    raise LeaseLostError(f"lease on {rule.id} was taken by another run")
+                progress(index, len(pieces))
+        finally:
+            store.release_lease(name, owner)
 
-        _under_lease(store, rule.id, summary, clock, work)
-    deliver_outbox(store, sinks, summary, clock)
+    def every_rule() -> None:
+        for rule in rules:
+            _under_lease(store, rule.id, summary, clock, lambda owner, rule=rule: backfill_rule(owner, rule))  # type: ignore[misc]
+
+    _deliver_even_if(every_rule, store, sinks, summary, clock)
     summary.seconds = time.monotonic() - started
     return summary
 

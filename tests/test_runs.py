@@ -461,3 +461,17 @@ def test_a_window_that_keeps_failing_does_not_hold_back_findings_already_staged(
     # from the sinks until someone fixes the data.
     assert [f.columns["cIP"] for f in world.recording.received] == ["203.0.113.50"]
     assert FileStateStore(world.state_dir).pending(world.recording.describe()) == []
+
+
+def test_a_run_whose_lease_lapsed_mid_read_stores_nothing(world: World) -> None:
+    class SlowRead(FlakySource):
+        def read(self, request: ReadRequest) -> Any:
+            # The read outlives the lease, and another run takes the rule over meanwhile.
+            world.clock.advance(LEASE_TTL + timedelta(minutes=1))
+            assert FileStateStore(world.state_dir).acquire_lease(RULE.id, "newer-run", LEASE_TTL, world.clock())
+            return super().read(request)
+
+    summary = world.run(source=SlowRead(world.data))
+    assert "taken by another run" in summary.errors[RULE.id]
+    assert FileStateStore(world.state_dir).pending("recording") == []  # nothing staged by the stale run
+    assert world.checkpoint() is None

@@ -154,3 +154,44 @@ def test_a_missing_state_table_is_a_clear_error(azure_env: FakeServer, azurite_t
     )
     with pytest.raises(DetectorError, match=r"state table nosuchtable does not exist.*deploy infra"):
         open_state_store(settings)
+
+
+def test_a_finding_too_big_for_one_table_entity_is_stored_shortened(azure_env: FakeServer, azurite_table: str) -> None:
+    from detector.state.table import _stored_text
+
+    # 128 distinct 2,000-character non-ASCII query strings: ~256,000 characters in one set, in five sets.
+    huge = {f"set_{c}": [f"{i:03d}" + "é" * 2000 for i in range(128)] for c in ("a", "b", "c", "d", "e")}
+    big = replace(FINDINGS[0], columns={**FINDINGS[0].columns, **huge})
+    text = _stored_text(big)
+    assert len(text.encode("utf-16-le")) < 1024 * 1024 * 0.9  # under Azure Table's 1 MiB per entity
+    assert "shortened to fit" in text
+    table = f"state{next(_tables)}"
+    create_state_table(azurite_table, table)
+    store = open_state_store(
+        Settings.from_env(
+            {
+                "DETECTOR_SOURCE": "file:x",
+                "DETECTOR_STATE": "table",
+                "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table,
+                "DETECTOR_STATE_TABLE_NAME": table,
+            }
+        )
+    )
+    store.stage(["s"], [big])
+    (entry,) = store.pending("s")
+    assert entry.finding.id == big.id
+    assert entry.digest == big.digest()  # the outbox still tracks the real finding
+    assert entry.finding.columns["portCount"] == big.columns["portCount"]
+    assert all(len(v) <= 1000 + 40 for v in entry.finding.columns["set_a"])
+    assert all(v.startswith(f"{i:03d}éé") for i, v in enumerate(entry.finding.columns["set_a"]))
+
+
+def test_restaging_the_delivered_version_is_not_pending(store: StateStore) -> None:
+    original = FINDINGS[0]
+    store.stage(["s"], [original])
+    store.mark_delivered("s", store.pending("s"), T0)
+    updated = replace(original, columns={**original.columns, "ConnectionsCount": 999})
+    assert store.stage(["s"], [updated]) == 1
+    # A re-evaluation finds the delivered version again (say, the late rows were a replay): nothing to send.
+    assert store.stage(["s"], [original]) == 0
+    assert store.pending("s") == []

@@ -36,7 +36,14 @@ from detector.state import DELIVERED_RETENTION, LeaseLostError, OutboxEntry, Rul
 if TYPE_CHECKING:
     from detector.config import Settings
 
-_CHUNK = 30_000
+_CHUNK = 30_000  # characters per property: a property holds at most 64 KiB, strings are UTF-16
+# An entity holds at most 1 MiB. Findings are far smaller, but 128 long, distinct, non-ASCII values in
+# several sets could exceed it; then the stored copy keeps a shortened form of each long set value.
+# Stored as ASCII JSON (non-ASCII escaped), so characters = bytes on the wire, and 2 bytes each as the
+# service counts strings (UTF-16): 300,000 characters stay well under 1 MiB either way.
+_MAX_STORED_CHARS = 300_000
+_SHORTENED_VALUE_CHARS = 1_000
+_SHORTENED = "…[shortened to fit the state store]"
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _RULE_PARTITION = "rule"
 
@@ -49,6 +56,22 @@ def _key(name: str) -> str:
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _stored_text(finding: Finding) -> str:
+    """The finding as stored JSON; if it would not fit in one entity, long set values are shortened
+    (halving their kept length until it fits), keeping their start and a marker."""
+    state = finding.to_state()
+    text = json.dumps(state)
+    keep = _SHORTENED_VALUE_CHARS
+    original = dict(state["columns"])
+    while len(text) > _MAX_STORED_CHARS and keep >= 16:
+        for column, value in original.items():
+            if isinstance(value, list):
+                state["columns"][column] = [v[:keep] + _SHORTENED if isinstance(v, str) and len(v) > keep else v for v in value]
+        text = json.dumps(state)
+        keep //= 2
+    return text
 
 
 class TableStateStore(StateStore):
@@ -164,7 +187,6 @@ class TableStateStore(StateStore):
         return "outbox-" + hashlib.sha256(sink.encode()).hexdigest()[:24]
 
     def stage(self, sinks: Sequence[str], findings: Iterable[Finding]) -> int:
-
         findings = list(findings)
         staged = 0
         for sink in sinks:
@@ -174,9 +196,10 @@ class TableStateStore(StateStore):
                 old = self._get(partition, finding.id)
                 if old is not None and old.get("Digest") == digest:
                     continue  # unchanged: delivered stays delivered, pending stays pending
-                text = json.dumps(finding.to_state())
+                text = _stored_text(finding)
                 chunks = {f"Finding{i}": text[i * _CHUNK : (i + 1) * _CHUNK] for i in range(-(-len(text) // _CHUNK))}
                 delivered = old.get("DeliveredDigest", "") if old is not None else ""
+                pending = delivered != digest
                 self.table.upsert_entity(
                     {
                         "PartitionKey": partition,
@@ -186,12 +209,12 @@ class TableStateStore(StateStore):
                         **chunks,
                         "Digest": digest,
                         "DeliveredDigest": delivered,
-                        "Pending": True,
+                        "Pending": pending,
                         "WindowEnd": finding.window.end,
                     },
                     mode=UpdateMode.REPLACE,
                 )
-                staged += 1
+                staged += pending
         return staged
 
     def pending(self, sink: str) -> list[OutboxEntry]:
@@ -199,13 +222,12 @@ class TableStateStore(StateStore):
         entries = []
         for entity in entities:
             text = "".join(entity[f"Finding{i}"] for i in range(entity["Chunks"]))
-            entries.append(
-                OutboxEntry(sink, Finding.from_state(json.loads(text)), entity["Digest"], entity["DeliveredDigest"] or None)
-            )
+            entry = OutboxEntry(sink, Finding.from_state(json.loads(text)), entity["Digest"], entity["DeliveredDigest"] or None)
+            if entry.pending:  # the column is an index; the digests are the truth
+                entries.append(entry)
         return sorted(entries, key=lambda e: (e.finding.window.start, e.finding.id))
 
     def mark_delivered(self, sink: str, entries: Iterable[OutboxEntry], now: datetime) -> None:
-
         partition = self._partition(sink)
         for entry in entries:
             current = self._get(partition, entry.finding.id)
