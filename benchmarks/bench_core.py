@@ -29,30 +29,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
 
 from generate import DATA, write_day  # noqa: E402
 
+from detector.logic.high_port_count import OUTPUT_COLUMNS  # noqa: E402
+
 START, END = "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"
-COLUMNS = [
-    "TimeGenerated",
-    "cIP",
-    "set_sPort",
-    "set_csUserName",
-    "set_decodedUriQuery",
-    "Computer",
-    "set_sSiteName",
-    "sIP",
-    "set_csUserAgent",
-    "set_csMethod",
-    "set_scStatusFull",
-    "set_scStatusFull_Friendly",
-    "set_scWin32Status_Hex",
-    "set_scWin32Status_Friendly",
-    "ConnectionsCount",
-    "portCount",
-    "timestamp",
-    "IPCustomEntity",
-]
+COLUMNS = list(OUTPUT_COLUMNS)  # the rule's 18 output columns, compared one by one with the anchor's
 
 
 def measure(command: list[str]) -> dict[str, float]:

@@ -22,6 +22,21 @@ from detector.sources import ReadRequest, Source, files_changed_after, register_
 from detector.w3ciislog import COLUMN_TYPES, coerce_row
 
 
+def typed_json_line(line: str, number: int, request: ReadRequest, where: str) -> Row | None:
+    """One JSON Lines line as a typed row (None for a blank line); errors name file:line."""
+    if not line.strip():
+        return None
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{where}:{number}", f"not valid JSON ({exc.msg}, column {exc.colno}); each line must be one JSON object"
+        ) from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}:{number}", "each line must be a JSON object of W3CIISLog columns")
+    return coerce_row(raw, request.columns, request.required, f"{where}:{number}")
+
+
 class FileSource(Source):
     """Rows from one JSON file."""
 
@@ -115,17 +130,9 @@ class FileSource(Source):
     @staticmethod
     def _jsonl(handle: Any, request: ReadRequest, where: str) -> Iterator[Row]:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"{where}:{number}", f"not valid JSON ({exc.msg}, column {exc.colno}); each line must be one JSON object"
-                ) from None
-            if not isinstance(raw, dict):
-                raise InputError(f"{where}:{number}", "each line must be a JSON object of W3CIISLog columns")
-            yield coerce_row(raw, request.columns, request.required, f"{where}:{number}")
+            row = typed_json_line(line, number, request, where)
+            if row is not None:
+                yield row
 
     @staticmethod
     def _array(document: Any, request: ReadRequest, where: str) -> Iterator[Row]:

@@ -27,7 +27,6 @@ on it). Key columns are checked in every row.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from detector.errors import InputError
 from detector.logic import CandidateSpec
 from detector.models import Row
 from detector.sources.candidates import BIN, KeyedBlock, candidate_rows, key_frame, microseconds, span_microseconds
-from detector.w3ciislog import coerce_row
+from detector.sources.file import typed_json_line
 
 if TYPE_CHECKING:
     import polars as pl
@@ -149,18 +148,7 @@ class _PlainBlock(KeyedBlock):
 
 def _typed_row(raw_line: bytes, number: int, request: ReadRequest, where: str) -> Row | None:
     """One line as the plain path reads it (None for a blank line)."""
-    text = raw_line.decode("utf-8")
-    if not text.strip():
-        return None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{where}:{number}", f"not valid JSON ({exc.msg}, column {exc.colno}); each line must be one JSON object"
-        ) from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{where}:{number}", "each line must be a JSON object of W3CIISLog columns")
-    return coerce_row(raw, request.columns, request.required, f"{where}:{number}")
+    return typed_json_line(raw_line.decode("utf-8"), number, request, where)
 
 
 def _columnar_keys(data: bytes, spec: CandidateSpec, window: tuple[int, int]) -> pl.DataFrame | None:
