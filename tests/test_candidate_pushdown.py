@@ -68,7 +68,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonl_module, "read_blocks", read_small)
     import detector.sources.iis_candidates as iis_module
 
-    monkeypatch.setattr(iis_module, "read_blocks", read_small)
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 4096)
 
 
 @pytest.mark.parametrize("name", ["w3ciislog.jsonl", "w3ciislog_array.json", "la_response.json"])
