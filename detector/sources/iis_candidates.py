@@ -227,7 +227,8 @@ def line_blocks(handle: FileIO, start: int, block_bytes: int) -> Iterator[bytes]
             return
         cut = size if size < len(buffer) else buffer.rfind(b"\n", 0, size) + 1
         if cut == 0:  # one line longer than the buffer
-            buffer.extend(bytes(len(buffer)))
+            view.release()
+            buffer = bytearray(2 * len(buffer))
             view = memoryview(buffer)
             continue
         yield bytes(view[:cut])
