@@ -330,13 +330,33 @@ def test_iis_lone_cr_that_splits_an_entry_into_two_valid_ones(tmp_path: Path) ->
     assert _same_or_same_error(_write_iis(tmp_path, lines, newline="\n")) is None
 
 
-def test_iis_invalid_utf8_in_candidate_entries_is_decoded_like_the_plain_path(tmp_path: Path) -> None:
-    lines = _iis_day(_rng(9))
-    raw = ("\r\n".join(lines) + "\r\n").encode("utf-8")
-    raw = raw.replace(b"q=a+b%20c", b"q=a\xff\xfeb")  # raw invalid UTF-8 in a detail field of many entries
-    assert b"\xff" in raw
-    plain_rows, fast_rows = _assert_same(_write_iis(tmp_path, [], raw=raw))
+@pytest.mark.parametrize(
+    ("old", "new", "columnar"),
+    [
+        (b"q=a+b%20c", b"q=a\xff\xfeb", True),  # in a detail field: keys read with U+FFFD elsewhere, columnar
+        (b" 198.51.100.", b" 198.51.100.\xe2\x82", False),  # in a key: U+FFFD in a key, read by the plain code
+    ],
+)
+def test_iis_invalid_utf8_is_decoded_like_the_plain_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes, columnar: bool
+) -> None:
+    import detector.sources.iis_candidates as iis_module
+
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)  # one block, so one run of entries
+    taken = []
+    original = iis_module._columnar_keys
+
+    def spy(*args: Any) -> Any:
+        keys = original(*args)
+        taken.append(keys is not None)
+        return keys
+
+    monkeypatch.setattr(iis_module, "_columnar_keys", spy)
+    raw = ("\r\n".join(_iis_day(_rng(9))) + "\r\n").encode("utf-8")
+    assert raw.count(old) > 10
+    plain_rows, fast_rows = _assert_same(_write_iis(tmp_path, [], raw=raw.replace(old, new)))
     assert fast_rows < plain_rows
+    assert taken == [columnar]
 
 
 def test_iis_without_a_date_field_takes_the_day_from_the_date_directive(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import FileIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from detector.errors import InputError
 from detector.logic import CandidateSpec
@@ -275,25 +275,15 @@ def _columnar_keys(
         return None  # entries before #Fields: the plain code reports them
     index_of = dict(layout.plan)
     names = [f"column_{i + 1}" for i in range(len(fields))]
-    wanted = {layout.time_index, len(fields) - 1}
+    used = {layout.time_index}  # the fields whose values are used (the last one is read only for its count)
     if layout.date_index is not None:
-        wanted.add(layout.date_index)
+        used.add(layout.date_index)
     for column in (*spec.keys, spec.distinct_column):
         index = index_of.get(column)
         if index is not None:
-            wanted.add(index)
-    try:
-        frame = pl.read_csv(
-            data,
-            separator=" ",
-            has_header=False,
-            quote_char=None,
-            schema=dict.fromkeys(names, pl.String),
-            columns=[names[i] for i in sorted(wanted)],
-        )
-    except pl.exceptions.PolarsError:
-        return None
-    if frame[names[-1]].null_count() or spaces != frame.height * (len(fields) - 1):
+            used.add(index)
+    frame = _read_fields(data, names, sorted(used | {len(fields) - 1}), sorted(used))
+    if frame is None or frame[names[-1]].null_count() or spaces != frame.height * (len(fields) - 1):
         return None
     moments = _moments(frame, layout, names)
     if moments is None:
@@ -327,6 +317,36 @@ def _columnar_keys(
         ((t >= window[0]) & (t < window[1])).alias("_in_window"),
         pl.int_range(pl.len(), dtype=pl.UInt32).alias("_record"),
     )
+
+
+def _read_fields(data: bytes, names: list[str], read: list[int], used: list[int]) -> pl.DataFrame | None:
+    """These fields of space-separated entries as strings, or None when polars cannot read them exactly.
+
+    Invalid UTF-8 anywhere in the run makes the strict reader fail; the run is then read again with
+    invalid bytes replaced by U+FFFD. A field without invalid bytes reads the same either way (the plain
+    path's errors="replace" decoding never merges a space into an invalid sequence); dates, times and
+    ports are checked by pattern later, and a used field holding U+FFFD makes the run fall back to the
+    plain code.
+    """
+    import polars as pl
+
+    def parse(encoding: Literal["utf8", "utf8-lossy"]) -> pl.DataFrame:
+        schema = dict.fromkeys(names, pl.String)
+        columns = [names[i] for i in read]
+        return pl.read_csv(
+            data, separator=" ", has_header=False, quote_char=None, schema=schema, columns=columns, encoding=encoding
+        )
+
+    try:
+        return parse("utf8")
+    except pl.exceptions.PolarsError:
+        pass
+    try:
+        frame = parse("utf8-lossy")
+    except pl.exceptions.PolarsError:
+        return None
+    checked = [pl.col(names[i]).str.contains("\ufffd", literal=True) for i in used]
+    return None if frame.select(pl.any_horizontal(checked).any()).item() else frame
 
 
 def _moments(frame: pl.DataFrame, layout: W3cLayout, names: list[str]) -> pl.Series | None:
