@@ -1,16 +1,18 @@
 """Candidate pushdown for IIS W3C log files (the fast path of `iis:`).
 
-Files are read in blocks of whole lines, cut further at directive lines (#Fields may change mid-file),
-so each run of entries has one layout. polars' CSV reader (native code, space separated, no quoting)
-reads only date, time, c-ip, s-ip and s-port of a run; candidates.candidate_rows finds the groups that
-can fire and asks for those entries only, which are parsed by W3cLayout.entry, the code of the plain
-path. Results are therefore identical to the plain path's.
+Files are read in blocks of whole lines (the next block is read and byte-scanned on a worker thread
+meanwhile), cut further at directive lines (#Fields may change mid-file), so each run of entries has
+one layout. polars' CSV reader (native code, space separated, no quoting) reads only date, time, c-ip,
+s-ip, s-port and the last field of a run; candidates.candidate_rows finds the groups that can fire and
+asks for those entries only, which are parsed by W3cLayout.entry, the code of the plain path. Results
+are therefore identical to the plain path's.
 
-Exactness guards: a run of entries takes the columnar path only when it is valid UTF-8, every entry has
-exactly as many fields as #Fields declares (the space count is exactly entries x (fields - 1) and the
-last field is present in every entry), date and time are canonical (yyyy-mm-dd, hh:mm:ss) and s-port is
-"-" or plain digits. Any other run is read entry by entry with the plain code (same rows, same errors
-with file:line). A file with lone '\\r' line breaks is left to the plain path entirely.
+Exactness guards: a run of entries takes the columnar path only when every entry has exactly as many
+fields as #Fields declares (the space count is exactly entries x (fields - 1) and the last field is
+present in every entry), date and time are canonical (yyyy-mm-dd, hh:mm:ss) and valid for
+datetime.fromisoformat, s-port is "-" or plain digits, and the fields whose values are used are valid
+UTF-8. Any other run is read entry by entry with the plain code (same rows, same errors with
+file:line). A file with lone '\r' line breaks is left to the plain path entirely.
 """
 
 from __future__ import annotations
