@@ -18,6 +18,9 @@ from detector.models import Row, Window
 from detector.w3ciislog import coerce_row
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+# libyaml's parser when PyYAML was built with it (the wheels are): the same safe constructor and the
+# same errors with line marks, ~10x faster than the pure-Python parser (~0.1 s saved on every run).
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
@@ -149,7 +152,7 @@ class _Fields:
 def _top_level_lines(text: str) -> dict[str, int]:
     """Line number (1-based) of each top-level key, for error messages."""
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=_YAML_LOADER)
     except yaml.YAMLError:
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -166,7 +169,7 @@ def load_rule(path: str | Path) -> Rule:
     except OSError as exc:
         raise RuleError(where, "", f"cannot read rule file ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{where}:{mark.line + 1}" if mark else where

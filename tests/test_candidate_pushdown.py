@@ -68,7 +68,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonl_module, "read_blocks", read_small)
     import detector.sources.iis_candidates as iis_module
 
-    monkeypatch.setattr(iis_module, "read_blocks", read_small)
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 4096)
 
 
 @pytest.mark.parametrize("name", ["w3ciislog.jsonl", "w3ciislog_array.json", "la_response.json"])
@@ -252,3 +252,194 @@ def test_capped_set_keeps_the_smallest_distinct_values(seed: int) -> None:
     reference = sorted({v for v in values if v is not None})[:128]
     assert capped.values() == reference
     assert len(capped) == len(reference)
+
+
+# --- IIS fast path: guards and paths added for speed (each must fall back to, or agree with, the plain read)
+
+
+def _iis_day(rng: random.Random, fields: str = IIS_FIELDS_A, shuffle: bool = False) -> list[str]:
+    rows = _random_rows(rng, 2000) + _scans(rng)
+    if shuffle:
+        rng.shuffle(rows)  # not time-ordered: many short timestamp runs, and bins seen again (two passes)
+    else:
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    head = ["#Software: Microsoft Internet Information Services 10.0", "#Date: 2026-11-25 23:50:00", f"#Fields: {fields}"]
+    return head + [_iis_line(row, fields) for row in rows]
+
+
+def _write_iis(tmp_path: Path, lines: list[str], newline: str = "\r\n", raw: bytes | None = None) -> IisLogSource:
+    folder = tmp_path / "W3SVC1"
+    folder.mkdir(exist_ok=True)
+    path = folder / "u_ex261126.log"
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        path.write_text(newline.join(lines) + newline, encoding="utf-8")
+    return IisLogSource(tmp_path, "web01")
+
+
+def _same_or_same_error(source: Source) -> str | None:
+    """Fast and plain reads give the same findings, or both raise the same InputError (returned)."""
+    logic = _logic()
+    outcomes = []
+    for spec in (None, logic.candidate_spec()):
+        try:
+            rows = list(source.read(ReadRequest(WINDOW, logic.columns, logic.required_columns, spec)))
+            outcomes.append(("ok", json.dumps(logic.evaluate(rows, WINDOW), default=str, sort_keys=True)))
+        except InputError as exc:
+            outcomes.append(("error", str(exc)))
+    assert outcomes[0] == outcomes[1]
+    return outcomes[0][1] if outcomes[0][0] == "error" else None
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (lambda line: line + " ", "fields but #Fields declares"),  # a trailing space: one empty field too many
+        (lambda line: line + "  x", "fields but #Fields declares"),  # extra fields after an empty one (polars skips them)
+        (lambda line: line.replace(" ", "  ", 1), "fields but #Fields declares"),  # an empty field in the middle
+        (lambda line: line.rsplit(" ", 1)[0], "fields but #Fields declares"),  # the last field missing
+        (lambda line: line.replace(" ", "\r", 1), "fields but #Fields declares"),  # a lone CR inside an entry
+        (lambda line: line + "\r", None),  # CR CR LF: the plain read sees an extra blank line, nothing else
+        (lambda line: line.replace("2026-11-", "2026-11-0", 1), "is not yyyy-mm-dd hh:mm:ss"),  # a bad date
+        (lambda line: line[:16] + line[19:], None),  # hh:mm: fromisoformat takes it, so the plain read is used
+        (lambda line: line.replace(" 10.0.0.4 ", " 10.0.0.4\x00 ", 1), None),  # a NUL byte in a key
+    ],
+)
+def test_iis_damaged_entry_deep_in_a_block_is_read_like_the_plain_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Any, error: str | None
+) -> None:
+    import detector.sources.iis_candidates as iis_module
+
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)  # the whole file is one block
+    lines = _iis_day(_rng(7))
+    target = next(i for i, line in enumerate(lines) if "198.51.100." in line and i > 1000)  # a scanner's entry
+    lines[target] = damage(lines[target])
+    found = _same_or_same_error(_write_iis(tmp_path, lines))
+    if error is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert error in found
+
+
+def test_iis_lone_cr_that_splits_an_entry_into_two_valid_ones(tmp_path: Path) -> None:
+    lines = _iis_day(_rng(8))
+    lines[500] = lines[500] + "\r" + lines[501]  # CR alone between two entries: two lines to the plain read
+    del lines[501]
+    assert _same_or_same_error(_write_iis(tmp_path, lines, newline="\n")) is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "columnar"),
+    [
+        (b"q=a+b%20c", b"q=a\xff\xfeb", True),  # in a detail field: keys read with U+FFFD elsewhere, columnar
+        (b" 198.51.100.", b" 198.51.100.\xe2\x82", False),  # in a key: U+FFFD in a key, read by the plain code
+    ],
+)
+def test_iis_invalid_utf8_is_decoded_like_the_plain_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes, columnar: bool
+) -> None:
+    import detector.sources.iis_candidates as iis_module
+
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)  # one block, so one run of entries
+    taken = []
+    original = iis_module._columnar_keys
+
+    def spy(*args: Any) -> Any:
+        keys = original(*args)
+        taken.append(keys is not None)
+        return keys
+
+    monkeypatch.setattr(iis_module, "_columnar_keys", spy)
+    raw = ("\r\n".join(_iis_day(_rng(9))) + "\r\n").encode("utf-8")
+    assert raw.count(old) > 10
+    plain_rows, fast_rows = _assert_same(_write_iis(tmp_path, [], raw=raw.replace(old, new)))
+    assert fast_rows < plain_rows
+    assert taken == [columnar]
+
+
+def test_iis_without_a_date_field_takes_the_day_from_the_date_directive(tmp_path: Path) -> None:
+    fields = "time c-ip s-ip s-port cs-uri-query sc-status sc-win32-status"
+    lines = _iis_day(_rng(10), fields)
+    body = [line for line in lines if not line.startswith("#")]
+    half = len(body) // 2
+    out = [
+        "#Date: 2026-11-26 00:00:00",
+        f"#Fields: {fields}",
+        *body[:half],
+        "#Date: 2026-11-27 00:00:00",  # a new day: the same times now fall outside the window
+        *body[half:],
+    ]
+    plain_rows, fast_rows = _assert_same(_write_iis(tmp_path, out))
+    assert fast_rows < plain_rows
+
+
+def test_iis_out_of_order_entries_take_the_two_pass_read(tmp_path: Path) -> None:
+    plain_rows, fast_rows = _assert_same(_write_iis(tmp_path, _iis_day(_rng(11), shuffle=True)))
+    assert fast_rows < plain_rows
+
+
+@pytest.mark.parametrize(
+    ("times", "dates", "typed"),
+    [
+        (["00:00:00", "00:00:00", "23:59:59"], ["2026-11-26"] * 3, True),
+        (["23:59:59", "00:00:00", "00:00:01"], ["2026-11-26", "2026-11-27", "2026-11-27"], True),  # two dates
+        (["24:00:00"], ["2026-11-26"], False),  # fromisoformat refuses hour 24
+        (["23:60:00"], ["2026-11-26"], False),
+        (["23:59:60"], ["2026-11-26"], False),  # no leap seconds either
+        (["1:02:03"], ["2026-11-26"], False),  # not canonical
+        (["00:00:00"], ["2026-02-30"], False),
+        (["00:00:00"], ["0000-01-01"], False),  # year 0: polars would take it, Python does not
+    ],
+)
+def test_iis_timestamps_are_typed_exactly_like_fromisoformat(times: list[str], dates: list[str], typed: bool) -> None:
+    import polars as pl
+
+    from detector.sources.candidates import microseconds
+    from detector.sources.iis import W3cLayout
+    from detector.sources.iis_candidates import _moments
+
+    logic = _logic()
+    request = ReadRequest(WINDOW, logic.columns, logic.required_columns, logic.candidate_spec())
+    layout = W3cLayout.initial(Path("u_ex.log"), request, "web01").directive("#Fields: date time c-ip s-ip s-port", 1)
+    frame = pl.DataFrame({"column_1": dates, "column_2": times})
+    moments = _moments(frame, layout, [f"column_{i}" for i in range(1, 6)])
+    if not typed:
+        assert moments is None
+        return
+    assert moments is not None
+    expected = [microseconds(datetime.fromisoformat(f"{d} {t}").replace(tzinfo=UTC)) for d, t in zip(dates, times, strict=True)]
+    assert moments.to_list() == expected
+
+
+def test_line_blocks_cut_at_line_ends_and_grow_for_long_lines(tmp_path: Path) -> None:
+    from detector.sources.iis_candidates import line_blocks
+
+    rng = _rng(12)
+    text = b"".join(b"x" * rng.choice([0, 3, 15, 16, 17, 40]) + b"\n" for _ in range(300)) + b"tail"
+    path = tmp_path / "lines.log"
+    path.write_bytes(b"\xef\xbb\xbf" + text)
+    with path.open("rb", buffering=0) as handle:
+        blocks = list(line_blocks(handle, 3, 16))
+    assert b"".join(blocks) == text
+    assert all(block.endswith(b"\n") for block in blocks[:-1])
+    assert blocks[-1].endswith(b"tail")
+
+
+def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Groups are keyed by a 64-bit hash; a collision may only add rows, never lose a finding. Make every
+    group collide and check the results are still exactly the plain read's."""
+    import polars as pl
+
+    import detector.sources.candidates as candidates_module
+    import detector.sources.iis_candidates as iis_module
+
+    def one_hash(keys: Any) -> pl.Expr:
+        return pl.lit(7, dtype=pl.UInt64).alias(candidates_module.GROUP)
+
+    for module in (candidates_module, iis_module, jsonl_module):
+        monkeypatch.setattr(module, "group_hash", one_hash)
+    _assert_same(IisLogSource(FILES / "iis", "web01.contoso.com"))
+    _assert_same(FileSource(FILES / "w3ciislog.jsonl"))
+    _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))

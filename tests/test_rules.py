@@ -133,6 +133,19 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
         load_rule(path)
 
 
+def test_the_libyaml_loader_reads_every_rule_like_the_pure_python_one() -> None:
+    """rules.py uses libyaml's CSafeLoader for speed; it must build the very same data and line marks."""
+    from detector import rules
+
+    assert rules._YAML_LOADER is yaml.CSafeLoader  # the wheel ships libyaml; else the speed-up is silently lost
+    for path in sorted(DEFAULT_RULES_DIR.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=rules._YAML_LOADER) == yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506
+        assert rules._top_level_lines(text) == {
+            key.value: key.start_mark.line + 1 for key, _ in yaml.compose(text, Loader=yaml.SafeLoader).value
+        }
+
+
 def test_duplicate_rule_ids_are_refused(tmp_path: Path) -> None:
     for name in ("a.yaml", "b.yaml"):
         (tmp_path / name).write_text(RULE_FILE.read_text(encoding="utf-8"), encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
@@ -46,13 +47,25 @@ def register_sink(name: str) -> Callable[[SinkFactory], SinkFactory]:
 
 def open_sink(spec: str, settings: Settings | None = None, setting: str = "--sink") -> Sink:
     """Build the sink a spec names, e.g. stdout or jsonl:/tmp/findings.jsonl."""
-    _load_builtin()
     name, _, argument = spec.partition(":")
+    _load_builtin(name)
     if name not in _FACTORIES:
-        raise ConfigError(setting, f"unknown sink '{spec}'; use one of {', '.join(sorted(_FACTORIES))}")
+        raise ConfigError(setting, f"unknown sink '{spec}'; use one of {', '.join(sorted(set(_FACTORIES) | set(_BUILTIN)))}")
     return _FACTORIES[name](argument, settings)
 
 
-def _load_builtin() -> None:
-    # Each module registers itself; none imports an Azure SDK at module level (they do it when used).
-    from detector.sinks import ingestion, jsonl, sentinel, stdout, webhook  # noqa: F401
+# The built-in sinks, each registering itself when imported; only the ones a run names are imported.
+# None imports an Azure SDK at module level either (they do it when used).
+_BUILTIN = {
+    "stdout": "detector.sinks.stdout",
+    "jsonl": "detector.sinks.jsonl",
+    "sentinel": "detector.sinks.sentinel",
+    "loganalytics-table": "detector.sinks.ingestion",
+    "webhook": "detector.sinks.webhook",
+}
+
+
+def _load_builtin(name: str) -> None:
+    module = _BUILTIN.get(name)
+    if module is not None and name not in _FACTORIES:
+        importlib.import_module(module)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,13 +79,21 @@ def register_source(scheme: str) -> Callable[[SourceFactory], SourceFactory]:
 
 def open_source(spec: str, settings: Settings | None = None, computer: str = "", setting: str = "--source") -> Source:
     """Build the source a spec names, e.g. file:rows.jsonl, iis:C:/inetpub/logs, loganalytics:<id>."""
-    _load_builtin()
     scheme, sep, argument = spec.partition(":")
+    _load_builtin(scheme)
     if not sep or scheme not in _FACTORIES or not argument:
-        raise ConfigError(setting, f"unknown source '{spec}'; use one of {', '.join(f'{s}:<...>' for s in sorted(_FACTORIES))}")
+        known = sorted(set(_FACTORIES) | set(_BUILTIN))
+        raise ConfigError(setting, f"unknown source '{spec}'; use one of {', '.join(f'{s}:<...>' for s in known)}")
     return _FACTORIES[scheme](argument, settings, computer)
 
 
-def _load_builtin() -> None:
-    # Imported lazily so that importing the package (and function_app) stays cheap.
-    from detector.sources import file, iis, loganalytics  # noqa: F401
+# The built-in sources, each registering itself when imported. Only the one a spec names is imported, so
+# that importing the package (and function_app) stays cheap and a run over files does not load the Log
+# Analytics client code.
+_BUILTIN = {"file": "detector.sources.file", "iis": "detector.sources.iis", "loganalytics": "detector.sources.loganalytics"}
+
+
+def _load_builtin(scheme: str) -> None:
+    module = _BUILTIN.get(scheme)
+    if module is not None and scheme not in _FACTORIES:
+        importlib.import_module(module)

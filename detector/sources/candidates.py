@@ -4,10 +4,15 @@ A group whose count of distinct non-null `distinct_column` values stays below th
 become a finding, so a source that knows the candidate groups may return only their rows and the rule's
 result is unchanged (the rule still applies the threshold itself). This module holds the bookkeeping
 shared by the file and IIS sources: key columns arrive in columnar batches (polars frames with an Int64
-`bin` in epoch microseconds, the key columns as strings and the distinct column as Int64), the distinct
-(bin, keys, value) tuples are kept, and bins are finished and freed as time moves on, so memory follows
-the work in flight (about two bins of distinct tuples for time-ordered logs) rather than the size of
-the day.
+`bin` in epoch microseconds, the group's key hash and the distinct column as Int64), the distinct
+(bin, group, value) tuples are kept, and bins are finished and freed as time moves on, so memory follows
+the work in flight (about two bins of tuples for time-ordered logs) rather than the size of the day.
+
+Groups are identified by a 64-bit hash of their key values (`group_hash`) rather than by the strings:
+grouping and joining integers is several times cheaper. Exactness does not depend on the hash being
+collision-free: two groups sharing a hash are counted together, which can only raise a distinct count,
+so every group that reaches the threshold is still a candidate; a colliding group's rows merely come
+along too, and the rule, which applies the threshold itself on the real keys, drops them.
 
 polars is imported lazily: only a run over a file pays for it, `import function_app` does not.
 """
@@ -28,6 +33,8 @@ if TYPE_CHECKING:
     import polars as pl
 
 BIN = "bin"  # the name of the bin column (epoch microseconds of the bin start)
+GROUP = "_group"  # the name of the group column: group_hash of the key columns (UInt64)
+_HASH_SEED = 0x5EED  # any fixed seed: hashes are only compared within one process
 # Bins this far behind the newest one are finished. Time-ordered logs (IIS writes them so, Log
 # Analytics exports sort them) never go back; logs merged from a few servers may go back a little.
 SLACK_BINS = 2
@@ -51,7 +58,7 @@ def span_microseconds(span: timedelta) -> int:
 class CandidateFinder:
     """Accumulates key-column batches and answers which groups reach the threshold.
 
-    Feed it frames with columns `bin`, *spec.keys, spec.distinct_column, already limited to the window;
+    Feed it frames with columns `bin`, `_group`, spec.distinct_column, already limited to the window;
     rows with a null distinct value may be included (they are dropped here). With `finish_bins` True,
     bins more than SLACK_BINS behind the newest bin seen are decided and freed; a later row for such a
     bin raises OutOfOrder (the caller then starts again with finish_bins False, which is always exact).
@@ -61,7 +68,7 @@ class CandidateFinder:
         self.spec = spec
         self.bin_us = span_microseconds(spec.time_bin)
         self.finish_bins = finish_bins
-        self._columns = [BIN, *spec.keys, spec.distinct_column]
+        self._columns = [BIN, GROUP, spec.distinct_column]
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = 0
         self._compact_at = 1_000_000
@@ -80,15 +87,15 @@ class CandidateFinder:
         import polars as pl
 
         if self._found_frame is None:
-            schema: dict[str, Any] = {BIN: pl.Int64, **dict.fromkeys(self.spec.keys, pl.String)}
-            self._found_frame = pl.concat(self._found) if self._found else pl.DataFrame(schema=schema)
+            self._found_frame = pl.concat(self._found) if self._found else _no_groups()
         return self._found_frame
 
     def add(self, batch: pl.DataFrame) -> None:
         """Add one batch of key columns."""
         import polars as pl
 
-        batch = batch.select(self._columns).filter(pl.col(self.spec.distinct_column).is_not_null()).unique()
+        # No per-batch unique(): nearly every row of a busy log is its own (bin, group, port) tuple.
+        batch = batch.select(self._columns).filter(pl.col(self.spec.distinct_column).is_not_null())
         if batch.is_empty():
             return
         low, high = batch[BIN].min(), batch[BIN].max()
@@ -127,21 +134,37 @@ class CandidateFinder:
     def _decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         import polars as pl
 
-        keys = [BIN, *self.spec.keys]
+        keys = [BIN, GROUP]
         counted = frame.group_by(keys).agg(pl.col(self.spec.distinct_column).n_unique().alias("_distinct"))
         return counted.filter(pl.col("_distinct") >= self.spec.threshold).select(keys)
 
     def result(self) -> pl.DataFrame:
-        """The candidate groups: columns `bin`, *spec.keys (one row per group)."""
+        """The candidate groups: columns `bin`, `_group` (one row per group)."""
         import polars as pl
 
         found = list(self._found)
         if self._pending:
             found.append(self._decide(pl.concat(self._pending)))
-        schema: dict[str, Any] = {BIN: pl.Int64, **dict.fromkeys(self.spec.keys, pl.String)}
         if not found:
-            return pl.DataFrame(schema=schema)
+            return _no_groups()
         return pl.concat(found).unique()
+
+
+def _no_groups() -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(schema={BIN: pl.Int64, GROUP: pl.UInt64})
+
+
+def group_hash(keys: Sequence[pl.Expr | str]) -> pl.Expr:
+    """The `_group` column: a 64-bit hash of the key values (String columns or literals, in spec.keys order).
+
+    Every source computes it with this one expression, so equal keys give equal hashes whether they
+    came from the columnar reader or from Python rows (polars hashes values, not how they are stored).
+    """
+    import polars as pl
+
+    return pl.struct(*keys).hash(_HASH_SEED).alias(GROUP)
 
 
 def key_frame(keys: Sequence[tuple[Any, ...]], spec: CandidateSpec) -> pl.DataFrame:
@@ -150,14 +173,20 @@ def key_frame(keys: Sequence[tuple[Any, ...]], spec: CandidateSpec) -> pl.DataFr
 
     schema: dict[str, Any] = {BIN: pl.Int64, **dict.fromkeys(spec.keys, pl.String), spec.distinct_column: pl.Int64}
     frame = pl.DataFrame(keys, schema=schema, orient="row")
-    return frame.with_columns(pl.lit(True).alias("_in_window"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_record"))
+    return frame.select(
+        BIN,
+        group_hash(list(spec.keys)),
+        spec.distinct_column,
+        pl.lit(True).alias("_in_window"),
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_record"),
+    )
 
 
 class KeyedBlock(ABC):
     """One block of a file in the first pass: its key columns, and a way to the full rows of some records.
 
-    `keys` has columns `bin`, *spec.keys, spec.distinct_column, `_in_window` (bool) and `_record` (the
-    record's index within the block, what `rows` takes).
+    `keys` has columns `bin`, `_group` (group_hash of the keys), spec.distinct_column, `_in_window` (bool)
+    and `_record` (the record's index within the block, what `rows` takes).
     """
 
     keys: pl.DataFrame
@@ -194,7 +223,7 @@ def _in_window(block: KeyedBlock) -> pl.DataFrame:
 def _take(block: KeyedBlock, found: pl.DataFrame, spec: CandidateSpec) -> Iterator[Row]:
     if found.is_empty():
         return iter(())
-    records = _in_window(block).join(found, on=[BIN, *spec.keys], how="semi")["_record"].to_list()
+    records = _in_window(block).join(found, on=[BIN, GROUP], how="semi")["_record"].to_list()
     return block.rows(records) if records else iter(())
 
 

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import InputError
 from detector.logic import CandidateSpec
 from detector.models import Row
-from detector.sources.candidates import BIN, KeyedBlock, candidate_rows, key_frame, microseconds, span_microseconds
+from detector.sources.candidates import (
+    BIN,
+    KeyedBlock,
+    candidate_rows,
+    group_hash,
+    key_frame,
+    microseconds,
+    span_microseconds,
+)
 from detector.sources.file import typed_json_line
 
 if TYPE_CHECKING:
@@ -204,7 +212,7 @@ def with_bins(typed: pl.DataFrame, spec: CandidateSpec, window: tuple[int, int])
     t = pl.col("_t")
     return typed.select(
         (t // bin_us * bin_us).alias(BIN),
-        *spec.keys,
+        group_hash(list(spec.keys)),
         spec.distinct_column,
         ((t >= window[0]) & (t < window[1])).alias("_in_window"),
         pl.int_range(pl.len(), dtype=pl.UInt32).alias("_record"),
