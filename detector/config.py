@@ -99,11 +99,6 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 MAX_SERVER_TIMEOUT = timedelta(minutes=10)  # the query API's ceiling for Prefer: wait=N
 
 
-def _defaults(names: tuple[str, ...]) -> dict[str, str]:
-    by_name = {spec.name: spec for spec in SETTINGS}
-    return {name: by_name[name].default or "" for name in names}
-
-
 @dataclass(frozen=True)
 class LogAnalyticsSettings:
     """Settings of the `loganalytics:<workspace id>` source, validated."""
@@ -113,25 +108,6 @@ class LogAnalyticsSettings:
     table: str = "W3CIISLog"
     server_timeout: timedelta = timedelta(minutes=5)
     client_id: str = ""
-
-    NAMES = (
-        "DETECTOR_LOGS_ENDPOINT",
-        "DETECTOR_LOGS_MODE",
-        "DETECTOR_LOGS_TABLE",
-        "DETECTOR_LOGS_SERVER_TIMEOUT",
-        "AZURE_CLIENT_ID",
-    )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LogAnalyticsSettings:
-        """Read and validate the Log Analytics settings (default: os.environ); ConfigError names the setting."""
-        source_env: Mapping[str, str] = os.environ if env is None else env
-        values = _defaults(cls.NAMES)
-        for name in cls.NAMES:
-            value = source_env.get(name, "").strip()
-            if value:
-                values[name] = value
-        return cls.from_values(values)
 
     @classmethod
     def from_values(cls, values: Mapping[str, str]) -> LogAnalyticsSettings:
@@ -306,3 +282,8 @@ def _sink_settings(values: Mapping[str, str]) -> dict[str, str]:
     if out["webhook_mode"] not in WEBHOOK_MODES:
         raise ConfigError("DETECTOR_WEBHOOK_MODE", f"'{out['webhook_mode']}' is not one of {', '.join(WEBHOOK_MODES)}")
     return out
+
+
+def settings_or_env(settings: Settings | None) -> Settings:
+    """The given settings, or (for CLI callers that pass none) those of the environment, source optional."""
+    return settings if settings is not None else Settings.from_env(source_required=False)

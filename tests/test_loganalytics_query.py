@@ -105,13 +105,17 @@ def test_table_injection_is_rejected_by_every_builder() -> None:
             build("W3CIISLog | union SecurityEvent")
 
 
+def logs_settings(env: dict[str, str]) -> LogAnalyticsSettings:
+    return Settings.from_env(env, source_required=False).logs
+
+
 def test_injection_through_table_setting_is_a_config_error_naming_it() -> None:
     env = {"DETECTOR_SOURCE": f"loganalytics:{WS}", "DETECTOR_LOGS_TABLE": 'W3CIISLog | where cIP != "x"'}
     with pytest.raises(ConfigError, match="DETECTOR_LOGS_TABLE") as caught:
         Settings.from_env(env)
     assert caught.value.setting == "DETECTOR_LOGS_TABLE"
     with pytest.raises(ConfigError, match="DETECTOR_LOGS_TABLE"):
-        LogAnalyticsSettings.from_env(env)
+        logs_settings(env)
 
 
 @pytest.mark.parametrize(
@@ -128,13 +132,13 @@ def test_injection_through_table_setting_is_a_config_error_naming_it() -> None:
 )
 def test_bad_settings_name_the_setting(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
-        LogAnalyticsSettings.from_env({name: value})
+        logs_settings({name: value})
     assert caught.value.setting == name
 
 
 def test_settings_defaults_and_parsing() -> None:
-    assert LogAnalyticsSettings.from_env({}) == LogAnalyticsSettings()
-    parsed = LogAnalyticsSettings.from_env(
+    assert logs_settings({}) == LogAnalyticsSettings()
+    parsed = logs_settings(
         {
             "DETECTOR_LOGS_ENDPOINT": "https://api.loganalytics.us/",
             "DETECTOR_LOGS_MODE": "RAW",

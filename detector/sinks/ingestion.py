@@ -334,12 +334,12 @@ class LogsIngestionSink(Sink):
 
 @register_sink("loganalytics-table")
 def _open(argument: str, settings: Settings | None) -> Sink:
-    from detector.config import Settings
+    from detector.config import settings_or_env
     from detector.identity import build_credential
 
     if argument:
         raise ConfigError("DETECTOR_SINKS", "loganalytics-table takes no argument; set DETECTOR_INGESTION_* settings")
-    resolved = settings if settings is not None else Settings.from_env(source_required=False)
+    resolved = settings_or_env(settings)
     for name, value in (
         ("DETECTOR_INGESTION_ENDPOINT", resolved.ingestion_endpoint),
         ("DETECTOR_INGESTION_DCR_IMMUTABLE_ID", resolved.ingestion_dcr_immutable_id),

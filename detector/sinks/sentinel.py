@@ -440,17 +440,17 @@ class SentinelSink(Sink):
 
 def evidence_table(settings: Settings) -> str:
     """The table the evidence query reads: the Log Analytics source's table when it is configured."""
-    return settings.raw.get("DETECTOR_LOGS_TABLE") or "W3CIISLog"
+    return settings.logs.table
 
 
 @register_sink("sentinel")
 def _open(argument: str, settings: Settings | None) -> Sink:
-    from detector.config import Settings
+    from detector.config import settings_or_env
     from detector.identity import build_credential
 
     if argument:
         raise ConfigError("DETECTOR_SINKS", "sentinel takes no argument; set DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID")
-    resolved = settings if settings is not None else Settings.from_env(source_required=False)
+    resolved = settings_or_env(settings)
     if not resolved.sentinel_workspace_resource_id:
         raise ConfigError(
             "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID",

@@ -219,12 +219,12 @@ class WebhookSink(Sink):
 
 @register_sink("webhook")
 def _open(argument: str, settings: Settings | None) -> Sink:
-    from detector.config import Settings
+    from detector.config import settings_or_env
 
     if argument:
         # The URL must not appear in DETECTOR_SINKS (a plain setting, often logged): only in its own secret setting.
         raise ConfigError("DETECTOR_SINKS", "webhook takes no argument; put the URL in DETECTOR_WEBHOOK_URL")
-    resolved = settings if settings is not None else Settings.from_env(source_required=False)
+    resolved = settings_or_env(settings)
     if not resolved.webhook_url:
         raise ConfigError("DETECTOR_WEBHOOK_URL", "is required by the webhook sink (a Key Vault reference in Azure)")
     return WebhookSink(resolved.webhook_url, mode=resolved.webhook_mode)

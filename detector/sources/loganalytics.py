@@ -563,7 +563,6 @@ def _retry_after(exc: Any) -> float | None:
 
 @register_source("loganalytics")
 def _open(argument: str, settings: Settings | None, computer: str) -> Source:
-    from detector.config import LogAnalyticsSettings
+    from detector.config import settings_or_env
 
-    logs = settings.logs if settings is not None else LogAnalyticsSettings.from_env()
-    return LogAnalyticsSource(argument, logs)
+    return LogAnalyticsSource(argument, settings_or_env(settings).logs)
