@@ -11,7 +11,6 @@ import re
 from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
-from urllib.parse import unquote_plus
 
 _TIMESPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)\s*$")
 _TIMESPAN_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -26,6 +25,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LITERAL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _NEEDS_ESCAPE = re.compile(r'[\\"\n\r\t]')
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A run of consecutive %XX escapes (ASCII hex digits only, as .NET HexConverter.FromChar accepts).
+_ESCAPE_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")  # how errors="surrogateescape" marks a byte it rejected
 
 
 def string_literal(value: str) -> str:
@@ -127,17 +129,42 @@ def tohex(value: int | None) -> str:
 
 
 def url_decode(value: str) -> str:
-    """KQL url_decode().
+    """KQL url_decode(): .NET Uri.UnescapeDataString, as Kusto's reference emulators implement it.
 
-    Undocumented in Kusto for '+', malformed escapes and invalid UTF-8. We follow .NET
-    HttpUtility.UrlDecode, the counterpart of KQL url_encode (which writes space as '+'): '+' becomes a
-    space, a '%' not followed by two hex digits is kept verbatim, %XX sequences are decoded as UTF-8 and
-    invalid UTF-8 becomes U+FFFD. This is exactly urllib.parse.unquote_plus. Not reproduced: .NET's
-    legacy %uXXXX form, which stays verbatim here.
+    Kusto documents only the happy path. Microsoft's BabyKusto emulator and KustoLoco both return
+    `string.IsNullOrEmpty(url) ? "" : Uri.UnescapeDataString(url)`, whose rules (dotnet/runtime
+    UriHelper.UnescapeString and PercentEncodingHelper) are:
+    - '+' is not a space; only %XX escapes are decoded, and every one of them, '%25' included;
+    - a '%' not followed by two hex digits ("%zz", a trailing "%", "%4") stays as written;
+    - escapes of bytes >= 0x80 are decoded as UTF-8, each maximal ill-formed subsequence (overlong
+      forms, encoded surrogates, truncated or stray bytes) staying as its original %XX text;
+    - characters that are not escapes, lone surrogates included, are copied unchanged.
+    It never raises. .NET's legacy %uXXXX form is not an escape here either.
     """
-    if not value:
-        return ""
-    return unquote_plus(value, encoding="utf-8", errors="replace")
+    if "%" not in value:
+        return value
+    return _ESCAPE_RUN.sub(_decode_escape_run, value)
+
+
+def _decode_escape_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    data = bytes.fromhex(run.replace("%", ""))
+    # Python's UTF-8 decoder and .NET's Rune.DecodeFromUtf8 both reject exactly the maximal ill-formed
+    # subsequences of Unicode 3.9; surrogateescape marks each rejected byte so it can be put back as
+    # the text it was written as (keeping the case of its hex digits).
+    decoded = data.decode("utf-8", errors="surrogateescape")
+    if not _UNDECODED_BYTE.search(decoded):
+        return decoded
+    parts: list[str] = []
+    position = 0  # byte offset into `data`; the escape of byte i is run[3 * i : 3 * i + 3]
+    for char in decoded:
+        if "\udc80" <= char <= "\udcff":
+            parts.append(run[3 * position : 3 * position + 3])
+            position += 1
+        else:
+            parts.append(char)
+            position += len(char.encode("utf-8"))
+    return "".join(parts)
 
 
 def bin_datetime(value: datetime, size: timedelta) -> datetime:
@@ -155,11 +182,17 @@ T = TypeVar("T", bound=Hashable)
 
 
 class CappedSet(Generic[T]):
-    """The set built by KQL make_set(x, cap) / legacy makeset(x) (cap 128): distinct values, nulls ignored.
+    """The set built by KQL make_set(x, cap) / legacy makeset(x) (cap 128).
 
-    Which values survive when there are more than `cap` distinct ones is undefined in KQL. We keep the
-    `cap` smallest, so the result never depends on the order rows arrive in (files, raw and two-step
-    Log Analytics reads all agree). Memory stays O(cap): the set is trimmed whenever it doubles.
+    Distinct values; nulls and empty strings are skipped. Kusto documents "null values are ignored";
+    its string type has no null, and both reference emulators (BabyKusto and KustoLoco,
+    MakeSetStringFunctionImpl) add a string only when `!string.IsNullOrEmpty(v)`, so "" is skipped
+    like a null while "-" is an ordinary member.
+
+    Which values survive when there are more than `cap` distinct ones is undefined in KQL (the
+    emulators keep the first `cap` in scan order). We keep the `cap` smallest, so the result never
+    depends on the order rows arrive in (files, raw and two-step Log Analytics reads all agree).
+    Memory stays O(cap): the set is trimmed whenever it doubles.
     """
 
     __slots__ = ("_cap", "_values")
@@ -169,8 +202,8 @@ class CappedSet(Generic[T]):
         self._values: set[T] = set()
 
     def add(self, value: T | None) -> None:
-        """Add one value; None (KQL null) is ignored as make_set ignores nulls."""
-        if value is None:
+        """Add one value; None (KQL null) and "" are ignored, as make_set ignores them."""
+        if value is None or value == "":
             return
         self._values.add(value)
         if len(self._values) > 2 * self._cap:

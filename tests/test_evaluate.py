@@ -6,11 +6,17 @@ import random
 from datetime import timedelta
 from typing import Any
 
+import json
+
+import pytest
+
 from detector.evaluate import evaluate
+from detector.kql import format_datetime
 from detector.logic.high_port_count import OUTPUT_COLUMNS, STATUS_FRIENDLY_ELSE, WIN32_FRIENDLY_ELSE
 from detector.models import Row, Window
+from detector.sources import ReadRequest, open_source
 from detector.w3ciislog import coerce_row
-from tests.helpers import DAY, RULE
+from tests.helpers import DAY, FILES, RULE
 
 T0 = DAY.start + timedelta(hours=10)
 
@@ -61,9 +67,22 @@ def test_missing_strings_are_empty_and_fall_to_the_else_texts() -> None:
     columns = finding.columns
     assert columns["set_scStatusFull"] == ["."]  # strcat("", ".", "")
     assert columns["set_scStatusFull_Friendly"] == [STATUS_FRIENDLY_ELSE]
-    assert columns["set_scWin32Status_Hex"] == [""]
+    # tohex(tolong("")) is null, "" in a string column; make_set skips "" like null.
+    assert columns["set_scWin32Status_Hex"] == []
     assert columns["set_scWin32Status_Friendly"] == [WIN32_FRIENDLY_ELSE]
-    assert columns["set_csUserName"] == [""]
+    assert columns["set_csUserName"] == []
+    assert columns["set_sSiteName"] == []
+    assert columns["set_decodedUriQuery"] == []
+
+
+def test_sets_skip_empty_strings_but_keep_dash() -> None:
+    data = rows(30)
+    for i, row in enumerate(data):
+        row["csUserName"] = ["-", "", None][i % 3]
+        row["sSiteName"] = ["", "-"][i % 2]
+    (finding,) = evaluate(RULE, data, DAY)
+    assert finding.columns["set_csUserName"] == ["-"]
+    assert finding.columns["set_sSiteName"] == ["-"]
 
 
 def test_case_tables_use_exact_and_case_insensitive_matching() -> None:
@@ -109,3 +128,26 @@ def test_every_set_is_capped_at_128() -> None:
 def test_rows_outside_the_window_are_ignored_even_if_a_source_returns_them() -> None:
     assert evaluate(RULE, rows(30, moment=DAY.end), DAY) == []
     assert evaluate(RULE, rows(30, moment=DAY.start - timedelta(microseconds=1)), DAY) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "computer"),
+    [
+        (f"file:{FILES / 'w3ciislog.jsonl'}", ""),
+        (f"file:{FILES / 'w3ciislog_array.json'}", ""),
+        (f"file:{FILES / 'la_response.json'}", ""),
+        (f"iis:{FILES / 'iis'}", "web01.contoso.com"),
+    ],
+)
+def test_fixture_sets_are_the_planted_ones(spec: str, computer: str) -> None:
+    """url_decode and make_set over the fixtures' odd queries and empty fields, against the generator's oracle."""
+    request = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns)
+    findings = evaluate(RULE, list(open_source(spec, None, computer).read(request)), DAY)
+    by_key = {(format_datetime(f.columns["TimeGenerated"]), f.columns["cIP"], f.columns["Computer"], f.columns["sIP"]): f for f in findings}
+    expected_sets = json.loads((FILES / "expected_sets.json").read_text(encoding="utf-8"))
+    assert expected_sets
+    for expected in expected_sets:
+        columns = by_key[(expected["TimeGenerated"], expected["cIP"], expected["Computer"], expected["sIP"])].columns
+        for name, values in expected.items():
+            if name.startswith("set_"):
+                assert columns[name] == values, name

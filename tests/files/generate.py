@@ -1,8 +1,9 @@
 """Seeded generator of the bundled fixture data. Run `python tests/files/generate.py` to rewrite it.
 
-Writes the same W3CIISLog rows in every supported format, plus IIS W3C log files for one server, and
-`expected_findings.json`: the findings the planted scenarios must produce, derived from how they were
-built (not by running the detector), so tests compare the engine with an independent oracle.
+Writes the same W3CIISLog rows in every supported format, plus IIS W3C log files for one server,
+`expected_findings.json`: the findings the planted scenarios must produce, and `expected_sets.json`: set
+columns some of them must have, all derived from how they were built (not by running the detector), so
+tests compare the engine with an independent oracle.
 """
 
 from __future__ import annotations
@@ -35,18 +36,26 @@ COLUMNS = [
     "TimeTaken",
 ]
 AGENTS = ["Mozilla/5.0+(Windows+NT+10.0;+Win64;+x64)", "curl/8.4.0", "-", "Mozilla/5.0+(compatible;+Nmap+Scripting+Engine)"]
-ODD_QUERIES = [
-    "-",
-    "",
-    "q=a+b%20c",
-    "x=%zz%4",
-    "bad=%E2%82",
-    "u=%E2%82%AC%20euro",
-    "s=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
-    "plus=1%2B1",
-    "%",
-    "id=%u0041",
-    "k=caf%C3%A9",
+# Query strings with odd encodings, each with its url_decode() written out by hand from .NET's
+# Uri.UnescapeDataString rules (what Kusto's reference emulators call): '+' is kept, a malformed escape
+# stays as written, and a %XX sequence that is not UTF-8 stays as its original text. None: "" is not a
+# set member (make_set skips empty strings).
+ODD_QUERIES: list[tuple[str, str | None]] = [
+    ("-", "-"),
+    ("", None),
+    ("q=a+b%20c", "q=a+b c"),
+    ("x=%zz%4", "x=%zz%4"),
+    ("bad=%E2%82", "bad=%E2%82"),
+    ("u=%E2%82%AC%20euro", "u=\u20ac euro"),
+    ("s=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "s=<script>alert(1)</script>"),
+    ("plus=1%2B1", "plus=1+1"),
+    ("%", "%"),
+    ("id=%u0041", "id=%u0041"),
+    ("k=caf%C3%A9", "k=caf\u00e9"),
+    ("bidi=%E2%80%8E%F0%90%90", "bidi=\u200e%F0%90%90"),  # dotnet/runtime PercentEncodingHelperTests
+    ("low=%c3%a9%C3+x", "low=\u00e9%C3+x"),
+    ("surrogate=%ED%A0%80&overlong=%C0%AF", "surrogate=%ED%A0%80&overlong=%C0%AF"),
+    ("pct=%2541%%41", "pct=%41%A"),
 ]
 
 
@@ -61,6 +70,7 @@ class Builder:
         self.rng = random.Random(SEED)
         self.rows: list[dict[str, Any]] = []
         self.expected: list[dict[str, Any]] = []
+        self.expected_sets: list[dict[str, Any]] = []
 
     def row(self, moment: datetime, cip: str, computer: str, sip: str, port: int | None, **extra: Any) -> dict[str, Any]:
         rng = self.rng
@@ -114,6 +124,10 @@ class Builder:
             }
         )
 
+    def expect_sets(self, bin_start: datetime, cip: str, computer: str, sip: str, **sets: list[Any]) -> None:
+        """Set columns a planted finding must have (sorted), for the formats whose rows agree on them."""
+        self.expected_sets.append({"TimeGenerated": iso(bin_start), "cIP": cip, "Computer": computer, "sIP": sip, **sets})
+
 
 def build() -> Builder:
     b = Builder()
@@ -124,7 +138,9 @@ def build() -> Builder:
         moment = DAY + timedelta(seconds=rng.randrange(86400))
         b.row(moment, f"198.51.100.{rng.randrange(1, 250)}", rng.choice([web01, web02]), "10.0.0.4", rng.choice([80, 443]))
 
-    # 1. Classic scan, odd encodings everywhere: 40 ports in the 10:00 bin on web01.
+    # 1. Classic scan, odd encodings everywhere: 40 ports in the 10:00 bin on web01. The site name is
+    #    not logged (IIS's default field set), so it is "" and make_set leaves set_sSiteName empty; "" is
+    #    skipped in the user names too, "-" is kept; tolong("-") is null, so its "" hex is no member.
     t = DAY + timedelta(hours=10)
     for i, port in enumerate(range(8000, 8040)):
         b.row(
@@ -134,13 +150,25 @@ def build() -> Builder:
             "10.0.0.4",
             port,
             csUserAgent=AGENTS[3],
-            csUriQuery=ODD_QUERIES[i % len(ODD_QUERIES)],
+            sSiteName="",
+            csUriQuery=ODD_QUERIES[i % len(ODD_QUERIES)][0],
             scStatus=["401", "403", "404"][i % 3],
             scSubStatus=["1", "4", "0"][i % 3],
             scWin32Status=["2148074252", "1326", "-", "5"][i % 4],
             csUserName=["-", "", "CONTOSO\\alice"][i % 3],
         )
     b.expect(t, "203.0.113.9", web01, "10.0.0.4", 40, 40)
+    assert len(ODD_QUERIES) <= 40, "every odd query is in the scan"
+    b.expect_sets(
+        t,
+        "203.0.113.9",
+        web01,
+        "10.0.0.4",
+        set_decodedUriQuery=sorted(decoded for _, decoded in ODD_QUERIES if decoded is not None),
+        set_sSiteName=[],
+        set_csUserName=["-", "CONTOSO\\alice"],
+        set_scWin32Status_Hex=["5", "52e", "8009030c"],
+    )
 
     # 2. IPv6 scanner over 200 ports: portCount capped at 128 (the legacy makeset limit).
     t = DAY + timedelta(hours=3, minutes=20)
@@ -179,6 +207,7 @@ def build() -> Builder:
     for _ in range(3):
         b.row(t + timedelta(seconds=40), "192.0.2.77", web01, "10.0.0.4", None, csUserAgent=AGENTS[3])
     b.expect(t, "192.0.2.77", web01, "10.0.0.4", 30, 33)
+    b.expect_sets(t, "192.0.2.77", web01, "10.0.0.4", set_csUserName=["-"], set_scWin32Status_Hex=["0"])
 
     # 7. One computer, two server IPs, 20 ports each: no finding.
     t = DAY + timedelta(hours=16)
@@ -305,6 +334,7 @@ def main() -> None:
     write_iis(b.rows, HERE / "iis")
     expected = sorted(b.expected, key=lambda e: (-e["portCount"], e["TimeGenerated"], e["cIP"], e["Computer"], e["sIP"]))
     (HERE / "expected_findings.json").write_text(json.dumps(expected, indent=1) + "\n", encoding="utf-8")
+    (HERE / "expected_sets.json").write_text(json.dumps(b.expected_sets, indent=1) + "\n", encoding="utf-8")
     print(f"{len(b.rows)} rows, {len(expected)} expected findings written to {HERE}")
 
 
