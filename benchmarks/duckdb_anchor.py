@@ -7,11 +7,13 @@ semantics as detector/logic/high_port_count.py:
 - strcat(scStatus, ".", scSubStatus) and the two case() tables (the Win32 one compared lower-case, as =~);
 - tohex(tolong(x)): tolong as .NET Int64.TryParse (regexp + TRY_CAST, null when out of range), tohex as
   lower(hex(bigint)) which prints 64-bit two's complement like Kusto; null gives "";
-- url_decode = urllib.parse.unquote_plus(errors="replace"): in SQL as url_decode(replace(q, '+', ' ')),
-  which is exact whenever the decoded bytes are valid UTF-8. DuckDB's url_decode raises on invalid UTF-8,
-  where Python substitutes U+FFFD, so for those values only (wrapped in try(), evaluated once per
-  distinct csUriQuery) a Python UDF calling unquote_plus supplies the value;
-- makeset with cap 128 keeping the smallest values: list(DISTINCT x ORDER BY x)[1:128], nulls ignored;
+- url_decode = .NET Uri.UnescapeDataString ('+' kept, malformed escapes and non-UTF-8 %XX sequences kept
+  as written): DuckDB's own url_decode is exactly that whenever the decoded bytes are valid UTF-8 ('+',
+  '%zz', a trailing '%', '%%41', '%2541' all agree). It raises on invalid UTF-8, so for those values only
+  (wrapped in try(), evaluated once per distinct csUriQuery) a Python UDF supplies the value, decoding
+  one character at a time: a valid UTF-8 character of 1 to 4 escaped bytes, or else the escape as written;
+- makeset with cap 128 keeping the smallest values: list(DISTINCT x ORDER BY x)[1:128], nulls and, for
+  strings, "" ignored (FILTER), [] when nothing is left;
 - bin(TimeGenerated, 10m) on epoch microseconds; portCount >= 30; order by portCount desc, then the key.
 --computer replaces Computer by a constant, which is what the IIS source does (Computer is not in a
 W3C log), so the same statement also gives the expected result of the IIS benchmark.
@@ -21,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
-from urllib.parse import unquote_plus
 
 import duckdb
 
 WINDOW_BIN_US = 600 * 1_000_000
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 CAP = 128
 THRESHOLD = 30
 
@@ -61,7 +64,7 @@ in_window AS (
 ),
 decoded AS (  -- url_decode once per distinct value
     SELECT csUriQuery,
-           coalesce(try(url_decode(replace(csUriQuery, '+', ' '))), py_unquote_plus(csUriQuery)) AS decodedUriQuery
+           coalesce(try(url_decode(csUriQuery)), py_url_decode_invalid_utf8(csUriQuery)) AS decodedUriQuery
     FROM (SELECT DISTINCT csUriQuery FROM in_window)
 ),
 enriched AS (
@@ -99,15 +102,24 @@ summarized AS (
     SELECT
         t_us // $bin_us * $bin_us AS bin_us, cIP, Computer, sIP,
         list(DISTINCT sPort ORDER BY sPort) FILTER (WHERE sPort IS NOT NULL) AS set_sPort,
-        list(DISTINCT csUserName ORDER BY csUserName) AS set_csUserName,
-        list(DISTINCT decodedUriQuery ORDER BY decodedUriQuery) AS set_decodedUriQuery,
-        list(DISTINCT sSiteName ORDER BY sSiteName) AS set_sSiteName,
-        list(DISTINCT csUserAgent ORDER BY csUserAgent) AS set_csUserAgent,
-        list(DISTINCT csMethod ORDER BY csMethod) AS set_csMethod,
-        list(DISTINCT scStatusFull ORDER BY scStatusFull) AS set_scStatusFull,
-        list(DISTINCT scStatusFull_Friendly ORDER BY scStatusFull_Friendly) AS set_scStatusFull_Friendly,
-        list(DISTINCT scWin32Status_Hex ORDER BY scWin32Status_Hex) AS set_scWin32Status_Hex,
-        list(DISTINCT scWin32Status_Friendly ORDER BY scWin32Status_Friendly) AS set_scWin32Status_Friendly,
+        list(DISTINCT csUserName ORDER BY csUserName)
+            FILTER (WHERE csUserName <> '') AS set_csUserName,
+        list(DISTINCT decodedUriQuery ORDER BY decodedUriQuery)
+            FILTER (WHERE decodedUriQuery <> '') AS set_decodedUriQuery,
+        list(DISTINCT sSiteName ORDER BY sSiteName)
+            FILTER (WHERE sSiteName <> '') AS set_sSiteName,
+        list(DISTINCT csUserAgent ORDER BY csUserAgent)
+            FILTER (WHERE csUserAgent <> '') AS set_csUserAgent,
+        list(DISTINCT csMethod ORDER BY csMethod)
+            FILTER (WHERE csMethod <> '') AS set_csMethod,
+        list(DISTINCT scStatusFull ORDER BY scStatusFull)
+            FILTER (WHERE scStatusFull <> '') AS set_scStatusFull,
+        list(DISTINCT scStatusFull_Friendly ORDER BY scStatusFull_Friendly)
+            FILTER (WHERE scStatusFull_Friendly <> '') AS set_scStatusFull_Friendly,
+        list(DISTINCT scWin32Status_Hex ORDER BY scWin32Status_Hex)
+            FILTER (WHERE scWin32Status_Hex <> '') AS set_scWin32Status_Hex,
+        list(DISTINCT scWin32Status_Friendly ORDER BY scWin32Status_Friendly)
+            FILTER (WHERE scWin32Status_Friendly <> '') AS set_scWin32Status_Friendly,
         count(*) AS ConnectionsCount
     FROM enriched
     GROUP BY ALL
@@ -115,17 +127,17 @@ summarized AS (
 SELECT
     strftime(make_timestamp(bin_us), '%Y-%m-%dT%H:%M:%SZ') AS TimeGenerated, cIP,
     coalesce(set_sPort, [])[1:$cap] AS set_sPort,
-    set_csUserName[1:$cap] AS set_csUserName,
-    set_decodedUriQuery[1:$cap] AS set_decodedUriQuery,
+    coalesce(set_csUserName, [])[1:$cap] AS set_csUserName,
+    coalesce(set_decodedUriQuery, [])[1:$cap] AS set_decodedUriQuery,
     Computer,
-    set_sSiteName[1:$cap] AS set_sSiteName,
+    coalesce(set_sSiteName, [])[1:$cap] AS set_sSiteName,
     sIP,
-    set_csUserAgent[1:$cap] AS set_csUserAgent,
-    set_csMethod[1:$cap] AS set_csMethod,
-    set_scStatusFull[1:$cap] AS set_scStatusFull,
-    set_scStatusFull_Friendly[1:$cap] AS set_scStatusFull_Friendly,
-    set_scWin32Status_Hex[1:$cap] AS set_scWin32Status_Hex,
-    set_scWin32Status_Friendly[1:$cap] AS set_scWin32Status_Friendly,
+    coalesce(set_csUserAgent, [])[1:$cap] AS set_csUserAgent,
+    coalesce(set_csMethod, [])[1:$cap] AS set_csMethod,
+    coalesce(set_scStatusFull, [])[1:$cap] AS set_scStatusFull,
+    coalesce(set_scStatusFull_Friendly, [])[1:$cap] AS set_scStatusFull_Friendly,
+    coalesce(set_scWin32Status_Hex, [])[1:$cap] AS set_scWin32Status_Hex,
+    coalesce(set_scWin32Status_Friendly, [])[1:$cap] AS set_scWin32Status_Friendly,
     ConnectionsCount,
     len(coalesce(set_sPort, [])[1:$cap]) AS portCount
 FROM summarized
@@ -134,13 +146,52 @@ ORDER BY portCount DESC, bin_us, cIP, Computer, sIP
 """
 
 
+def url_decode_invalid_utf8(text: str) -> str:
+    """Uri.UnescapeDataString for the values DuckDB's url_decode rejects (their bytes are not all UTF-8).
+
+    At each run of %XX escapes, take the shortest 1 to 4 escaped bytes that are one valid UTF-8
+    character; when none are, keep that one escape as written and go on at the next. Where no character
+    starts, .NET keeps the maximal ill-formed subsequence as written: a lead byte and continuation bytes,
+    and a continuation byte never starts a character, so keeping one escape at a time gives the same text.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        escapes = []
+        end = i
+        while (match := _ESCAPE.match(text, end)) is not None:
+            escapes.append(match.group(0))
+            end = match.end()
+        if not escapes:
+            out.append(text[i])
+            i += 1
+            continue
+        data = bytes(int(escape[1:], 16) for escape in escapes)
+        k = 0
+        while k < len(data):
+            for size in (1, 2, 3, 4):
+                try:
+                    char = data[k : k + size].decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if len(char) == 1:
+                    out.append(char)
+                    k += size
+                    break
+            else:
+                out.append(escapes[k])
+                k += 1
+        i = end
+    return "".join(out)
+
+
 def run(path: Path, start: str, end: str, computer: str | None) -> list[dict[str, object]]:
     """The rule's result rows, as dicts with the KQL output column names."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.create_function(
-        "py_unquote_plus",
-        lambda q: unquote_plus(q, encoding="utf-8", errors="replace"),
+        "py_url_decode_invalid_utf8",
+        url_decode_invalid_utf8,
         ["VARCHAR"],
         "VARCHAR",
         side_effects=False,
