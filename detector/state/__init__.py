@@ -145,6 +145,7 @@ class RuleState:
     checkpoint: datetime | None = None
     evaluated: dict[datetime, datetime] = field(default_factory=dict)  # bin start -> when it was evaluated
     outboxes: dict[str, str] = field(default_factory=dict)  # sink -> outbox id
+    where: str = field(default="", compare=False, repr=False)  # the record it was read from, for errors
 
     def to_json(self) -> dict[str, Any]:
         """JSON form; runs of consecutive bins evaluated at the same time are stored as one range."""
@@ -165,7 +166,7 @@ class RuleState:
     def from_json(cls, data: Any, time_bin: timedelta, where: str = "rule state") -> RuleState:
         """Parse and validate the JSON form; StateError naming `where` when it does not hang together."""
         if not data:
-            return cls(time_bin)
+            return cls(time_bin, where=where)
         if not isinstance(data, dict):
             raise StateError(where, f"the state is {type(data).__name__}, not an object", RESET_HINT)
         ranges = data.get("evaluated", [])
@@ -187,13 +188,14 @@ class RuleState:
         outboxes = data.get("outboxes", {})
         if not (isinstance(outboxes, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in outboxes.items())):
             raise StateError(where, "'outboxes' is not an object of sink -> outbox id", RESET_HINT)
-        return cls(time_bin, _datetime(checkpoint, where, "checkpoint") if checkpoint is not None else None, evaluated, outboxes)
+        parsed = _datetime(checkpoint, where, "checkpoint") if checkpoint is not None else None
+        return cls(time_bin, parsed, evaluated, outboxes, where)
 
     def check_against(self, now: datetime, where: str) -> None:
         """A checkpoint after now was not written by a run of this clock: the rule would stall silently."""
         if self.checkpoint is not None and self.checkpoint > now:
             raise StateError(
-                where,
+                self.where or where,
                 f"checkpoint {format_datetime(self.checkpoint)} is after now ({format_datetime(now)}): nothing would be "
                 "evaluated until then",
                 "if the clock is right, set the checkpoint to the last window really evaluated (or delete the state "

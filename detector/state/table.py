@@ -210,7 +210,7 @@ class TableStateStore(StateStore):
         raw = entity.get("State") if entity else ""
         where = self._where(_RULE_PARTITION, key, name)
         if raw is None or raw == "":
-            return RuleState(time_bin)
+            return RuleState(time_bin, where=where)
         if not isinstance(raw, str):
             raise StateError(where, f"State is {type(raw).__name__}, not JSON text", RESET_HINT)
         try:
