@@ -286,20 +286,44 @@ def test_partial_delivery_retries_only_the_rest(world: World) -> None:
 
 
 def test_overlapping_runs_do_not_both_process_a_window(world: World) -> None:
-    summaries: list[RunSummary] = []
-    barrier = threading.Barrier(2)
+    # The second run starts while the first is inside its read, holding the rule's lease: overlap is certain.
+    first_reading, second_done = threading.Event(), threading.Event()
+    summaries: dict[str, RunSummary] = {}
+    errors: list[BaseException] = []
 
-    def one_run() -> None:
-        barrier.wait()
-        summaries.append(world.run())
+    class HeldRead(FlakySource):
+        def read(self, request: ReadRequest) -> Any:
+            first_reading.set()
+            assert second_done.wait(timeout=60), "the second run did not finish while the first held the lease"
+            return super().read(request)
 
-    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    def first() -> None:
+        try:
+            summaries["first"] = world.run(source=HeldRead(world.data))
+        except BaseException as exc:
+            errors.append(exc)
+            second_done.set()
+
+    def second() -> None:
+        try:
+            assert first_reading.wait(timeout=60), "the first run never started reading"
+            summaries["second"] = world.run()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    evaluated = [r.window for s in summaries for r in s.rules if r.kind == "window"]
-    assert evaluated == [evaluated[0]]  # one window, evaluated by one of the two runs
+    assert not any(t.is_alive() for t in threads), "a run did not finish"
+    assert errors == []
+    assert [r.window for r in summaries["second"].rules] == []  # it stepped aside...
+    assert any("stepped aside" in m for m in summaries["second"].stepped_aside)  # ...and said so
+    evaluated = [r.window for r in summaries["first"].rules if r.kind == "window"]
+    assert len(evaluated) == 1
     world.assert_everything_delivered_once()
     assert len(world.recording.received) == len(expected_findings())
 
