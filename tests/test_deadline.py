@@ -108,7 +108,7 @@ def test_windows_that_do_not_fit_stay_behind_the_checkpoint_and_are_reported(tmp
     assert store.load_rule_state(RULE.id, RULE.logic.time_bin).checkpoint == parse_datetime("2026-11-26T00:00:00Z")
     assert [f.columns["cIP"] for f in sink.received] == ["203.0.113.50"]  # what was evaluated is delivered
 
-    assert cli._report(first, as_json=True) == cli.EXIT_INCOMPLETE  # noqa: SLF001 - the CLI's exit code
+    assert cli._report(first, as_json=True) == cli.EXIT_INCOMPLETE
 
     second = one_run()
     assert [str(r.window.start.date()) for r in second.rules if r.kind == "window"] == ["2026-11-26"]
@@ -131,9 +131,13 @@ def test_deliveries_not_reached_by_the_deadline_stay_pending_and_are_reported(tm
     deadline = Deadline.after(25 * 60, monotonic)
     summary = run_incremental([RULE], FlakySource(data), [slow, later], store, NOW, settings(), Clock(), deadline)
     assert summary.deadline_reached
-    assert any(m.startswith("sink later:") and f"{len(expected_findings())} finding(s) left pending" in m for m in summary.deferred)
+    assert any(
+        m.startswith("sink later:") and f"{len(expected_findings())} finding(s) left pending" in m for m in summary.deferred
+    )
     assert len(store.pending("later")) == len(expected_findings())  # never lost: the next run delivers them
-    again = run_incremental([RULE], FlakySource(data), [slow, later], store, NOW, settings(), Clock(), Deadline.after(1500, monotonic))
+    again = run_incremental(
+        [RULE], FlakySource(data), [slow, later], store, NOW, settings(), Clock(), Deadline.after(1500, monotonic)
+    )
     assert again.complete
     assert len(later.received) == len(expected_findings())
 
@@ -185,15 +189,15 @@ def test_a_hung_service_holds_the_run_no_longer_than_its_deadline() -> None:
     policy = BoundedRetryPolicy(RetrySettings(attempts=4, read_timeout=60, sleep=monotonic.sleep), retry_post=True)
     pipeline = Pipeline(transport, policies=[policy])
     started = monotonic()
-    with running_until(Deadline.after(45, monotonic)), pytest.raises(Exception, match="timeout|timed out"):
+    with running_until(Deadline.after(45, monotonic)), pytest.raises(Exception, match=r"timeout|timed out"):
         pipeline.run(HttpRequest("POST", "https://hook.example/x", json={}), read_timeout=60)
     assert monotonic() - started <= 45 + 1e-6  # without the deadline: 4 x 60 s plus backoff
     assert transport.read_timeouts[0] <= 45
     without = HangingTransport(Monotonic())
     with pytest.raises(ServiceResponseError):
-        Pipeline(without, policies=[BoundedRetryPolicy(RetrySettings(attempts=4, sleep=without.monotonic.sleep), retry_post=True)]).run(
-            HttpRequest("POST", "https://hook.example/x", json={}), read_timeout=60
-        )
+        Pipeline(
+            without, policies=[BoundedRetryPolicy(RetrySettings(attempts=4, sleep=without.monotonic.sleep), retry_post=True)]
+        ).run(HttpRequest("POST", "https://hook.example/x", json={}), read_timeout=60)
     assert without.read_timeouts == [60, 60, 60, 60]  # what the deadline saves
 
 

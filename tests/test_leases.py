@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_INCOMPLETE, EXIT_OK, main
-
 from detector.runner import LEASE_TTL, LeaseKeeper
 from detector.state import LeaseLostError, StateStore, holder_is_dead, new_owner
 from detector.state.file import FileStateStore
@@ -80,8 +79,8 @@ def test_a_stale_lock_file_does_not_delay_the_next_run(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / ".lock").write_text("pid 999999\n")  # left by an older version's killed run, or by a crash
-    store = FileStateStore(state, mutex_wait=0.5)  # it would raise if it had to wait that long
-    assert store.acquire_lease("rule", "a", LEASE_TTL, T0)
+    folder = FileStateStore(state, mutex_wait=0.5)  # it would raise if it had to wait that long
+    assert folder.acquire_lease("rule", "a", LEASE_TTL, T0)
 
 
 def test_the_folder_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
@@ -112,28 +111,28 @@ class FakeWait:
 
 
 def test_the_heartbeat_keeps_a_long_run_s_lease(tmp_path: Path) -> None:
-    store = FileStateStore(tmp_path / "state")
+    folder = FileStateStore(tmp_path / "state")
     now = [T0]
     wait = FakeWait(beats=10, clock=now)
-    keeper = LeaseKeeper(store, lambda: now[0], wait=wait)
+    keeper = LeaseKeeper(folder, lambda: now[0], wait=wait)
     assert keeper.acquire("rule")
     with keeper:
         pass  # __exit__ joins the thread: it beat 10 times, 30 s apart
     assert wait.waits == 11
     assert now[0] - T0 == timedelta(seconds=330)  # far longer than the 2-minute lease
-    holder = store.lease_holder("rule")
+    holder = folder.lease_holder("rule")
     assert holder is not None and holder[0] == keeper.owner and holder[1] > now[0] - timedelta(seconds=30)
-    assert not store.acquire_lease("rule", "other", LEASE_TTL, now[0])  # still ours
+    assert not folder.acquire_lease("rule", "other", LEASE_TTL, now[0])  # still ours
     keeper.renew("rule")
 
 
 def test_a_heartbeat_that_finds_its_lease_taken_stops_the_run_s_writes(tmp_path: Path) -> None:
-    store = FileStateStore(tmp_path / "state")
+    folder = FileStateStore(tmp_path / "state")
     now = [T0]
-    keeper = LeaseKeeper(store, lambda: now[0])
+    keeper = LeaseKeeper(folder, lambda: now[0])
     assert keeper.acquire("rule")
     now[0] += LEASE_TTL + timedelta(seconds=1)  # the heartbeat stalled (a frozen process), the lease lapsed
-    assert store.acquire_lease("rule", "newer-run", LEASE_TTL, now[0])
+    assert folder.acquire_lease("rule", "newer-run", LEASE_TTL, now[0])
     keeper.beat()
     assert "rule" in keeper.lost
     with pytest.raises(LeaseLostError):
@@ -216,7 +215,15 @@ def test_a_run_that_steps_aside_for_a_live_run_says_so_and_exits_3(
 ) -> None:
     state = tmp_path / "state"
     FileStateStore(state).acquire_lease(RULE.id, live_owner, LEASE_TTL, datetime.now(UTC))
-    args = ["backfill", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", "--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
+    args = [
+        "backfill",
+        "--source",
+        f"file:{FILES / 'w3ciislog.jsonl'}",
+        "--start",
+        "2026-11-26T00:00:00Z",
+        "--end",
+        "2026-11-27T00:00:00Z",
+    ]
     code = main([*args, "--sink", f"jsonl:{tmp_path / 'f.jsonl'}", "--state", f"file:{state}", "--summary-json"])
     err = capsys.readouterr().err
     assert code == EXIT_INCOMPLETE

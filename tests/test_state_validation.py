@@ -30,7 +30,9 @@ _tables = itertools.count()
 
 
 def run_once(store: Any, sink: RecordingSink | None = None) -> RunSummary:
-    return run_incremental([RULE], FlakySource(FILES / "w3ciislog.jsonl"), [sink or RecordingSink()], store, NOW, settings(), Clock())
+    return run_incremental(
+        [RULE], FlakySource(FILES / "w3ciislog.jsonl"), [sink or RecordingSink()], store, NOW, settings(), Clock()
+    )
 
 
 def rule_file(state: Path) -> Path:
@@ -72,7 +74,9 @@ FILE_CASES: dict[str, tuple[FileCorruption, str]] = {
     "rules folder is a file": (lambda s: _write(s / "rules", "x"), "unreadable|cannot be written"),
     "outbox garbage": (lambda s: _write(outbox_file(s), {"id": "x", "entries": []}), "is not an outbox"),
     "outbox entry malformed": (
-        lambda s: _write(outbox_file(s), {"id": "x", "entries": {"f1": {"digest": "d", "delivered_digest": None, "finding": {"id": 1}}}}),
+        lambda s: _write(
+            outbox_file(s), {"id": "x", "entries": {"f1": {"digest": "d", "delivered_digest": None, "finding": {"id": 1}}}}
+        ),
         "the stored finding is malformed",
     ),
 }
@@ -121,7 +125,7 @@ def test_a_deleted_outbox_with_pending_findings_is_noticed(tmp_path: Path) -> No
     down.failures = 1
     assert not run_once(FileStateStore(state), down).ok  # staged, not delivered
     outbox_file(state).unlink()  # pending findings gone with it
-    with pytest.raises(StateError, match="outbox of sink recording.*is missing or was replaced"):
+    with pytest.raises(StateError, match=r"outbox of sink recording.*is missing or was replaced"):
         run_once(FileStateStore(state))
     # Replaced by an empty outbox (another rule staged into a new one): noticed just the same.
     FileStateStore(state).stage(["recording"], [])
@@ -145,7 +149,12 @@ def table_store(azure_env: FakeServer, azurite_table: str) -> tuple[Any, TableCl
     create_state_table(azurite_table, name)
     store = open_state_store(
         Settings.from_env(
-            {"DETECTOR_SOURCE": "file:x", "DETECTOR_STATE": "table", "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table, "DETECTOR_STATE_TABLE_NAME": name}
+            {
+                "DETECTOR_SOURCE": "file:x",
+                "DETECTOR_STATE": "table",
+                "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table,
+                "DETECTOR_STATE_TABLE_NAME": name,
+            }
         )
     )
     return store, TableClient(endpoint=azurite_table, table_name=name, credential=ManagedIdentityCredential())
@@ -171,7 +180,10 @@ TABLE_CASES: dict[str, tuple[Callable[[TableClient], None], str]] = {
         lambda t: _merge(t, _rule_entity(t), LeaseOwner="someone-else", LeaseExpires=datetime(9999, 1, 1, tzinfo=UTC)),
         "further ahead than any run",
     ),
-    "lease expiry not a date": (lambda t: _merge(t, _rule_entity(t), LeaseOwner="x", LeaseExpires="never"), "LeaseExpires is not a DateTime"),
+    "lease expiry not a date": (
+        lambda t: _merge(t, _rule_entity(t), LeaseOwner="x", LeaseExpires="never"),
+        "LeaseExpires is not a DateTime",
+    ),
     "outbox deleted": (
         lambda t: [t.delete_entity(e["PartitionKey"], e["RowKey"]) for e in t.query_entities("PartitionKey ne 'rule'")],
         "is missing or was replaced",
@@ -181,7 +193,9 @@ TABLE_CASES: dict[str, tuple[Callable[[TableClient], None], str]] = {
         "is not an outbox entry",
     ),
     "stored finding not JSON": (
-        lambda t: [_merge(t, e, Finding0="{x") for e in t.query_entities("PartitionKey ne 'rule' and PartitionKey ne 'outboxes'")],
+        lambda t: [
+            _merge(t, e, Finding0="{x") for e in t.query_entities("PartitionKey ne 'rule' and PartitionKey ne 'outboxes'")
+        ],
         "stored finding is not valid JSON",
     ),
 }
@@ -202,13 +216,21 @@ def test_corrupt_table_state_is_one_clear_error(case: str, table_store: tuple[An
 
 def test_checkpoint_origin_survives_a_failed_first_run(tmp_path: Path) -> None:
     state = FileStateStore(tmp_path / "state")
-    failed = run_incremental([RULE], FlakySource(FILES / "w3ciislog.jsonl", fail_on={1}), [RecordingSink()], state, NOW, settings(), Clock())
+    failed = run_incremental(
+        [RULE], FlakySource(FILES / "w3ciislog.jsonl", fail_on={1}), [RecordingSink()], state, NOW, settings(), Clock()
+    )
     assert not failed.ok
     assert state.load_rule_state(RULE.id, RULE.logic.time_bin).checkpoint == parse_datetime("2026-11-26T00:00:00Z")
     # The next first-day run comes an hour later: it still starts where the schedule began.
     later = run_incremental(
-        [RULE], FlakySource(FILES / "w3ciislog.jsonl"), [RecordingSink()], state, NOW.replace(hour=1, minute=35), settings(), Clock()
+        [RULE],
+        FlakySource(FILES / "w3ciislog.jsonl"),
+        [RecordingSink()],
+        state,
+        NOW.replace(hour=1, minute=35),
+        settings(),
+        Clock(),
     )
     assert later.ok
-    assert [str(r.window.start) for r in later.rules if r.kind == "window"][0] == "2026-11-26 00:00:00+00:00"
+    assert next(str(r.window.start) for r in later.rules if r.kind == "window") == "2026-11-26 00:00:00+00:00"
     assert EXIT_OK == 0
