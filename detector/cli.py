@@ -14,7 +14,10 @@ from detector.kql import format_timespan, parse_datetime
 from detector.models import Window
 from detector.rules import DEFAULT_RULES_DIR, load_rules
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# 0: done. 1: a source, the state or a delivery failed (the next run retries). 2: bad input, a bad setting
+# or inconsistent state (one `error:` line says what to fix). 3: nothing failed, but part of the work was
+# left to another run: a live run held a lease (steppedAside) or the run deadline came (deadlineReached).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 def _datetime(option: str, text: str) -> object:
@@ -71,13 +74,15 @@ def _report(summary: runner.RunSummary, as_json: bool) -> int:
         rows = sum(r.rows_evaluated for r in summary.rules)
         windows = ", ".join(sorted({str(r.window) for r in summary.rules})) or "none"
         print(f"windows {windows}: {rows} rows evaluated, {len(summary.findings)} finding(s)", file=sys.stderr)
-    for message in summary.skipped:
+    for message in [*summary.skipped, *summary.stepped_aside, *summary.deferred]:
         print(f"warning: {message}", file=sys.stderr)
     for rule, error in summary.errors.items():
         print(f"error: {rule}: {error}", file=sys.stderr)
     for sink, error in summary.delivery_errors.items():
         print(f"error: delivery to {sink} failed: {error}", file=sys.stderr)
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    if not summary.ok:
+        return EXIT_FAILED
+    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
 
 def _backfill(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class DetectorError(Exception):
     """Base of every error the detector raises on purpose."""
@@ -42,8 +44,28 @@ class SinkError(DetectorError):
 
     `delivered` holds the ids of findings that did reach the sink before the failure (a partial
     delivery); every other finding passed to the sink counts as not delivered and is retried later.
+    `rejected` maps ids of findings the service refused for what they hold (not an outage: say a 400 for
+    that one payload) to the reason; the runner counts those against the finding and parks it after a
+    few runs, so it never holds back the others.
     """
 
-    def __init__(self, message: str, delivered: frozenset[str] = frozenset()) -> None:
+    def __init__(self, message: str, delivered: frozenset[str] = frozenset(), rejected: Mapping[str, str] | None = None) -> None:
         self.delivered = delivered
+        self.rejected: Mapping[str, str] = rejected or {}
         super().__init__(message)
+
+
+class StateError(DetectorError):
+    """A state record (file or table entity) is unreadable or does not hang together with the rest.
+
+    The message names the record, what is wrong with it and what to do; the run stops before it could
+    stall silently or lose findings on the strength of that record.
+    """
+
+    def __init__(self, where: str, problem: str, remedy: str) -> None:
+        self.where = where
+        super().__init__(f"state {where}: {problem}; {remedy}")
+
+
+class DeadlineReachedError(SourceError):
+    """The run's deadline came before the source could answer a window whole; the window is left for the next run."""

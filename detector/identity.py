@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from detector.config import Settings
 
 
+# At most 3 tries of 5 s (connect) + 20 s (read) with 0.8 s, 1.6 s backoff: about 80 s in the worst case.
+TOKEN_REQUEST_LIMITS: dict[str, float] = {
+    "retry_total": 2,
+    "retry_backoff_factor": 0.8,
+    "connection_timeout": 5,
+    "read_timeout": 20,
+}
+
+
 def build_credential(settings: Settings) -> TokenCredential:
     """ManagedIdentityCredential for AZURE_CLIENT_ID, or the developer credential chain when it is empty."""
     return credential_for(settings.azure_client_id)
@@ -30,7 +39,12 @@ def credential_for(client_id: str) -> TokenCredential:
     if client_id:
         from azure.identity import ManagedIdentityCredential
 
-        return ManagedIdentityCredential(client_id=client_id)
+        # Bounded token requests: azure-core's defaults (10 retries, 300 s read timeout) could hold a run
+        # far past its deadline when the identity endpoint hangs; these fit inside the run's delivery reserve.
+        # At most 3 tries of 5 s (connect) + 20 s (read) with 0.8 s and 1.6 s between them: about 80 s.
+        return ManagedIdentityCredential(
+            client_id=client_id, retry_total=2, retry_backoff_factor=0.8, connection_timeout=5, read_timeout=20
+        )
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()

@@ -10,21 +10,22 @@ Two ways to run:
 from __future__ import annotations
 
 import logging
+import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from detector.errors import ConfigError, SinkError, SourceError
+from detector.deadline import Deadline, current_deadline, running_until
+from detector.errors import ConfigError, DeadlineReachedError, SinkError, SourceError
 from detector.evaluate import evaluate
 from detector.kql import format_datetime
 from detector.models import Finding, Row, Window
 from detector.rules import Rule, load_rules
 from detector.sinks import Sink
 from detector.sources import ReadRequest, Source
-from detector.state import LeaseLostError, RuleState, StateStore
+from detector.state import MAX_REJECTIONS, LeaseLostError, OutboxEntry, RuleState, StateStore, new_owner
 from detector.windows import bins_of, is_aligned, merge_bins, plan_windows, split_window
 
 if TYPE_CHECKING:
@@ -32,9 +33,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("detector")
 
-# A run holds its rule's lease this long and renews it after every window. It is longer than
-# host.json's functionTimeout (30 min), so a crashed run's lease lapses before the next daily run.
-LEASE_TTL = timedelta(minutes=35)
+# A run holds its leases this long and a heartbeat thread renews them every HEARTBEAT while it works (and
+# every window renews too), so a run that died blocks the next for at most LEASE_TTL; on the file store a
+# holder that is a dead process of this host is noticed at once.
+LEASE_TTL = timedelta(minutes=2)
+HEARTBEAT = LEASE_TTL / 4
+# The scheduled run's deadline: host.json's functionTimeout (30 min) minus a margin for start-up and the
+# summary. Evaluation stops DELIVERY_RESERVE earlier so the outbox still gets delivered.
+RUN_DEADLINE = timedelta(minutes=25)
+DELIVERY_RESERVE = timedelta(minutes=5)
 # Rows ingested up to this long before a bin was evaluated may not have been visible to that evaluation.
 LATE_MARGIN = timedelta(minutes=5)
 BACKFILL_PIECE = timedelta(hours=1)
@@ -65,11 +72,21 @@ class RunSummary:
     errors: dict[str, str] = field(default_factory=dict)  # rule id -> source or state error
     skipped: list[str] = field(default_factory=list)  # what was not evaluated, and why
     lag_seconds: dict[str, float] = field(default_factory=dict)  # rule id -> now - checkpoint
+    stepped_aside: list[str] = field(default_factory=list)  # leases a live run held: that run does the work
+    deadline_reached: bool = False
+    deferred: list[str] = field(default_factory=list)  # work left for the next run by the deadline
+    parked: list[dict[str, Any]] = field(default_factory=list)  # findings parked by this run
+    parked_held: dict[str, int] = field(default_factory=dict)  # sink -> parked findings in its outbox
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.delivery_errors and not self.errors
+
+    @property
+    def complete(self) -> bool:
+        """ok, and nothing was left to another run (a live lease holder, or the next run after the deadline)."""
+        return self.ok and not self.stepped_aside and not self.deadline_reached
 
     @property
     def findings(self) -> list[Finding]:
@@ -99,7 +116,13 @@ class RunSummary:
             "errors": self.errors,
             "skipped": self.skipped,
             "lagSeconds": self.lag_seconds,
+            "steppedAside": self.stepped_aside,
+            "deadlineReached": self.deadline_reached,
+            "deferred": self.deferred,
+            "parked": self.parked,
+            "parkedHeld": self.parked_held,
             "ok": self.ok,
+            "complete": self.complete,
             "seconds": round(self.seconds, 3),
         }
 
@@ -121,15 +144,23 @@ def evaluate_window(rule: Rule, source: Source, window: Window, kind: str = "win
     return run
 
 
+def printable(text: str, limit: int = 2000) -> str:
+    """Text safe for any log, terminal or JSON (lone surrogates and controls escaped), shortened to `limit`."""
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    escaped = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in escaped)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
 def deliver(findings: Sequence[Finding], sinks: Sequence[Sink], summary: RunSummary) -> None:
     """Deliver straight to every sink (no outbox); a failing sink is recorded and the others still run."""
     for sink in sinks:
         try:
             sink.deliver(findings)
             summary.deliveries[sink.describe()] = len(findings)
-        except SinkError as exc:
-            summary.delivery_errors[sink.describe()] = str(exc)
-            log.error("delivery to %s failed: %s", sink.describe(), exc)  # noqa: TRY400 - the message says it all
+        except Exception as exc:
+            text = printable(str(exc), 20_000) if isinstance(exc, SinkError) else printable(f"{type(exc).__name__}: {exc}")
+            summary.delivery_errors[sink.describe()] = text
+            log.error("delivery to %s failed: %s", sink.describe(), text)  # noqa: TRY400 - the message says it all
 
 
 def run(plan: Sequence[tuple[Rule, Window]], source: Source, sinks: Sequence[Sink]) -> RunSummary:
@@ -144,6 +175,7 @@ def run(plan: Sequence[tuple[Rule, Window]], source: Source, sinks: Sequence[Sin
 
 
 Clock = Callable[[], datetime]
+Wait = Callable[[threading.Event, float], bool]
 
 
 def wall_clock() -> datetime:
@@ -151,64 +183,302 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def deliver_outbox(store: StateStore, sinks: Sequence[Sink], summary: RunSummary, clock: Clock) -> None:
+def _event_wait(event: threading.Event, seconds: float) -> bool:
+    return event.wait(seconds)
+
+
+class LeaseKeeper:
+    """The run's leases, renewed by a daemon thread every `interval` while the run works.
+
+    The heartbeat only keeps leases alive; it never fences writes. Every state write is still preceded by
+    a renewal that checks the lease (commit, and before each sink), so a run whose heartbeat stalled and
+    whose lease another run then took stops writing exactly as before. A renewal that finds the lease taken
+    marks it lost, and the run stops at its next write.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        interval: timedelta = HEARTBEAT,
+        ttl: timedelta = LEASE_TTL,
+        wait: Wait = _event_wait,
+    ) -> None:
+        self.store, self.clock, self.interval, self.ttl, self._wait = store, clock, interval, ttl, wait
+        self.owner = new_owner()
+        self._names: set[str] = set()
+        self.lost: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, name: str) -> bool:
+        """Take the lease `name` and keep it renewed; False when a live run holds it."""
+        if not self.store.acquire_lease(name, self.owner, self.ttl, self.clock()):
+            return False
+        with self._lock:
+            self._names.add(name)
+            self.lost.pop(name, None)
+        return True
+
+    def renew(self, name: str) -> None:
+        """Renew now and check: raise LeaseLostError when another run has taken the lease."""
+        if name in self.lost or not self.store.acquire_lease(name, self.owner, self.ttl, self.clock()):
+            raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._names.discard(name)
+        self.store.release_lease(name, self.owner)
+
+    def beat(self) -> None:
+        """Renew every lease held (what the thread does each interval)."""
+        with self._lock:
+            names = sorted(self._names)
+        for name in names:
+            try:
+                renewed = self.store.acquire_lease(name, self.owner, self.ttl, self.clock())
+            except Exception as exc:
+                log.warning("lease heartbeat for %s failed, retrying: %s", name, exc)
+                continue
+            if not renewed:
+                with self._lock:
+                    self._names.discard(name)
+                    self.lost[name] = "taken by another run"
+                log.error("lease on %s was taken by another run; this run stops writing its state", name)
+
+    def _loop(self) -> None:
+        while not self._wait(self._stop, self.interval.total_seconds()):
+            self.beat()
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread = threading.Thread(target=self._loop, name="detector-lease-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+
+def _describe_holder(store: StateStore, name: str) -> str:
+    try:
+        held = store.lease_holder(name)
+    except Exception:
+        held = None
+    if held is None:
+        return "another run"
+    return f"run {held[0]} until {format_datetime(held[1])}"
+
+
+def _step_aside(store: StateStore, name: str, what: str, summary: RunSummary) -> None:
+    message = f"{name}: stepped aside: its lease is held by {_describe_holder(store, name)}; {what}"
+    summary.stepped_aside.append(message)
+    log.warning(message)
+
+
+def _reach_deadline(summary: RunSummary, message: str) -> None:
+    summary.deadline_reached = True
+    summary.deferred.append(message)
+    log.warning(message)
+
+
+def _deliver_isolating(
+    sink: Sink, entries: list[OutboxEntry]
+) -> tuple[list[OutboxEntry], dict[str, tuple[OutboxEntry, str]], str | None]:
+    """Deliver entries to one sink so that no finding it rejects holds back the others.
+
+    Returns (delivered, rejected: finding id -> (entry, reason), outage): an outage (a SinkError for the
+    sink as a whole: down, throttled, no access) leaves what was not delivered pending without counting
+    against it. Any other exception means the sink could not take some finding (a value it cannot carry):
+    the entries are then offered one at a time, and each one that fails alone is rejected.
+    """
+    try:
+        sink.deliver([e.finding for e in entries])
+    except SinkError as exc:
+        delivered = [e for e in entries if e.finding.id in exc.delivered]
+        rejected = {e.finding.id: (e, printable(exc.rejected[e.finding.id])) for e in entries if e.finding.id in exc.rejected}
+        return delivered, rejected, printable(str(exc), 20_000)
+    except Exception as exc:
+        log.warning(
+            "delivery to %s failed (%s: %s); offering its findings one at a time",
+            sink.describe(),
+            type(exc).__name__,
+            printable(str(exc), 200),
+        )
+    else:
+        return entries, {}, None
+    delivered, rejected = [], {}
+    for index, entry in enumerate(entries):
+        deadline = current_deadline()
+        if deadline is not None and deadline.reached():
+            return delivered, rejected, f"run deadline reached with {len(entries) - index} finding(s) not yet offered"
+        try:
+            sink.deliver([entry.finding])
+            delivered.append(entry)
+        except SinkError as exc:
+            if entry.finding.id in exc.delivered:
+                delivered.append(entry)
+            elif entry.finding.id in exc.rejected:
+                rejected[entry.finding.id] = (entry, printable(exc.rejected[entry.finding.id]))
+            else:  # the sink itself is failing now: the rest waits for the next run
+                return delivered, rejected, printable(str(exc))
+        except Exception as exc:
+            rejected[entry.finding.id] = (entry, printable(f"{type(exc).__name__}: {exc}"))
+    return delivered, rejected, None
+
+
+def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock: Clock) -> None:
+    name = sink.describe()
+    entries = store.pending(name)
+    delivered: list[OutboxEntry] = []
+    if entries:
+        delivered, rejected, outage = _deliver_isolating(sink, entries)
+        store.mark_delivered(name, delivered, clock())
+        problems = []
+        if rejected:
+            parked = {e.finding.id for e in store.record_rejections(name, rejected, MAX_REJECTIONS)}
+            for fid, (entry, reason) in rejected.items():
+                if fid in parked:
+                    record = {
+                        "sink": name,
+                        "findingId": fid,
+                        "ruleId": entry.finding.rule_id,
+                        "attempts": MAX_REJECTIONS,
+                        "error": reason,
+                    }
+                    summary.parked.append(record)
+                    log.error(
+                        "finding %s parked: %s rejected it %d times (%s); kept in the outbox, not offered again until it changes",
+                        fid,
+                        name,
+                        MAX_REJECTIONS,
+                        reason,
+                    )
+                else:
+                    problems.append(f"finding {fid} rejected ({reason}); retried on the next run")
+        if outage is not None:
+            left = len(entries) - len(delivered) - len(rejected)
+            problems.append(f"{left} of {len(entries)} not delivered: {outage}")
+            log.error("delivery to %s failed, will retry next run: %s", name, outage)
+        if problems or summary.parked:
+            mine = [p for p in summary.parked if p["sink"] == name]
+            if mine:
+                problems.append(f"{len(mine)} finding(s) parked after {MAX_REJECTIONS} rejections")
+            if problems:
+                summary.delivery_errors[name] = "; ".join(problems)
+    summary.deliveries[name] = len(delivered)
+    held = len(store.parked(name))
+    if held:
+        summary.parked_held[name] = held
+
+
+def deliver_outbox(
+    store: StateStore, sinks: Sequence[Sink], summary: RunSummary, clock: Clock, keeper: LeaseKeeper | None = None
+) -> None:
     """Deliver every pending outbox entry of each sink and mark what arrived; failures stay pending.
 
-    Runs under the "outbox" lease, so two overlapping runs do not both deliver the same entries.
+    Runs under the "outbox" lease, so two overlapping runs do not both deliver the same entries, and
+    within the current deadline: sinks not reached in time keep their findings pending for the next run.
     """
-    owner = str(uuid.uuid4())
-    if not store.acquire_lease(OUTBOX_LEASE, owner, LEASE_TTL, clock()):
-        summary.skipped.append("outbox: another run is delivering it")
-        return
+    own_keeper = keeper is None
+    keeper = keeper or LeaseKeeper(store, clock)
+    if own_keeper:
+        keeper.__enter__()
     try:
-        for sink in sinks:
-            name = sink.describe()
-            # Renewed before each sink; a run that lost it stops and leaves the rest to the new holder.
-            if not store.acquire_lease(OUTBOX_LEASE, owner, LEASE_TTL, clock()):
-                summary.skipped.append(f"outbox: lease lost before delivering to {name}; the next run delivers")
-                return
-            entries = store.pending(name)
-            delivered = entries
-            if entries:
+        if not keeper.acquire(OUTBOX_LEASE):
+            _step_aside(store, OUTBOX_LEASE, "that run delivers the pending findings", summary)
+            return
+        try:
+            for sink in sinks:
+                name = sink.describe()
+                deadline = current_deadline()
+                if deadline is not None and deadline.reached():
+                    left = len(store.pending(name))
+                    _reach_deadline(
+                        summary, f"sink {name}: run deadline reached; {left} finding(s) left pending for the next run"
+                    )
+                    continue
+                # Renewed before each sink; a run that lost it stops and leaves the rest to the new holder.
                 try:
-                    sink.deliver([e.finding for e in entries])
-                except SinkError as exc:
-                    delivered = [e for e in entries if e.finding.id in exc.delivered]
-                    summary.delivery_errors[name] = f"{len(entries) - len(delivered)} of {len(entries)} not delivered: {exc}"
-                    log.error("delivery to %s failed, will retry next run: %s", name, exc)  # noqa: TRY400
-                store.mark_delivered(name, delivered, clock())
-            summary.deliveries[name] = len(delivered)
+                    keeper.renew(OUTBOX_LEASE)
+                except LeaseLostError:
+                    _step_aside(store, OUTBOX_LEASE, f"lease lost before delivering to {name}; that run delivers", summary)
+                    return
+                _deliver_one_sink(store, sink, summary, clock)
+        finally:
+            keeper.release(OUTBOX_LEASE)
     finally:
-        store.release_lease(OUTBOX_LEASE, owner)
+        if own_keeper:
+            keeper.__exit__(None, None, None)
 
 
 def _deliver_even_if(
-    work: Callable[[], None], store: StateStore, sinks: Sequence[Sink], summary: RunSummary, clock: Clock
+    work: Callable[[], None],
+    store: StateStore,
+    sinks: Sequence[Sink],
+    summary: RunSummary,
+    clock: Clock,
+    keeper: LeaseKeeper,
+    deadline: Deadline | None,
 ) -> None:
-    """Run work(), then deliver the outbox, also when work() raises (the error is then re-raised).
+    """Run work() (within the deadline less the delivery reserve), then deliver the outbox (within the
+    deadline), also when work() raises (the error is then re-raised).
 
     Findings staged by earlier windows must reach the sinks even when a later window keeps failing with
     an error the run does not turn into a summary entry (bad input rows, a state store or SDK error):
     otherwise one bad window would hold them back for as long as it fails.
     """
+    evaluation = None
+    if deadline is not None:
+        reserve = min(DELIVERY_RESERVE.total_seconds(), max(deadline.remaining(), 0) / 4)
+        evaluation = deadline.earlier(reserve)
     try:
-        work()
+        with running_until(evaluation):
+            work()
     except Exception:
         try:
-            deliver_outbox(store, sinks, summary, clock)
+            with running_until(deadline):
+                deliver_outbox(store, sinks, summary, clock, keeper)
         except Exception:
             log.exception("delivering the outbox after a failed run failed too")
         raise
-    deliver_outbox(store, sinks, summary, clock)
+    with running_until(deadline):
+        deliver_outbox(store, sinks, summary, clock, keeper)
 
 
 class _RuleProgress:
     """One rule's (or backfill's) state during a run, written back after every window under the run's lease."""
 
-    def __init__(self, store: StateStore, name: str, rule: Rule, sinks: Sequence[Sink], owner: str, clock: Clock) -> None:
-        self.store, self.name, self.rule, self.owner, self.clock = store, name, rule, owner, clock
+    def __init__(
+        self, store: StateStore, name: str, rule: Rule, sinks: Sequence[Sink], keeper: LeaseKeeper, clock: Clock
+    ) -> None:
+        self.store, self.name, self.rule, self.keeper, self.clock = store, name, rule, keeper, clock
+        self.owner = keeper.owner
         self.sink_names = [s.describe() for s in sinks]
         self.state: RuleState = store.load_rule_state(name, rule.logic.time_bin)
+        self._check_outboxes()
+
+    def _check_outboxes(self) -> None:
+        """An outbox this rule staged findings in must still be the one it staged them in."""
+        from detector.errors import StateError
+
+        for sink in self.sink_names:
+            recorded = self.state.outboxes.get(sink)
+            if recorded is not None and self.store.outbox_id(sink) != recorded:
+                raise StateError(
+                    f"outbox of sink {sink} in {self.store.describe()}",
+                    f"is missing or was replaced, although the state of {self.name} records findings staged in it "
+                    "(findings not yet delivered would be lost silently)",
+                    "restore the outbox from a backup; or, accepting that its pending findings are gone, run `python -m "
+                    "detector backfill` over the days since the last delivery and remove the sink from 'outboxes' in the "
+                    "rule's state",
+                )
+
+    def save(self) -> None:
+        self.keeper.renew(self.name)
+        self.store.save_rule_state(self.name, self.state, self.owner)
 
     def commit(self, run: RuleRun, advance: bool, record_bins: bool = True, read_from: datetime | None = None) -> None:
         """Stage the window's findings, then record the window as evaluated (and advance the checkpoint).
@@ -218,9 +488,12 @@ class _RuleProgress:
         """
         # Renew (and so check) the lease before writing anything: a run whose lease lapsed must not put an
         # older version of a finding into the outbox over what the new lease holder stored.
-        if not self.store.acquire_lease(self.name, self.owner, LEASE_TTL, self.clock()):
-            raise LeaseLostError(f"lease on {self.name} was taken by another run")
+        self.keeper.renew(self.name)
         run.staged = self.store.stage(self.sink_names, run.findings)
+        if run.findings:
+            for sink in self.sink_names:
+                if sink not in self.state.outboxes:
+                    self.state.outboxes[sink] = self.store.outbox_id(sink) or ""
         evaluated_at = read_from if read_from is not None else self.clock()
         if record_bins:
             for bin_start in bins_of(run.window, self.rule.logic.time_bin):
@@ -230,8 +503,17 @@ class _RuleProgress:
         self.store.save_rule_state(self.name, self.state, self.owner)  # fenced by the lease as well
 
 
+def _deadline_passed(summary: RunSummary, what: str) -> bool:
+    deadline = current_deadline()
+    if deadline is not None and deadline.reached():
+        _reach_deadline(summary, f"{what}: run deadline reached; left for the next run")
+        return True
+    return False
+
+
 def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settings: Settings, summary: RunSummary) -> None:
     rule, state, time_bin = progress.rule, progress.state, progress.rule.logic.time_bin
+    state.check_against(now, f"{progress.name} in {progress.store.describe()}")
     started_at = progress.clock()
     # The horizon is measured from the checkpoint the run starts from: measured from the advanced one, a run
     # that moves the checkpoint by the horizon or more (the default daily schedule and 1d horizon) would
@@ -246,7 +528,16 @@ def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settin
         )
         summary.skipped.append(message)
         log.error(message)
-    for window in plan.windows:
+    if state.checkpoint is None and plan.windows:
+        # The schedule's origin is recorded before any work: a first run that fails must not let the next
+        # first run start later and leave a slice of the first period unevaluated.
+        state.checkpoint = plan.windows[0].start
+        progress.save()
+    for index, window in enumerate(plan.windows):
+        if _deadline_passed(
+            summary, f"rule {rule.id}: windows {Window(window.start, plan.windows[-1].end)} ({len(plan.windows) - index})"
+        ):
+            break
         read_from = progress.clock()
         run_ = evaluate_window(rule, source, window)
         summary.rules.append(run_)
@@ -258,11 +549,15 @@ def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settin
         del state.evaluated[bin_start]
     earlier = [(b, at) for b, at in state.evaluated.items() if at < started_at]
     late: set[datetime] = set()
-    for at in sorted({at for _, at in earlier}):
-        for window in merge_bins([b for b, when in earlier if when == at], time_bin):
-            found = source.late_bins(window, at - LATE_MARGIN, time_bin)
-            late |= set(bins_of(window, time_bin)) if found is None else found
+    if not summary.deadline_reached:
+        for at in sorted({at for _, at in earlier}):
+            for window in merge_bins([b for b, when in earlier if when == at], time_bin):
+                found = source.late_bins(window, at - LATE_MARGIN, time_bin)
+                late |= set(bins_of(window, time_bin)) if found is None else found
     for window in merge_bins(late, time_bin):
+        # A re-check not done now is looked for again by the next run (the bins keep their evaluation time).
+        if _deadline_passed(summary, f"rule {rule.id}: late-data re-check of {window}"):
+            break
         read_from = progress.clock()
         run_ = evaluate_window(rule, source, window, kind="recheck")
         summary.rules.append(run_)
@@ -271,21 +566,20 @@ def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settin
         summary.lag_seconds[rule.id] = (now - state.checkpoint).total_seconds()
 
 
-def _under_lease(store: StateStore, name: str, summary: RunSummary, clock: Clock, work: Callable[[str], None]) -> None:
-    """Run work(owner) holding the lease `name`; report, do not raise, source and lease failures."""
-    owner = str(uuid.uuid4())
-    if not store.acquire_lease(name, owner, LEASE_TTL, clock()):
-        message = f"{name}: another run holds its lease; this run leaves it to that run"
-        summary.skipped.append(message)
-        log.warning(message)
+def _under_lease(name: str, summary: RunSummary, keeper: LeaseKeeper, work: Callable[[], None]) -> None:
+    """Run work() holding the lease `name`; report, do not raise, source, deadline and lease failures."""
+    if not keeper.acquire(name):
+        _step_aside(keeper.store, name, "that run evaluates it, this one did not", summary)
         return
     try:
-        work(owner)
+        work()
+    except DeadlineReachedError as exc:
+        _reach_deadline(summary, f"{name}: {exc}; the window stays behind the checkpoint for the next run")
     except (SourceError, LeaseLostError) as exc:
         summary.errors[name] = str(exc)
         log.error("%s: %s", name, exc)  # noqa: TRY400 - expected failure, the message says what to do
     finally:
-        store.release_lease(name, owner)
+        keeper.release(name)
 
 
 def run_incremental(
@@ -296,24 +590,31 @@ def run_incremental(
     now: datetime,
     settings: Settings,
     clock: Clock = wall_clock,
+    deadline: Deadline | None = None,
 ) -> RunSummary:
-    """Evaluate every whole window each rule has not evaluated yet (and late bins), then deliver the outbox."""
+    """Evaluate every whole window each rule has not evaluated yet (and late bins), then deliver the outbox.
+
+    With a deadline, windows that do not fit are left behind the checkpoint and findings not delivered in
+    time stay pending: both are reported (deadlineReached, deferred) and done by the next run.
+    """
     started = time.monotonic()
     summary = RunSummary(source=source.describe())
+    with LeaseKeeper(store, clock) as keeper:
 
-    def every_rule() -> None:
-        for rule in rules:
-            _under_lease(
-                store,
-                rule.id,
-                summary,
-                clock,
-                lambda owner, rule=rule: _advance_rule(  # type: ignore[misc]
-                    _RuleProgress(store, rule.id, rule, sinks, owner, clock), source, now, settings, summary
-                ),
-            )
+        def every_rule() -> None:
+            for rule in rules:
+                if _deadline_passed(summary, f"rule {rule.id}"):
+                    continue
+                _under_lease(
+                    rule.id,
+                    summary,
+                    keeper,
+                    lambda rule=rule: _advance_rule(  # type: ignore[misc]
+                        _RuleProgress(store, rule.id, rule, sinks, keeper, clock), source, now, settings, summary
+                    ),
+                )
 
-    _deliver_even_if(every_rule, store, sinks, summary, clock)
+        _deliver_even_if(every_rule, store, sinks, summary, clock, keeper, deadline)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -326,6 +627,7 @@ def run_backfill(
     window: Window,
     progress: Callable[[int, int], None] = lambda done, total: None,
     clock: Clock = wall_clock,
+    deadline: Deadline | None = None,
 ) -> RunSummary:
     """Evaluate a past range window by window under the same state rules; resumable after interruption.
 
@@ -338,45 +640,58 @@ def run_backfill(
         if not is_aligned(window, rule.logic.time_bin):
             raise ConfigError("--start/--end", f"a backfill must cover whole {rule.logic.time_bin} bins: {window}")
 
-    def backfill_rule(owner: str, rule: Rule) -> None:
+    def backfill_rule(keeper: LeaseKeeper, rule: Rule) -> None:
         name = f"backfill|{rule.id}|{format_datetime(window.start)}|{format_datetime(window.end)}"
-        state = _RuleProgress(store, name, rule, sinks, owner, clock)
         # The rule's lease is held for the whole backfill; progress is saved under the backfill's name.
-        if not store.acquire_lease(name, owner, LEASE_TTL, clock()):
+        if not keeper.acquire(name):
             raise LeaseLostError(f"{name}: another backfill of the same range is running")
         try:
+            state = _RuleProgress(store, name, rule, sinks, keeper, clock)
+            checkpoint = state.state.checkpoint
+            if checkpoint is not None and not window.start <= checkpoint <= window.end:
+                from detector.errors import StateError
+
+                raise StateError(
+                    f"{name} in {store.describe()}",
+                    f"backfill progress {format_datetime(checkpoint)} lies outside the range {window}",
+                    "delete that record to run the backfill from its start",
+                )
             pieces = split_window(window, BACKFILL_PIECE)
-            done = [p for p in pieces if state.state.checkpoint and p.end <= state.state.checkpoint]
+            done = [p for p in pieces if checkpoint and p.end <= checkpoint]
             progress(len(done), len(pieces))
             for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):
+                if _deadline_passed(summary, f"backfill of {rule.id}: {Window(piece.start, window.end)}"):
+                    break
                 run_ = evaluate_window(rule, source, piece, kind="backfill")
                 summary.rules.append(run_)
                 state.commit(run_, advance=True, record_bins=False)
-                if not store.acquire_lease(rule.id, owner, LEASE_TTL, clock()):  # renew the rule's lease
-                    raise LeaseLostError(f"lease on {rule.id} was taken by another run")
+                keeper.renew(rule.id)
                 progress(index, len(pieces))
         finally:
-            store.release_lease(name, owner)
+            keeper.release(name)
 
-    def every_rule() -> None:
-        for rule in rules:
-            _under_lease(store, rule.id, summary, clock, lambda owner, rule=rule: backfill_rule(owner, rule))  # type: ignore[misc]
+    with LeaseKeeper(store, clock) as keeper:
 
-    _deliver_even_if(every_rule, store, sinks, summary, clock)
+        def every_rule() -> None:
+            for rule in rules:
+                _under_lease(rule.id, summary, keeper, lambda rule=rule: backfill_rule(keeper, rule))  # type: ignore[misc]
+
+        _deliver_even_if(every_rule, store, sinks, summary, clock, keeper, deadline)
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock) -> RunSummary:
-    """The timer's run: every configured rule, incrementally from its checkpoint, through the outbox."""
+def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock, deadline: Deadline | None = None) -> RunSummary:
+    """The timer's run: every configured rule, incrementally from its checkpoint, through the outbox, by RUN_DEADLINE."""
     from detector.sinks import open_sink
     from detector.sources import open_source
     from detector.state import open_state_store
 
+    deadline = deadline or Deadline.after(RUN_DEADLINE.total_seconds())
     if settings.now_override is not None:
         now = settings.now_override
     rules = load_rules(settings.rules)
     source = open_source(settings.source, settings, settings.computer, setting="DETECTOR_SOURCE")
     sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in settings.sinks]
     store = open_state_store(settings)
-    return run_incremental(rules, source, sinks, store, now, settings, clock)
+    return run_incremental(rules, source, sinks, store, now, settings, clock, deadline)

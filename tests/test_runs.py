@@ -34,6 +34,7 @@ from detector.state.file import FileStateStore
 from tests.helpers import FILES, RULE, expected_findings
 
 NOW = parse_datetime("2026-11-27T00:35:00Z")  # first run covers [2026-11-26 00:00, 2026-11-27 00:00)
+ORIGIN = parse_datetime("2026-11-26T00:00:00Z")  # where the first run starts: recorded before it does any work
 
 
 class SimulatedCrash(BaseException):  # the process dying: not an Exception, so no handler of ours runs after it
@@ -197,7 +198,7 @@ def test_crash_after_the_outbox_write_loses_nothing_and_repeats_nothing(world: W
 
     with pytest.raises(SimulatedCrash):
         world.run(store=CrashAfterStage(world.state_dir))
-    assert world.checkpoint() is None  # not advanced past findings it stored
+    assert world.checkpoint() == ORIGIN  # not advanced past findings it stored (the origin is recorded first)
     assert len(FileStateStore(world.state_dir).pending("recording")) == len(expected_findings())
     world.assert_checkpoint_covered()
     summary = world.run()
@@ -233,9 +234,10 @@ def test_killed_run_blocks_until_its_lease_lapses_then_the_next_run_finishes(wor
 
     with pytest.raises(SimulatedCrash):
         world.run(store=Killed(world.state_dir))
-    blocked = world.run()
-    assert any("another run holds its lease" in s for s in blocked.skipped)
+    blocked = world.run()  # the holder is this (live) process: only the lease's expiry frees the rule
+    assert any("stepped aside" in s for s in blocked.stepped_aside)
     assert blocked.rules == []
+    assert blocked.ok and not blocked.complete
     world.clock.advance(LEASE_TTL + timedelta(minutes=1))
     assert world.run().ok
     world.assert_everything_delivered_once()
@@ -284,20 +286,44 @@ def test_partial_delivery_retries_only_the_rest(world: World) -> None:
 
 
 def test_overlapping_runs_do_not_both_process_a_window(world: World) -> None:
-    summaries: list[RunSummary] = []
-    barrier = threading.Barrier(2)
+    # The second run starts while the first is inside its read, holding the rule's lease: overlap is certain.
+    first_reading, second_done = threading.Event(), threading.Event()
+    summaries: dict[str, RunSummary] = {}
+    errors: list[BaseException] = []
 
-    def one_run() -> None:
-        barrier.wait()
-        summaries.append(world.run())
+    class HeldRead(FlakySource):
+        def read(self, request: ReadRequest) -> Any:
+            first_reading.set()
+            assert second_done.wait(timeout=60), "the second run did not finish while the first held the lease"
+            return super().read(request)
 
-    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    def first() -> None:
+        try:
+            summaries["first"] = world.run(source=HeldRead(world.data))
+        except BaseException as exc:
+            errors.append(exc)
+            second_done.set()
+
+    def second() -> None:
+        try:
+            assert first_reading.wait(timeout=60), "the first run never started reading"
+            summaries["second"] = world.run()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    evaluated = [r.window for s in summaries for r in s.rules if r.kind == "window"]
-    assert evaluated == [evaluated[0]]  # one window, evaluated by one of the two runs
+    assert not any(t.is_alive() for t in threads), "a run did not finish"
+    assert errors == []
+    assert [r.window for r in summaries["second"].rules] == []  # it stepped aside...
+    assert any("stepped aside" in m for m in summaries["second"].stepped_aside)  # ...and said so
+    evaluated = [r.window for r in summaries["first"].rules if r.kind == "window"]
+    assert len(evaluated) == 1
     world.assert_everything_delivered_once()
     assert len(world.recording.received) == len(expected_findings())
 
@@ -307,7 +333,9 @@ def test_a_held_lease_makes_the_run_step_aside(world: World) -> None:
     summary = world.run()
     assert summary.rules == []
     assert world.checkpoint() is None
-    assert any(RULE.id in s for s in summary.skipped)
+    assert any(RULE.id in s and "stepped aside" in s and "manual-run" in s for s in summary.stepped_aside)
+    assert summary.to_json()["steppedAside"] == summary.stepped_aside
+    assert not summary.complete
 
 
 def _late_rows() -> list[dict[str, Any]]:
@@ -474,4 +502,4 @@ def test_a_run_whose_lease_lapsed_mid_read_stores_nothing(world: World) -> None:
     summary = world.run(source=SlowRead(world.data))
     assert "taken by another run" in summary.errors[RULE.id]
     assert FileStateStore(world.state_dir).pending("recording") == []  # nothing staged by the stale run
-    assert world.checkpoint() is None
+    assert world.checkpoint() == ORIGIN

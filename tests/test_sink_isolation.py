@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest.mock import ANY
 
 import pytest
 
 from detector import runner
 from detector.config import Settings
-from detector.sinks import open_sink
+from detector.models import Finding
+from detector.sinks import Sink, open_sink
 from detector.sources import open_source
 from tests.fakes.arm import ArmHandler
 from tests.fakes.ingestion import IngestionHandler, stream_columns
@@ -75,3 +78,88 @@ def test_a_failing_sink_leaves_the_others_delivered_and_is_reported(services: di
     assert set(state(services["webhook"])["accepted"]) == ids
     assert state(services["arm"])["incidents"] == {}
     assert summary.to_json()["deliveryErrors"]["sentinel:law-soc"].startswith("sentinel:law-soc: 403 Forbidden")
+
+
+# -- a finding a sink still rejects is isolated, retried a bounded number of times, then parked ----------
+
+
+class Utf8Sink(Sink):
+    """A real sink that writes findings as UTF-8 JSON lines: a lone surrogate cannot be encoded."""
+
+    name = "utf8"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def describe(self) -> str:
+        return f"utf8:{self.path.name}"
+
+    def deliver(self, findings: Sequence[Finding]) -> None:
+        lines = [json.dumps(f.to_json(), ensure_ascii=False, default=str).encode("utf-8") for f in findings]
+        with self.path.open("ab") as out:
+            for line in lines:
+                out.write(line + b"\n")
+
+    def ids(self) -> list[str]:
+        return [json.loads(line)["FindingId"] for line in self.path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_finding_a_sink_cannot_carry_never_blocks_the_others_and_is_parked(tmp_path: Path) -> None:
+    from detector.runner import deliver_outbox, wall_clock
+    from detector.sinks.jsonl import JsonlSink
+    from detector.state import MAX_REJECTIONS
+    from detector.state.file import FileStateStore
+    from tests.test_state_stores import FINDINGS
+
+    store = FileStateStore(tmp_path / "state")
+    hostile = replace(FINDINGS[0], id="f" * 32, columns={**FINDINGS[0].columns, "set_csUserAgent": ["Mozilla\ud800"]})
+    utf8, jsonl = Utf8Sink(tmp_path / "utf8.jsonl"), JsonlSink(tmp_path / "findings.jsonl")
+    good = FINDINGS[1:]
+    store.stage([utf8.describe(), jsonl.describe()], [hostile, *good])  # the hostile one sorts first
+
+    summaries = []
+    for _ in range(MAX_REJECTIONS + 1):
+        summary = runner.RunSummary(source="test")
+        deliver_outbox(store, [utf8, jsonl], summary, wall_clock)
+        summaries.append(summary)
+    first = summaries[0]
+    assert sorted(utf8.ids()) == sorted(f.id for f in good)  # everything else went through, on the first run
+    # Both sinks write UTF-8 (the jsonl sink too, as it stands): each gets every other finding.
+    assert first.deliveries == {utf8.describe(): len(good), jsonl.describe(): len(good)}
+    assert {r["FindingId"] for r in map(json.loads, jsonl.path.read_text(encoding="utf-8").splitlines())} == {f.id for f in good}
+    assert "rejected (UnicodeEncodeError" in first.delivery_errors[utf8.describe()]
+    json.dumps(first.to_json(), ensure_ascii=False).encode("utf-8")  # and printable: no lone surrogate in it
+    assert all(s.parked == [] for s in summaries[: MAX_REJECTIONS - 1])
+    parked = summaries[MAX_REJECTIONS - 1]
+    assert parked.parked == [
+        {"sink": sink.describe(), "findingId": hostile.id, "ruleId": hostile.rule_id, "attempts": MAX_REJECTIONS, "error": ANY}
+        for sink in (utf8, jsonl)
+    ]
+    assert not parked.ok and parked.to_json()["parked"] == parked.parked
+    after = summaries[MAX_REJECTIONS]
+    assert after.ok and after.deliveries[utf8.describe()] == 0  # no longer offered...
+    assert after.parked_held == {utf8.describe(): 1, jsonl.describe(): 1}  # ...but kept and reported
+    assert [e.finding.id for e in store.parked(utf8.describe())] == [hostile.id]
+    assert sorted(utf8.ids()) == sorted(f.id for f in good)  # nothing delivered twice
+
+
+def test_a_sink_that_is_down_parks_nothing(tmp_path: Path) -> None:
+    from detector.errors import SinkError
+    from detector.runner import deliver_outbox, wall_clock
+    from detector.state import MAX_REJECTIONS
+    from detector.state.file import FileStateStore
+    from tests.test_state_stores import FINDINGS
+
+    class Down(Sink):
+        name = "down"
+
+        def deliver(self, findings: Sequence[Finding]) -> None:
+            raise SinkError("down: 503 Service Unavailable")
+
+    store = FileStateStore(tmp_path / "state")
+    store.stage(["down"], FINDINGS)
+    for _ in range(MAX_REJECTIONS + 2):
+        summary = runner.RunSummary(source="test")
+        deliver_outbox(store, [Down()], summary, wall_clock)
+        assert summary.parked == [] and "503" in summary.delivery_errors["down"]
+    assert len(store.pending("down")) == len(FINDINGS)  # an outage counts against no finding

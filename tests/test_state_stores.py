@@ -195,3 +195,25 @@ def test_restaging_the_delivered_version_is_not_pending(store: StateStore) -> No
     # A re-evaluation finds the delivered version again (say, the late rows were a replay): nothing to send.
     assert store.stage(["s"], [original]) == 0
     assert store.pending("s") == []
+
+
+def test_rejections_are_counted_per_version_and_park_the_entry(store: StateStore) -> None:
+    store.stage(["s"], FINDINGS[:2])
+    first = store.pending("s")[0]
+    for attempt in range(1, 3):
+        assert store.record_rejections("s", {first.finding.id: (first, "cannot carry it")}, limit=3) == []
+        assert next(e for e in store.pending("s") if e.finding.id == first.finding.id).attempts == attempt
+    (parked,) = store.record_rejections("s", {first.finding.id: (first, "cannot carry it")}, limit=3)
+    assert parked.finding.id == first.finding.id and parked.parked
+    assert [e.finding.id for e in store.pending("s")] == [
+        FINDINGS[1].id if first.finding.id == FINDINGS[0].id else FINDINGS[0].id
+    ]
+    assert [(e.finding.id, e.attempts, e.error) for e in store.parked("s")] == [(first.finding.id, 3, "cannot carry it")]
+    store.mark_delivered("s", [], T0 + timedelta(days=400))  # pruning keeps parked entries
+    assert len(store.parked("s")) == 1
+    # A new version of the finding (late rows) starts again: pending, no attempts.
+    changed = replace(first.finding, columns={**first.finding.columns, "ConnectionsCount": 999})
+    assert store.stage(["s"], [changed]) == 1
+    again = next(e for e in store.pending("s") if e.finding.id == changed.id)
+    assert (again.attempts, again.parked) == (0, False)
+    assert store.parked("s") == []

@@ -1,5 +1,5 @@
 """HTTP plumbing shared by the sinks that call web services: retries with backoff that honour Retry-After
-within a bound, and error texts that say what went wrong and what to do.
+within a bound and within the run's deadline, and error texts that say what went wrong and what to do.
 
 Imports azure-core at module level: import this module only from inside the sinks that need it, never
 from detector/sinks/__init__.py, so `import function_app` stays fast.
@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import RetryPolicy
+
+from detector.deadline import current_deadline
 
 # Methods azure-core retries by default, plus POST for services where a repeated POST is harmless
 # (webhooks get an Idempotency-Key; Logs Ingestion rows carry FindingId and the alert query dedups).
@@ -38,9 +40,12 @@ class RetrySettings:
 
 
 class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]  # generic only in azure-core's stubs
-    """azure-core's RetryPolicy (Retry-After first, else exponential backoff), with three changes:
+    """azure-core's RetryPolicy (Retry-After first, else exponential backoff), with four changes:
     a Retry-After longer than `max_wait` ends the retries instead of blocking the run; waits go through a
-    replaceable `sleep` (tests record them instead of sleeping); POST may be made retryable."""
+    replaceable `sleep` (tests record them instead of sleeping); POST may be made retryable; and every
+    attempt, wait and socket timeout ends by the run's deadline (detector.deadline), so a hung or
+    throttling service costs at most the time the run has left: the call then fails, and the findings
+    stay pending for the next run."""
 
     def __init__(self, settings: RetrySettings, *, retry_post: bool = False) -> None:
         retries = max(settings.attempts - 1, 0)
@@ -61,6 +66,9 @@ class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]  # generic only
         wait = self.get_retry_after(response)
         if wait is not None and wait > self.max_wait:
             return False
+        deadline = current_deadline()
+        if deadline is not None and (wait if wait is not None else self.get_backoff_time(settings)) >= deadline.remaining():
+            return False  # the wait would outlast the run: answer now with what the service said
         # azure-core retries a POST's 429 only when Retry-After is present; a throttled call was not
         # processed, so repeating it is always safe.
         if response.http_response.status_code == 429:
@@ -71,8 +79,23 @@ class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]  # generic only
         wait = self.get_retry_after(response) if response is not None else None
         if wait is None:
             wait = self.get_backoff_time(settings)
+        deadline = current_deadline()
+        if deadline is not None:
+            wait = min(wait, max(deadline.remaining(), 0.0))
         if wait and wait > 0:
             self._sleep(min(wait, self.max_wait))
+
+    def _configure_timeout(self, request: PipelineRequest[Any], absolute_timeout: float, is_response_error: bool) -> None:
+        # azure-core calls this before every attempt with the time its own budget has left; the run's
+        # deadline bounds that budget too, and the read timeout as well (azure-core bounds only the
+        # connection timeout, so a service that accepts and then hangs would hold the run for read_timeout).
+        deadline = current_deadline()
+        if deadline is not None:
+            absolute_timeout = min(absolute_timeout, deadline.remaining())
+        super()._configure_timeout(request, absolute_timeout, is_response_error)
+        if deadline is not None:
+            options = request.context.options
+            options["read_timeout"] = min(float(options.get("read_timeout") or 300.0), max(absolute_timeout, 0.001))
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from detector.errors import ConfigError, SourceError
+from detector.deadline import current_deadline
+from detector.errors import ConfigError, DeadlineReachedError, SourceError
 from detector.identity import credential_for
 from detector.kql import bin_datetime, format_datetime, parse_datetime
 from detector.logic import CandidateSpec
@@ -399,6 +400,12 @@ class LogAnalyticsSource(Source):
                 raise SourceError(
                     f"{self.describe()} window {window}: gave up after {self.limits.max_requests} requests without a whole answer"
                 )
+            # The run's deadline bounds each query too: the server is asked to give up (and the socket to
+            # wait) no longer than the run has left, and a wait that would outlast it is not begun.
+            deadline = current_deadline()
+            left = deadline.remaining() if deadline is not None else float("inf")
+            if left < 2:
+                raise DeadlineReachedError(f"{self.describe()} window {window}: run deadline reached before {piece}")
             self.pacer.wait()
             self.stats.requests += 1
             attempt += 1
@@ -408,8 +415,8 @@ class LogAnalyticsSource(Source):
                     self.workspace_id,
                     piece.query,
                     timespan=(piece.start, piece.end),  # never falsy: a falsy timespan means "all data"
-                    server_timeout=server_timeout,
-                    read_timeout=read_timeout,
+                    server_timeout=int(min(server_timeout, max(left - 1, 1))),
+                    read_timeout=min(read_timeout, left),
                     connection_timeout=30,
                     raw_response_hook=self._count_bytes,
                 )
@@ -450,6 +457,11 @@ class LogAnalyticsSource(Source):
                 raise SourceError(
                     f"{self.describe()} window {window}: {piece} still failing ({problem}) and the next wait of {delay:.0f}s "
                     f"exceeds the retry budget of {self.limits.max_wait_seconds:.0f}s"
+                )
+            if deadline is not None and delay >= deadline.remaining():
+                raise DeadlineReachedError(
+                    f"{self.describe()} window {window}: {piece} still failing ({problem}) and the run deadline comes "
+                    f"before the next try in {delay:.0f}s"
                 )
             log.warning("%s: %s: %s; retry %d in %.1fs", self.describe(), piece, problem, attempt, delay)
             self.stats.retries += 1

@@ -5,7 +5,12 @@ Entities (one table, DETECTOR_STATE_TABLE_NAME):
   state share one entity, so every state write is fenced by its ETag: a run whose lease was taken over
   cannot overwrite the new owner's checkpoint.
 - PartitionKey "outbox-<sink key>", RowKey <finding id>: the finding (JSON, split in 30,000-character
-  properties to stay under the 64 KiB property limit), Digest, DeliveredDigest, Pending, WindowEnd.
+  properties to stay under the 64 KiB property limit), Digest, DeliveredDigest, Pending, WindowEnd,
+  Attempts (rejections by the sink), Parked, Error.
+- PartitionKey "outboxes", RowKey <sink key>: Sink, Id: the outbox's id, recorded by the rules that staged
+  findings in it, so an outbox deleted under them is noticed.
+
+Every entity is validated when read (StateError naming the table, PartitionKey and RowKey).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +34,20 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from detector.errors import ConfigError, DetectorError
+from detector.errors import ConfigError, DetectorError, StateError
 from detector.identity import build_credential
 from detector.models import Finding
-from detector.state import DELIVERED_RETENTION, LeaseLostError, OutboxEntry, RuleState, StateStore
+from detector.state import (
+    DELIVERED_RETENTION,
+    RESET_HINT,
+    LeaseLostError,
+    OutboxEntry,
+    RuleState,
+    StateStore,
+    check_lease_expiry,
+    finding_from_state,
+    lease_is_held,
+)
 
 if TYPE_CHECKING:
     from detector.config import Settings
@@ -46,6 +62,8 @@ _SHORTENED_VALUE_CHARS = 1_000
 _SHORTENED = "…[shortened to fit the state store]"
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _RULE_PARTITION = "rule"
+_OUTBOXES_PARTITION = "outboxes"
+_OUTBOX_HINT = "restore the entity from a backup; deleting it drops that finding for that sink"
 
 
 def _key(name: str) -> str:
@@ -114,17 +132,32 @@ class TableStateStore(StateStore):
     def describe(self) -> str:
         return self._description
 
+    def _where(self, partition: str, row: str, name: str = "") -> str:
+        named = f" ({name})" if name else ""
+        return f"table {self.table.table_name} entity PartitionKey={partition!r} RowKey={row!r}{named}"
+
     # -- lease and checkpoint ---------------------------------------------------------------------
     def _get(self, partition: str, row: str) -> Any:
-
         try:
             return self.table.get_entity(partition, row)
         except ResourceNotFoundError:
             return None
 
+    def _lease(self, entity: Any, name: str) -> tuple[str, datetime] | None:
+        holder, expires = entity.get("LeaseOwner") or "", entity.get("LeaseExpires")
+        if not holder:
+            return None
+        if not isinstance(holder, str) or not isinstance(expires, datetime):
+            raise StateError(
+                self._where(_RULE_PARTITION, entity["RowKey"], name),
+                "LeaseOwner is not text or LeaseExpires is not a DateTime",
+                "clear LeaseOwner if no run is active",
+            )
+        return holder, _utc(expires)
+
     def acquire_lease(self, name: str, owner: str, ttl: timedelta, now: datetime) -> bool:
         key = _key(name)
-        for _ in range(3):
+        for _ in range(5):
             entity = self._get(_RULE_PARTITION, key)
             lease = {"LeaseOwner": owner, "LeaseExpires": now + ttl}
             if entity is None:
@@ -133,9 +166,12 @@ class TableStateStore(StateStore):
                 except ResourceExistsError:
                     continue  # created by a concurrent run: read it again
                 return True
-            holder, expires = entity.get("LeaseOwner") or "", entity.get("LeaseExpires")
-            if holder and holder != owner and expires is not None and _utc(expires) > now:
-                return False
+            held = self._lease(entity, name)
+            if held is not None:
+                if held[0] != owner:
+                    check_lease_expiry(self._where(_RULE_PARTITION, key, name), held[0], held[1], now)
+                if lease_is_held(held[0], held[1], owner, now):
+                    return False
             try:
                 self.table.update_entity(
                     {"PartitionKey": _RULE_PARTITION, "RowKey": key, **lease},
@@ -148,54 +184,92 @@ class TableStateStore(StateStore):
             return True
         return False
 
-    def release_lease(self, name: str, owner: str) -> None:
+    def lease_holder(self, name: str) -> tuple[str, datetime] | None:
         entity = self._get(_RULE_PARTITION, _key(name))
-        if entity is None or entity.get("LeaseOwner") != owner:
+        return None if entity is None else self._lease(entity, name)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        for _ in range(5):
+            entity = self._get(_RULE_PARTITION, _key(name))
+            if entity is None or entity.get("LeaseOwner") != owner:
+                return
+            try:
+                self.table.update_entity(
+                    {"PartitionKey": _RULE_PARTITION, "RowKey": _key(name), "LeaseOwner": ""},
+                    mode=UpdateMode.MERGE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                continue  # renewed by our heartbeat, or taken over: look again
             return
-        with contextlib.suppress(ResourceModifiedError):  # taken over meanwhile: nothing of ours to release
-            self.table.update_entity(
-                {"PartitionKey": _RULE_PARTITION, "RowKey": _key(name), "LeaseOwner": ""},
-                mode=UpdateMode.MERGE,
-                etag=entity.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
 
     def load_rule_state(self, name: str, time_bin: timedelta) -> RuleState:
-        entity = self._get(_RULE_PARTITION, _key(name))
-        raw = entity.get("State") if entity else ""
-        return RuleState.from_json(json.loads(raw) if raw else None, time_bin)
-
-    def save_rule_state(self, name: str, state: RuleState, owner: str) -> None:
-
         key = _key(name)
         entity = self._get(_RULE_PARTITION, key)
-        if entity is None or entity.get("LeaseOwner") != owner:
-            raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
+        raw = entity.get("State") if entity else ""
+        where = self._where(_RULE_PARTITION, key, name)
+        if raw is None or raw == "":
+            return RuleState(time_bin, where=where)
+        if not isinstance(raw, str):
+            raise StateError(where, f"State is {type(raw).__name__}, not JSON text", RESET_HINT)
         try:
-            self.table.update_entity(
-                {"PartitionKey": _RULE_PARTITION, "RowKey": key, "State": json.dumps(state.to_json())},
-                mode=UpdateMode.MERGE,
-                etag=entity.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError:
-            raise LeaseLostError(f"state of {name} changed under this run (lease taken over); stopping") from None
+            data = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise StateError(where, f"State is not valid JSON ({str(exc)[:100]})", RESET_HINT) from None
+        return RuleState.from_json(data, time_bin, where)
+
+    def save_rule_state(self, name: str, state: RuleState, owner: str) -> None:
+        key = _key(name)
+        # The ETag also changes when our own heartbeat renews the lease: then the write is simply retried.
+        for _ in range(5):
+            entity = self._get(_RULE_PARTITION, key)
+            if entity is None or entity.get("LeaseOwner") != owner:
+                raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
+            try:
+                self.table.update_entity(
+                    {"PartitionKey": _RULE_PARTITION, "RowKey": key, "State": json.dumps(state.to_json())},
+                    mode=UpdateMode.MERGE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                continue
+            return
+        raise LeaseLostError(f"state of {name} kept changing under this run; stopping")
 
     # -- outbox -------------------------------------------------------------------------------------
     @staticmethod
     def _partition(sink: str) -> str:
         return "outbox-" + hashlib.sha256(sink.encode()).hexdigest()[:24]
 
+    def outbox_id(self, sink: str) -> str | None:
+        row = self._partition(sink)
+        entity = self._get(_OUTBOXES_PARTITION, row)
+        if entity is None:
+            return None
+        if not isinstance(entity.get("Id"), str):
+            raise StateError(self._where(_OUTBOXES_PARTITION, row, sink), "Id is not text", _OUTBOX_HINT)
+        return str(entity["Id"])
+
+    def _ensure_outbox(self, sink: str) -> None:
+        if self.outbox_id(sink) is None:
+            with contextlib.suppress(ResourceExistsError):  # a concurrent run created it: that one stands
+                self.table.create_entity(
+                    {"PartitionKey": _OUTBOXES_PARTITION, "RowKey": self._partition(sink), "Sink": sink, "Id": str(uuid.uuid4())}
+                )
+
     def stage(self, sinks: Sequence[str], findings: Iterable[Finding]) -> int:
         findings = list(findings)
         staged = 0
         for sink in sinks:
+            self._ensure_outbox(sink)
             partition = self._partition(sink)
             for finding in findings:
                 digest = finding.digest()
                 old = self._get(partition, finding.id)
                 if old is not None and old.get("Digest") == digest:
-                    continue  # unchanged: delivered stays delivered, pending stays pending
+                    continue  # unchanged: delivered stays delivered, pending (or parked) stays so
                 text = _stored_text(finding)
                 chunks = {f"Finding{i}": text[i * _CHUNK : (i + 1) * _CHUNK] for i in range(-(-len(text) // _CHUNK))}
                 delivered = old.get("DeliveredDigest", "") if old is not None else ""
@@ -211,21 +285,45 @@ class TableStateStore(StateStore):
                         "DeliveredDigest": delivered,
                         "Pending": pending,
                         "WindowEnd": finding.window.end,
+                        "Attempts": 0,
+                        "Parked": False,
+                        "Error": "",
                     },
                     mode=UpdateMode.REPLACE,
                 )
                 staged += pending
         return staged
 
+    def _entry(self, sink: str, entity: Any) -> OutboxEntry:
+        where = self._where(entity["PartitionKey"], entity["RowKey"], sink)
+        chunks, digest, delivered = entity.get("Chunks"), entity.get("Digest"), entity.get("DeliveredDigest")
+        attempts, parked = entity.get("Attempts", 0) or 0, bool(entity.get("Parked", False))
+        if not (
+            isinstance(chunks, int)
+            and 0 < chunks <= 40
+            and all(isinstance(entity.get(f"Finding{i}"), str) for i in range(chunks))
+            and isinstance(digest, str)
+            and isinstance(delivered, str | None)
+            and isinstance(attempts, int)
+        ):
+            raise StateError(where, "is not an outbox entry (Chunks, Finding0.., Digest, DeliveredDigest)", _OUTBOX_HINT)
+        text = "".join(entity[f"Finding{i}"] for i in range(chunks))
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise StateError(where, f"the stored finding is not valid JSON ({str(exc)[:100]})", _OUTBOX_HINT) from None
+        return OutboxEntry(
+            sink, finding_from_state(raw, where), digest, delivered or None, attempts, parked, str(entity.get("Error") or "")
+        )
+
     def pending(self, sink: str) -> list[OutboxEntry]:
         entities = self.table.query_entities("PartitionKey eq @pk and Pending eq true", parameters={"pk": self._partition(sink)})
-        entries = []
-        for entity in entities:
-            text = "".join(entity[f"Finding{i}"] for i in range(entity["Chunks"]))
-            entry = OutboxEntry(sink, Finding.from_state(json.loads(text)), entity["Digest"], entity["DeliveredDigest"] or None)
-            if entry.pending:  # the column is an index; the digests are the truth
-                entries.append(entry)
+        entries = [entry for entry in (self._entry(sink, e) for e in entities) if entry.pending]  # the column is an index
         return sorted(entries, key=lambda e: (e.finding.window.start, e.finding.id))
+
+    def parked(self, sink: str) -> list[OutboxEntry]:
+        entities = self.table.query_entities("PartitionKey eq @pk and Parked eq true", parameters={"pk": self._partition(sink)})
+        return [self._entry(sink, e) for e in entities]
 
     def mark_delivered(self, sink: str, entries: Iterable[OutboxEntry], now: datetime) -> None:
         partition = self._partition(sink)
@@ -245,7 +343,36 @@ class TableStateStore(StateStore):
         old = self.table.query_entities(
             "PartitionKey eq @pk and Pending eq false and WindowEnd lt @cutoff",
             parameters={"pk": partition, "cutoff": now - DELIVERED_RETENTION},
-            select=["PartitionKey", "RowKey"],
+            select=["PartitionKey", "RowKey", "Parked"],
         )
         for entity in old:
-            self.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            if not entity.get("Parked"):  # parked entries are kept until someone looks at them
+                self.table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+    def record_rejections(self, sink: str, rejected: Mapping[str, tuple[OutboxEntry, str]], limit: int) -> list[OutboxEntry]:
+        partition = self._partition(sink)
+        parked: list[OutboxEntry] = []
+        for fid, (entry, error) in rejected.items():
+            current = self._get(partition, fid)
+            if current is None or current.get("Digest") != entry.digest:
+                continue  # changed meanwhile: the new version gets its own attempts
+            attempts = int(current.get("Attempts") or 0) + 1
+            park = attempts >= limit
+            try:
+                self.table.update_entity(
+                    {
+                        "PartitionKey": partition,
+                        "RowKey": fid,
+                        "Attempts": attempts,
+                        "Error": error[:500],
+                        **({"Parked": True, "Pending": False} if park else {}),
+                    },
+                    mode=UpdateMode.MERGE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                continue  # restaged concurrently
+            if park:
+                parked.append(OutboxEntry(sink, entry.finding, entry.digest, entry.delivered_digest, attempts, True, error))
+        return parked

@@ -1,0 +1,232 @@
+"""Leases: a dead run blocks nobody (a real `kill -9` at several points, then at once another run), a live
+run is never overtaken, a run that steps aside says so, and the heartbeat keeps a working run's lease."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from detector.cli import EXIT_INCOMPLETE, EXIT_OK, main
+from detector.runner import LEASE_TTL, LeaseKeeper
+from detector.state import LeaseLostError, StateStore, holder_is_dead, new_owner
+from detector.state.file import FileStateStore
+from tests.helpers import FILES, RULE, expected_findings
+from tests.test_state_stores import store  # noqa: F401 - the file and Azurite table store fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def _owner_of_a_process(alive: bool) -> Iterator[str]:
+    """The lease owner id of another process of this host, running (alive) or already gone."""
+    code = "from detector.state import new_owner; import sys, time; print(new_owner(), flush=True); sys.stdin.read()"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    owner = process.stdout.readline().strip()
+    if not alive:
+        process.kill()
+        process.wait()
+    try:
+        yield owner
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def dead_owner() -> Iterator[str]:
+    yield from _owner_of_a_process(alive=False)
+
+
+@pytest.fixture
+def live_owner() -> Iterator[str]:
+    yield from _owner_of_a_process(alive=True)
+
+
+def test_owner_ids_tell_dead_processes_of_this_host(dead_owner: str, live_owner: str) -> None:
+    assert holder_is_dead(dead_owner)
+    assert not holder_is_dead(live_owner)
+    assert not holder_is_dead(new_owner())  # this process
+    assert not holder_is_dead("manual-run")  # an owner that names no process: trusted until its lease lapses
+    host_elsewhere = dead_owner.replace("@", "@other-host", 1)
+    assert not holder_is_dead(host_elsewhere)
+
+
+def test_a_lease_of_a_dead_process_is_taken_at_once(store: StateStore, dead_owner: str) -> None:  # noqa: F811
+    assert store.acquire_lease("rule", dead_owner, LEASE_TTL, T0)
+    assert store.acquire_lease("rule", "next-run", LEASE_TTL, T0 + timedelta(seconds=1))
+
+
+def test_a_lease_of_a_live_process_is_respected_until_it_lapses(store: StateStore, live_owner: str) -> None:  # noqa: F811
+    assert store.acquire_lease("rule", live_owner, LEASE_TTL, T0)
+    assert not store.acquire_lease("rule", "next-run", LEASE_TTL, T0 + timedelta(seconds=1))
+    holder = store.lease_holder("rule")
+    assert holder is not None and holder[0] == live_owner
+    assert store.acquire_lease("rule", "next-run", LEASE_TTL, T0 + LEASE_TTL + timedelta(seconds=1))  # a hung holder
+
+
+def test_a_stale_lock_file_does_not_delay_the_next_run(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / ".lock").write_text("pid 999999\n")  # left by an older version's killed run, or by a crash
+    folder = FileStateStore(state, mutex_wait=0.5)  # it would raise if it had to wait that long
+    assert folder.acquire_lease("rule", "a", LEASE_TTL, T0)
+
+
+def test_the_folder_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    code = (
+        "import sys, time; from detector.state.file import FileStateStore; s = FileStateStore(sys.argv[1]); "
+        "m = s._mutex(); m.__enter__(); print('locked', flush=True); time.sleep(600)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+    with pytest.raises(Exception, match="held by pid"):
+        FileStateStore(state, mutex_wait=0.2).acquire_lease("rule", "a", LEASE_TTL, T0)  # a live holder: waited for
+    process.kill()
+    process.wait()
+    assert FileStateStore(state, mutex_wait=0.2).acquire_lease("rule", "a", LEASE_TTL, T0)
+
+
+class FakeWait:
+    """The heartbeat's wait between beats, stepped by the test: returns True (stop) after `beats` waits."""
+
+    def __init__(self, beats: int, clock: list[datetime]) -> None:
+        self.beats, self.clock, self.waits = beats, clock, 0
+
+    def __call__(self, event: object, seconds: float) -> bool:
+        self.waits += 1
+        self.clock[0] += timedelta(seconds=seconds)  # the interval passes
+        return self.waits > self.beats
+
+
+def test_the_heartbeat_keeps_a_long_run_s_lease(tmp_path: Path) -> None:
+    folder = FileStateStore(tmp_path / "state")
+    now = [T0]
+    wait = FakeWait(beats=10, clock=now)
+    keeper = LeaseKeeper(folder, lambda: now[0], wait=wait)
+    assert keeper.acquire("rule")
+    with keeper:
+        pass  # __exit__ joins the thread: it beat 10 times, 30 s apart
+    assert wait.waits == 11
+    assert now[0] - T0 == timedelta(seconds=330)  # far longer than the 2-minute lease
+    holder = folder.lease_holder("rule")
+    assert holder is not None and holder[0] == keeper.owner and holder[1] > now[0] - timedelta(seconds=30)
+    assert not folder.acquire_lease("rule", "other", LEASE_TTL, now[0])  # still ours
+    keeper.renew("rule")
+
+
+def test_a_heartbeat_that_finds_its_lease_taken_stops_the_run_s_writes(tmp_path: Path) -> None:
+    folder = FileStateStore(tmp_path / "state")
+    now = [T0]
+    keeper = LeaseKeeper(folder, lambda: now[0])
+    assert keeper.acquire("rule")
+    now[0] += LEASE_TTL + timedelta(seconds=1)  # the heartbeat stalled (a frozen process), the lease lapsed
+    assert folder.acquire_lease("rule", "newer-run", LEASE_TTL, now[0])
+    keeper.beat()
+    assert "rule" in keeper.lost
+    with pytest.raises(LeaseLostError):
+        keeper.renew("rule")
+
+
+# -- a real kill -9, then at once another run -------------------------------------------------------------
+
+
+def _data(tmp_path: Path) -> Path:
+    data = tmp_path / "w3ciislog.jsonl"
+    shutil.copy(FILES / "w3ciislog.jsonl", data)
+    os.utime(data, (0, 0))
+    return data
+
+
+def _kill_at(point: str, state: Path, data: Path, out: Path) -> None:
+    marker = state.parent / f"marker-{point}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_driver", point, str(state), str(data), str(out), str(marker)], cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():  # waiting for the child to reach the point, not for time to pass
+            assert process.poll() is None, f"the run ended before reaching {point}"
+            assert time.monotonic() < deadline, f"the run did not reach {point}"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _records(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] if out.exists() else []
+
+
+def _assert_every_finding_once(out: Path, state: Path) -> None:
+    records = _records(out)
+    assert len(records) == len({r["FindingId"] for r in records}), "one copy per finding"
+    expected = {(e["TimeGenerated"], e["cIP"], e["Computer"], e["sIP"]) for e in expected_findings()}
+    assert {(r["TimeGenerated"], r["cIP"], r["Computer"], r["sIP"]) for r in records} == expected
+    assert FileStateStore(state).pending(f"jsonl:{out}") == []
+
+
+@pytest.mark.parametrize("point", ["read", "staged", "delivery"])
+def test_kill_9_then_an_immediate_run_loses_and_repeats_nothing(
+    point: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, data, out = tmp_path / "state", _data(tmp_path), tmp_path / "out" / "findings.jsonl"
+    _kill_at(point, state, data, out)
+    if point == "delivery":
+        assert 0 < len(_records(out)) < len(expected_findings())  # killed midway through the delivery
+    monkeypatch.setenv("DETECTOR_SOURCE", f"file:{data}")
+    monkeypatch.setenv("DETECTOR_STATE", f"file:{state}")
+    monkeypatch.setenv("DETECTOR_SINKS", f"jsonl:{out}")
+    monkeypatch.setenv("DETECTOR_NOW", "2026-11-27T00:35:00Z")
+    code = main(["scheduled"])
+    err = capsys.readouterr().err
+    assert code == EXIT_OK, err  # the dead run's leases were taken at once: no stepping aside, no wait
+    summary = json.loads(err.splitlines()[0])
+    assert summary["steppedAside"] == [] and summary["complete"]
+    _assert_every_finding_once(out, state)
+
+
+def test_a_killed_backfill_continues_when_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, data, out = tmp_path / "state", _data(tmp_path), tmp_path / "out" / "findings.jsonl"
+    _kill_at("backfill", state, data, out)
+    args = ["backfill", "--source", f"file:{data}", "--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
+    code = main([*args, "--sink", f"jsonl:{out}", "--state", f"file:{state}"])
+    err = capsys.readouterr().err
+    assert code == EXIT_OK, err
+    assert "4/24 windows" in err and "24/24 windows" in err  # four hours were done before the kill
+    assert "20 windows" not in err and " 0 rows evaluated" not in err
+    _assert_every_finding_once(out, state)
+
+
+def test_a_run_that_steps_aside_for_a_live_run_says_so_and_exits_3(
+    tmp_path: Path, live_owner: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    FileStateStore(state).acquire_lease(RULE.id, live_owner, LEASE_TTL, datetime.now(UTC))
+    args = [
+        "backfill",
+        "--source",
+        f"file:{FILES / 'w3ciislog.jsonl'}",
+        "--start",
+        "2026-11-26T00:00:00Z",
+        "--end",
+        "2026-11-27T00:00:00Z",
+    ]
+    code = main([*args, "--sink", f"jsonl:{tmp_path / 'f.jsonl'}", "--state", f"file:{state}", "--summary-json"])
+    err = capsys.readouterr().err
+    assert code == EXIT_INCOMPLETE
+    assert f"warning: {RULE.id}: stepped aside: its lease is held by run {live_owner}" in err
+    summary = json.loads(err.splitlines()[0])
+    assert summary["steppedAside"] and summary["ok"] and not summary["complete"]
