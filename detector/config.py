@@ -307,14 +307,22 @@ def _now_override(text: str) -> datetime | None:
     out_of_range = ConfigError("DETECTOR_NOW", f"'{shown(text)}' is out of range; pretend a time from 1990-01-01 to 2100-01-01")
     try:
         now = parse_datetime(text)
-    except OverflowError:  # year 1 or 9999 with an offset: the UTC value is outside datetime's range
-        raise out_of_range from None
-    except ValueError:
+    except (ValueError, OverflowError):
+        if _is_iso_datetime(text):  # year 1 or 9999 with an offset: the UTC value is outside datetime's range
+            raise out_of_range from None
         raise ConfigError("DETECTOR_NOW", f"'{shown(text)}' is not an ISO 8601 datetime such as 2026-11-26T00:00:00Z") from None
     low, high = NOW_RANGE
     if not low <= now < high:
         raise out_of_range
     return now
+
+
+def _is_iso_datetime(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 # NCRONTAB: {second} {minute} {hour} {day} {month} {day-of-week}, the form Azure Functions' timer
