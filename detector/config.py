@@ -560,7 +560,10 @@ def _read_settings_file(path: Path, where: str) -> dict[str, str]:
         raise ConfigError("", f"cannot read the settings file ({exc.strerror})", source=where) from None
     if len(data) > MAX_SETTINGS_FILE_BYTES:
         raise ConfigError("", "is larger than 1 MiB; a settings file holds a few settings", source=where)
-    text = decode_text(data, where, "a settings file")
+    try:
+        text = decode_utf8(data, "a settings file")
+    except ValueError as exc:
+        raise ConfigError("", str(exc), source=where) from None
     try:
         document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
@@ -648,23 +651,20 @@ _MAGIC = (
 )
 
 
-def decode_text(data: bytes, where: str, what: str) -> str:
-    """UTF-8 text (a UTF-8 byte order mark is dropped), or a ConfigError saying what the bytes look like."""
+def decode_utf8(data: bytes, what: str) -> str:
+    """UTF-8 text (a UTF-8 byte order mark is dropped), or ValueError saying what the bytes look like instead."""
     for magic, looks_like in _MAGIC:
         if data.startswith(magic):
-            raise ConfigError("", f"is {looks_like}, not UTF-8 text; save {what} as UTF-8", source=where)
+            raise ValueError(f"is {looks_like}, not UTF-8 text; save {what} as UTF-8")
     if len(data) >= 4 and data[1:4:2] == b"\x00\x00" and data[0:4:2] != b"\x00\x00":
-        raise ConfigError("", f"looks like UTF-16 (little-endian) without a byte order mark; save {what} as UTF-8", source=where)
+        raise ValueError(f"looks like UTF-16 (little-endian) without a byte order mark; save {what} as UTF-8")
     if len(data) >= 4 and data[0:4:2] == b"\x00\x00" and data[1:4:2] != b"\x00\x00":
-        raise ConfigError("", f"looks like UTF-16 (big-endian) without a byte order mark; save {what} as UTF-8", source=where)
+        raise ValueError(f"looks like UTF-16 (big-endian) without a byte order mark; save {what} as UTF-8")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        byte = data[exc.start]
-        raise ConfigError(
-            "", f"is not UTF-8 (byte 0x{byte:02x} at offset {exc.start}); save {what} as UTF-8", source=where
-        ) from None
+        raise ValueError(f"is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save {what} as UTF-8") from None
     if "\x00" in text:
         offset = data.index(b"\x00")
-        raise ConfigError("", f"holds NUL bytes (the first at offset {offset}); it looks binary, not {what}", source=where)
+        raise ValueError(f"holds NUL bytes (the first at offset {offset}); it looks binary, not like {what}")
     return text

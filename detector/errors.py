@@ -47,7 +47,7 @@ class InputError(DetectorError):
     """Source data is malformed; the message names the file and line where known."""
 
     def __init__(self, where: str, problem: str) -> None:
-        self.where = where
+        self.where, self.problem = where, problem
         super().__init__(f"{where}: {problem}")
 
 
