@@ -173,7 +173,7 @@ def test_the_libyaml_loader_reads_every_rule_like_the_pure_python_one() -> None:
             key.value: key.start_mark.line + 1 for key, _ in node.value
         }
         data, _ = rules._parse(text, str(path))
-        assert data == yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506
+        assert data == yaml.load(text, Loader=yaml.SafeLoader)
 
 
 def test_duplicate_rule_ids_are_refused(tmp_path: Path) -> None:
