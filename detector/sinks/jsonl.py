@@ -42,9 +42,10 @@ class JsonlSink(Sink):
 
     The file is rewritten through a temporary file in the same folder and renamed over the old one, so a
     reader never sees a half-written file and a failed run leaves the previous file untouched. Writers
-    take an exclusive lock on a sidecar file (`.<name>.lock`, next to the target, left in place) around
-    read-merge-replace, so two processes writing one file lose nothing; the kernel drops the lock of a
-    killed process. The file keeps its mode, and a symlink stays a symlink (its target is replaced).
+    take an exclusive lock on a sidecar file (`.<name>.lock`, next to the target, removed when released)
+    around read-merge-replace, so two processes writing one file lose nothing; the kernel drops the lock
+    of a killed process, so a stale lock file never blocks. The file keeps its mode, and a symlink stays
+    a symlink (its target is replaced).
     """
 
     name = "jsonl"
@@ -101,24 +102,40 @@ class JsonlSink(Sink):
 
     @contextlib.contextmanager
     def _locked(self, target: Path) -> Iterator[None]:
+        """Hold an exclusive flock on `.<name>.lock` next to the target; the lock file is removed on release.
+
+        Removing it is safe because a waiter that wins the lock checks that its file is still the one at
+        the path (not one unlinked meanwhile) and starts over otherwise.
+        """
         target.parent.mkdir(parents=True, exist_ok=True)
         lock_path = target.parent / f".{target.name}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise SinkError(
+                        f"jsonl:{shown(str(self.path))}: {shown(str(target))} is locked by another writer "
+                        f"(held on {lock_path} for over {self.lock_timeout:.0f} s); the findings are retried next run"
+                    ) from None
+                time.sleep(_LOCK_POLL_SECONDS)
+                continue
+            held = os.fstat(fd)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)  # the previous holder removed this lock file: lock the one at the path now
         try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise SinkError(
-                            f"jsonl:{shown(str(self.path))}: {shown(str(target))} is locked by another writer "
-                            f"(held on {lock_path} for over {self.lock_timeout:.0f} s); the findings are retried next run"
-                        ) from None
-                    time.sleep(_LOCK_POLL_SECONDS)
             yield
         finally:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
             os.close(fd)  # closing drops the lock
 
     def _read(self, target: Path) -> dict[str, dict[str, Any]]:
