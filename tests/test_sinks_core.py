@@ -196,3 +196,13 @@ def test_a_foreign_file_is_never_overwritten(tmp_path: Path, content: bytes, mes
 def test_a_folder_as_target_is_a_sink_error(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="cannot write"):
         JsonlSink(tmp_path).deliver(FINDINGS[:1])
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdout"])
+def test_the_cli_pipes_json_lines_to_standard_output(target: str) -> None:
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "detector", "run", "--source", f"file:{FILES / 'w3ciislog.jsonl'}"]
+    command += ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z", "--sink", f"jsonl:{target}"]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["FindingId"] for line in done.stdout.splitlines()] == [f.id for f in FINDINGS]
