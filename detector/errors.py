@@ -9,12 +9,30 @@ class DetectorError(Exception):
     """Base of every error the detector raises on purpose."""
 
 
-class ConfigError(DetectorError):
-    """A setting (app setting, environment variable or CLI option) is missing or invalid."""
+def shown(value: str, limit: int = 80) -> str:
+    """A value as a message may show it: one line, control characters and lone surrogates escaped, bounded.
 
-    def __init__(self, setting: str, problem: str) -> None:
-        self.setting = setting
-        super().__init__(f"setting {setting}: {problem}")
+    Values reach messages from settings, file names and rule files; a newline, an escape sequence or
+    100,000 characters there must not break the one-line `error:` a user sees or a log line.
+    """
+    text = value if len(value) <= limit else value[:limit]
+    escaped = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return escaped + ("..." if len(value) > limit else "")
+
+
+class ConfigError(DetectorError):
+    """A setting (app setting, environment variable or CLI option) is missing or invalid.
+
+    `source` names where the value came from when that is a file (local.settings.json): the message
+    then starts with the file, so the user knows which copy of the setting to fix.
+    """
+
+    def __init__(self, setting: str, problem: str, *, source: str = "") -> None:
+        self.setting, self.problem, self.source = setting, problem, source
+        if source:
+            super().__init__(f"{source}: {setting}: {problem}" if setting else f"{source}: {problem}")
+        else:
+            super().__init__(f"setting {setting}: {problem}")
 
 
 class RuleError(DetectorError):
@@ -31,7 +49,7 @@ class InputError(DetectorError):
     """Source data is malformed; the message names the file and line where known."""
 
     def __init__(self, where: str, problem: str) -> None:
-        self.where = where
+        self.where, self.problem = where, problem
         super().__init__(f"{where}: {problem}")
 
 

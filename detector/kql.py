@@ -42,7 +42,10 @@ def parse_timespan(text: str) -> timedelta:
     match = _TIMESPAN.match(text)
     if not match:
         raise ValueError(f"'{text}' is not a timespan; write it as KQL does, e.g. 10m, 1h, 1d")
-    return timedelta(seconds=float(match.group(1)) * _TIMESPAN_UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * _TIMESPAN_UNITS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"'{text}' is too long a timespan") from None
 
 
 def format_timespan(span: timedelta) -> str:
@@ -67,7 +70,10 @@ def parse_datetime(text: str) -> datetime:
         raise ValueError(f"'{text}' is not an ISO 8601 datetime such as 2026-11-26T00:00:00Z") from None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset: the UTC instant is outside datetime's range
+        raise ValueError(f"'{text}' is out of range once converted to UTC") from None
 
 
 def format_datetime(value: datetime) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from detector.errors import RuleError
+from detector.config import decode_utf8
+from detector.errors import InputError, RuleError, shown
 from detector.kql import parse_datetime, parse_timespan
 from detector.logic import RuleLogic, logic_class
 from detector.models import Row, Window
@@ -45,6 +48,22 @@ TACTICS = (
     "ImpairProcessControl",
     "InhibitResponseFunction",
 )
+# The fields of Azure-Sentinel's analytic rule templates (its template schema validator), and the
+# detector's own. Any other top-level key is a typo (`severty:`) that would otherwise be ignored silently.
+SENTINEL_FIELDS = frozenset(
+    {
+        "id", "name", "description", "severity", "kind", "status", "requiredDataConnectors", "queryFrequency",
+        "queryPeriod", "triggerOperator", "triggerThreshold", "tactics", "relevantTechniques", "subTechniques",
+        "query", "entityMappings", "sentinelEntitiesMappings", "customDetails", "alertDetailsOverride",
+        "eventGroupingSettings", "incidentConfiguration", "suppressionEnabled", "suppressionDuration",
+        "version", "metadata", "tags",
+    }
+)  # fmt: skip
+DETECTOR_FIELDS = frozenset({"parameters", "examples", "additionalEntityMappings"})
+KNOWN_FIELDS = SENTINEL_FIELDS | DETECTOR_FIELDS
+MAX_RULE_FILE_BYTES = 1 << 20  # the bundled rule is 6 KB; Sentinel's query alone is at most 10,000 characters
+MAX_YAML_NODES = 200_000
+MAX_EXAMPLE_ROWS = 100_000  # after sPortRange expansion: examples are read on every run
 TRIGGER_OPERATORS = {"gt": int.__gt__, "lt": int.__lt__, "eq": int.__eq__, "ne": int.__ne__}
 ENTITY_TYPES = ("IP", "Host", "Account", "URL", "DNS", "FileHash", "File", "Process", "AzureResource", "CloudApplication")
 
@@ -103,8 +122,12 @@ class _Fields:
     def __init__(self, path: str, data: Mapping[str, Any], lines: Mapping[str, int]) -> None:
         self.path, self.data, self.lines = path, data, lines
 
-    def error(self, field: str, problem: str) -> RuleError:
-        line = self.lines.get(field.split(".", maxsplit=1)[0].split("[", maxsplit=1)[0])
+    def error(self, field: str, problem: str, at: str = "") -> RuleError:
+        """An error at the line of `at` or `field` (a path like examples[0].rows[2].sIP), or of its nearest parent."""
+        line, path = None, at or field
+        while path and line is None:
+            line = self.lines.get(path)
+            path = path[: max(path.rfind("."), path.rfind("["), 0)]
         return RuleError(f"{self.path}:{line}" if line else self.path, field, problem)
 
     def get(self, field: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
@@ -115,7 +138,7 @@ class _Fields:
         value = self.data[field]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.error(field, f"must be a {names}, got {type(value).__name__} {value!r}")
+            raise self.error(field, f"must be a {names}, got {type(value).__name__} {shown(repr(value))}")
         return value
 
     def text(self, field: str, pattern: re.Pattern[str] | None = None, choices: tuple[str, ...] = ()) -> str:
@@ -124,9 +147,9 @@ class _Fields:
         if not value:
             raise self.error(field, "must not be empty")
         if pattern and not pattern.match(value):
-            raise self.error(field, f"'{value}' has the wrong form (expected {pattern.pattern})")
+            raise self.error(field, f"'{shown(value)}' has the wrong form (expected {pattern.pattern})")
         if choices and value not in choices:
-            raise self.error(field, f"'{value}' is not one of {', '.join(choices)}")
+            raise self.error(field, f"'{shown(value)}' is not one of {', '.join(choices)}")
         return value
 
     def timespan(self, field: str) -> timedelta:
@@ -142,41 +165,118 @@ class _Fields:
         items = self.get(field, list)
         if not items:
             raise self.error(field, "must list at least one value")
-        for item in items:
+        for i, item in enumerate(items):
             if not isinstance(item, str) or (pattern and not pattern.match(item)) or (choices and item not in choices):
                 allowed = f"one of {', '.join(choices)}" if choices else f"matching {pattern.pattern if pattern else 'text'}"
-                raise self.error(field, f"value {item!r} is not {allowed}")
+                raise self.error(field, f"value {shown(repr(item))} is not {allowed}", at=f"{field}[{i}]")
         return tuple(items)
 
 
-def _top_level_lines(text: str) -> dict[str, int]:
-    """Line number (1-based) of each top-level key, for error messages."""
+def _node_lines(root: yaml.Node, where: str) -> dict[str, int]:
+    """Line (1-based) of every key and item, by path (`examples[0].rows[2].sIP`); a key given twice in any
+    mapping is an error. Iterative, and each node once: an alias is the node it refers to, so a
+    "billion laughs" file costs no more than its own text."""
+    lines: dict[str, int] = {}
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    visited: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if len(visited) > MAX_YAML_NODES:
+            raise RuleError(where, "", f"holds more than {MAX_YAML_NODES:,} YAML values; a rule file is small")
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                line = key.start_mark.line + 1
+                name = key.value if isinstance(key, yaml.ScalarNode) else f"<{key.id} key>"
+                sub = f"{path}.{name}" if path else name
+                if name in first and name != "<<":
+                    raise RuleError(f"{where}:{line}", sub, f"appears twice (first on line {first[name]}); keep one")
+                first[name] = line
+                lines.setdefault(sub, line)
+                stack.append((value, sub))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = f"{path}[{i}]"
+                lines.setdefault(sub, item.start_mark.line + 1)
+                stack.append((item, sub))
+    return lines
+
+
+def _read_rule_text(path: Path, where: str) -> str:
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise RuleError(where, "", "is not a regular file (a folder, FIFO or device); name a .yaml rule file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_RULE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RuleError(where, "", f"cannot read rule file ({exc.strerror})") from None
+    except ValueError as exc:  # a NUL in the path
+        raise RuleError(where, "", f"cannot read rule file ({exc})") from None
+    if len(data) > MAX_RULE_FILE_BYTES:
+        raise RuleError(where, "", "is larger than 1 MiB; a rule file is a few kilobytes")
+    try:
+        return decode_utf8(data, "the rule file")
+    except ValueError as exc:
+        raise RuleError(where, "", str(exc)) from None
+
+
+def _parse(text: str, where: str) -> tuple[dict[Any, Any], dict[str, int]]:
+    """The rule mapping and the line of every path in it; any YAML problem is one RuleError."""
+    too_deep = "is nested too deeply (more than 1,000 levels); a rule file is a mapping of a few levels"
     try:
         node = yaml.compose(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError:
-        return {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        problem = str(getattr(exc, "problem", None) or exc)
+        if "maximum nesting depth" in problem:
+            raise RuleError(at, "", too_deep) from None
+        raise RuleError(at, "", f"is not valid YAML: {shown(problem, 200)}") from None
+    except RecursionError:  # the pure-Python parser, when libyaml is missing
+        raise RuleError(where, "", too_deep) from None
     if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+        raise RuleError(where, "", "must be a YAML mapping of Sentinel rule fields")
+    lines = _node_lines(node, where)
+    loader = _YAML_LOADER("")
+    try:
+        data = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise RuleError(at, "", f"is not valid YAML: {shown(str(getattr(exc, 'problem', None) or exc), 200)}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an unquoted timestamp that is no date (2026-02-30)
+        raise RuleError(where, "", f"holds a value YAML cannot read ({shown(str(exc))}); quote it") from None
+    except RecursionError:
+        raise RuleError(where, "", too_deep) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _check_field_names(data: Mapping[Any, Any], lines: Mapping[str, int], where: str) -> None:
+    by_lower = {name.lower(): name for name in KNOWN_FIELDS}
+    for key in data:
+        if isinstance(key, str) and key in KNOWN_FIELDS:
+            continue
+        name = str(key)
+        line = lines.get(name)
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.7)
+        hint = f"did you mean '{by_lower[close[0]]}'?" if close else "see the README's Rules section for the fields"
+        raise RuleError(f"{where}:{line}" if line else where, shown(name), f"is not a rule field; {hint}")
 
 
 def load_rule(path: str | Path) -> Rule:
     """Load and validate one rule file; any problem raises RuleError naming the file, line and field."""
     path = Path(path)
-    where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RuleError(where, "", f"cannot read rule file ({exc.strerror})") from None
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{where}:{mark.line + 1}" if mark else where
-        raise RuleError(at, "", f"is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise RuleError(where, "", "must be a YAML mapping of Sentinel rule fields")
-    f = _Fields(where, data, _top_level_lines(text))
+    where = shown(str(path), 300)
+    text = _read_rule_text(path, where)
+    data, lines = _parse(text, where)
+    _check_field_names(data, lines, where)
+    f = _Fields(where, data, lines)
 
     rule_id = f.text("id", _GUID).lower()
     cls = logic_class(rule_id)
@@ -265,6 +365,7 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
     ):
         raise f.error("examples", "must hold at least one example that fires and one that does not")
     examples = []
+    total_rows = 0
     for i, item in enumerate(items):
         name = f"examples[{i}]"
         if not isinstance(item, dict):
@@ -277,8 +378,8 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
         window_data = item["window"]
         try:
             window = Window(parse_datetime(str(window_data["start"])), parse_datetime(str(window_data["end"])))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise f.error(f"{name}.window", f"needs start and end ISO datetimes, start before end ({exc})") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise f.error(f"{name}.window", f"needs start and end ISO datetimes, start before end ({shown(str(exc))})") from None
         rows: list[Row] = []
         if not isinstance(item["rows"], list):
             raise f.error(f"{name}.rows", "must be a list of W3CIISLog rows")
@@ -287,7 +388,12 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
             if not isinstance(raw, dict):
                 raise f.error(f"{name}.rows[{j}]", "must be a mapping of W3CIISLog columns")
             for expanded in _expand(raw, f, f"{name}.rows[{j}]"):
-                rows.append(coerce_row(expanded, logic.columns, logic.required_columns, where))
+                if (total_rows := total_rows + 1) > MAX_EXAMPLE_ROWS:
+                    raise f.error(f"{name}.rows", f"expands to more than {MAX_EXAMPLE_ROWS:,} rows; keep examples small")
+                try:
+                    rows.append(coerce_row(expanded, logic.columns, logic.required_columns, where))
+                except InputError as exc:
+                    raise f.error(f"{name}.rows[{j}]", exc.problem) from None
         expected = item.get("expect", [])
         if not isinstance(expected, list) or not all(isinstance(e, dict) for e in expected):
             raise f.error(f"{name}.expect", "must be a list of mappings of result columns")
@@ -301,9 +407,9 @@ def _expand(raw: Mapping[str, Any], f: _Fields, name: str) -> list[dict[str, Any
     """An example row may say `sPortRange: "8000-8029"`: one row per port, to keep examples short."""
     if "sPortRange" not in raw:
         return [dict(raw)]
-    match = re.match(r"^\s*(\d+)\s*-\s*(\d+)\s*$", str(raw["sPortRange"]))
-    if not match or int(match.group(1)) > int(match.group(2)):
-        raise f.error(f"{name}.sPortRange", "must look like 8000-8029 (first <= last)")
+    match = re.match(r"^\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*$", str(raw["sPortRange"]))
+    if not match or int(match.group(1)) > int(match.group(2)) or int(match.group(2)) > 65535:
+        raise f.error(f"{name}.sPortRange", "must look like 8000-8029 (ports, first <= last)")
     base = {k: v for k, v in raw.items() if k != "sPortRange"}
     return [{**base, "sPort": port} for port in range(int(match.group(1)), int(match.group(2)) + 1)]
 
@@ -312,19 +418,25 @@ def load_rules(spec: str | Path) -> list[Rule]:
     """Rules from a file, a folder of *.yaml files, or a rule id looked up in the bundled rules/ folder."""
     text = str(spec)
     path = Path(text)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+    shown_spec = shown(text, 300)
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")) if is_dir else []
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or str(exc)
+        raise RuleError(shown_spec, "", f"cannot be read as a rule file or folder ({problem})") from None
+    if is_dir:
         if not files:
-            raise RuleError(text, "", "folder holds no .yaml rule files")
+            raise RuleError(shown_spec, "", "folder holds no .yaml rule files")
         rules = [load_rule(p) for p in files]
-    elif path.is_file():
+    elif exists:
         rules = [load_rule(path)]
     elif _GUID.match(text):
         rules = [r for r in load_rules(DEFAULT_RULES_DIR) if r.id == text.lower()]
         if not rules:
             raise RuleError(text, "", f"no rule with this id in {DEFAULT_RULES_DIR}")
     else:
-        raise RuleError(text, "", "is neither a rule file, a folder of rules, nor a rule id")
+        raise RuleError(shown_spec, "", "is neither a rule file, a folder of rules, nor a rule id")
     seen: dict[str, str] = {}
     for rule in rules:
         if rule.id in seen:

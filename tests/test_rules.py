@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,32 @@ def test_bundled_rule_has_the_sentinel_fields() -> None:
     assert rule.parameters == {"timeBin": "10m", "portThreshold": 30, "maxSetSize": 128}
 
 
-def test_triggers_compares_the_result_count() -> None:
-    rule = ALL_RULES[0]
-    assert not rule.triggers(0)
-    assert rule.triggers(1)
+@pytest.mark.parametrize(
+    ("operator", "threshold", "fires_at"),
+    [
+        ("gt", 0, {1, 2, 3, 5}),
+        ("gt", 2, {3, 5}),
+        ("lt", 2, {0, 1}),
+        ("lt", 0, set()),
+        ("eq", 2, {2}),
+        ("eq", 0, {0}),
+        ("ne", 2, {0, 1, 3, 5}),
+        ("ne", 0, {1, 2, 3, 5}),
+    ],
+)
+def test_triggers_compares_the_result_count_with_every_operator(
+    tmp_path: Path, operator: str, threshold: int, fires_at: set[int]
+) -> None:
+    data = _base()
+    data["triggerOperator"], data["triggerThreshold"] = operator, threshold
+    rule = load_rule(_write(tmp_path, data))
+    assert {count for count in (0, 1, 2, 3, 5) if rule.triggers(count)} == fires_at
+
+
+def test_every_sentinel_trigger_operator_is_tested() -> None:
+    from detector.rules import TRIGGER_OPERATORS
+
+    assert set(TRIGGER_OPERATORS) == {"gt", "lt", "eq", "ne"}
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
@@ -113,8 +137,10 @@ def test_example_with_bad_row_names_the_example(tmp_path: Path) -> None:
 def test_example_missing_a_required_column(tmp_path: Path) -> None:
     data = _base()
     del data["examples"][1]["rows"][0]["sIP"]
-    with pytest.raises(Exception, match="missing required column 'sIP'"):
-        load_rule(_write(tmp_path, data))
+    path = _write(tmp_path, data)
+    with pytest.raises(RuleError, match="missing required column 'sIP'") as caught:
+        load_rule(path)
+    assert re.match(rf"{re.escape(str(path))}:\d+: field 'examples\[1\]\.rows\[0\]'", str(caught.value))
 
 
 def test_a_wrong_example_is_reported_not_hidden(tmp_path: Path) -> None:
@@ -141,9 +167,13 @@ def test_the_libyaml_loader_reads_every_rule_like_the_pure_python_one() -> None:
     for path in sorted(DEFAULT_RULES_DIR.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
         assert yaml.load(text, Loader=rules._YAML_LOADER) == yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506
-        assert rules._top_level_lines(text) == {
-            key.value: key.start_mark.line + 1 for key, _ in yaml.compose(text, Loader=yaml.SafeLoader).value
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines = rules._node_lines(yaml.compose(text, Loader=rules._YAML_LOADER), str(path))
+        assert {k: v for k, v in lines.items() if "." not in k and "[" not in k} == {
+            key.value: key.start_mark.line + 1 for key, _ in node.value
         }
+        data, _ = rules._parse(text, str(path))
+        assert data == yaml.load(text, Loader=yaml.SafeLoader)
 
 
 def test_duplicate_rule_ids_are_refused(tmp_path: Path) -> None:
@@ -155,3 +185,170 @@ def test_duplicate_rule_ids_are_refused(tmp_path: Path) -> None:
 
 def test_rule_can_be_named_by_id() -> None:
     assert load_rules("44A555D8-ECEE-4A25-95CE-055879B4B14B")[0].path == str(RULE_FILE)
+
+
+def _bundled_text() -> str:
+    return RULE_FILE.read_text(encoding="utf-8")
+
+
+def _line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.startswith(needle)]
+    return lines[occurrence - 1]
+
+
+def test_a_duplicate_top_level_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    text = _bundled_text().replace("severity: Medium\n", "severity: Medium\nseverity: High\n")
+    path = tmp_path / "rule.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RuleError) as caught:
+        load_rule(path)
+    second = _line_of(text, "severity:", 2)
+    assert str(caught.value) == f"{path}:{second}: field 'severity': appears twice (first on line {second - 1}); keep one"
+
+
+def test_a_duplicate_key_deep_inside_an_example_is_refused(tmp_path: Path) -> None:
+    text = _bundled_text().replace("sIP: 10.0.0.4,", "sIP: 10.0.0.4, sIP: 10.9.9.9,", 1)
+    path = tmp_path / "rule.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RuleError, match=r"rule\.yaml:\d+: field 'examples\[0\]\.rows\[0\]\.sIP': appears twice"):
+        load_rule(path)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "right"), [("severty", "severity"), ("queryfrequency", "queryFrequency"), ("tactic", "tactics")]
+)
+def test_a_misspelt_top_level_field_is_refused_with_a_suggestion(tmp_path: Path, wrong: str, right: str) -> None:
+    text = _bundled_text() + f"{wrong}: x\n"
+    path = tmp_path / "rule.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RuleError) as caught:
+        load_rule(path)
+    line = len(text.splitlines())
+    assert str(caught.value) == f"{path}:{line}: field '{wrong}': is not a rule field; did you mean '{right}'?"
+
+
+def test_an_unknown_field_with_no_close_name_lists_where_to_look(tmp_path: Path) -> None:
+    path = tmp_path / "rule.yaml"
+    path.write_text(_bundled_text() + "zzzqqq: 1\n", encoding="utf-8")
+    with pytest.raises(RuleError, match="field 'zzzqqq': is not a rule field; see the README's Rules section"):
+        load_rule(path)
+
+
+def test_optional_sentinel_fields_are_accepted(tmp_path: Path) -> None:
+    data = _base()
+    data.update(
+        {
+            "tags": ["Web"],
+            "metadata": {"source": {"kind": "Community"}},
+            "status": "Available",
+            "eventGroupingSettings": {"aggregationKind": "AlertPerResult"},
+            "customDetails": {"Ports": "portCount"},
+            "alertDetailsOverride": {"alertDisplayNameFormat": "scan from {{cIP}}"},
+            "incidentConfiguration": {"createIncident": True},
+            "suppressionEnabled": False,
+            "suppressionDuration": "PT5H",
+        }
+    )
+    assert load_rule(_write(tmp_path, data)).id == "44a555d8-ecee-4a25-95ce-055879b4b14b"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_bundled_text().encode("utf-16"), "is UTF-16 (little-endian, with a byte order mark), not UTF-8 text"),
+        (_bundled_text().encode("utf-16-le"), "looks like UTF-16 (little-endian) without a byte order mark"),
+        (_bundled_text().encode("utf-16-be"), "looks like UTF-16 (big-endian) without a byte order mark"),
+        ("id: x\nname: caf\u00e9\n".encode("latin-1"), "is not UTF-8 (byte 0xe9 at offset 15)"),
+        (gzip.compress(_bundled_text().encode("utf-8")), "is gzip-compressed, not UTF-8 text"),
+        (b"id: x\n\x00\x00\x00\x00", "holds NUL bytes (the first at offset 6)"),
+    ],
+)
+def test_a_rule_file_that_is_not_utf8_says_what_it_looks_like(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "rule.yaml"
+    path.write_bytes(data)
+    with pytest.raises(RuleError) as caught:
+        load_rule(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_a_rule_file_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "rule.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + RULE_FILE.read_bytes())
+    assert load_rule(path).name == ALL_RULES[0].name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: " + "[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+        ("".join(" " * i + "k:\n" for i in range(1100)), "is nested too deeply"),
+        ("a: " + "x" * (2 << 20), "is larger than 1 MiB"),
+    ],
+)
+def test_deep_or_huge_yaml_is_one_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rule.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RuleError, match=message):
+        load_rule(path)
+
+
+def test_examples_that_expand_to_too_many_rows_are_refused(tmp_path: Path) -> None:
+    data = _base()
+    row = dict(data["examples"][0]["rows"][0])
+    row["sPortRange"] = "0-65535"
+    data["examples"][0]["rows"] = [row] * 40
+    with pytest.raises(RuleError, match=r"field 'examples\[0\]\.rows': expands to more than"):
+        load_rule(_write(tmp_path, data))
+
+
+def _rule_error(path: Path) -> str | None:
+    """None when the file loads, else the RuleError's text; any other exception fails the test."""
+    try:
+        load_rule(path)
+    except RuleError as exc:
+        return str(exc)
+    return None
+
+
+WRONG_VALUES: list[Any] = [None, True, 12, 1.5, "text", "", [], ["x"], [None], [[1]], {}, {"a": 1}, [{"a": None}], "9" * 400]
+
+
+def _fields_and_nested(data: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Every top-level field, and every key of the first entity mapping and of the first example."""
+    paths: list[tuple[str, ...]] = [(key,) for key in data]
+    paths += [("entityMappings", "0", key) for key in data["entityMappings"][0]]
+    paths += [("entityMappings", "0", "fieldMappings", "0", key) for key in data["entityMappings"][0]["fieldMappings"][0]]
+    paths += [("examples", "0", key) for key in data["examples"][0]]
+    paths += [("examples", "0", "window", key) for key in data["examples"][0]["window"]]
+    paths += [("examples", "0", "rows", "0", key) for key in data["examples"][0]["rows"][0]]
+    paths += [("parameters", key) for key in data["parameters"]]
+    paths += [("requiredDataConnectors", "0", key) for key in data["requiredDataConnectors"][0]]
+    return paths
+
+
+def _set(data: Any, path: tuple[str, ...], value: Any) -> None:
+    for step in path[:-1]:
+        data = data[int(step)] if isinstance(data, list) else data[step]
+    if isinstance(data, list):
+        data[int(path[-1])] = value
+    else:
+        data[path[-1]] = value
+
+
+@pytest.mark.parametrize("path", _fields_and_nested(_base()), ids=".".join)
+def test_a_wrong_type_anywhere_is_a_rule_error_with_file_and_line(tmp_path: Path, path: tuple[str, ...]) -> None:
+    for value in WRONG_VALUES:
+        data = _base()
+        _set(data, path, value)
+        file = _write(tmp_path, data)
+        error = _rule_error(file)
+        if error is not None:
+            assert re.match(rf"{re.escape(str(file))}:\d+: ", error), (path, value, error)
+            assert "\n" not in error and len(error) < 600, (path, value, error[:300])
+
+
+@pytest.mark.parametrize("spec", ["r" * 5000, "rules\x00", "\udcff", "/proc/1/mem"])
+def test_a_rules_spec_that_is_no_path_is_one_error(spec: str) -> None:
+    with pytest.raises(RuleError):
+        load_rules(spec)
