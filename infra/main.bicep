@@ -80,7 +80,7 @@ param enableSentinelSink bool = false
 @description('loganalytics-table sink: write findings to the custom table IISPortScanFindings_CL through a data collection rule.')
 param enableLogAnalyticsTableSink bool = false
 
-@description('With the loganalytics-table sink: also create a Sentinel scheduled rule over the findings table.')
+@description('With the loganalytics-table sink: also create a Sentinel scheduled rule per detector rule over the findings table.')
 param enableSentinelAlertRule bool = false
 
 @description('webhook sink: POST findings to a URL kept in Key Vault.')
@@ -122,7 +122,7 @@ var workspaceName = workspaceIdParts[8]
 // The findings schema is the contract with the loganalytics-table sink's code; both read these files.
 var findingsSchema = loadJsonContent('schema/findings-columns.json')
 var findingsColumns = findingsSchema.streamDeclarations[findingsStreamName].columns
-var findingsAlertRuleQuery = loadTextContent('schema/findings-alert-rule.kql')
+var findingsAlertRules = loadJsonContent('schema/findings-alert-rules.json')
 
 // ARM endpoint of this cloud, without the trailing slash, as DETECTOR_ARM_ENDPOINT expects.
 var armEndpoint = endsWith(environment().resourceManager, '/') ? substring(environment().resourceManager, 0, length(environment().resourceManager) - 1) : environment().resourceManager
@@ -208,10 +208,10 @@ module findingsTable 'app/findings-table.bicep' = if (enableLogAnalyticsTableSin
     columns: findingsColumns
     dataCollectionRuleName: '${abbrs.insightsDataCollectionRules}detector-findings-${resourceToken}'
     enableAlertRule: enableSentinelAlertRule
-    alertRuleQuery: findingsAlertRuleQuery
-    // As in infra/schema/findings-alert-rule.yaml: every 5 minutes over a day (the query de-duplicates).
-    alertRuleFrequency: 'PT5M'
-    alertRulePeriod: 'P1D'
+    alertRules: findingsAlertRules.rules
+    // As in infra/schema/alert-rules/*.yaml: every 5 minutes over a day (the queries de-duplicate).
+    alertRuleFrequency: findingsAlertRules.queryFrequency
+    alertRulePeriod: findingsAlertRules.queryPeriod
   }
 }
 

@@ -379,7 +379,9 @@ def test_sink_resources_are_deployed_only_with_their_sink() -> None:
     assert resource_body(modules["findingsTable"])[0] == "enableLogAnalyticsTableSink"
     assert resource_body(modules["webhookSecret"])[0] == "enableWebhookSink"
     alert_rule = parse(APP / "findings-table.bicep")["resources"]["alertRule"]
-    assert resource_body(alert_rule)[0] == "enableAlertRule"
+    # One scheduled rule per detector rule, none unless asked for: `for rule in (enableAlertRule ? alertRules : [])`.
+    loop = alert_rule["config"]["loop_type"]["detail"]
+    assert (loop["item_name"], render(loop["array_name"])) == ("rule", "enableAlertRule ? alertRules : []")
     assert resource_body(modules["findingsTable"])[1]["params"]["enableAlertRule"] == "enableSentinelAlertRule"
 
 
@@ -448,19 +450,22 @@ def _load_function_path(variable: str) -> Path:
 def test_findings_schema_files_exist_and_are_valid() -> None:
     """main.bicep loads the schema the sink's code owns (infra/schema/, written on the sink's branch)."""
     columns_path = _load_function_path("findingsSchema")
-    query_path = _load_function_path("findingsAlertRuleQuery")
+    rules_path = _load_function_path("findingsAlertRules")
     assert columns_path == INFRA / "schema" / "findings-columns.json"
-    assert query_path == INFRA / "schema" / "findings-alert-rule.kql"
-    missing = [p.relative_to(ROOT).as_posix() for p in (columns_path, query_path) if not p.is_file()]
-    assert not missing, f"missing {missing}: main.bicep loads them; they come with the loganalytics-table sink's schema branch"
+    assert rules_path == INFRA / "schema" / "findings-alert-rules.json"
+    missing = [p.relative_to(ROOT).as_posix() for p in (columns_path, rules_path) if not p.is_file()]
+    assert not missing, f"missing {missing}: main.bicep loads them; python infra/schema/generate.py writes them"
     schema = json.loads(columns_path.read_text())
     assert schema["tableName"] == parse(MAIN)["variables"]["findingsTableName"]["value"]
     # main.bicep gives the table and the DCR the stream declaration's columns (exactly name and type).
     problems = findings_column_problems(schema["streamDeclarations"][f"Custom-{schema['tableName']}"]["columns"])
     assert not problems, f"{columns_path.relative_to(ROOT)}: " + "; ".join(problems)
-    query = query_path.read_text()
-    assert 0 < len(query.strip()) <= 10_000, "a Sentinel rule query has 1 to 10,000 characters"
-    assert "IISPortScanFindings_CL" in query
+    alert_rules = json.loads(rules_path.read_text())
+    assert alert_rules["rules"], "one alert rule per detector rule"
+    for rule in alert_rules["rules"]:
+        assert 0 < len(rule["query"].strip()) <= 10_000, "a Sentinel rule query has 1 to 10,000 characters"
+        assert "IISPortScanFindings_CL" in rule["query"]
+        assert f'RuleId == "{rule["ruleId"]}"' in rule["query"]
 
 
 def test_table_and_dcr_stream_share_the_column_list() -> None:
@@ -482,7 +487,7 @@ def test_table_and_dcr_stream_share_the_column_list() -> None:
     assert render(destination["workspaceResourceId"]) == "workspace.id"
     _, module = resource_body(parse(MAIN)["modules"]["findingsTable"])
     assert module["params"]["columns"] == "findingsColumns"
-    assert module["params"]["alertRuleQuery"] == "findingsAlertRuleQuery"
+    assert render(module["params"]["alertRules"]) == "findingsAlertRules.rules"
     assert module["params"]["streamName"] == "findingsStreamName"
 
 

@@ -146,7 +146,7 @@ def test_late_rows_update_the_evidence_only_and_comment_once(arm: FakeServer) ->
     assert (props["status"], props["classification"], props["title"]) == ("Closed", "BenignPositive", "Known scanner")
     comments = [c for key, c in state(arm)["comments"].items() if key[1] == grown.id]
     assert len(comments) == 1
-    assert f"portCount {grown.columns['portCount']}" in comments[0]["properties"]["message"]
+    assert f"({grown.columns['portCount']} ports)" in comments[0]["properties"]["message"]
     update = [w for w in writes(arm) if w["path"].endswith(grown.id) and w["if_match"]]
     assert len(update) == 1
     assert update[0]["body"]["etag"] == update[0]["if_match"]
