@@ -71,7 +71,7 @@ param recheckHorizon string = '1d'
 param restrictLogReadToTable bool = true
 
 // ---------------------------------------------------------------------------------------------------------
-// Sinks. stdout is always on: findings then appear as traces in Application Insights.
+// Sinks. stdout is always on: a plain-text table of the findings in the host log (not JSON).
 // ---------------------------------------------------------------------------------------------------------
 
 @description('sentinel sink: create a Microsoft Sentinel incident per finding (needs Sentinel on the workspace).')

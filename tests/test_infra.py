@@ -268,26 +268,23 @@ def test_no_keys_are_read_or_written(path: Path) -> None:
 # Built-in role definition ids (the same in every tenant), as rbac.bicep names them.
 ROLE_IDS = {
     "storageBlobDataOwnerRoleId": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",  # Storage Blob Data Owner
-    "storageTableDataContributorRoleId": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",  # Storage Table Data Contributor
     "monitoringMetricsPublisherRoleId": "3913510d-42f4-4e42-8a64-420c390055eb",  # Monitoring Metrics Publisher
     "logAnalyticsDataReaderRoleId": "3b03c2da-16b3-4a49-8834-0f8130efdd3b",  # Log Analytics Data Reader
-    "sentinelResponderRoleId": "3e150937-b8fe-4cfb-8069-0eaf05ecd056",  # Microsoft Sentinel Responder
     "keyVaultSecretsUserRoleId": "4633458b-17de-408a-b874-0445c86b69e6",  # Key Vault Secrets User
 }
 
 # (file, assignment symbol) -> (role variable, scope, sink flag the assignment is conditioned on)
 EXPECTED_ROLE_ASSIGNMENTS = {
     ("rbac.bicep", "hostStorageBlobOwner"): ("storageBlobDataOwnerRoleId", "storageAccount", None),
-    ("rbac.bicep", "stateTableContributor"): (
-        "storageTableDataContributorRoleId",
+    ("rbac.bicep", "stateTableEntityWriter"): (
+        "stateTableEntitiesRoleId",
         "storageAccount::tableService::stateTable",
         None,
     ),
     ("rbac.bicep", "telemetryPublisher"): ("monitoringMetricsPublisherRoleId", "applicationInsights", None),
     ("rbac.bicep", "webhookSecretReader"): ("keyVaultSecretsUserRoleId", "webhookSecret", "enableWebhookSink"),
     ("rbac-workspace.bicep", "workspaceLogReader"): ("logAnalyticsDataReaderRoleId", "workspace", None),
-    ("rbac-workspace.bicep", "workspaceSentinelResponder"): ("sentinelResponderRoleId", "workspace", "enableSentinelSink"),
-    ("rbac-workspace.bicep", "solutionSentinelResponder"): ("sentinelResponderRoleId", "sentinelSolution", "enableSentinelSink"),
+    ("rbac-workspace.bicep", "workspaceIncidentWriter"): ("sentinelIncidentWriterRoleId", "workspace", "enableSentinelSink"),
     ("rbac-workspace.bicep", "findingsIngestionPublisher"): (
         "monitoringMetricsPublisherRoleId",
         "findingsDataCollectionRule",
@@ -329,7 +326,8 @@ def test_role_assignment_is_scoped_named_and_conditioned(key: tuple[str, str]) -
 
 def test_sink_scopes_exist_only_with_their_sink() -> None:
     workspace_rbac = parse(APP / "rbac-workspace.bicep")["resources"]
-    assert resource_body(workspace_rbac["sentinelSolution"])[0] == "enableSentinelSink"
+    assert "sentinelSolution" not in workspace_rbac  # the custom role on the workspace needs no solution scope
+    assert resource_body(workspace_rbac["sentinelIncidentWriterRole"])[0] == "enableSentinelSink"
     assert resource_body(workspace_rbac["findingsDataCollectionRule"])[0] == "enableLogAnalyticsTableSink"
     for name in ("keyVault", "webhookSecret"):
         assert resource_body(parse(APP / "rbac.bicep")["resources"][name])[0] == "enableWebhookSink"
@@ -344,10 +342,71 @@ def test_role_ids_are_named_commented_variables_in_rbac_bicep() -> None:
         assert lines[index - 1].startswith("//"), f"rbac.bicep: say which role {name} is and why, in a comment above it"
     # rbac-workspace.bicep receives the same ids as parameters, never its own literals.
     _, module = resource_body(parse(APP / "rbac.bicep")["modules"]["workspaceRoles"])
-    for name in ("logAnalyticsDataReaderRoleId", "sentinelResponderRoleId", "monitoringMetricsPublisherRoleId"):
+    for name in ("logAnalyticsDataReaderRoleId", "monitoringMetricsPublisherRoleId"):
         assert module["params"][name] == name
     assert "roleDefinitions', '" not in (APP / "rbac-workspace.bicep").read_text()
     assert not parse(APP / "rbac-workspace.bicep")["variables"].keys() & ROLE_IDS.keys()
+
+
+# Custom roles: (file, definition symbol, its id variable) -> (actions, dataActions). Exactly what the code
+# calls: the sentinel sink GETs and PUTs incidents and PUTs comments; the state store gets, queries,
+# inserts, merges and deletes entities. Strings from Microsoft's resource provider operations list.
+CUSTOM_ROLES = {
+    ("rbac-workspace.bicep", "sentinelIncidentWriterRole", "sentinelIncidentWriterRoleId"): (
+        [
+            "Microsoft.SecurityInsights/incidents/read",
+            "Microsoft.SecurityInsights/incidents/write",
+            "Microsoft.SecurityInsights/incidents/comments/write",
+        ],
+        [],
+    ),
+    ("rbac.bicep", "stateTableEntitiesRole", "stateTableEntitiesRoleId"): (
+        [],
+        [
+            "Microsoft.Storage/storageAccounts/tableServices/tables/entities/read",
+            "Microsoft.Storage/storageAccounts/tableServices/tables/entities/add/action",
+            "Microsoft.Storage/storageAccounts/tableServices/tables/entities/update/action",
+            "Microsoft.Storage/storageAccounts/tableServices/tables/entities/delete",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("key", sorted(CUSTOM_ROLES), ids=lambda k: k[1])
+def test_custom_roles_allow_only_what_the_code_calls(key: tuple[str, str, str]) -> None:
+    file, symbol, id_variable = key
+    actions, data_actions = CUSTOM_ROLES[key]
+    parsed = parse(APP / file)
+    _, body = resource_body(parsed["resources"][symbol])
+    assert body["name"] == id_variable
+    assert render(parsed["variables"][id_variable]["value"]).startswith("guid(resource_group().id, ")
+    props = body["properties"]
+    assert props["type"] == "CustomRole"
+    (permission,) = props["permissions"]
+    assert permission == {"actions": actions, "notActions": [], "dataActions": data_actions, "notDataActions": []}
+    assert not any("*" in a for a in actions + data_actions)
+    assert [render(s) for s in props["assignableScopes"]] == ["resource_group().id"]
+    assert json.dumps(props["roleName"]).endswith(" (${resourceGroup().name})\"")  # role names are unique per tenant
+
+
+def test_the_sentinel_sinks_hint_names_the_deployed_role() -> None:
+    from detector.sinks.sentinel import INCIDENT_WRITER_ACTIONS, INCIDENT_WRITER_ROLE
+
+    actions, _ = CUSTOM_ROLES[("rbac-workspace.bicep", "sentinelIncidentWriterRole", "sentinelIncidentWriterRoleId")]
+    assert list(INCIDENT_WRITER_ACTIONS) == actions
+    _, body = resource_body(parse(APP / "rbac-workspace.bicep")["resources"]["sentinelIncidentWriterRole"])
+    assert json.dumps(body["properties"]["roleName"]).startswith(f'"{INCIDENT_WRITER_ROLE} (')
+
+
+def test_no_built_in_role_broader_than_needed_is_assigned() -> None:
+    code = json.dumps([parse(p) for p in bicep_files()])  # parsed: comments may name them
+    for broad in (
+        "3e150937-b8fe-4cfb-8069-0eaf05ecd056",  # Microsoft Sentinel Responder
+        "ab8e14d6-4a74-4a29-9ba8-549422addade",  # Microsoft Sentinel Contributor
+        "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",  # Storage Table Data Contributor
+        "73c42c96-874c-492b-b04d-ab87d138a893",  # Log Analytics Reader
+    ):
+        assert broad not in code
 
 
 def test_log_read_is_limited_to_the_source_table() -> None:

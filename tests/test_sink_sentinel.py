@@ -177,8 +177,10 @@ def test_403_names_the_role_and_delivers_nothing(arm: FakeServer) -> None:
     with pytest.raises(SinkError) as caught:
         open_sink("sentinel", settings_for(arm)).deliver(findings())
     message = str(caught.value)
-    assert "Microsoft Sentinel Responder" in message
-    assert "/resourceGroups/rg-soc" in message
+    assert "IIS detector incident writer" in message
+    assert "Microsoft.SecurityInsights/incidents/comments/write" in message
+    assert f"on the workspace {WORKSPACE}" in message
+    assert "Do not grant Microsoft Sentinel Responder" in message
     assert caught.value.delivered == frozenset()
     assert len(state(arm)["requests"]) == 1  # stops at the first refusal instead of hammering the API
 

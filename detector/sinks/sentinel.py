@@ -17,7 +17,8 @@ Why update-with-etag plus a comment rather than comments only: the description i
 evidence (and what automation rules and playbooks read), so it must stay current; the comment makes
 the change visible in the incident's activity log, which a silent description edit would not be.
 
-Reference: kql-and-sentinel.md §5.b (API version, required fields, RBAC).
+Reference: kql-and-sentinel.md §5.b (API version, required fields). Role: the custom incident writer
+(INCIDENT_WRITER_ACTIONS) on the workspace, defined in infra/app/rbac-workspace.bicep.
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("detector.sinks.sentinel")
 
 API_VERSION = "2025-09-01"  # stable (Incidents.json 2025-09-01); 2024-09-01 is the previous stable
-RESPONDER_ROLE = "Microsoft Sentinel Responder"
+# The custom role infra/app/rbac-workspace.bicep defines: exactly the calls this sink makes.
+INCIDENT_WRITER_ROLE = "IIS detector incident writer"
+INCIDENT_WRITER_ACTIONS = (
+    "Microsoft.SecurityInsights/incidents/read",
+    "Microsoft.SecurityInsights/incidents/write",
+    "Microsoft.SecurityInsights/incidents/comments/write",
+)
 DETECTOR_LABEL = "iis-portscan-detector"
 TITLE_LIMIT = 256
 # The incidents API documents no limit on the description; Sentinel caps alert descriptions at 5000
@@ -334,7 +341,6 @@ class SentinelSink(Sink):
         from detector.sinks.http_delivery import request_ids, service_error, throttled_text
 
         status, detail, ids = response.status_code, service_error(response.content), request_ids(response.headers)
-        scope = self.workspace_resource_id.split("/providers/", 1)[0]
         if status == 401:
             return _SinkBrokenError(
                 f"401 Unauthorized to {action}: the token was refused ({detail}){ids}; check that the managed identity "
@@ -342,9 +348,10 @@ class SentinelSink(Sink):
             )
         if status == 403:
             return _SinkBrokenError(
-                f"403 Forbidden to {action} ({detail}){ids}: grant the Function App's managed identity the "
-                f"'{RESPONDER_ROLE}' role on the workspace's resource group {scope} "
-                "(or on the workspace and its SecurityInsights solution)"
+                f"403 Forbidden to {action} ({detail}){ids}: assign the Function App's managed identity the custom "
+                f"'{INCIDENT_WRITER_ROLE}' role (only {', '.join(INCIDENT_WRITER_ACTIONS)}) on the workspace "
+                f"{self.workspace_resource_id}; infra/ deploys it with enableSentinelSink (docs/deploy.md, Roles). "
+                "Do not grant Microsoft Sentinel Responder: it also reads every table and edits automation rules"
             )
         if status == 404:
             return _SinkBrokenError(
