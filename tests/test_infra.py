@@ -386,7 +386,7 @@ def test_custom_roles_allow_only_what_the_code_calls(key: tuple[str, str, str]) 
     assert permission == {"actions": actions, "notActions": [], "dataActions": data_actions, "notDataActions": []}
     assert not any("*" in a for a in actions + data_actions)
     assert [render(s) for s in props["assignableScopes"]] == ["resource_group().id"]
-    assert json.dumps(props["roleName"]).endswith(" (${resourceGroup().name})\"")  # role names are unique per tenant
+    assert json.dumps(props["roleName"]).endswith(' (${resourceGroup().name})"')  # role names are unique per tenant
 
 
 def test_the_sentinel_sinks_hint_names_the_deployed_role() -> None:
