@@ -71,6 +71,13 @@ param recheckHorizon string = '1d'
 param restrictLogReadToTable bool = true
 
 // ---------------------------------------------------------------------------------------------------------
+// Network
+// ---------------------------------------------------------------------------------------------------------
+
+@description('Private networking, as the Flex quickstarts do: VNet integration, private endpoints for blob, table and the Key Vault, their private DNS zones, public network access off and default-deny firewalls. Off: public endpoints, Entra-only access.')
+param vnetEnabled bool = false
+
+// ---------------------------------------------------------------------------------------------------------
 // Sinks. stdout is always on: a plain-text table of the findings in the host log (not JSON).
 // ---------------------------------------------------------------------------------------------------------
 
@@ -170,6 +177,19 @@ module storage 'app/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     stateTableName: stateTableName
+    vnetEnabled: vnetEnabled
+  }
+}
+
+module network 'app/network.bicep' = if (vnetEnabled) {
+  name: 'detector-network'
+  scope: rg
+  params: {
+    name: '${abbrs.networkVirtualNetworks}detector-${resourceToken}'
+    location: location
+    tags: tags
+    storageAccountName: storage.outputs.name
+    keyVaultName: enableWebhookSink ? webhookSecret.outputs.name : ''
   }
 }
 
@@ -193,6 +213,7 @@ module webhookSecret 'app/webhook-secret.bicep' = if (enableWebhookSink) {
     tags: tags
     secretName: webhookSecretName
     webhookUrl: webhookUrl
+    vnetEnabled: vnetEnabled
   }
 }
 
@@ -283,6 +304,7 @@ module detector 'app/detector.bicep' = {
     deploymentContainerName: deploymentContainerName
     applicationInsightsName: monitoring.outputs.name
     detectorAppSettings: detectorAppSettings
+    virtualNetworkSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
   }
   // Start the host only once its identity can reach storage, telemetry and the workspace.
   dependsOn: [

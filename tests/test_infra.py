@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from detector.config import SETTINGS
 from tests.bicep_model import INFRA, ROOT, bicep_files, parse, render, resource_body, syntax_problems
@@ -583,26 +584,91 @@ def test_azd_outputs_and_service() -> None:
 # checkov
 # ----------------------------------------------------------------------------------------------------------
 
-# Checks that do not fit a timer-triggered Flex Consumption app without a virtual network. Each must still
-# fail without the skip (the test checks it), so an entry disappears as soon as the code satisfies it.
-CHECKOV_SKIPS = {
-    # No HTTP trigger: nothing serves requests that a client certificate, health probe or warm spare would guard.
-    "CKV_AZURE_17": "client certificates: the app has no HTTP endpoint of its own",
-    "CKV_AZURE_213": "health check: needs an HTTP endpoint; the timer app has none",
-    "CKV_AZURE_212": "minimum instances: a daily singleton timer needs no always-ready instance",
-    "CKV_AZURE_225": "zone-redundant plan: a missed run is caught up from the checkpoint; not all Flex regions have zones",
-    # Without a virtual network, the app reaches storage and Key Vault and receives deployments over public
-    # endpoints; access is Entra-only and RBAC-scoped instead (docs/deploy.md: hardening with a VNet).
-    "CKV_AZURE_222": "web app public access: azd deploys through the app's SCM endpoint",
-    "CKV_AZURE_35": "storage firewall default deny: a Flex app without a VNet reaches storage publicly",
-    "CKV_AZURE_59": "storage public network access: same reason",
-    "CKV_AZURE_109": "Key Vault firewall: Key Vault references are resolved over the public endpoint without a VNet",
-    "CKV_AZURE_189": "Key Vault public network access: same reason",
-    # Data whose loss costs nothing: state is rebuilt by a catch-up run, the package by a redeploy.
-    "CKV_AZURE_206": "storage replication: LRS by default (parameter skuName offers ZRS/GRS)",
-    # A webhook URL has no natural expiry; an expired secret would silently stop the sink. Rotate by redeploying.
-    "CKV_AZURE_41": "secret expiration date on the webhook URL",
-}
+# ----------------------------------------------------------------------------------------------------------
+# Network: vnetEnabled as the Flex quickstarts do it; the main site serves nothing in either mode
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_main_site_denies_every_request_and_scm_stays_for_azd() -> None:
+    (site,) = _resources_of_type(APP / "detector.bicep", "Microsoft.Web/sites").values()
+    config = site["properties"]["siteConfig"]
+    assert config["ipSecurityRestrictionsDefaultAction"] == "Deny"
+    assert config["ipSecurityRestrictions"] == []
+    assert config["scmIpSecurityRestrictionsUseMain"] is False
+    assert config["scmIpSecurityRestrictionsDefaultAction"] == "Allow"
+    assert render(site["properties"]["virtualNetworkSubnetId"]) == "empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId"
+
+
+def test_vnet_mode_builds_private_endpoints_and_closes_public_access() -> None:
+    main = parse(MAIN)
+    assert main["parameters"]["vnetEnabled"]["default"] is False
+    condition, network = resource_body(main["modules"]["network"])
+    assert condition == "vnetEnabled"
+    assert render(network["params"]["keyVaultName"]) == "enableWebhookSink ? webhookSecret.outputs.name : "
+    for module in ("storage", "webhookSecret"):
+        assert resource_body(main["modules"][module])[1]["params"]["vnetEnabled"] == "vnetEnabled"
+    _, app = resource_body(main["modules"]["detector"])
+    assert render(app["params"]["virtualNetworkSubnetId"]) == "vnetEnabled ? network.outputs.appSubnetId : "
+
+    net = parse(APP / "network.bicep")
+    (vnet,) = _resources_of_type(APP / "network.bicep", "Microsoft.Network/virtualNetworks").values()
+    subnets = {s["name"]: s["properties"] for s in vnet["properties"]["subnets"]}
+    delegations = [d["properties"]["serviceName"] for d in subnets["appSubnetName"]["delegations"]]
+    assert delegations == ["Microsoft.App/environments"]
+    assert all("networkSecurityGroup" in props for props in subnets.values())
+    groups = [e["groupId"] for e in net["variables"]["storageEndpoints"]["value"]]
+    assert groups == ["blob", "table"]
+    zones = [render(e["zone"]) for e in net["variables"]["storageEndpoints"]["value"]]
+    assert zones == ["privatelink.blob.${environment().suffixes.storage}", "privatelink.table.${environment().suffixes.storage}"]
+    vault_pe = resource_body(net["resources"]["vaultPrivateEndpoint"])[1]
+    assert vault_pe["properties"]["privateLinkServiceConnections"][0]["properties"]["groupIds"] == ["vault"]
+    assert net["variables"]["vaultZone"]["value"] == "privatelink.vaultcore.azure.net"
+
+    (storage,) = _resources_of_type(APP / "storage.bicep", "Microsoft.Storage/storageAccounts").values()
+    props = storage["properties"]
+    assert render(props["publicNetworkAccess"]) == "vnetEnabled ? Disabled : Enabled"
+    assert render(props["networkAcls"]["defaultAction"]) == "vnetEnabled ? Deny : Allow"
+    (vault,) = _resources_of_type(APP / "webhook-secret.bicep", "Microsoft.KeyVault/vaults").values()
+    assert render(vault["properties"]["publicNetworkAccess"]) == "vnetEnabled ? Disabled : Enabled"
+    assert render(vault["properties"]["networkAcls"]["defaultAction"]) == "vnetEnabled ? Deny : Allow"
+
+
+CHECKOV_CONFIG = ROOT / ".checkov.yaml"
+_SKIP_LINE = re.compile(r"^  - (CKV2?_[A-Z]+_\d+)\s+#\s*(.+)$")
+
+
+def checkov_skips() -> dict[str, str]:
+    """The skip list of .checkov.yaml: check id -> reason (the comment on its line)."""
+    config = yaml.safe_load(CHECKOV_CONFIG.read_text(encoding="utf-8"))
+    reasons = {}
+    for line in CHECKOV_CONFIG.read_text(encoding="utf-8").splitlines():
+        match = _SKIP_LINE.match(line)
+        if match:
+            reasons[match.group(1)] = match.group(2).strip()
+    assert sorted(reasons) == sorted(config["skip-check"]), "every skip-check line carries its reason as a comment"
+    return reasons
+
+
+def test_every_checkov_skip_has_a_reason() -> None:
+    skips = checkov_skips()
+    assert skips
+    for check, reason in skips.items():
+        assert len(reason.removeprefix("[network]").strip()) > 20, f"{check}: say why it does not apply"
+    config = yaml.safe_load(CHECKOV_CONFIG.read_text(encoding="utf-8"))
+    assert config["framework"] == ["bicep"]
+
+
+def vnet_rendered_copy(target: Path) -> Path:
+    """infra/ as deployed with vnetEnabled=true: the parameter defaults to true and every
+    `vnetEnabled ? a : b` is replaced by a, so checkov sees the values that mode deploys."""
+    copy = target / "infra"
+    shutil.copytree(INFRA, copy)
+    ternary = re.compile(r"vnetEnabled \? ('[^']*'|[\w.]+) : ('[^']*'|[\w.]+)")
+    for path in copy.rglob("*.bicep"):
+        text = path.read_text(encoding="utf-8")
+        rendered = ternary.sub(r"\1", text.replace("param vnetEnabled bool = false", "param vnetEnabled bool = true"))
+        path.write_text(rendered, encoding="utf-8")
+    return copy
 
 
 def _checkov_executable() -> str:
@@ -616,15 +682,15 @@ def _checkov_executable() -> str:
     return executable
 
 
-def test_checkov_passes_except_the_documented_skips(tmp_path: Path) -> None:
-    """One checkov run over infra/ (it takes ~10 s); parsing errors count as failures."""
+def run_checkov(directory: Path, cwd: Path) -> dict[str, Any]:
+    """checkov -d directory, run from cwd (where it looks for .checkov.yaml); its bicep report."""
     result = subprocess.run(
-        [_checkov_executable(), "-d", str(INFRA), "--framework", "bicep", "--skip-download", "-o", "json"],
+        [_checkov_executable(), "-d", str(directory), "-o", "json"],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-        cwd=tmp_path,
+        cwd=cwd,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
     )
     assert result.stdout.strip(), f"checkov printed nothing (exit {result.returncode}): {result.stderr[-2000:]}"
@@ -635,14 +701,30 @@ def test_checkov_passes_except_the_documented_skips(tmp_path: Path) -> None:
     assert summary["parsing_errors"] == 0, f"checkov could not parse {summary['parsing_errors']} file(s): {result.stderr[-2000:]}"
     assert summary["resource_count"] >= 20
     assert summary["passed"] > 0
-    failed = bicep["results"].get("failed_checks", [])
-    unexpected = sorted(
-        {
-            f"{c['check_id']} {c['check_name']} ({c['file_path']}: {c['resource']})"
-            for c in failed
-            if c["check_id"] not in CHECKOV_SKIPS
-        }
+    return bicep  # type: ignore[no-any-return]
+
+
+def _failed(report: dict[str, Any]) -> set[str]:
+    return {c["check_id"] for c in report["results"].get("failed_checks", [])}
+
+
+def test_standalone_checkov_reports_nothing_failed() -> None:
+    """What a pipeline runs: `checkov -d infra` from the repository root, which reads .checkov.yaml."""
+    report = run_checkov(Path("infra"), ROOT)
+    failed = sorted(
+        f"{c['check_id']} {c['check_name']} ({c['file_path']}: {c['resource']})"
+        for c in report["results"].get("failed_checks", [])
     )
-    assert not unexpected, "checkov failures outside the skip list:\n" + "\n".join(unexpected)
-    stale = sorted(set(CHECKOV_SKIPS) - {c["check_id"] for c in failed})
-    assert not stale, f"skips no longer needed (remove them from CHECKOV_SKIPS): {stale}"
+    assert not failed, "checkov failures (fix them, or skip in .checkov.yaml with a reason):\n" + "\n".join(failed)
+
+
+def test_network_skips_apply_only_without_a_vnet(tmp_path: Path) -> None:
+    """With vnetEnabled=true and no skips at all, exactly the non-network skips fail: the [network] checks
+    pass there, and every other skip is still needed."""
+    skips = checkov_skips()
+    network = {check for check, reason in skips.items() if reason.startswith("[network]")}
+    assert network, "the skip list marks its network skips"
+    report = run_checkov(vnet_rendered_copy(tmp_path), tmp_path)  # no .checkov.yaml in tmp_path: no skips
+    assert _failed(report) == set(skips) - network
+    passed = {c["check_id"] for c in report["results"].get("passed_checks", [])}
+    assert network <= passed, f"network checks not passing with vnetEnabled=true: {sorted(network - passed)}"
