@@ -71,6 +71,19 @@ param recheckHorizon string = '1d'
 param restrictLogReadToTable bool = true
 
 // ---------------------------------------------------------------------------------------------------------
+// The detector's own health (docs/deploy.md: Health alerts)
+// ---------------------------------------------------------------------------------------------------------
+
+@description('E-mail address for the health alerts (no successful run, checkpoint lag, skipped lines or parked findings, delivery errors); empty: they fire in Azure Monitor without notifying anyone.')
+param healthAlertEmail string = ''
+
+@description('How often the detector runs, as a KQL timespan (the rules\' queryFrequency, 1d for the bundled rules and the daily schedule).')
+param healthRunInterval string = '1d'
+
+@description('A rule window, as a KQL timespan (the rules\' queryPeriod): a checkpoint lag above two of them alerts.')
+param healthRuleWindow string = '1d'
+
+// ---------------------------------------------------------------------------------------------------------
 // Network
 // ---------------------------------------------------------------------------------------------------------
 
@@ -201,6 +214,20 @@ module monitoring 'app/monitoring.bicep' = {
     location: location
     tags: tags
     workspaceResourceId: !empty(appInsightsWorkspaceResourceId) ? appInsightsWorkspaceResourceId : logAnalyticsWorkspaceResourceId
+  }
+}
+
+module healthAlerts 'app/health-alerts.bicep' = {
+  name: 'detector-health-alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.name
+    namePrefix: 'alert-detector-${resourceToken}'
+    runInterval: healthRunInterval
+    ruleWindow: healthRuleWindow
+    alertEmail: healthAlertEmail
   }
 }
 

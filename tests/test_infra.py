@@ -728,3 +728,96 @@ def test_network_skips_apply_only_without_a_vnet(tmp_path: Path) -> None:
     assert _failed(report) == set(skips) - network
     passed = {c["check_id"] for c in report["results"].get("passed_checks", [])}
     assert network <= passed, f"network checks not passing with vnetEnabled=true: {sorted(network - passed)}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Health alerts over the detector.summary traces
+# ----------------------------------------------------------------------------------------------------------
+
+HEALTH = INFRA / "health"
+# Summary keys other work adds to RunSummary.to_json (reading files and the outbox); the alerts read two of
+# them. Once they are in to_json, this set no longer matters: the test below reads the real keys first.
+SUMMARY_KEYS_BEING_ADDED = frozenset({"rowsRead", "skippedLines", "parked", "steppedAside", "deadlineReached"})
+
+
+def _summary_message(extra: dict[str, Any] | None = None, **fields: Any) -> str:
+    from detector.runner import RunSummary
+
+    content = RunSummary(source="loganalytics:workspace", **fields).to_json()
+    content.update(extra or {})
+    return "detector.summary " + json.dumps(content)
+
+
+def _run_health_query(name: str, traces: list[tuple[Any, str]]) -> list[tuple[Any, ...]]:
+    import duckdb_kql
+    import pyarrow as pa
+
+    schema = pa.schema([("timestamp", pa.timestamp("us")), ("message", pa.string())])
+    trace_rows = pa.table({"timestamp": [t for t, _ in traces], "message": [m for _, m in traces]}, schema=schema)  # noqa: F841
+    con = duckdb_kql.connect()
+    con.execute("CREATE TABLE traces AS SELECT * FROM trace_rows")
+    return duckdb_kql.kql(con, (HEALTH / f"{name}.kql").read_text(encoding="utf-8")).fetchall()  # type: ignore[no-any-return]
+
+
+def test_health_queries_read_only_keys_the_summary_has() -> None:
+    from detector.runner import RunSummary
+
+    written = set(RunSummary(source="x").to_json())
+    for path in sorted(HEALTH.glob("*.kql")):
+        read = set(re.findall(r"summary\.(\w+)", path.read_text(encoding="utf-8")))
+        assert read, f"{path.name} reads the summary"
+        assert read - written <= SUMMARY_KEYS_BEING_ADDED, f"{path.name} reads keys no run writes: {read - written}"
+
+
+def test_health_queries_fire_exactly_on_their_problem() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rule = "44a555d8-ecee-4a25-95ce-055879b4b14b"
+    healthy = (now - timedelta(hours=2), _summary_message({"skippedLines": 0, "parked": 0}, lag_seconds={rule: 3600.0}))
+    names = ("no-successful-run", "checkpoint-lag", "input-problems", "delivery-errors")
+    assert {n: _run_health_query(n, [healthy]) for n in names} == dict.fromkeys(names, [])
+
+    # No success for a day and an hour: fires; nothing at all in the window: fires too.
+    stale = (now - timedelta(hours=26), healthy[1])
+    assert len(_run_health_query("no-successful-run", [stale])) == 1
+    assert len(_run_health_query("no-successful-run", [])) == 1
+
+    failed = (now - timedelta(minutes=5), _summary_message(delivery_errors={"webhook:per-run": "the webhook answered 410"}))
+    (alert,) = _run_health_query("delivery-errors", [healthy, failed])
+    assert json.loads(alert[1]) == {"webhook:per-run": "the webhook answered 410"}
+    assert len(_run_health_query("no-successful-run", [stale, failed])) == 1  # the latest run failed
+    source_error = (now, _summary_message(errors={rule: "HTTP 403"}))
+    assert len(_run_health_query("delivery-errors", [source_error])) == 1
+
+    lagging = (now, _summary_message(lag_seconds={rule: 2 * 86400.0 + 1, "other-rule": 60.0}))
+    assert [(r[1], r[2]) for r in _run_health_query("checkpoint-lag", [healthy, lagging])] == [(rule, 2 * 86400.0 + 1)]
+    caught_up = (now + timedelta(seconds=1), _summary_message(lag_seconds={rule: 3600.0}))
+    assert _run_health_query("checkpoint-lag", [lagging, caught_up]) == []  # the latest lag counts
+
+    skipped = (now, _summary_message({"skippedLines": 3, "parked": 0}))
+    parked = (now, _summary_message({"parked": 1}))
+    assert [r[1:3] for r in _run_health_query("input-problems", [healthy, skipped, parked])] == [(3, 0), (None, 1)]
+
+
+def test_health_alerts_deploy_the_shipped_queries() -> None:
+    main = parse(MAIN)
+    condition, module = resource_body(main["modules"]["healthAlerts"])
+    assert condition is None  # always deployed; the e-mail only decides who is told
+    assert module["params"]["alertEmail"] == "healthAlertEmail"
+    assert main["parameters"]["healthAlertEmail"]["default"] == ""
+    health = parse(APP / "health-alerts.bicep")
+    alerts = health["variables"]["alerts"]["value"]
+    assert sorted(a["name"] for a in alerts) == sorted(p.stem for p in HEALTH.glob("*.kql"))
+    text = (APP / "health-alerts.bicep").read_text(encoding="utf-8")
+    for path in HEALTH.glob("*.kql"):
+        assert f"loadTextContent('../health/{path.name}')" in text
+    # The let lines the Bicep rewrites from its parameters are exactly in the files.
+    assert "let runInterval = 1d;" in (HEALTH / "no-successful-run.kql").read_text(encoding="utf-8")
+    assert "'let runInterval = 1d;'" in text
+    assert "let maxLagSeconds = 172800;" in (HEALTH / "checkpoint-lag.kql").read_text(encoding="utf-8")
+    assert "'let maxLagSeconds = 172800;'" in text
+    (rules,) = _resources_of_type(APP / "health-alerts.bicep", "Microsoft.Insights/scheduledQueryRules").values()
+    assert render(rules["properties"]["scopes"][0]) == "applicationInsights.id"
+    (group,) = _resources_of_type(APP / "health-alerts.bicep", "Microsoft.Insights/actionGroups").values()
+    assert group["properties"]["emailReceivers"][0]["emailAddress"] == "alertEmail"
