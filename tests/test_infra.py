@@ -776,7 +776,7 @@ def test_health_queries_fire_exactly_on_their_problem() -> None:
     rule = "44a555d8-ecee-4a25-95ce-055879b4b14b"
     healthy = (now - timedelta(hours=2), _summary_message({"skippedLines": 0, "parked": 0}, lag_seconds={rule: 3600.0}))
     names = ("no-successful-run", "checkpoint-lag", "input-problems", "delivery-errors")
-    assert {n: _run_health_query(n, [healthy]) for n in names} == dict.fromkeys(names, [])
+    assert {n: _run_health_query(n, [healthy]) for n in names} == {name: [] for name in names}
 
     # No success for a day and an hour: fires; nothing at all in the window: fires too.
     stale = (now - timedelta(hours=26), healthy[1])
