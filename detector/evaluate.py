@@ -36,6 +36,9 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
                 entities=tuple(entities),
                 first_activity=_clip(rule.logic.first_activity(result), window),
                 last_activity=_clip(rule.logic.last_activity(result), window),
+                title=rule.logic.title(result),
+                summary=rule.logic.summary(result),
+                evidence=rule.logic.evidence(result),
             )
         )
     return findings

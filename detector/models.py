@@ -77,6 +77,10 @@ class Finding:
     # window). Sinks use it for incident activity times and evidence queries. None when unknown.
     first_activity: datetime | None = None
     last_activity: datetime | None = None
+    # Presentation, from the rule (RuleLogic.title/summary/evidence): plain text, escaped by each sink.
+    title: str = ""
+    summary: str = ""
+    evidence: tuple[tuple[str, str], ...] = ()  # (label, column name) pairs, the fields read first
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object: the KQL columns in order, then the finding's metadata."""
@@ -124,6 +128,9 @@ class Finding:
             "columns": {k: {"$dt": format_datetime(v)} if isinstance(v, datetime) else v for k, v in self.columns.items()},
             "entities": [[e.type, dict(e.fields)] for e in self.entities],
             "activity": [format_datetime(t) if t else None for t in (self.first_activity, self.last_activity)],
+            "title": self.title,
+            "summary": self.summary,
+            "evidence": [list(pair) for pair in self.evidence],
         }
 
     @classmethod
@@ -144,4 +151,8 @@ class Finding:
             entities=tuple(Entity(t, f) for t, f in data["entities"]),
             first_activity=parse_datetime(data["activity"][0]) if data["activity"][0] else None,
             last_activity=parse_datetime(data["activity"][1]) if data["activity"][1] else None,
+            # State written before findings carried presentation has none: sinks then fall back to columns.
+            title=str(data.get("title") or ""),
+            summary=str(data.get("summary") or ""),
+            evidence=tuple((str(label), str(column)) for label, column in data.get("evidence") or ()),
         )

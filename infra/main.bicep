@@ -71,7 +71,27 @@ param recheckHorizon string = '1d'
 param restrictLogReadToTable bool = true
 
 // ---------------------------------------------------------------------------------------------------------
-// Sinks. stdout is always on: findings then appear as traces in Application Insights.
+// The detector's own health (docs/deploy.md: Health alerts)
+// ---------------------------------------------------------------------------------------------------------
+
+@description('E-mail address for the health alerts (no successful run, checkpoint lag, skipped lines or parked findings, delivery errors); empty: they fire in Azure Monitor without notifying anyone.')
+param healthAlertEmail string = ''
+
+@description('How often the detector runs, as a KQL timespan (the rules\' queryFrequency, 1d for the bundled rules and the daily schedule).')
+param healthRunInterval string = '1d'
+
+@description('A rule window, as a KQL timespan (the rules\' queryPeriod): a checkpoint lag above two of them alerts.')
+param healthRuleWindow string = '1d'
+
+// ---------------------------------------------------------------------------------------------------------
+// Network
+// ---------------------------------------------------------------------------------------------------------
+
+@description('Private networking, as the Flex quickstarts do: VNet integration, private endpoints for blob, table and the Key Vault, their private DNS zones, public network access off and default-deny firewalls. Off: public endpoints, Entra-only access.')
+param vnetEnabled bool = false
+
+// ---------------------------------------------------------------------------------------------------------
+// Sinks. stdout is always on: a plain-text table of the findings in the host log (not JSON).
 // ---------------------------------------------------------------------------------------------------------
 
 @description('sentinel sink: create a Microsoft Sentinel incident per finding (needs Sentinel on the workspace).')
@@ -80,7 +100,7 @@ param enableSentinelSink bool = false
 @description('loganalytics-table sink: write findings to the custom table IISPortScanFindings_CL through a data collection rule.')
 param enableLogAnalyticsTableSink bool = false
 
-@description('With the loganalytics-table sink: also create a Sentinel scheduled rule over the findings table.')
+@description('With the loganalytics-table sink: also create a Sentinel scheduled rule per detector rule over the findings table.')
 param enableSentinelAlertRule bool = false
 
 @description('webhook sink: POST findings to a URL kept in Key Vault.')
@@ -122,7 +142,7 @@ var workspaceName = workspaceIdParts[8]
 // The findings schema is the contract with the loganalytics-table sink's code; both read these files.
 var findingsSchema = loadJsonContent('schema/findings-columns.json')
 var findingsColumns = findingsSchema.streamDeclarations[findingsStreamName].columns
-var findingsAlertRuleQuery = loadTextContent('schema/findings-alert-rule.kql')
+var findingsAlertRules = loadJsonContent('schema/findings-alert-rules.json')
 
 // ARM endpoint of this cloud, without the trailing slash, as DETECTOR_ARM_ENDPOINT expects.
 var armEndpoint = endsWith(environment().resourceManager, '/') ? substring(environment().resourceManager, 0, length(environment().resourceManager) - 1) : environment().resourceManager
@@ -170,6 +190,19 @@ module storage 'app/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     stateTableName: stateTableName
+    vnetEnabled: vnetEnabled
+  }
+}
+
+module network 'app/network.bicep' = if (vnetEnabled) {
+  name: 'detector-network'
+  scope: rg
+  params: {
+    name: '${abbrs.networkVirtualNetworks}detector-${resourceToken}'
+    location: location
+    tags: tags
+    storageAccountName: storage.outputs.name
+    keyVaultName: enableWebhookSink ? webhookSecret.outputs.name : ''
   }
 }
 
@@ -184,6 +217,20 @@ module monitoring 'app/monitoring.bicep' = {
   }
 }
 
+module healthAlerts 'app/health-alerts.bicep' = {
+  name: 'detector-health-alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.name
+    namePrefix: 'alert-detector-${resourceToken}'
+    runInterval: healthRunInterval
+    ruleWindow: healthRuleWindow
+    alertEmail: healthAlertEmail
+  }
+}
+
 module webhookSecret 'app/webhook-secret.bicep' = if (enableWebhookSink) {
   name: 'detector-webhook-secret'
   scope: rg
@@ -193,6 +240,7 @@ module webhookSecret 'app/webhook-secret.bicep' = if (enableWebhookSink) {
     tags: tags
     secretName: webhookSecretName
     webhookUrl: webhookUrl
+    vnetEnabled: vnetEnabled
   }
 }
 
@@ -208,10 +256,10 @@ module findingsTable 'app/findings-table.bicep' = if (enableLogAnalyticsTableSin
     columns: findingsColumns
     dataCollectionRuleName: '${abbrs.insightsDataCollectionRules}detector-findings-${resourceToken}'
     enableAlertRule: enableSentinelAlertRule
-    alertRuleQuery: findingsAlertRuleQuery
-    // As in infra/schema/findings-alert-rule.yaml: every 5 minutes over a day (the query de-duplicates).
-    alertRuleFrequency: 'PT5M'
-    alertRulePeriod: 'P1D'
+    alertRules: findingsAlertRules.rules
+    // As in infra/schema/alert-rules/*.yaml: every 5 minutes over a day (the queries de-duplicate).
+    alertRuleFrequency: findingsAlertRules.queryFrequency
+    alertRulePeriod: findingsAlertRules.queryPeriod
   }
 }
 
@@ -283,6 +331,7 @@ module detector 'app/detector.bicep' = {
     deploymentContainerName: deploymentContainerName
     applicationInsightsName: monitoring.outputs.name
     detectorAppSettings: detectorAppSettings
+    virtualNetworkSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
   }
   // Start the host only once its identity can reach storage, telemetry and the workspace.
   dependsOn: [

@@ -320,7 +320,7 @@ def test_wrong_workspace_and_wrong_audience(workspace: Workspace, rule: Rule) ->
     with pytest.raises(SourceError, match=r"HTTP 404.*workspace id"):
         findings_of(rule, other)
     workspace.fake.audience = "https://api.loganalytics.io"  # a token minted for another audience
-    with pytest.raises(SourceError, match=r"HTTP 401.*Log Analytics Reader"):
+    with pytest.raises(SourceError, match=r"HTTP 401.*Log Analytics Data Reader.*condition"):
         findings_of(rule, workspace.source())
 
 

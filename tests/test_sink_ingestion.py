@@ -3,6 +3,7 @@ Logs Ingestion API, the schema file infra loads, and the alert rule that reads t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -12,21 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb_kql
 import pytest
-import yaml
 
 from detector.config import Settings
 from detector.errors import ConfigError, SinkError
 from detector.evaluate import evaluate
 from detector.identity import build_credential
 from detector.models import Finding, Row
+from detector.rules import DEFAULT_RULES_DIR, load_rules
 from detector.sinks import open_sink
 from detector.sinks.http_delivery import RetrySettings
 from detector.sinks.ingestion import (
     COLUMNS,
+    DYNAMIC_LIMIT,
     SCHEMA_PATH,
     Column,
     LogsIngestionSink,
+    alert_rule_template,
+    alert_rules_document,
     finding_row,
+    fit_result,
     monitor_scope,
     schema_document,
     schema_problems,
@@ -133,15 +138,39 @@ def test_every_row_matches_the_declared_schema() -> None:
         assert row_problems(row, columns) == []
         assert set(row) == set(columns)
         assert all(len(json.dumps(v)) < 64 * 1024 for v in row.values())  # the service truncates fields at 64 KB
+        assert len(json.dumps(row["Result"])) <= DYNAMIC_LIMIT
 
 
 def test_oversized_value_sets_are_shortened_and_named() -> None:
     (finding, *_) = many_findings(1, agent_length=5_000)
     row = finding_row(finding, datetime.now(UTC))
     assert row["TruncatedColumns"] == ["set_csUserAgent"]
-    assert 0 < len(row["set_csUserAgent"]) < 30
-    assert row["portCount"] == 30
-    assert len(row["set_sPort"]) == 30
+    result = row["Result"]
+    assert 0 < len(result["set_csUserAgent"]) < 30
+    assert result["set_csUserAgent"] == finding.columns["set_csUserAgent"][: len(result["set_csUserAgent"])]
+    assert result["portCount"] == 30
+    assert len(result["set_sPort"]) == 30
+    assert len(json.dumps(result)) <= DYNAMIC_LIMIT
+
+
+def test_a_huge_single_value_is_cut_not_dropped() -> None:
+    (finding, *_) = many_findings(1)
+    columns = {**finding.columns, "cIP": "x" * 100_000}
+    result, truncated = fit_result(columns)
+    assert truncated == ["cIP"]
+    assert result["cIP"].startswith("xxx") and result["cIP"].endswith("\u2026")
+    assert len(json.dumps(result)) <= DYNAMIC_LIMIT
+    assert result["set_sPort"] == finding.columns["set_sPort"]  # the small columns stay whole
+
+
+def test_the_row_has_the_rules_presentation_and_its_whole_result() -> None:
+    finding = findings()[2]
+    row = finding_row(finding, datetime.now(UTC))
+    assert row["FindingTitle"] == finding.title == "203.0.113.51 on web01.contoso.com (31 ports)"
+    assert row["Summary"] == finding.summary
+    assert list(row["Result"]) == list(finding.columns)  # KQL names, KQL order
+    assert row["Evidence"][0] == {"label": "Ports", "column": "set_sPort"}
+    assert {e["Type"] for e in row["Entities"]} == {"IP", "Host"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -158,11 +187,11 @@ def test_rows_arrive_gzip_compressed_and_match_the_findings(ingestion: FakeServe
     assert call["gzip"]
     assert call["compressed"] < call["uncompressed"]
     for row, finding in zip(rows, found, strict=True):
-        c = finding.columns
-        assert (row["cIP"], row["Computer"], row["sIP"]) == (c["cIP"], c["Computer"], c["sIP"])
-        assert (row["portCount"], row["ConnectionsCount"]) == (c["portCount"], c["ConnectionsCount"])
-        assert sorted(row["set_sPort"]) == sorted(c["set_sPort"])
-        assert row["BinStart"] == c["TimeGenerated"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        c, result = finding.columns, row["Result"]
+        assert (result["cIP"], result["Computer"], result["sIP"]) == (c["cIP"], c["Computer"], c["sIP"])
+        assert (result["portCount"], result["ConnectionsCount"]) == (c["portCount"], c["ConnectionsCount"])
+        assert sorted(result["set_sPort"]) == sorted(c["set_sPort"])
+        assert row["BinStart"] == c["TimeGenerated"].strftime("%Y-%m-%dT%H:%M:%SZ") == result["TimeGenerated"]
     asked = azure_env.server.state["requests"]  # type: ignore[attr-defined]
     assert {"resource": "https://monitor.azure.com", "client_id": CLIENT_ID} in asked
 
@@ -268,12 +297,16 @@ def test_token_scope_follows_the_cloud_of_the_endpoint(endpoint: str, scope: str
 # The alert rule over the table
 
 
-def rule_template() -> dict[str, Any]:
-    return yaml.safe_load((SCHEMA_DIR / "findings-alert-rule.yaml").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
-
-
-def alert_query() -> str:
-    return (SCHEMA_DIR / "findings-alert-rule.kql").read_text(encoding="utf-8")
+def test_generated_schema_files_are_current() -> None:
+    """infra/schema/ holds exactly what generate.py writes from the code and rules/ (no hand edits)."""
+    spec = importlib.util.spec_from_file_location("schema_generate", SCHEMA_DIR / "generate.py")
+    assert spec and spec.loader
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    files, alert_rule_dir = generate.generated(), generate.ALERT_RULE_DIR
+    for path, text in files.items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} is stale: run python infra/schema/generate.py"
+    assert set(alert_rule_dir.glob("*.yaml")) == {p for p in files if p.parent == alert_rule_dir}
 
 
 def projected(query: str) -> list[str]:
@@ -281,28 +314,39 @@ def projected(query: str) -> list[str]:
     return [name.strip() for name in project.replace("\n", " ").split(",")]
 
 
-def test_rule_template_is_consistent_with_its_query_and_the_table() -> None:
-    template = rule_template()
-    assert template["query"] == alert_query()
-    columns = projected(alert_query())
+def test_one_alert_rule_per_rule_consistent_with_its_query_and_the_table() -> None:
+    rules = load_rules(DEFAULT_RULES_DIR)
+    document = alert_rules_document(rules)
+    assert [r["ruleId"] for r in document["rules"]] == [r.id for r in rules]
+    assert len({r["id"] for r in document["rules"]}) == len(rules)
     declared = {c.name for c in COLUMNS}
-    assert set(columns) <= declared
-    mapped = {(m["entityType"], f["identifier"], f["columnName"]) for m in template["entityMappings"] for f in m["fieldMappings"]}
-    assert mapped == {("IP", "Address", "cIP"), ("Host", "FullName", "Computer")}
-    for key, column in template["customDetails"].items():
-        assert re.fullmatch(r"[a-zA-Z]+\w*", key)
-        assert len(key) <= 20
-        assert column in columns
-    for field in ("alertDisplayNameFormat", "alertDescriptionFormat"):
-        placeholders = re.findall(r"\{\{(\w+)\}\}", template["alertDetailsOverride"][field])
-        assert len(set(placeholders)) <= 3
-        assert set(placeholders) <= set(columns)
-    grouping = template["incidentConfiguration"]["groupingConfiguration"]
-    assert grouping["groupByCustomDetails"] == ["FindingId"]
-    assert grouping["matchingMethod"] == "Selected"
-    assert template["eventGroupingSettings"]["aggregationKind"] == "AlertPerResult"
-    assert re.search(r"let lookback = 10m;", alert_query())
-    assert template["queryFrequency"] == "5m"
+    for rule in rules:
+        template = alert_rule_template(rule)
+        columns = projected(template["query"])
+        assert template["tactics"] == list(rule.tactics)
+        assert template["relevantTechniques"] == list(rule.techniques)
+        extended = set(columns) - declared
+        mapped = [f["columnName"] for m in template["entityMappings"] for f in m["fieldMappings"]]
+        assert set(mapped) == extended, "every entity column is extended from Result, and only those"
+        assert [m["entityType"] for m in template["entityMappings"]] == [m.entity_type for m in rule.entity_mappings]
+        for key, column in template["customDetails"].items():
+            assert re.fullmatch(r"[a-zA-Z]+\w*", key)
+            assert len(key) <= 20
+            assert column in columns
+        for field in ("alertDisplayNameFormat", "alertDescriptionFormat"):
+            placeholders = re.findall(r"\{\{(\w+)\}\}", template["alertDetailsOverride"][field])
+            assert len(set(placeholders)) <= 3
+            assert set(placeholders) <= set(columns)
+        grouping = template["incidentConfiguration"]["groupingConfiguration"]
+        assert grouping["groupByCustomDetails"] == ["FindingId"]
+        assert grouping["matchingMethod"] == "Selected"
+        assert template["eventGroupingSettings"]["aggregationKind"] == "AlertPerResult"
+        assert "let lookback = 10m;" in template["query"]
+        assert template["queryFrequency"] == "5m"
+
+
+def alert_query() -> str:
+    return alert_rule_template(the_rule())["query"]
 
 
 def load_rows_into_duckdb(rows: list[dict[str, Any]]) -> Any:
@@ -335,8 +379,17 @@ def test_alert_query_alerts_once_per_new_finding_with_its_latest_row(ingestion: 
     sink(ingestion, clock=now).deliver(findings())  # the rerun: all again, plus the held-back one
 
     con = load_rows_into_duckdb(state(ingestion)["rows"])
-    result = duckdb_kql.kql(con, alert_query().replace("ingestion_time()", "TimeGenerated")).fetchall()
-    assert [(r[1], r[4]) for r in result] == [(f.id, held_back) for f in findings() if f.columns["cIP"] == held_back]
+    query = alert_query().replace("ingestion_time()", "TimeGenerated")
+    names = projected(query)
+    result = [dict(zip(names, r, strict=True)) for r in duckdb_kql.kql(con, query).fetchall()]
+    expected = [f for f in findings() if f.columns["cIP"] == held_back]
+    assert [(r["FindingId"], r["IPCustomEntity"], r["Computer"]) for r in result] == [
+        (f.id, held_back, f.columns["Computer"]) for f in expected
+    ]
+    assert [r["FindingTitle"] for r in result] == [f.title for f in expected]
+
+    other_rule = "IISPortScanFindings_CL | where RuleId == 'not-this-rule' | count"
+    assert duckdb_kql.kql(con, other_rule).fetchall() == [(0,)]
 
     rows_per_finding = "IISPortScanFindings_CL | summarize arg_max(TimeGenerated, *) by FindingId | count"
     assert duckdb_kql.kql(con, rows_per_finding).fetchall() == [(7,)]

@@ -66,7 +66,7 @@ def test_a_failing_sink_leaves_the_others_delivered_and_is_reported(services: di
     assert len(found) == 7
     assert not summary.ok
     assert list(summary.delivery_errors) == ["sentinel:law-soc"]
-    assert "Microsoft Sentinel Responder" in summary.delivery_errors["sentinel:law-soc"]
+    assert "IIS detector incident writer" in summary.delivery_errors["sentinel:law-soc"]
     assert summary.deliveries == {
         f"jsonl:{out}": 7,
         "loganalytics-table:Custom-IISPortScanFindings_CL": 7,

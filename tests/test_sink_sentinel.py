@@ -146,7 +146,7 @@ def test_late_rows_update_the_evidence_only_and_comment_once(arm: FakeServer) ->
     assert (props["status"], props["classification"], props["title"]) == ("Closed", "BenignPositive", "Known scanner")
     comments = [c for key, c in state(arm)["comments"].items() if key[1] == grown.id]
     assert len(comments) == 1
-    assert f"portCount {grown.columns['portCount']}" in comments[0]["properties"]["message"]
+    assert f"({grown.columns['portCount']} ports)" in comments[0]["properties"]["message"]
     update = [w for w in writes(arm) if w["path"].endswith(grown.id) and w["if_match"]]
     assert len(update) == 1
     assert update[0]["body"]["etag"] == update[0]["if_match"]
@@ -177,8 +177,10 @@ def test_403_names_the_role_and_delivers_nothing(arm: FakeServer) -> None:
     with pytest.raises(SinkError) as caught:
         open_sink("sentinel", settings_for(arm)).deliver(findings())
     message = str(caught.value)
-    assert "Microsoft Sentinel Responder" in message
-    assert "/resourceGroups/rg-soc" in message
+    assert "IIS detector incident writer" in message
+    assert "Microsoft.SecurityInsights/incidents/comments/write" in message
+    assert f"on the workspace {WORKSPACE}" in message
+    assert "Do not grant Microsoft Sentinel Responder" in message
     assert caught.value.delivered == frozenset()
     assert len(state(arm)["requests"]) == 1  # stops at the first refusal instead of hammering the API
 

@@ -11,9 +11,10 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
+from detector.kql import format_datetime
 from detector.models import Row, Window
 
 
@@ -68,6 +69,26 @@ class RuleLogic(ABC):
     def last_activity(self, result: Mapping[str, Any]) -> Any:
         """End of the activity a result row describes."""
         return result.get("TimeGenerated")
+
+    # Presentation: plain text (sinks escape it for their own format), written by the rule because only
+    # the rule knows what its columns mean. Sinks never name a rule's columns.
+
+    def title(self, result: Mapping[str, Any]) -> str:
+        """A short subject naming the actors and the measure; the group key values by default."""
+        return ", ".join(_plain(value) for value in self.group_key(result))
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        """One plain sentence for a human; the title by default."""
+        return self.title(result)
+
+    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        """(label, column) pairs an analyst reads first, in order; every output column by default."""
+        return tuple((column, column) for column in self.output_columns)
+
+
+def _plain(value: Any) -> str:
+    """A result value as text: datetimes in KQL's ISO 8601 form, the rest with str()."""
+    return format_datetime(value) if isinstance(value, datetime) else str(value)
 
 
 L = TypeVar("L", bound=type[RuleLogic])

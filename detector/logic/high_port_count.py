@@ -245,3 +245,30 @@ class HighPortCountByClientIP(RuleLogic):
 
     def last_activity(self, result: Mapping[str, Any]) -> Any:
         return result["TimeGenerated"] + self.time_bin
+
+    def title(self, result: Mapping[str, Any]) -> str:
+        return f"{result['cIP']} on {result['Computer']} ({result['portCount']} ports)"
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        return (
+            f"Client IP {result['cIP']} reached {result['portCount']} distinct ports on server {result['Computer']} "
+            f"({result['sIP']}) in {result['ConnectionsCount']} connections."
+        )
+
+    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        return EVIDENCE
+
+
+# What an analyst reads first: the value sets behind the port count, the ports and the client's tools first.
+EVIDENCE: tuple[tuple[str, str], ...] = (
+    ("Ports", "set_sPort"),
+    ("User agents", "set_csUserAgent"),
+    ("Methods", "set_csMethod"),
+    ("Status codes", "set_scStatusFull"),
+    ("Status meanings", "set_scStatusFull_Friendly"),
+    ("Win32 status (hex)", "set_scWin32Status_Hex"),
+    ("Win32 status meanings", "set_scWin32Status_Friendly"),
+    ("User names", "set_csUserName"),
+    ("Site names", "set_sSiteName"),
+    ("Decoded URI queries", "set_decodedUriQuery"),
+)

@@ -1,8 +1,10 @@
 """`loganalytics-table`: one row per finding in the custom table IISPortScanFindings_CL, through the Logs
 Ingestion API (azure-monitor-ingestion), for a Sentinel analytics rule to turn into alerts with entities.
 
-The columns are declared once, in COLUMNS; infra/schema/findings-columns.json (the table schema and the
-DCR stream declaration the Bicep loads) is generated from it, and a test checks the two agree.
+The columns are declared once, in COLUMNS: the columns every rule has (ids, times, the rule's title and
+summary, entities) plus one dynamic column, Result, that holds the rule's own result row. A new rule
+therefore changes neither the table nor the DCR. infra/schema/findings-columns.json (the table schema and
+the DCR stream declaration the Bicep loads) is generated from COLUMNS, and a test checks the two agree.
 
 Delivery: the SDK splits the rows into gzip chunks of at most 1 MiB and reports each failed chunk to
 `on_error`; the ids of rows in chunks that did not fail are reported as delivered. A chunk the service
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,9 +31,10 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from detector.errors import ConfigError, SinkError
-from detector.kql import format_datetime
-from detector.models import Finding
+from detector.kql import format_datetime, string_literal
+from detector.models import FINDING_NAMESPACE, Finding
 from detector.sinks import Sink, register_sink
+from detector.sinks.presentation import evidence_of, summary_of, title_of
 from detector.sinks.sentinel import activity_span, evidence_query, evidence_table
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from azure.monitor.ingestion import LogsIngestionClient
 
     from detector.config import Settings
+    from detector.rules import Rule
     from detector.sinks.http_delivery import RetrySettings
 
 log = logging.getLogger("detector.sinks.ingestion")
@@ -64,10 +69,6 @@ class Column:
     description: str
 
 
-def _set_column(name: str, what: str) -> Column:
-    return Column(name, "dynamic", f"{what} (the rule's {name}, at most 128 values)")
-
-
 COLUMNS: tuple[Column, ...] = (
     Column("TimeGenerated", "datetime", "When the detector delivered this row (a redelivery has a later time)"),
     Column("FindingId", "string", "Stable id of the finding (uuid); the same finding always has the same id"),
@@ -79,52 +80,77 @@ COLUMNS: tuple[Column, ...] = (
     Column("Techniques", "dynamic", "MITRE ATT&CK techniques of the rule"),
     Column("WindowStart", "datetime", "Start of the evaluated window (inclusive)"),
     Column("WindowEnd", "datetime", "End of the evaluated window (exclusive)"),
-    Column("BinStart", "datetime", "Start of the time bin of the finding (the rule's TimeGenerated)"),
+    Column("BinStart", "datetime", "TimeGenerated of the rule's result row: the start of its time bin"),
     Column("FirstActivityTime", "datetime", "Start of the activity (bin start, within the window)"),
     Column("LastActivityTime", "datetime", "End of the activity (bin end, within the window)"),
-    Column("cIP", "string", "Client IP address"),
-    Column("Computer", "string", "Server (agent host) the requests reached"),
-    Column("sIP", "string", "Server IP address"),
-    Column("portCount", "long", "Distinct server ports the client reached in the bin"),
-    Column("ConnectionsCount", "long", "Requests of the client to the server in the bin"),
-    _set_column("set_sPort", "Server ports"),
-    _set_column("set_csUserName", "User names"),
-    _set_column("set_decodedUriQuery", "URL-decoded query strings"),
-    _set_column("set_sSiteName", "Site names"),
-    _set_column("set_csUserAgent", "User agents"),
-    _set_column("set_csMethod", "HTTP methods"),
-    _set_column("set_scStatusFull", "Status.substatus codes"),
-    _set_column("set_scStatusFull_Friendly", "Meanings of the status codes"),
-    _set_column("set_scWin32Status_Hex", "Win32 status codes in hex"),
-    _set_column("set_scWin32Status_Friendly", "Meanings of the Win32 status codes"),
-    Column("TruncatedColumns", "dynamic", "Columns whose values were shortened to fit the 64 KB field limit"),
+    Column("FindingTitle", "string", "The rule's short subject of the finding (actors and measure), plain text"),
+    Column("Summary", "string", "The rule's one-sentence description of the finding, plain text"),
+    Column("Entities", "dynamic", "Sentinel entities of the finding: [{Type, identifier: value}]"),
+    Column("Evidence", "dynamic", "The fields an analyst reads first, in order: [{label, column}] of Result"),
+    Column("Result", "dynamic", "The rule's result row: its KQL output columns, with KQL names"),
+    Column("TruncatedColumns", "dynamic", "Columns of Result whose values were shortened to fit the 64 KB field limit"),
     Column("EvidenceQuery", "string", "KQL that shows the raw W3CIISLog rows of the finding"),
 )
-_RULE_COLUMNS = ("cIP", "Computer", "sIP", "portCount", "ConnectionsCount")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Pure: rows and the schema
 
 
-def _fit(values: Sequence[Any], limit: int = DYNAMIC_LIMIT) -> tuple[list[Any], bool]:
-    """The longest prefix of values whose JSON text stays within limit; True when something was dropped."""
-    kept: list[Any] = []
-    size = 2
-    for value in values:
-        size += len(json.dumps(value)) + 2
-        if size > limit:
-            return kept, True
-        kept.append(value)
-    return kept, False
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value))  # ASCII-escaped: never smaller than the UTF-8 the service counts
+
+
+def fit_result(result: Mapping[str, Any], limit: int = DYNAMIC_LIMIT) -> tuple[dict[str, Any], list[str]]:
+    """The result row as JSON within `limit` characters, and the columns shortened to get there.
+
+    The longest list loses trailing values (or the longest text its tail) until the row fits, so the
+    small columns (counts, keys) always stay whole.
+    """
+    out = {name: _json_value(value) for name, value in result.items()}
+    truncated: list[str] = []
+    size = _size(out)
+    while size > limit:
+        shrinkable = [
+            name
+            for name, value in out.items()
+            if (isinstance(value, list) and value) or (isinstance(value, str) and len(value) > 1)
+        ]
+        if not shrinkable:
+            break
+        name = max(shrinkable, key=lambda n: _size(out[n]))
+        value, excess = out[name], size - limit
+        if isinstance(value, list):
+            kept, removed = list(value), 0
+            while kept and removed < excess:
+                removed += _size(kept.pop()) + 2
+            out[name] = kept
+        else:
+            out[name] = value[: max(1, len(value) - excess - 1)] + "\u2026"
+        if name not in truncated:
+            truncated.append(name)
+        size = _size(out)
+    return out, truncated
 
 
 def finding_row(finding: Finding, delivered_at: datetime, table: str = "W3CIISLog") -> dict[str, Any]:
-    """The table row of a finding: JSON types only (datetimes as ISO 8601 strings, dynamic as arrays)."""
+    """The table row of a finding: JSON types only (datetimes as ISO 8601 strings, dynamic as JSON values).
+
+    The row has the columns every rule has; the rule's own result row goes whole into Result, so a new
+    rule needs no change of the table, the DCR or this code.
+    """
     first, last = activity_span(finding)
-    c = finding.columns
-    bin_start = c.get("TimeGenerated")
-    row: dict[str, Any] = {
+    bin_start = finding.columns.get("TimeGenerated")
+    result, truncated = fit_result(finding.columns)
+    return {
         "TimeGenerated": format_datetime(delivered_at),
         "FindingId": finding.id,
         "RuleId": finding.rule_id,
@@ -138,22 +164,14 @@ def finding_row(finding: Finding, delivered_at: datetime, table: str = "W3CIISLo
         "BinStart": format_datetime(bin_start) if isinstance(bin_start, datetime) else None,
         "FirstActivityTime": format_datetime(first),
         "LastActivityTime": format_datetime(last),
+        "FindingTitle": title_of(finding),
+        "Summary": summary_of(finding),
+        "Entities": [e.to_json() for e in finding.entities],
+        "Evidence": [{"label": label, "column": column} for label, column in evidence_of(finding)],
+        "Result": result,
+        "TruncatedColumns": truncated,
+        "EvidenceQuery": evidence_query(finding, table),
     }
-    for name in _RULE_COLUMNS:
-        row[name] = c.get(name)
-    truncated = []
-    for column in COLUMNS:
-        if column.name.startswith("set_"):
-            values = c.get(column.name)
-            if isinstance(values, list | tuple):
-                row[column.name], shortened = _fit(values)
-                if shortened:
-                    truncated.append(column.name)
-            else:
-                row[column.name] = None
-    row["TruncatedColumns"] = truncated
-    row["EvidenceQuery"] = evidence_query(finding, table)
-    return row
 
 
 def schema_document() -> dict[str, Any]:
@@ -169,6 +187,155 @@ def schema_document() -> dict[str, Any]:
         "transformKql": "source",
         "tableColumns": [{"name": c.name, "type": c.type, "description": c.description} for c in COLUMNS],
         "streamDeclarations": {STREAM_NAME: {"columns": [{"name": c.name, "type": c.type} for c in COLUMNS]}},
+    }
+
+
+ALERT_RULE_LOOKBACK = "10m"  # twice the alert rules' 5-minute frequency: see alert_rule_query
+
+
+def _alert_columns(rule: Rule) -> list[tuple[str, str]]:
+    """(name, Result column) of the columns the alert rule extends for its entity mappings."""
+    taken = {c.name.lower() for c in COLUMNS}
+    out: list[tuple[str, str]] = []
+    for mapping in rule.entity_mappings:
+        for _, column in mapping.fields:
+            name = column if column.lower() not in taken else f"Result_{column}"
+            if (name, column) not in out:
+                out.append((name, column))
+    return out
+
+
+def alert_rule_query(rule: Rule) -> str:
+    """KQL of the Sentinel scheduled rule that raises one alert per new finding of `rule`.
+
+    The Logs Ingestion API does not de-duplicate, and the detector may deliver a finding more than once
+    (a retry after an unacknowledged upload, a late-data re-check): each delivery is a row with the same
+    FindingId. So, per FindingId, the latest row (arg_max), and an alert only when the FindingId's first
+    row was ingested since the previous run. The lookback is twice the 5-minute run interval: a row
+    ingested near a run boundary is seen by two runs rather than by none, and the incident grouping on
+    the FindingId custom detail folds such a repeat into the same incident.
+    """
+    extended = ", ".join(f"{name} = tostring(Result[{string_literal(column)}])" for name, column in _alert_columns(rule))
+    lines = [
+        f"// Sentinel scheduled rule over {TABLE_NAME} for the detector's findings of rule {rule.id}",
+        f"// ({rule.name}). Generated by infra/schema/generate.py from {Path(rule.path).name}: do not edit.",
+        "// Every 5 minutes over 1 day; one alert per FindingId, when its first row arrived since the last run.",
+        f"let lookback = {ALERT_RULE_LOOKBACK};",
+        TABLE_NAME,
+        f"| where RuleId == {string_literal(rule.id)}",
+        "| summarize arg_max(TimeGenerated, *), FirstIngested = min(ingestion_time()) by FindingId",
+        "| where FirstIngested > ago(lookback)",
+    ]
+    if extended:
+        lines.append(f"| extend {extended}")
+    projected = [
+        "TimeGenerated",
+        "FindingId",
+        "RuleName",
+        "Severity",
+        "FindingTitle",
+        "Summary",
+        "BinStart",
+        "FirstActivityTime",
+        "LastActivityTime",
+        *(name for name, _ in _alert_columns(rule)),
+        "Result",
+        "EvidenceQuery",
+    ]
+    lines.append(f"| project {', '.join(projected)}")
+    return "\n".join(lines) + "\n"
+
+
+def alert_rule_template(rule: Rule) -> dict[str, Any]:
+    """The Sentinel scheduled rule (Azure-Sentinel YAML form) over the findings table for one rule.
+
+    One alert rule per detector rule, because a scheduled rule's tactics, techniques and entity mappings
+    are fixed properties: one rule for all would label every finding with the same tactics and could map
+    only entities every rule has.
+    """
+    entity_names = {column: name for name, column in _alert_columns(rule)}
+    return {
+        "id": str(uuid.uuid5(FINDING_NAMESPACE, f"alert-rule/{rule.id}")),
+        "name": f"{rule.name} (serverless detector)",
+        "description": (
+            f"Findings of Sentinel rule {rule.id} ({rule.name}, version {rule.version}) as evaluated by the "
+            f"serverless detector and written to {TABLE_NAME}. One alert per finding; a finding delivered again "
+            "is not alerted again. The EvidenceQuery column holds the KQL that shows the raw rows."
+        ),
+        "severity": rule.severity,
+        "status": "Available",
+        "requiredDataConnectors": [],
+        "queryFrequency": "5m",
+        "queryPeriod": "1d",
+        "triggerOperator": "gt",
+        "triggerThreshold": 0,
+        "tactics": list(rule.tactics),
+        "relevantTechniques": list(rule.techniques),
+        "query": alert_rule_query(rule),
+        "entityMappings": [
+            {
+                "entityType": mapping.entity_type,
+                "fieldMappings": [
+                    {"identifier": identifier, "columnName": entity_names[column]} for identifier, column in mapping.fields
+                ],
+            }
+            for mapping in rule.entity_mappings
+        ],
+        "customDetails": {"FindingId": "FindingId", "BinStart": "BinStart"},
+        "alertDetailsOverride": {
+            "alertDisplayNameFormat": f"{rule.name}: {{{{FindingTitle}}}}",
+            "alertDescriptionFormat": "{{Summary}} See EvidenceQuery for the raw rows.",
+            "alertSeverityColumnName": "Severity",
+        },
+        "eventGroupingSettings": {"aggregationKind": "AlertPerResult"},
+        "incidentConfiguration": {
+            "createIncident": True,
+            "groupingConfiguration": {
+                "enabled": True,
+                "reopenClosedIncident": False,
+                "lookbackDuration": "P7D",
+                "matchingMethod": "Selected",
+                "groupByEntities": [],
+                "groupByAlertDetails": [],
+                "groupByCustomDetails": ["FindingId"],
+            },
+        },
+        "suppressionEnabled": False,
+        "suppressionDuration": "PT1H",
+        "kind": "Scheduled",
+        "version": "1.0.0",
+    }
+
+
+def alert_rules_document(rules: Sequence[Rule]) -> dict[str, Any]:
+    """infra/schema/findings-alert-rules.json: the alert rules' properties as the Bicep deploys them
+    (Microsoft.SecurityInsights/alertRules, kind Scheduled: durations in ISO 8601)."""
+    deployed = []
+    for rule in rules:
+        template = alert_rule_template(rule)
+        deployed.append(
+            {
+                "id": template["id"],
+                "ruleId": rule.id,
+                "displayName": template["name"],
+                "description": template["description"],
+                "severity": template["severity"],
+                "query": template["query"],
+                "tactics": template["tactics"],
+                "techniques": template["relevantTechniques"],
+                "entityMappings": template["entityMappings"],
+                "customDetails": template["customDetails"],
+                "alertDetailsOverride": template["alertDetailsOverride"],
+            }
+        )
+    return {
+        "$comment": (
+            "Generated from rules/*.yaml by `python infra/schema/generate.py`; tests/test_sink_ingestion.py fails "
+            "when it differs. One Sentinel scheduled rule per detector rule (docs/sinks.md says why)."
+        ),
+        "queryFrequency": "PT5M",
+        "queryPeriod": "P1D",
+        "rules": deployed,
     }
 
 

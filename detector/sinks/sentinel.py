@@ -17,7 +17,8 @@ Why update-with-etag plus a comment rather than comments only: the description i
 evidence (and what automation rules and playbooks read), so it must stay current; the comment makes
 the change visible in the incident's activity log, which a silent description edit would not be.
 
-Reference: kql-and-sentinel.md §5.b (API version, required fields, RBAC).
+Reference: kql-and-sentinel.md §5.b (API version, required fields). Role: the custom incident writer
+(INCIDENT_WRITER_ACTIONS) on the workspace, defined in infra/app/rbac-workspace.bicep.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from detector.errors import ConfigError, SinkError
 from detector.kql import format_datetime, parse_datetime, string_literal
 from detector.models import FINDING_NAMESPACE, Finding
 from detector.sinks import Sink, register_sink
+from detector.sinks.presentation import evidence_lines, markdown_text, summary_of, title_of, visible
+from detector.w3ciislog import COLUMN_TYPES as W3CIISLOG_TYPES
 
 if TYPE_CHECKING:
     from azure.core import PipelineClient
@@ -46,12 +49,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("detector.sinks.sentinel")
 
 API_VERSION = "2025-09-01"  # stable (Incidents.json 2025-09-01); 2024-09-01 is the previous stable
-RESPONDER_ROLE = "Microsoft Sentinel Responder"
+# The custom role infra/app/rbac-workspace.bicep defines: exactly the calls this sink makes.
+INCIDENT_WRITER_ROLE = "IIS detector incident writer"
+INCIDENT_WRITER_ACTIONS = (
+    "Microsoft.SecurityInsights/incidents/read",
+    "Microsoft.SecurityInsights/incidents/write",
+    "Microsoft.SecurityInsights/incidents/comments/write",
+)
 DETECTOR_LABEL = "iis-portscan-detector"
 TITLE_LIMIT = 256
 # The incidents API documents no limit on the description; Sentinel caps alert descriptions at 5000
 # characters, and we keep incidents within the same bound so the portal shows the whole text.
 DESCRIPTION_LIMIT = 5000
+SUMMARY_LIMIT = 1000  # of the description: the evidence query after it must still fit
 CONFLICT_ATTEMPTS = 4
 # Properties a PUT may carry (IncidentProperties minus the read-only ones).
 WRITABLE = (
@@ -69,25 +79,14 @@ WRITABLE = (
 )
 # What the detector still owns once an incident exists. Everything else is the analysts'.
 DETECTOR_OWNED = ("description", "firstActivityTimeUtc", "lastActivityTimeUtc")
+# The W3CIISLog columns an analyst wants of each raw row (the table's, not a rule's).
 EVIDENCE_PROJECTION = (
     "TimeGenerated, cIP, Computer, sIP, sPort, csMethod, csUriStem, csUriQuery, csUserName, csUserAgent, "
     "scStatus, scSubStatus, scWin32Status"
 )
-# Columns of W3CIISLog that identify a finding's group; the evidence query filters on those present.
-EVIDENCE_KEYS = ("cIP", "Computer", "sIP")
-_SET_LABELS = (
-    ("set_sPort", "Ports"),
-    ("set_csUserAgent", "User agents"),
-    ("set_csMethod", "Methods"),
-    ("set_scStatusFull", "Status codes"),
-    ("set_scStatusFull_Friendly", "Status meanings"),
-    ("set_scWin32Status_Hex", "Win32 status (hex)"),
-    ("set_scWin32Status_Friendly", "Win32 status meanings"),
-    ("set_csUserName", "User names"),
-    ("set_sSiteName", "Site names"),
-    ("set_decodedUriQuery", "Decoded URI queries"),
-)
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Characters that would be markup in the description's code block if a renderer took it for HTML.
+_MARKUP = re.compile(r"[<>&`]")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,11 +98,29 @@ def kql_table(name: str) -> str:
     return name if _TABLE_NAME.match(name) else f"[{string_literal(name)}]"
 
 
+def inert_literal(value: str) -> str:
+    """A KQL expression for `value` that holds no markup character: values with `<`, `>`, `&` or a
+    backtick are written as their code points, so the query can be shown verbatim in any message."""
+    if _MARKUP.search(value):
+        return f"unicode_codepoints_to_string(dynamic([{', '.join(str(ord(c)) for c in value)}]))"
+    return string_literal(value)
+
+
 def activity_span(finding: Finding) -> tuple[datetime, datetime]:
     """First and last activity time of a finding (its bin); the window when the logic gave none."""
     first = finding.first_activity or finding.window.start
     last = finding.last_activity or finding.window.end
     return first, max(first, last)
+
+
+def evidence_keys(finding: Finding) -> list[tuple[str, str]]:
+    """(column, value) of the finding's single text values that are W3CIISLog columns: its group's actors
+    (client, server, user...), whatever the rule, on which the raw rows can be filtered."""
+    return [
+        (column, value)
+        for column, value in finding.columns.items()
+        if column != "TimeGenerated" and W3CIISLOG_TYPES.get(column) == "string" and isinstance(value, str)
+    ]
 
 
 def evidence_query(finding: Finding, table: str = "W3CIISLog") -> str:
@@ -113,68 +130,47 @@ def evidence_query(finding: Finding, table: str = "W3CIISLog") -> str:
         kql_table(table),
         f"| where TimeGenerated >= datetime({format_datetime(first)}) and TimeGenerated < datetime({format_datetime(last)})",
     ]
-    keys = [
-        f"{column} == {string_literal(str(finding.columns[column]))}"
-        for column in EVIDENCE_KEYS
-        if isinstance(finding.columns.get(column), str)
-    ]
+    keys = [f"{column} == {inert_literal(value)}" for column, value in evidence_keys(finding)]
     if keys:
         lines.append("| where " + " and ".join(keys))
     lines += [f"| project {EVIDENCE_PROJECTION}", "| order by TimeGenerated asc"]
     return "\n".join(lines)
 
 
-def _listed(values: Sequence[Any], limit: int = 600) -> str:
-    shown: list[str] = []
-    used = 0
-    for value in values:
-        text = str(value)
-        if used + len(text) > limit and shown:
-            return f"{', '.join(shown)}, ... (+{len(values) - len(shown)} more)"
-        shown.append(text)
-        used += len(text) + 2
-    return ", ".join(shown)
-
-
 def incident_title(finding: Finding) -> str:
-    """`<rule>: <client> on <server> (<n> ports)`, within Sentinel's title length."""
-    c = finding.columns
-    detail = ""
-    if "cIP" in c and "Computer" in c:
-        detail = f": {c['cIP']} on {c['Computer']}"
-        if "portCount" in c:
-            detail += f" ({c['portCount']} ports)"
-    return (finding.rule_name + detail)[:TITLE_LIMIT]
+    """`<rule>: <the rule's title of the finding>`, one line within Sentinel's title length."""
+    title = title_of(finding)
+    text = finding.rule_name if title == finding.rule_name else f"{finding.rule_name}: {title}"
+    return visible(text, TITLE_LIMIT)
 
 
 def incident_description(finding: Finding, table: str = "W3CIISLog") -> str:
-    """The evidence, as plain text: summary, the query for the raw rows, then the value sets."""
-    c = finding.columns
+    """The evidence, as markdown whose every value is escaped: summary, activity, the query for the raw
+    rows (in a code block), then the rule's evidence fields."""
     first, last = activity_span(finding)
-    lines = [f"{finding.rule_name} (rule {finding.rule_id}, version {finding.rule_version})", ""]
-    if {"cIP", "Computer", "sIP", "portCount"} <= set(c):
-        lines.append(
-            f"Client IP {c['cIP']} reached {c['portCount']} distinct ports on server {c['Computer']} ({c['sIP']}) "
-            f"between {format_datetime(first)} and {format_datetime(last)}"
-            + (f", in {c['ConnectionsCount']} connections." if "ConnectionsCount" in c else ".")
-        )
+    lines = [
+        f"{markdown_text(finding.rule_name)} (rule {finding.rule_id}, version {markdown_text(finding.rule_version)})",
+        "",
+        markdown_text(summary_of(finding), SUMMARY_LIMIT),
+        f"Activity: {format_datetime(first)} to {format_datetime(last)}.",
+    ]
     if finding.entities:
-        lines.append("Entities: " + "; ".join(f"{e.type} {', '.join(e.fields.values())}" for e in finding.entities))
+        shown = [f"{markdown_text(e.type)} {', '.join(map(markdown_text, e.fields.values()))}" for e in finding.entities]
+        lines.append("Entities: " + "; ".join(shown))
     lines += [
         f"Finding id: {finding.id}",
-        f"Detection window: {finding.window}",
+        f"Detection window: {markdown_text(finding.window)}",
         "",
-        f"Raw {table} rows (paste into Logs):",
+        f"Raw {markdown_text(table)} rows (paste into Logs):",
+        "~~~kql",
         evidence_query(finding, table),
+        "~~~",
         "",
+        *evidence_lines(finding, markdown_text),
     ]
-    for column, label in _SET_LABELS:
-        values = c.get(column)
-        if isinstance(values, list | tuple):
-            lines.append(f"{label} ({len(values)}): {_listed(values)}")
     text = "\n".join(lines).rstrip()
     if len(text) > DESCRIPTION_LIMIT:
-        text = text[: DESCRIPTION_LIMIT - 20].rstrip() + "\n... (truncated)"
+        text = text[: DESCRIPTION_LIMIT - 20].rstrip("\\").rstrip() + "\n... (truncated)"
     return text
 
 
@@ -247,13 +243,11 @@ def update_comment(finding: Finding, owned: Mapping[str, Any]) -> tuple[str, str
     new evidence, so a retried delivery writes the same comment again instead of a second one."""
     digest = hashlib.sha256(str(owned["description"]).encode()).hexdigest()
     comment_id = str(uuid.uuid5(FINDING_NAMESPACE, f"{finding.id}/evidence/{digest}"))
-    c = finding.columns
-    counts = ", ".join(f"{name} {c[name]}" for name in ("portCount", "ConnectionsCount") if name in c)
     first, last = activity_span(finding)
     message = (
         f"The detector re-evaluated this finding (late-arriving rows or a new detector version) and updated the "
-        f"evidence in the description ({counts}; activity {format_datetime(first)} to {format_datetime(last)}). "
-        "Status, owner and classification were left as they are."
+        f"evidence in the description ({markdown_text(title_of(finding))}; activity {format_datetime(first)} to "
+        f"{format_datetime(last)}). Status, owner and classification were left as they are."
     )
     return comment_id, message
 
@@ -347,7 +341,6 @@ class SentinelSink(Sink):
         from detector.sinks.http_delivery import request_ids, service_error, throttled_text
 
         status, detail, ids = response.status_code, service_error(response.content), request_ids(response.headers)
-        scope = self.workspace_resource_id.split("/providers/", 1)[0]
         if status == 401:
             return _SinkBrokenError(
                 f"401 Unauthorized to {action}: the token was refused ({detail}){ids}; check that the managed identity "
@@ -355,9 +348,10 @@ class SentinelSink(Sink):
             )
         if status == 403:
             return _SinkBrokenError(
-                f"403 Forbidden to {action} ({detail}){ids}: grant the Function App's managed identity the "
-                f"'{RESPONDER_ROLE}' role on the workspace's resource group {scope} "
-                "(or on the workspace and its SecurityInsights solution)"
+                f"403 Forbidden to {action} ({detail}){ids}: assign the Function App's managed identity the custom "
+                f"'{INCIDENT_WRITER_ROLE}' role (only {', '.join(INCIDENT_WRITER_ACTIONS)}) on the workspace "
+                f"{self.workspace_resource_id}; infra/ deploys it with enableSentinelSink (docs/deploy.md, Roles). "
+                "Do not grant Microsoft Sentinel Responder: it also reads every table and edits automation rules"
             )
         if status == 404:
             return _SinkBrokenError(

@@ -1,8 +1,10 @@
 """`webhook`: findings as JSON POSTs to a URL from DETECTOR_WEBHOOK_URL (Teams workflow, Slack, a SOAR...).
 
 DETECTOR_WEBHOOK_MODE=per-finding (default) sends one POST per finding; per-run sends the run's findings
-in as few POSTs as possible (at most RUN_BATCH findings each). Every body has a plain-text `text` field
-that Slack incoming webhooks and Teams workflows show as is, plus the structured finding(s).
+in as few POSTs as possible (at most RUN_BATCH findings each). Every body has a `text` field that Slack
+incoming webhooks and Teams workflows show, plus the structured finding(s). `text` is built from the
+rule's title, summary and evidence fields; every value in it is escaped (presentation.chat_text), because
+values from the logs are the attacker's: a user agent of `<!channel>` must not ping a channel.
 
 The URL is a secret (whoever has it can post into the channel): it comes only from the setting (a Key
 Vault reference in Azure), is never logged, and is removed from every error message.
@@ -25,6 +27,7 @@ from detector.errors import ConfigError, SinkError
 from detector.kql import format_datetime
 from detector.models import FINDING_NAMESPACE, Finding
 from detector.sinks import Sink, register_sink
+from detector.sinks.presentation import chat_text, evidence_lines, summary_of, title_of
 from detector.sinks.sentinel import activity_span
 
 if TYPE_CHECKING:
@@ -37,6 +40,9 @@ log = logging.getLogger("detector.sinks.webhook")
 
 RUN_BATCH = 50  # findings per POST in per-run mode: keeps bodies well below receivers' limits (Slack: 40k chars of text)
 TEXT_LINES = 20  # findings listed in a per-run text before "... and N more"
+TEXT_EVIDENCE_FIELDS = 3  # evidence fields of the rule shown in a per-finding text (all are in `finding`)
+TEXT_LIST_LIMIT = 300  # characters of one evidence list in a per-finding text
+TEXT_SUMMARY_LIMIT = 1000
 MODES = ("per-finding", "per-run")
 URL_PLACEHOLDER = "<DETECTOR_WEBHOOK_URL>"
 
@@ -46,37 +52,37 @@ URL_PLACEHOLDER = "<DETECTOR_WEBHOOK_URL>"
 
 
 def finding_line(finding: Finding) -> str:
-    """One line a person reads in a chat channel."""
-    c = finding.columns
+    """One line a person reads in a chat channel: the rule's title, when, severity and id (escaped)."""
     first, last = activity_span(finding)
-    if {"cIP", "Computer", "sIP", "portCount"} <= set(c):
-        what = f"{c['cIP']} reached {c['portCount']} ports on {c['Computer']} ({c['sIP']})"
-        if "ConnectionsCount" in c:
-            what += f" in {c['ConnectionsCount']} connections"
-    else:
-        what = finding.rule_name
-    return f"{what}, {format_datetime(first)} to {format_datetime(last)} [{finding.severity}] finding {finding.id}"
+    return (
+        f"{chat_text(title_of(finding))}, {format_datetime(first)} to {format_datetime(last)} "
+        f"({chat_text(finding.severity)}) finding {finding.id}"
+    )
 
 
 def finding_text(finding: Finding) -> str:
-    """The `text` of a per-finding message."""
-    lines = [f"{finding.severity}: {finding.rule_name}", finding_line(finding)]
-    agents = finding.columns.get("set_csUserAgent")
-    if isinstance(agents, list | tuple) and agents:
-        shown = ", ".join(str(a) for a in agents[:5]) + (f" (+{len(agents) - 5} more)" if len(agents) > 5 else "")
-        lines.append(f"User agents: {shown}")
+    """The `text` of a per-finding message: every value from the logs escaped for Slack and Teams."""
+    first, last = activity_span(finding)
+    lines = [
+        f"{chat_text(finding.severity)}: {chat_text(finding.rule_name)}",
+        chat_text(summary_of(finding), TEXT_SUMMARY_LIMIT),
+        f"{format_datetime(first)} to {format_datetime(last)}, finding {finding.id}",
+        *evidence_lines(finding, chat_text, TEXT_LIST_LIMIT, TEXT_EVIDENCE_FIELDS),
+    ]
     if finding.tactics or finding.techniques:
-        lines.append(f"MITRE ATT&CK: {', '.join((*finding.tactics, *finding.techniques))}")
+        lines.append(f"MITRE ATT&amp;CK: {', '.join(map(chat_text, (*finding.tactics, *finding.techniques)))}")
     return "\n".join(lines)
 
 
 def finding_payload(finding: Finding) -> dict[str, Any]:
-    """Body of a per-finding POST."""
+    """Body of a per-finding POST. Only `text` is escaped: the other fields are JSON data, verbatim."""
     return {
         "text": finding_text(finding),
         "findingId": finding.id,
         "severity": finding.severity,
         "ruleName": finding.rule_name,
+        "title": title_of(finding),
+        "summary": summary_of(finding),
         "finding": finding.to_json(),
     }
 
@@ -89,7 +95,7 @@ def batch_key(findings: Sequence[Finding]) -> str:
 
 def run_payload(findings: Sequence[Finding], part: int = 1, parts: int = 1) -> dict[str, Any]:
     """Body of a per-run POST (one batch of the run's findings)."""
-    rules = ", ".join(sorted({f.rule_name for f in findings}))
+    rules = ", ".join(sorted({chat_text(f.rule_name) for f in findings}))
     head = f"{len(findings)} finding(s) of {rules}" + (f" (part {part} of {parts})" if parts > 1 else "")
     lines = [head] + [f"- {finding_line(f)}" for f in findings[:TEXT_LINES]]
     if len(findings) > TEXT_LINES:

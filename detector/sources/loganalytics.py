@@ -553,7 +553,10 @@ def _one_line(text: str) -> str:
 
 def _hint(status: int) -> str:
     if status in (401, 403):
-        return "; give the app's managed identity 'Log Analytics Reader' on the workspace (docs/loganalytics.md)"
+        return (
+            "; give the app's managed identity 'Log Analytics Data Reader' on the workspace, with the condition that "
+            "limits it to the DETECTOR_LOGS_TABLE table (docs/deploy.md, Roles)"
+        )
     if status == 400:
         return "; check DETECTOR_LOGS_TABLE names a table with the W3CIISLog columns"
     if status == 404:

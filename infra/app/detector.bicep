@@ -45,6 +45,9 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Subnet for VNet integration (network.bicep, delegated to Microsoft.App/environments); empty: no VNet.')
+param virtualNetworkSubnetId string = ''
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -100,11 +103,20 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     clientCertEnabled: false // the app has no HTTP trigger: only the timer calls it
     keyVaultReferenceIdentity: identityId // resolve @Microsoft.KeyVault(...) settings as the UAMI
+    // With a VNet all outbound traffic (storage, Key Vault references, Azure APIs) leaves through it.
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
+      // A timer-only app serves no HTTP: the main site denies every request, in both network modes. The
+      // scm site keeps its own (open) rules, because azd deploys the package through it; it still needs
+      // an Entra token with rights on the app.
+      ipSecurityRestrictionsDefaultAction: 'Deny'
+      ipSecurityRestrictions: []
+      scmIpSecurityRestrictionsUseMain: false
+      scmIpSecurityRestrictionsDefaultAction: 'Allow'
       // In siteConfig rather than a sites/config 'appsettings' child, which checkov mistakes for the web
       // config and checks for HTTP logging, authentication and other settings of a web site.
       appSettings: concat(detectorAppSettings, hostAppSettings)

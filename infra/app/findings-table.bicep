@@ -1,7 +1,7 @@
 // Resources of the `loganalytics-table` sink, deployed into the resource group of the EXISTING workspace:
 // the custom table IISPortScanFindings_CL, a data collection rule of kind Direct (it carries its own
 // logs-ingestion endpoint, so no data collection endpoint is needed) whose stream declaration is the
-// same column list as the table, and, optionally, a Microsoft Sentinel scheduled rule over the table.
+// same column list as the table, and, optionally, one Microsoft Sentinel scheduled rule per detector rule.
 // The column list comes from infra/schema/findings-columns.json, the contract with the sink's code.
 
 @description('Name of the existing Log Analytics workspace (in this resource group).')
@@ -30,17 +30,17 @@ param dataCollectionRuleName string
 @maxValue(730)
 param retentionInDays int = 90
 
-@description('Create a Microsoft Sentinel scheduled rule that raises an alert (and incident) per new finding. Needs Sentinel on the workspace.')
+@description('Create the Microsoft Sentinel scheduled rules that raise an alert (and incident) per new finding. Needs Sentinel on the workspace.')
 param enableAlertRule bool = false
 
-@description('KQL of the Sentinel rule (infra/schema/findings-alert-rule.kql).')
-param alertRuleQuery string = ''
+@description('The alert rules, one per detector rule (infra/schema/findings-alert-rules.json `rules`).')
+param alertRules array = []
 
-@description('How often the Sentinel rule runs (ISO 8601 duration, PT5M to P14D).')
-param alertRuleFrequency string = 'PT1H'
+@description('How often the Sentinel rules run (ISO 8601 duration, PT5M to P14D).')
+param alertRuleFrequency string = 'PT5M'
 
-@description('How far back the Sentinel rule looks (ISO 8601 duration, at least the frequency).')
-param alertRulePeriod string = 'PT1H'
+@description('How far back the Sentinel rules look (ISO 8601 duration, at least the frequency).')
+param alertRulePeriod string = 'P1D'
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
   name: workspaceName
@@ -97,84 +97,55 @@ resource dataCollectionRule 'Microsoft.Insights/dataCollectionRules@2023-03-11' 
   ]
 }
 
-resource alertRule 'Microsoft.SecurityInsights/alertRules@2024-09-01' = if (enableAlertRule) {
-  scope: workspace
-  name: guid(workspace.id, tableName, 'scheduled-alert-rule')
-  kind: 'Scheduled'
-  properties: {
-    displayName: 'IIS port scan by client IP (serverless detector finding)'
-    description: 'A client IP reached 30 or more ports of one IIS server within 10 minutes, as found by the serverless detector (Sentinel rule 44a555d8-ecee-4a25-95ce-055879b4b14b re-implemented in Python).'
-    enabled: true
-    severity: 'Medium'
-    query: alertRuleQuery
-    queryFrequency: alertRuleFrequency
-    queryPeriod: alertRulePeriod
-    triggerOperator: 'GreaterThan'
-    triggerThreshold: 0
-    suppressionEnabled: false
-    suppressionDuration: 'PT1H'
-    tactics: [
-      'InitialAccess'
-    ]
-    techniques: [
-      'T1190'
-    ]
-    eventGroupingSettings: {
-      aggregationKind: 'AlertPerResult'
-    }
-    // The point of this rule: real alerts with entities, which the incidents API cannot attach.
-    entityMappings: [
-      {
-        entityType: 'IP'
-        fieldMappings: [
-          {
-            identifier: 'Address'
-            columnName: 'cIP'
-          }
-        ]
+// One scheduled rule per detector rule: tactics, techniques and entity mappings are fixed properties of a
+// Sentinel rule, and they differ between the detector's rules (docs/sinks.md).
+resource alertRule 'Microsoft.SecurityInsights/alertRules@2024-09-01' = [
+  for rule in (enableAlertRule ? alertRules : []): {
+    scope: workspace
+    name: guid(workspace.id, tableName, rule.ruleId)
+    kind: 'Scheduled'
+    properties: {
+      displayName: rule.displayName
+      description: rule.description
+      enabled: true
+      severity: rule.severity
+      query: rule.query
+      queryFrequency: alertRuleFrequency
+      queryPeriod: alertRulePeriod
+      triggerOperator: 'GreaterThan'
+      triggerThreshold: 0
+      suppressionEnabled: false
+      suppressionDuration: 'PT1H'
+      tactics: rule.tactics
+      techniques: rule.techniques
+      eventGroupingSettings: {
+        aggregationKind: 'AlertPerResult'
       }
-      {
-        entityType: 'Host'
-        fieldMappings: [
-          {
-            identifier: 'FullName'
-            columnName: 'Computer'
-          }
-        ]
-      }
-    ]
-    customDetails: {
-      FindingId: 'FindingId'
-      PortCount: 'portCount'
-      Connections: 'ConnectionsCount'
-      ServerIP: 'sIP'
-      BinStart: 'BinStart'
-    }
-    alertDetailsOverride: {
-      alertDisplayNameFormat: 'IIS port scan: {{cIP}} reached {{portCount}} ports on {{Computer}}'
-      alertDescriptionFormat: 'Client {{cIP}} reached {{portCount}} distinct ports of {{Computer}} in 10 minutes. See EvidenceQuery for the raw rows.'
-      alertSeverityColumnName: 'Severity'
-    }
-    // A finding delivered twice (the ingestion API does not de-duplicate) folds into one incident.
-    incidentConfiguration: {
-      createIncident: true
-      groupingConfiguration: {
-        enabled: true
-        reopenClosedIncident: false
-        lookbackDuration: 'P7D'
-        matchingMethod: 'Selected'
-        groupByEntities: []
-        groupByAlertDetails: []
-        groupByCustomDetails: [
-          'FindingId'
-        ]
+      // The point of these rules: real alerts with entities, which the incidents API cannot attach.
+      entityMappings: rule.entityMappings
+      customDetails: rule.customDetails
+      alertDetailsOverride: rule.alertDetailsOverride
+      // A finding delivered twice (the ingestion API does not de-duplicate) folds into one incident.
+      incidentConfiguration: {
+        createIncident: true
+        groupingConfiguration: {
+          enabled: true
+          reopenClosedIncident: false
+          lookbackDuration: 'P7D'
+          matchingMethod: 'Selected'
+          groupByEntities: []
+          groupByAlertDetails: []
+          groupByCustomDetails: [
+            'FindingId'
+          ]
+        }
       }
     }
+    dependsOn: [
+      findingsTable
+    ]
   }
-  dependsOn: [
-    findingsTable
-  ]
-}
+]
 
 output tableName string = findingsTable.name
 output dataCollectionRuleName string = dataCollectionRule.name

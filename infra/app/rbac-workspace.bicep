@@ -20,9 +20,6 @@ param logAnalyticsDataReaderRoleId string
 @description('The sentinel sink is on.')
 param enableSentinelSink bool
 
-@description('Role definition id (GUID) of Microsoft Sentinel Responder.')
-param sentinelResponderRoleId string
-
 @description('The loganalytics-table sink is on.')
 param enableLogAnalyticsTableSink bool
 
@@ -40,10 +37,36 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existin
   name: workspaceName
 }
 
-// Microsoft's Sentinel roles article: assign on the workspace AND on the SecurityInsights solution (or on
-// the whole resource group). Workspace + solution is the narrower of the two.
-resource sentinelSolution 'Microsoft.OperationsManagement/solutions@2015-11-01-preview' existing = if (enableSentinelSink) {
-  name: 'SecurityInsights(${workspaceName})'
+// Custom role "incident writer": exactly the three operations the sentinel sink calls (GET and PUT of an
+// incident, PUT of a comment). Microsoft Sentinel Responder would add workspaces/*/read, query/*/read
+// (every table, undoing the table condition below), automationRules/* (rules that close every incident)
+// and playbook runs. Incidents are resources under the workspace, so the workspace scope covers them; no
+// assignment on the SecurityInsights solution is needed.
+var sentinelIncidentWriterRoleId = guid(resourceGroup().id, 'detector-sentinel-incident-writer')
+
+resource sentinelIncidentWriterRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (enableSentinelSink) {
+  name: sentinelIncidentWriterRoleId
+  properties: {
+    roleName: 'IIS detector incident writer (${resourceGroup().name})'
+    description: 'Read and write Microsoft Sentinel incidents and write incident comments; nothing else.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: [
+          'Microsoft.SecurityInsights/incidents/read'
+          'Microsoft.SecurityInsights/incidents/write'
+          'Microsoft.SecurityInsights/incidents/comments/write'
+        ]
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    // A custom role's assignable scope is a resource group at the narrowest; it is assigned on the workspace.
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
 }
 
 resource findingsDataCollectionRule 'Microsoft.Insights/dataCollectionRules@2023-03-11' existing = if (enableLogAnalyticsTableSink) {
@@ -63,26 +86,18 @@ resource workspaceLogReader 'Microsoft.Authorization/roleAssignments@2022-04-01'
   }
 }
 
-resource workspaceSentinelResponder 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableSentinelSink) {
-  name: guid(workspace.id, principalId, sentinelResponderRoleId)
+resource workspaceIncidentWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableSentinelSink) {
+  name: guid(workspace.id, principalId, sentinelIncidentWriterRoleId)
   scope: workspace
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', sentinelResponderRoleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', sentinelIncidentWriterRoleId)
     principalId: principalId
     principalType: 'ServicePrincipal'
-    description: 'sentinel sink: create and update incidents'
+    description: 'sentinel sink: read and write incidents, write incident comments'
   }
-}
-
-resource solutionSentinelResponder 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableSentinelSink) {
-  name: guid(sentinelSolution.id, principalId, sentinelResponderRoleId)
-  scope: sentinelSolution
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', sentinelResponderRoleId)
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-    description: 'sentinel sink: create and update incidents'
-  }
+  dependsOn: [
+    sentinelIncidentWriterRole
+  ]
 }
 
 resource findingsIngestionPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableLogAnalyticsTableSink) {

@@ -32,7 +32,7 @@ param logsTableName string
 @description('Limit the data-read role to logsTableName with an ABAC condition (Log Analytics granular RBAC).')
 param restrictLogReadToTable bool = true
 
-@description('The sentinel sink is on: grant Microsoft Sentinel Responder.')
+@description('The sentinel sink is on: grant the custom incident-writer role on the workspace.')
 param enableSentinelSink bool = false
 
 @description('The loganalytics-table sink is on: grant Monitoring Metrics Publisher on its data collection rule.')
@@ -56,9 +56,11 @@ param webhookSecretName string = ''
 // AzureWebJobsStorage. Scoped to the account because the host creates containers at runtime.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 
-// Storage Table Data Contributor: read and write entities of the state table (checkpoint and outbox).
-// Scoped to that one table, not the account; the table is created here, so the code never creates tables.
-var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+// Custom role "state table entities": only the entity data actions the state store uses (get, query,
+// insert, merge/upsert, delete of outbox entries). Storage Table Data Contributor would add tables/write
+// and tables/delete, with which a compromised function could delete its own state (checkpoint and
+// outbox). Assigned on the one state table; the table is created here, so the code never creates tables.
+var stateTableEntitiesRoleId = guid(resourceGroup().id, 'detector-state-table-entities')
 
 // Monitoring Metrics Publisher: send telemetry to an Application Insights component with local auth off,
 // and post to a data collection rule through the Logs Ingestion API. Nothing else.
@@ -69,10 +71,6 @@ var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
 // Log Analytics Reader (73c42c96-874c-492b-b04d-ab87d138a893), which adds */read over every resource type
 // and search actions. With restrictLogReadToTable the data action is further limited to one table.
 var logAnalyticsDataReaderRoleId = '3b03c2da-16b3-4a49-8834-0f8130efdd3b'
-
-// Microsoft Sentinel Responder: Sentinel reader plus create/update incidents and comments, the least
-// Sentinel role that can PUT incidents (Microsoft Sentinel Contributor would also edit analytics rules).
-var sentinelResponderRoleId = '3e150937-b8fe-4cfb-8069-0eaf05ecd056'
 
 // Key Vault Secrets User: read secret contents, assigned on the one secret so no other secret is readable.
 var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
@@ -102,6 +100,32 @@ resource webhookSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing =
   name: webhookSecretName
 }
 
+resource stateTableEntitiesRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: stateTableEntitiesRoleId
+  properties: {
+    roleName: 'IIS detector state table entities (${resourceGroup().name})'
+    description: 'Read, insert, merge and delete entities of the detector state table; no table create or delete.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.Storage/storageAccounts/tableServices/tables/entities/read'
+          'Microsoft.Storage/storageAccounts/tableServices/tables/entities/add/action'
+          'Microsoft.Storage/storageAccounts/tableServices/tables/entities/update/action'
+          'Microsoft.Storage/storageAccounts/tableServices/tables/entities/delete'
+        ]
+        notDataActions: []
+      }
+    ]
+    // A custom role's assignable scope is a resource group at the narrowest; it is assigned on the table.
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
 resource hostStorageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storageAccount.id, principalId, storageBlobDataOwnerRoleId)
   scope: storageAccount
@@ -113,15 +137,18 @@ resource hostStorageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-resource stateTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount::tableService::stateTable.id, principalId, storageTableDataContributorRoleId)
+resource stateTableEntityWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount::tableService::stateTable.id, principalId, stateTableEntitiesRoleId)
   scope: storageAccount::tableService::stateTable
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', stateTableEntitiesRoleId)
     principalId: principalId
     principalType: 'ServicePrincipal'
-    description: 'Detector state: checkpoint and outbox'
+    description: 'Detector state: checkpoint and outbox entities'
   }
+  dependsOn: [
+    stateTableEntitiesRole
+  ]
 }
 
 resource telemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -156,7 +183,6 @@ module workspaceRoles 'rbac-workspace.bicep' = {
     restrictLogReadToTable: restrictLogReadToTable
     logAnalyticsDataReaderRoleId: logAnalyticsDataReaderRoleId
     enableSentinelSink: enableSentinelSink
-    sentinelResponderRoleId: sentinelResponderRoleId
     enableLogAnalyticsTableSink: enableLogAnalyticsTableSink
     findingsDataCollectionRuleName: findingsDataCollectionRuleName
     monitoringMetricsPublisherRoleId: monitoringMetricsPublisherRoleId

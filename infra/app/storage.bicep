@@ -27,6 +27,9 @@ param stateTableName string
 ])
 param skuName string = 'Standard_LRS'
 
+@description('Private networking: only the private endpoints of network.bicep reach the account (public network access off, default-deny firewall).')
+param vnetEnabled bool = false
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: name
   location: location
@@ -46,10 +49,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     supportsHttpsTrafficOnly: true
     // A Flex app without a virtual network reaches its storage over the public endpoint, so the
     // firewall cannot default to Deny; access is still Entra-only and scoped by RBAC.
-    publicNetworkAccess: 'Enabled'
+    // Without a VNet, a Flex app reaches its storage over the public endpoint; access is Entra-only then.
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
-      bypass: 'AzureServices'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
+      bypass: vnetEnabled ? 'None' : 'AzureServices'
     }
   }
 }

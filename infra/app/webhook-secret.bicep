@@ -19,6 +19,9 @@ param secretName string
 @description('The webhook URL (Teams/Slack/Logic App/any HTTPS endpoint).')
 param webhookUrl string
 
+@description('Private networking: only the vault\'s private endpoint (network.bicep) reaches it; the deployment still writes the secret through Resource Manager.')
+param vnetEnabled bool = false
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
   location: location
@@ -35,9 +38,9 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enablePurgeProtection: true
     // Key Vault references are resolved by the App Service platform over the public endpoint (the app
     // has no virtual network), so the vault firewall stays open; reading still needs the RBAC role.
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
-      defaultAction: 'Allow'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
       bypass: 'AzureServices'
     }
   }
