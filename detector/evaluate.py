@@ -16,7 +16,7 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
     if not rule.triggers(len(results)):
         return []
     findings = []
-    for result in results:
+    for rank, result in enumerate(results):
         entities = []
         for mapping in rule.entity_mappings:
             fields = {identifier: str(result[column]) for identifier, column in mapping.fields if result.get(column)}
@@ -36,6 +36,7 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
                 entities=tuple(entities),
                 first_activity=_clip(rule.logic.first_activity(result), window),
                 last_activity=_clip(rule.logic.last_activity(result), window),
+                rank=rank,
             )
         )
     return findings

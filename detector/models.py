@@ -77,6 +77,9 @@ class Finding:
     # window). Sinks use it for incident activity times and evidence queries. None when unknown.
     first_activity: datetime | None = None
     last_activity: datetime | None = None
+    # Position of the result in the rule's output for its window (the rule's order, e.g. by its measure,
+    # descending), so findings read back from the outbox are shown in the order a direct run shows them.
+    rank: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object: the KQL columns in order, then the finding's metadata."""
@@ -124,6 +127,7 @@ class Finding:
             "columns": {k: {"$dt": format_datetime(v)} if isinstance(v, datetime) else v for k, v in self.columns.items()},
             "entities": [[e.type, dict(e.fields)] for e in self.entities],
             "activity": [format_datetime(t) if t else None for t in (self.first_activity, self.last_activity)],
+            "rank": self.rank,
         }
 
     @classmethod
@@ -144,4 +148,5 @@ class Finding:
             entities=tuple(Entity(t, f) for t, f in data["entities"]),
             first_activity=parse_datetime(data["activity"][0]) if data["activity"][0] else None,
             last_activity=parse_datetime(data["activity"][1]) if data["activity"][1] else None,
+            rank=int(data.get("rank", 0)),
         )
