@@ -224,10 +224,13 @@ def _settings(args: argparse.Namespace, *, source_required: bool = True) -> Sett
 
     Without --settings, local.settings.json is read when it exists in the current folder, as `func start` does.
     """
-    from detector.config import Settings, load_settings_file
+    from detector import config
 
-    values = load_settings_file(Path(args.settings) if args.settings else None)
-    return Settings.from_env(values, source_required=source_required)
+    path = Path(args.settings) if args.settings else None
+    if path is None and not Path("local.settings.json").is_file():
+        return config.Settings.from_env(source_required=source_required)
+    values = config.load_settings_file(path)
+    return config.Settings.from_env(values, source_required=source_required)
 
 
 def _scheduled(args: argparse.Namespace) -> int:

@@ -142,9 +142,9 @@ def explain_token_failure(client_id: str, detail: str, scopes: tuple[str, ...], 
     if client_id:
         if unavailable:
             return (
-                f"{step}: the managed identity endpoint is not available (IDENTITY_ENDPOINT, or IMDS on a VM); "
-                "AZURE_CLIENT_ID selects a managed identity, which exists only in Azure: on a developer machine "
-                "leave AZURE_CLIENT_ID empty and run `az login`"
+                f"{step}: the managed identity endpoint gave no token ({first_line}); it is IDENTITY_ENDPOINT in "
+                "Functions and App Service, IMDS on a VM. AZURE_CLIENT_ID selects a managed identity, which exists only "
+                "in Azure: on a developer machine leave AZURE_CLIENT_ID empty and run `az login`"
             )
         return (
             f"{step}: the managed identity {client_id} (AZURE_CLIENT_ID) was refused: {first_line}; check that "

@@ -54,7 +54,7 @@ def render(findings: Sequence[Finding], width: int) -> str:
     for rule_id in dict.fromkeys(f.rule_id for f in ordered):
         out += _rule_table([f for f in ordered if f.rule_id == rule_id], width)
     rules = ", ".join(sorted({f.rule_name for f in findings}))
-    out.append(f"{len(findings)} finding(s) of {rules}.")
+    out += textwrap.wrap(f"{len(findings)} finding(s) of {rules}.", max(width, 20))
     return "\n".join(out) + "\n"
 
 
@@ -113,7 +113,7 @@ def _blocks(findings: list[Finding], width: int) -> list[str]:
             room = 2 * width - len(label) - 8
             text = shorten_list(value, max(room, MIN_COLUMN)) if isinstance(value, list | tuple) else value_text(value)
             lines += textwrap.wrap(f"  {printable(label)}: {text}", width, subsequent_indent="    ", break_long_words=True)
-        lines.append(f"  id: {finding.id}")
+        lines += textwrap.wrap(f"  id: {finding.id}", width, subsequent_indent="    ", break_long_words=True)
     return lines
 
 
