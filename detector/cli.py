@@ -60,14 +60,15 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="python -m detector",
         description="Sentinel scheduled rules over W3CIISLog, in Python.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
+        parents=[_common_options()],
     )
+    # Each parser gets its own copies of the common options: set_defaults changes the action objects, and
+    # a shared action with a default would make the command's parser overwrite what came before the command.
     parser.set_defaults(verbose=0, debug=False, quiet=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=help_text,
-            parents=[common],
+            parents=[_common_options()],
             epilog=EXIT_CODES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
