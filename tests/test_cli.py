@@ -422,7 +422,7 @@ def test_explain_shows_parameters_plan_and_the_exact_kql(
     code, out, _ = run_cli(["explain"], capsys)
     assert code == EXIT_OK
     assert _tree(state) == before  # explain reads state, never writes it
-    assert "portThreshold: 30" in out and "timeBin: \"10m\"" in out and "maxSetSize: 128" in out
+    assert "portThreshold: 30" in out and 'timeBin: "10m"' in out and "maxSetSize: 128" in out
     assert "checkpoint 2026-11-26T00:00:00Z" in out
     planned = [line.strip() for line in out.splitlines() if line.strip().startswith("evaluate ")]
     assert planned == [

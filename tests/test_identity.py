@@ -58,14 +58,33 @@ class Raising:
 @pytest.mark.parametrize(
     ("client_id", "error", "says"),
     [
-        ("", ClientAuthenticationError(message=DEFAULT_CHAIN_TEXT), ["no Azure credential was found", "`az login`", "AZURE_CLIENT_ID"]),
-        (CLIENT_ID, CredentialUnavailableError(message="ManagedIdentityCredential authentication unavailable."),
-         ["managed identity endpoint gave no token (ManagedIdentityCredential authentication unavailable.)", "IDENTITY_ENDPOINT", "`az login`"]),
-        (CLIENT_ID, ClientAuthenticationError(message="Identity not found\nmore"), [f"{CLIENT_ID} (AZURE_CLIENT_ID) was refused: Identity not found;"]),
-        ("", ClientAuthenticationError(message="AADSTS70043: The refresh token has expired\n..."), ["refused: AADSTS70043", "`az login`"]),
+        (
+            "",
+            ClientAuthenticationError(message=DEFAULT_CHAIN_TEXT),
+            ["no Azure credential was found", "`az login`", "AZURE_CLIENT_ID"],
+        ),
+        (
+            CLIENT_ID,
+            CredentialUnavailableError(message="ManagedIdentityCredential authentication unavailable."),
+            [
+                "managed identity endpoint gave no token (ManagedIdentityCredential authentication unavailable.)",
+                "IDENTITY_ENDPOINT",
+                "`az login`",
+            ],
+        ),
+        (
+            CLIENT_ID,
+            ClientAuthenticationError(message="Identity not found\nmore"),
+            [f"{CLIENT_ID} (AZURE_CLIENT_ID) was refused: Identity not found;"],
+        ),
+        (
+            "",
+            ClientAuthenticationError(message="AADSTS70043: The refresh token has expired\n..."),
+            ["refused: AADSTS70043", "`az login`"],
+        ),
     ],
     ids=["nothing-found", "no-identity-endpoint", "identity-refused", "developer-token-refused"],
-)  # fmt: skip
+)
 def test_each_failure_is_one_line_naming_the_token_step_and_what_to_set(
     client_id: str, error: Exception, says: list[str]
 ) -> None:
@@ -122,7 +141,9 @@ def test_cli_prints_one_error_line_and_exits_1_without_waiting(
     assert fake.requests == []
 
 
-def test_a_missing_ca_bundle_is_one_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_ca_bundle_is_one_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "no-such-ca.pem"
     with pytest.raises(ConfigError, match=r"setting REQUESTS_CA_BUNDLE: '.*no-such-ca\.pem' does not exist"):
         credential_for("", {"REQUESTS_CA_BUNDLE": str(missing)})
@@ -130,5 +151,7 @@ def test_a_missing_ca_bundle_is_one_config_error(tmp_path: Path, capsys: pytest.
     code = cli.main(["run", "--source", f"loganalytics:{WS}", *HOUR])
     err = capsys.readouterr().err
     assert code == cli.EXIT_BAD_INPUT
-    assert err.splitlines() == [f"error: setting REQUESTS_CA_BUNDLE: '{missing}' does not exist; point it at a PEM file "
-                                "of trusted CA certificates, or unset it to use the defaults"]  # fmt: skip
+    assert err.splitlines() == [
+        f"error: setting REQUESTS_CA_BUNDLE: '{missing}' does not exist; point it at a PEM file "
+        "of trusted CA certificates, or unset it to use the defaults"
+    ]
