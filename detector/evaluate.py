@@ -16,7 +16,7 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
     if not rule.triggers(len(results)):
         return []
     findings = []
-    for result in results:
+    for rank, result in enumerate(results):
         entities = []
         for mapping in rule.entity_mappings:
             fields = {identifier: str(result[column]) for identifier, column in mapping.fields if result.get(column)}
@@ -39,6 +39,7 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
                 title=rule.logic.title(result),
                 summary=rule.logic.summary(result),
                 evidence=rule.logic.evidence(result),
+                rank=rank,
             )
         )
     return findings

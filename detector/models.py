@@ -81,6 +81,9 @@ class Finding:
     title: str = ""
     summary: str = ""
     evidence: tuple[tuple[str, str], ...] = ()  # (label, column name) pairs, the fields read first
+    # Position of the result in the rule's output for its window (the rule's order, e.g. by its measure,
+    # descending), so findings read back from the outbox are shown in the order a direct run shows them.
+    rank: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON object: the KQL columns in order, then the finding's metadata."""
@@ -131,6 +134,7 @@ class Finding:
             "title": self.title,
             "summary": self.summary,
             "evidence": [list(pair) for pair in self.evidence],
+            "rank": self.rank,
         }
 
     @classmethod
@@ -155,4 +159,5 @@ class Finding:
             title=str(data.get("title") or ""),
             summary=str(data.get("summary") or ""),
             evidence=tuple((str(label), str(column)) for label, column in data.get("evidence") or ()),
+            rank=int(data.get("rank", 0)),
         )

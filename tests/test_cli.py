@@ -234,3 +234,207 @@ def test_module_entry_point_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "7 finding(s)" in result.stdout
+
+
+# -- common options, version, help ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["-v", "validate"], ["validate", "-v"], ["-q", "validate"], ["validate", "--debug"]])
+def test_common_options_go_before_or_after_the_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_OK
+
+
+def test_verbosity_levels() -> None:
+    from detector.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["validate"]).verbose == 0
+    assert parser.parse_args(["-v", "validate"]).verbose == 1
+    assert parser.parse_args(["validate", "-vv"]).verbose == 2
+    assert parser.parse_args(["-q", "validate"]).quiet is True
+    assert parser.parse_args(["validate", "--debug"]).debug is True
+
+
+def test_quiet_prints_no_summary_and_verbose_logs_the_summary_line(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    args = ["run", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS]
+    code, out, err = run_cli(["-q", *args], capsys)
+    assert code == EXIT_OK and "7 finding(s)" in out
+    assert err == ""
+    run_cli([*args, "-v"], capsys)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("detector.summary "))
+    summary = json.loads(line.split("detector.summary ", 1)[1])
+    assert summary["findings"] == 7 and summary["ok"] is True
+
+
+def test_version_has_one_source(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    import detector
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"python -m detector {detector.__version__}\n"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"]
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "detector.__version__"}
+
+
+def test_help_lists_the_exit_codes_and_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    import detector.cli
+    from detector.cli import COMMANDS, EXIT_FAILED, EXIT_STEPPED_ASIDE
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    codes = [line.split()[0] for line in text.split("exit status:", 1)[1].strip().splitlines()]
+    assert codes == [str(c) for c in (EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STEPPED_ASIDE)] == ["0", "1", "2", "3"]
+    doc = detector.cli.__doc__ or ""
+    for name in COMMANDS:
+        assert f"- `{name}`" in doc
+        assert name in text
+
+
+# -- backfill output -------------------------------------------------------------------------------------
+
+
+def test_backfill_writes_plain_lines_when_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["backfill", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS]
+    code, _, err = run_cli([*args, "--sink", f"jsonl:{tmp_path / 'f.jsonl'}", "--state", f"file:{tmp_path / 's'}"], capsys)
+    assert code == EXIT_OK
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[:2] == ["backfill: 0/24 windows of 1h done", "backfill: 1/24 windows of 1h done"]
+    assert lines[-1] == (
+        "24 windows from 2026-11-26T00:00:00Z to 2026-11-27T00:00:00Z: "
+        f"{_rows_in_candidate_groups()} rows evaluated, 7 finding(s)"
+    )
+
+
+def _rows_in_candidate_groups() -> int:
+    from detector.runner import evaluate_window
+    from detector.sources import open_source
+    from tests.helpers import DAY, RULE
+
+    return evaluate_window(RULE, open_source(f"file:{FILES / 'w3ciislog.jsonl'}"), DAY).rows_evaluated
+
+
+def test_backfill_draws_a_bar_on_a_terminal() -> None:
+    import io
+
+    from detector.cli import backfill_progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    progress = backfill_progress(stream, __import__("datetime").timedelta(hours=1))
+    for done in range(3):
+        progress(done, 2)
+    assert stream.getvalue().count("\r") == 3
+    assert stream.getvalue().endswith("] 2/2 windows of 1h\n")
+
+
+def test_describe_windows_summarises_many() -> None:
+    from detector.cli import describe_windows
+    from detector.kql import parse_datetime
+    from detector.models import Window
+
+    def w(a: str, b: str) -> Window:
+        return Window(parse_datetime(a), parse_datetime(b))
+
+    one = w("2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z")
+    assert describe_windows([one, one]) == "window [2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z)"
+    hours = [w(f"2026-11-26T{h:02}:00:00Z", f"2026-11-26T{h + 1:02}:00:00Z") for h in range(23)]
+    assert describe_windows(hours) == "23 windows from 2026-11-26T00:00:00Z to 2026-11-26T23:00:00Z"
+    assert describe_windows([]) == "no window"
+
+
+# -- scheduled --dry-run and explain -----------------------------------------------------------------------
+
+
+def _scheduled_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, now: str = "2026-11-27T00:35:00Z") -> Path:
+    monkeypatch.setenv("DETECTOR_SOURCE", f"file:{FILES / 'w3ciislog.jsonl'}")
+    monkeypatch.setenv("DETECTOR_STATE", f"file:{tmp_path / 'state'}")
+    monkeypatch.setenv("DETECTOR_SINKS", f"jsonl:{tmp_path / 'f.jsonl'}")
+    monkeypatch.setenv("DETECTOR_NOW", now)
+    return tmp_path / "state"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dry_run_plans_reads_and_evaluates_but_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _scheduled_env(monkeypatch, tmp_path, now="2026-11-26T00:35:00Z")
+    assert main(["scheduled"]) == EXIT_OK  # a real run: state exists, the day before is done
+    capsys.readouterr()
+    before = _tree(state)
+    sent_before = (tmp_path / "f.jsonl").read_bytes()
+    monkeypatch.setenv("DETECTOR_NOW", "2026-11-27T00:35:00Z")
+    code, out, _ = run_cli(["scheduled", "--dry-run"], capsys)
+    assert code == EXIT_OK
+    assert _tree(state) == before
+    assert f"would deliver 7 finding(s) to jsonl:{tmp_path / 'f.jsonl'}" in out
+    assert "window [2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z) rule 44a555d8-ecee-4a25-95ce-055879b4b14b" in out
+    assert "7 finding(s), 7 would be staged" in out
+    assert all(e["cIP"] in out for e in expected_findings())  # the table of what would be delivered
+    assert (tmp_path / "f.jsonl").read_bytes() == sent_before  # nothing was sent
+    # The real run afterwards does exactly what the dry run said.
+    code, _, err = run_cli(["scheduled"], capsys)
+    assert code == EXIT_OK
+    summary = json.loads(err.splitlines()[0])
+    assert summary["findings"] == 7 and summary["deliveries"] == {f"jsonl:{tmp_path / 'f.jsonl'}": 7}
+
+
+def test_dry_run_of_an_unchanged_delivered_day_stages_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _scheduled_env(monkeypatch, tmp_path)
+    assert main(["scheduled"]) == EXIT_OK
+    capsys.readouterr()
+    before = _tree(state)
+    # Nothing is due and every finding was delivered unchanged: nothing to stage or send.
+    code, out, _ = run_cli(["scheduled", "--dry-run"], capsys)
+    assert code == EXIT_OK
+    assert _tree(state) == before
+    assert "would deliver 0 finding(s)" in out
+
+
+def test_explain_shows_parameters_plan_and_the_exact_kql(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detector.kql import parse_datetime
+    from detector.sources.kql_query import candidates_query
+    from tests.helpers import RULE
+
+    state = _scheduled_env(monkeypatch, tmp_path, now="2026-11-26T00:35:00Z")
+    assert main(["scheduled"]) == EXIT_OK
+    capsys.readouterr()
+    before = _tree(state)
+    monkeypatch.setenv("DETECTOR_NOW", "2026-11-28T00:35:00Z")
+    code, out, _ = run_cli(["explain"], capsys)
+    assert code == EXIT_OK
+    assert _tree(state) == before  # explain reads state, never writes it
+    assert "portThreshold: 30" in out and 'timeBin: "10m"' in out and "maxSetSize: 128" in out
+    assert "checkpoint 2026-11-26T00:00:00Z" in out
+    planned = [line.strip() for line in out.splitlines() if line.strip().startswith("evaluate ")]
+    assert planned == [
+        "evaluate [2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z)",
+        "evaluate [2026-11-27T00:00:00Z, 2026-11-28T00:00:00Z)",
+    ]
+    expected = candidates_query(
+        "W3CIISLog", parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"), RULE.logic.candidate_spec()
+    )
+    assert "\n".join("    " + line for line in expected.splitlines()) in out
+    assert "| project " + ", ".join(RULE.logic.columns) in out  # the details step
+    code, out, _ = run_cli(["explain", "--start", "2026-11-20T00:00:00Z", "--end", "2026-11-20T01:00:00Z"], capsys)
+    assert code == EXIT_OK and "KQL for [2026-11-20T00:00:00Z, 2026-11-20T01:00:00Z)" in out
+    code, _, err = run_cli(["explain", "--start", "2026-11-20T00:00:00Z"], capsys)
+    assert code == EXIT_BAD_INPUT and err.startswith("error: setting --end: give both")

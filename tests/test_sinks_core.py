@@ -1,10 +1,9 @@
-"""The stdout and jsonl sinks, and the sink registry."""
+"""The jsonl sink and the sink registry (the stdout sink: tests/test_stdout.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import io
 import json
 import os
 import re
@@ -21,7 +20,6 @@ from detector.evaluate import evaluate
 from detector.models import Finding
 from detector.sinks import open_sink
 from detector.sinks.jsonl import JsonlSink
-from detector.sinks.stdout import StdoutSink
 from detector.sources import ReadRequest, open_source
 from tests.helpers import DAY, FILES, RULE
 
@@ -30,15 +28,6 @@ FINDINGS = evaluate(
     open_source(f"file:{FILES / 'w3ciislog.jsonl'}").read(ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns)),
     DAY,
 )
-
-
-def test_stdout_table_has_one_line_per_finding() -> None:
-    stream = io.StringIO()
-    StdoutSink(stream).deliver(FINDINGS)
-    lines = stream.getvalue().splitlines()
-    assert lines[0].split()[:6] == ["TimeGenerated", "cIP", "Computer", "sIP", "portCount", "ConnectionsCount"]
-    assert len(lines) == 1 + len(FINDINGS) + 1
-    assert all(f.id in stream.getvalue() for f in FINDINGS)
 
 
 def test_jsonl_upserts_by_finding_id(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from detector.deadline import current_deadline
 from detector.errors import ConfigError, DeadlineReachedError, SourceError
-from detector.identity import credential_for
+from detector.identity import credential_failure, credential_for
 from detector.kql import bin_datetime, format_datetime, parse_datetime
 from detector.logic import CandidateSpec
 from detector.models import Row, Window
@@ -427,6 +427,9 @@ class LogAnalyticsSource(Source):
                 # The SDK parses an error body even when there is none, as on a 204 No Content.
                 problem = f"HTTP {self._last_status} without a body"
             except HttpResponseError as exc:
+                failure = credential_failure(exc)
+                if failure is not None:
+                    raise failure from None  # no token, nothing sent: asking again would fail the same way
                 status = exc.status_code or 0
                 # No status: the answer never arrived whole (the SDK re-raises a cut body as a bare
                 # HttpResponseError); ask again like any transport failure.

@@ -1,0 +1,82 @@
+"""What people read about a finding, from the rule's presentation (Finding.title, summary, evidence).
+
+Plain text only: every output format escapes these values itself. A finding stored by an older version
+has no presentation; it is then described from its own columns, never from a particular rule's names.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from detector.kql import format_datetime
+from detector.models import Finding
+
+# Characters that would act on a terminal instead of being shown: C0 and C1 controls, DEL, and the bidi
+# controls that reorder text. Values come from requests an attacker sends, so they are shown escaped.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text safe to write to a terminal: unsafe characters become \\xNN or \\uNNNN escapes."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+def title_of(finding: Finding) -> str:
+    """The rule's short subject for the finding; its entities' identifiers when it has none."""
+    title = str(getattr(finding, "title", "") or "")
+    if title:
+        return title
+    names = [value for entity in finding.entities for value in entity.fields.values()]
+    return ", ".join(dict.fromkeys(names)) or finding.id
+
+
+def summary_of(finding: Finding) -> str:
+    """The rule's one-sentence summary; the title when it has none."""
+    return str(getattr(finding, "summary", "") or "") or title_of(finding)
+
+
+def evidence_of(finding: Finding) -> tuple[tuple[str, str], ...]:
+    """(label, column) pairs the rule puts first; every column, labelled by its name, when it names none."""
+    evidence: tuple[tuple[str, str], ...] = tuple(getattr(finding, "evidence", ()) or ())
+    if evidence:
+        return evidence
+    return tuple((name, name) for name in finding.columns)
+
+
+def value_text(value: Any) -> str:
+    """A column value as printable text: datetimes in ISO 8601 UTC, sets joined by ', ', controls escaped."""
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(value_text(v) for v in value)
+    return "" if value is None else printable(str(value))
+
+
+def shorten(text: str, limit: int) -> str:
+    """Text cut to `limit` characters, marked with '...' when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 3, 0)] + "..." if limit >= 3 else text[:limit]
+
+
+def shorten_list(values: list[Any] | tuple[Any, ...], limit: int) -> str:
+    """A set shortened to fit `limit` characters, saying how many values were left out: 'a, b, ... (+28)'."""
+    items = [value_text(v) for v in values]  # printable already
+    full = ", ".join(items)
+    if len(full) <= limit:
+        return full
+    shown: list[str] = []
+    for index, item in enumerate(items):
+        rest = len(items) - index - 1
+        candidate = ", ".join([*shown, item]) + (f", ... (+{rest})" if rest else "")
+        if len(candidate) > limit:
+            break
+        shown.append(item)
+    left = len(items) - len(shown)
+    if not shown:  # not even the first value fits: show the start of it
+        suffix = f" (+{left - 1})" if left > 1 else ""
+        return shorten(items[0], max(limit - len(suffix), 3)) + suffix
+    text = ", ".join(shown) + f", ... (+{left})"
+    return text if len(text) <= limit else shorten(text, limit)
