@@ -41,8 +41,7 @@ EXIT_CODES = f"""exit status:
   {EXIT_OK}  the command completed, findings or not
   {EXIT_FAILED}  a source could not give a complete answer, a delivery failed, or state was lost
   {EXIT_BAD_INPUT}  bad input or configuration: one "error:" line names the file, line or setting
-  {EXIT_INCOMPLETE}  nothing failed, but part of the work was left for the next run: another run holds
-     the rule's lease (steppedAside) or the run deadline came (deadlineReached)
+  {EXIT_INCOMPLETE}  nothing failed, but work was left for the next run: a live run held a lease, or the deadline came
 """
 
 

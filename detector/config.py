@@ -527,6 +527,12 @@ class SettingValues(dict[str, str]):
         self.origins = dict(origins)
 
 
+def environment() -> Mapping[str, str]:
+    """The process environment. Read only through here: settings, and other tools' conventions the detector
+    honours (COLUMNS for the table width, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE checked before the SDK uses them)."""
+    return os.environ
+
+
 def load_settings_file(path: Path | None, environ: Mapping[str, str] | None = None) -> SettingValues:
     """The values of a Functions settings file (local.settings.json), overridden by the environment.
 

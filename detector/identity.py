@@ -12,7 +12,6 @@ never retried as if the service had answered badly: a missing `az login` does no
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,7 +78,9 @@ def credential_for(client_id: str, environ: Mapping[str, str] | None = None) -> 
     user-assigned identity still works; on a laptop it uses `az login`, VS Code or environment credentials.
     The credential is wrapped so that a failure to get a token is one CredentialError (see module doc).
     """
-    check_ca_bundle(os.environ if environ is None else environ)
+    from detector.config import environment
+
+    check_ca_bundle(environment() if environ is None else environ)
     # Imported here: azure.identity is slow to import and `import function_app` must stay fast.
     if client_id:
         from azure.identity import ManagedIdentityCredential

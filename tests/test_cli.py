@@ -285,13 +285,13 @@ def test_version_has_one_source(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_help_lists_the_exit_codes_and_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     import detector.cli
-    from detector.cli import COMMANDS, EXIT_FAILED, EXIT_STEPPED_ASIDE
+    from detector.cli import COMMANDS, EXIT_FAILED, EXIT_INCOMPLETE
 
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
     codes = [line.split()[0] for line in text.split("exit status:", 1)[1].strip().splitlines()]
-    assert codes == [str(c) for c in (EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STEPPED_ASIDE)] == ["0", "1", "2", "3"]
+    assert codes == [str(c) for c in (EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE)] == ["0", "1", "2", "3"]
     doc = detector.cli.__doc__ or ""
     for name in COMMANDS:
         assert f"- `{name}`" in doc

@@ -6,6 +6,7 @@ here sleeps for real.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,7 +109,7 @@ def test_windows_that_do_not_fit_stay_behind_the_checkpoint_and_are_reported(tmp
     assert store.load_rule_state(RULE.id, RULE.logic.time_bin).checkpoint == parse_datetime("2026-11-26T00:00:00Z")
     assert [f.columns["cIP"] for f in sink.received] == ["203.0.113.50"]  # what was evaluated is delivered
 
-    assert cli._report(first, as_json=True) == cli.EXIT_INCOMPLETE
+    assert cli._report(first, argparse.Namespace(quiet=False), as_json=True) == cli.EXIT_INCOMPLETE
 
     second = one_run()
     assert [str(r.window.start.date()) for r in second.rules if r.kind == "window"] == ["2026-11-26"]

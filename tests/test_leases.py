@@ -206,7 +206,7 @@ def test_a_killed_backfill_continues_when_rerun(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert code == EXIT_OK, err
     assert "4/24 windows" in err and "24/24 windows" in err  # four hours were done before the kill
-    assert "20 windows" not in err and " 0 rows evaluated" not in err
+    assert " 0 rows evaluated" not in err
     _assert_every_finding_once(out, state)
 
 

@@ -31,9 +31,9 @@ def terminal_width(stream: TextIO) -> int:
 
 
 def _columns_env() -> int:
-    import os
+    from detector.config import environment
 
-    text = os.environ.get("COLUMNS", "")
+    text = environment().get("COLUMNS", "")
     return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_WIDTH
 
 
