@@ -66,14 +66,9 @@ def azurite_table(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Ite
     if not AZURITE_TABLE.exists():
         pytest.fail(f"Azurite is not installed at {AZURITE_TABLE}: run `make azurite` (make test does it)")
     port = _free_port()
-    # Azurite writes its __azurite_db_* files (and debug log) to --location, else to its working folder:
-    # both are a temp folder, so nothing lands in the repository even without in-memory persistence.
-    workdir = tmp_path_factory.mktemp("azurite")
     process = subprocess.Popen(
         [
             str(AZURITE_TABLE),
-            "--location",
-            str(workdir),
             "--tableHost",
             "127.0.0.1",
             "--tablePort",
@@ -89,7 +84,7 @@ def azurite_table(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "--key",
             str(pki.server_key),
         ],
-        cwd=workdir,
+        cwd=tmp_path_factory.mktemp("azurite"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
