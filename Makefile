@@ -8,7 +8,7 @@ END ?= 2026-11-27T00:00:00Z
 AZURITE := .tools/azurite/node_modules/.bin/azurite-table
 CHECKOV := .tools/checkov/bin/checkov
 
-.PHONY: setup demo test lint azurite checkov
+.PHONY: setup demo test lint azurite checkov requirements
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Re-pin requirements.txt (what deploys: exact versions with hashes) from requirements.in, with pip-tools.
+requirements: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-trusted-host --no-emit-find-links --output-file requirements.txt requirements.in
 
 # Azurite 3.35.0 (the last release that runs on Node 20), for the Table Storage state tests; the tests start it.
 azurite: $(AZURITE)

@@ -821,3 +821,75 @@ def test_health_alerts_deploy_the_shipped_queries() -> None:
     assert render(rules["properties"]["scopes"][0]) == "applicationInsights.id"
     (group,) = _resources_of_type(APP / "health-alerts.bicep", "Microsoft.Insights/actionGroups").values()
     assert group["properties"]["emailReceivers"][0]["emailAddress"] == "alertEmail"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Supply chain: what deploys is pinned with hashes; floors past the advisories; nothing local shipped
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pins() -> dict[str, tuple[str, list[str]]]:
+    """requirements.txt: name -> (exact version, hashes)."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = (ROOT / "requirements.txt").read_text(encoding="utf-8").replace("\\\n", " ")
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        assert not line.startswith("-"), f"requirements.txt: option line {line!r} (no index, find-links or path options)"
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)", line)
+        assert match, f"requirements.txt: {line[:80]!r} is not an exact pin with hashes"
+        pins[match.group(1).lower().replace("_", "-")] = (match.group(2), re.findall(r"sha256:([0-9a-f]{64})", match.group(3)))
+    return pins
+
+
+def test_deployed_requirements_are_exact_pins_with_hashes_of_what_requirements_in_asks() -> None:
+    from packaging.requirements import Requirement
+
+    pins = _pins()
+    assert len(pins) >= 10
+    wanted = [
+        Requirement(line.split("#", 1)[0].strip())
+        for line in (ROOT / "requirements.in").read_text(encoding="utf-8").splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    for requirement in wanted:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is in requirements.in but not pinned: run `make requirements`"
+        assert requirement.specifier.contains(pins[name][0]), f"{name}=={pins[name][0]} breaks {requirement}: `make requirements`"
+
+
+@pytest.mark.parametrize(
+    ("package", "floor", "advisory"),
+    [
+        ("azure-core", "1.38.0", "CVE-2026-21226 / GHSA-jm66-cg57-jjv5"),
+        ("azure-identity", "1.16.1", "CVE-2024-35255"),
+        ("cryptography", "46.0.5", "CVE-2026-26007"),
+    ],
+)
+def test_floors_are_past_the_last_advisories(package: str, floor: str, advisory: str) -> None:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    lines = (ROOT / "requirements.in").read_text(encoding="utf-8").splitlines()
+    (line,) = [line for line in lines if line.startswith(package + ">")]
+    requirement = Requirement(line.split("#", 1)[0].strip())
+    below = Version(floor)
+    floors = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
+    assert floors and min(floors) >= below, f"{package}: floor {floors} must be at least {floor} ({advisory})"
+    assert Version(_pins()[package][0]) >= below
+
+
+def test_dev_requirements_install_without_the_hashed_file() -> None:
+    """pip turns on hash checking for every line once one line has a hash; the dev tools have none."""
+    dev = (ROOT / "requirements-dev.txt").read_text(encoding="utf-8")
+    assert "-r requirements.in" in dev.splitlines()
+    assert "-r requirements.txt" not in dev.splitlines()
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "--generate-hashes" in makefile and "--no-emit-find-links" in makefile
+
+
+@pytest.mark.parametrize("ignore_file", [".gitignore", ".funcignore"])
+def test_local_state_and_tool_files_are_neither_committed_nor_deployed(ignore_file: str) -> None:
+    entries = {line.strip().rstrip("/") for line in (ROOT / ignore_file).read_text(encoding="utf-8").splitlines()}
+    assert {".detector-state", ".azure", "__azurite_db_*"} <= entries
