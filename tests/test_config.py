@@ -283,10 +283,10 @@ def test_settings_file_values_are_read_and_the_environment_wins(tmp_path: Path) 
     path = _write_settings(
         tmp_path, {"DETECTOR_SOURCE": "file:a.jsonl", "DETECTOR_SINKS": "stdout", "FUNCTIONS_WORKER_RUNTIME": "python"}
     )
-    values = load_settings_file(path, {"DETECTOR_SINKS": "jsonl:out.jsonl", "HOME": "/home/x"})
+    values = load_settings_file(path, {"DETECTOR_SINKS": "jsonl:out.jsonl", "HOME": "/srv/x"})
     assert values["DETECTOR_SOURCE"] == "file:a.jsonl"
     assert values["DETECTOR_SINKS"] == "jsonl:out.jsonl"
-    assert values["HOME"] == "/home/x"
+    assert values["HOME"] == "/srv/x"
     settings = Settings.from_env(values)
     assert (settings.source, settings.sinks) == ("file:a.jsonl", ("jsonl:out.jsonl",))
 
