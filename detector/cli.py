@@ -7,12 +7,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from detector import runner
 from detector.errors import ConfigError, DetectorError, SourceError
 from detector.kql import format_timespan, parse_datetime
 from detector.models import Window
 from detector.rules import DEFAULT_RULES_DIR, load_rules
+
+if TYPE_CHECKING:
+    from detector.config import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -32,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="evaluate rules over one window and deliver findings")
     run.add_argument("--source", required=True, help="file:<path> | iis:<path> | loganalytics:<workspace id>")
     run.add_argument("--computer", default="", help="Computer for iis: rows (default: this host's name)")
+    run.add_argument("--strict", action="store_true", help="a malformed input line is an error (default: skipped, counted)")
     run.add_argument("--start", required=True, help="window start, ISO 8601 UTC (inclusive)")
     run.add_argument("--end", required=True, help="window end, ISO 8601 UTC (exclusive)")
     run.add_argument("--rule", default=str(DEFAULT_RULES_DIR), help="rule file, folder, or rule id (default: all bundled rules)")
@@ -43,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = sub.add_parser("backfill", help="evaluate a past range window by window, with state; resumable")
     backfill.add_argument("--source", required=True, help="file:<path> | iis:<path> | loganalytics:<workspace id>")
     backfill.add_argument("--computer", default="", help="Computer for iis: rows (default: this host's name)")
+    backfill.add_argument("--strict", action="store_true", help="a malformed input line is an error (default: skipped, counted)")
     backfill.add_argument("--start", required=True, help="range start, ISO 8601 UTC, on a bin edge")
     backfill.add_argument("--end", required=True, help="range end, ISO 8601 UTC, on a bin edge")
     backfill.add_argument("--rule", default=str(DEFAULT_RULES_DIR), help="rule file, folder, or rule id")
@@ -87,7 +93,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     window = _window(args)
     rules = load_rules(args.rule)
-    source = open_source(args.source, None, args.computer)
+    source = open_source(args.source, _source_settings(args))
     sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
     store = open_state_store(None, args.state)
 
@@ -100,6 +106,16 @@ def _backfill(args: argparse.Namespace) -> int:
 
     summary = runner.run_backfill(rules, source, sinks, store, window, progress)
     return _report(summary, args.summary_json)
+
+
+def _source_settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the CLI's source options on top."""
+    from dataclasses import replace
+
+    from detector.config import settings_or_env
+
+    settings = settings_or_env(None)
+    return replace(settings, computer=args.computer or settings.computer, strict=args.strict or settings.strict)
 
 
 def _scheduled() -> int:
@@ -118,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 
     window = _window(args)
     rules = load_rules(args.rule)
-    source = open_source(args.source, None, args.computer)
+    source = open_source(args.source, _source_settings(args))
     sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
     for rule in rules:
         if not is_aligned(window, rule.logic.time_bin):

@@ -167,6 +167,7 @@ class Settings:
     webhook_url: str = field(default="", repr=False)  # a secret: never printed
     webhook_mode: str = "per-finding"
     logs: LogAnalyticsSettings = field(default_factory=LogAnalyticsSettings)
+    strict: bool = False  # DETECTOR_STRICT / --strict: a malformed input line is an error, not a skipped line
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, source_required: bool = True) -> Settings:
@@ -213,6 +214,7 @@ class Settings:
             raw=values,
             **_sink_settings(values),
             logs=logs,
+            strict=False,
         )
 
 

@@ -376,7 +376,7 @@ def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock) 
     if settings.now_override is not None:
         now = settings.now_override
     rules = load_rules(settings.rules)
-    source = open_source(settings.source, settings, settings.computer, setting="DETECTOR_SOURCE")
+    source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
     sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in settings.sinks]
     store = open_state_store(settings)
     return run_incremental(rules, source, sinks, store, now, settings, clock)
