@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import ConfigError, InputError
 from detector.models import Row, Window
 from detector.pushdown import CandidateSpec
+from detector.w3ciislog import coerce_row
 
 if TYPE_CHECKING:
     from detector.config import Settings
@@ -129,6 +131,28 @@ class LineReport:
         """The read_stats() figures."""
         skipped = self.skipped
         return {"rowsRead": self.rows_read, "skippedLines": sum(skipped.values()), "skippedByFile": skipped}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def representable(row: Row) -> Row:
+    """The row with lone surrogates (which JSON's \\ud800 escapes can produce and no sink can encode) as U+FFFD."""
+    for name, value in row.items():
+        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+            row[name] = _SURROGATE.sub("\ufffd", value)
+    return row
+
+
+def typed(raw: Mapping[str, Any], request: ReadRequest, where: str, line: int | str | None) -> Row:
+    """A raw mapping as a typed, representable row; a value that does not fit raises MalformedLine."""
+    label = where if line is None else f"{where}:{line}" if isinstance(line, int) else f"{where}: {line}"
+    try:
+        return representable(coerce_row(raw, request.read_columns(), request.required, label))
+    except InputError as exc:
+        raise MalformedLine(where, line, str(exc).removeprefix(f"{label}: ")) from None
+    except OverflowError:
+        raise MalformedLine(where, line, "a datetime out of range (before year 1 or after 9999 in UTC)") from None
 
 
 def files_changed_after(paths: list[Path], moment: datetime) -> bool:

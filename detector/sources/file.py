@@ -10,7 +10,8 @@ Malformed lines (not JSON, not an object, a column of the wrong type, a missing 
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
 
 Columnar exactness guards. A block takes the columnar path only when polars parses it into one row per
-line and its values are certainly the ones json.loads + coerce_row give:
+line and its values are certainly the ones json.loads + coerce_row give (polars refuses lone surrogate
+escapes and deep nesting itself, and such a block is read the plain way):
 - every column read occurs as a key exactly once per line where polars saw a value (json.loads keeps the
   last of repeated keys, polars the first), counted on the bytes; a block with a key written with a
   \\u escape is read the plain way;
@@ -22,6 +23,11 @@ line and its values are certainly the ones json.loads + coerce_row give:
 Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
 '\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
 
+Lines are cut at LF only, as JSON Lines defines them (CRLF is fine); a block with a CR that is not part
+of a CRLF is read the plain way. Values are made representable where they are read: a lone surrogate
+(from a `\\ud800` escape; no sink can encode it) becomes U+FFFD (a parity note: KQL keeps the escape).
+Non-UTF-8 input is one error naming the byte offset and what the file looks like (UTF-16, gzip, zip).
+
 Known difference: columns the description does not read are typed only in rows the rule gets; a
 malformed value there in a row of a group that cannot fire is not reported (the plain read skips it).
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,8 +45,17 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import InputError
 from detector.models import Row, Window
 from detector.pushdown import TIME, CandidateSpec
-from detector.sources import LineReport, MalformedLine, ReadRequest, Source, files_changed_after, register_source
+from detector.sources import (
+    LineReport,
+    MalformedLine,
+    ReadRequest,
+    Source,
+    files_changed_after,
+    register_source,
+    typed,
+)
 from detector.sources.candidates import (
+    BOM,
     PLAIN_INTEGER,
     CandidateRead,
     KeyedBlock,
@@ -47,12 +63,13 @@ from detector.sources.candidates import (
     Unavailable,
     candidate_rows,
     columnar_applies,
+    describe_binary,
     keys_frame,
     line_blocks,
     read_with_pushdown,
     skip_bom,
 )
-from detector.w3ciislog import COLUMN_TYPES, coerce_row
+from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
     import polars as pl
@@ -75,10 +92,16 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
         raise MalformedLine(where, number, "JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise MalformedLine(where, number, f"a JSON {type(raw).__name__} where an object of W3CIISLog columns belongs")
-    try:
-        return coerce_row(raw, request.read_columns(), request.required, f"{where}:{number}")
-    except InputError as exc:
-        raise MalformedLine(where, number, str(exc).removeprefix(f"{where}:{number}: ")) from None
+    return typed(raw, request, where, number)
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
+    """Why the bytes are not UTF-8 text, naming the byte offset and what the file looks like."""
+    looks = describe_binary(data[:4])
+    position = offset + exc.start
+    return f"is not UTF-8 at byte {position} ({exc.reason})" + (
+        f"; it looks like {looks}" if looks else "; save the file as UTF-8"
+    )
 
 
 class FileSource(Source):
@@ -128,69 +151,91 @@ class FileSource(Source):
     def _is_json_lines(self) -> bool:
         """True when the first line is one JSON object that is not a Log Analytics response."""
         try:
-            with self.path.open("r", encoding="utf-8-sig") as handle:
-                first_line = handle.readline()
-        except (OSError, UnicodeDecodeError):
+            with self.path.open("rb") as handle:
+                first_line = handle.readline().removeprefix(BOM)
+        except OSError:
             return False  # the plain path reports it
         try:
             head = json.loads(first_line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return False
         return isinstance(head, dict) and "tables" not in head
 
-    def _rows(self, request: ReadRequest, report: LineReport) -> Iterator[Row]:
+    def _open(self) -> Any:
         where = str(self.path)
         try:
-            handle = self.path.open("r", encoding="utf-8-sig")
+            mode = self.path.stat().st_mode
+            if not stat.S_ISREG(mode):
+                raise InputError(where, "is not a regular file (a folder, FIFO or device?); point file: at a JSON file")
+            return self.path.open("rb")
         except OSError as exc:
             raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
-        with handle:
+
+    def _rows(self, request: ReadRequest, report: LineReport) -> Iterator[Row]:
+        where = str(self.path)
+        with self._open() as handle:
+            head = handle.read(4)
+            looks = describe_binary(head)
+            if looks:
+                raise InputError(where, f"is not UTF-8 JSON: it looks like {looks}")
+            start = len(BOM) if head.startswith(BOM) else 0
+            handle.seek(start)
             first_line = handle.readline()
             first = first_line.lstrip()[:1]
             if not first:
-                if handle.read().strip():
-                    # Leading blank line: whatever follows decides the format.
-                    handle.seek(0)
-                    yield from self._jsonl(handle, request, where, report)
+                # A leading blank line (or an empty file): whatever follows decides, read as JSON Lines.
+                handle.seek(start)
+                yield from self._jsonl(handle, start, request, where, report)
                 return
-            if first == "[":
-                handle.seek(0)
-                yield from self._array(self._load_document(handle, where), request, where, report)
+            if first == b"[":
+                handle.seek(start)
+                yield from self._array(self._load_document(handle, start, where), request, where, report)
                 return
-            if first != "{":
+            if first != b"{":
                 raise InputError(f"{where}:1", "is not JSON Lines, a JSON array or a Log Analytics response")
             try:
-                head = json.loads(first_line)
-            except (json.JSONDecodeError, RecursionError):
-                head = None
-            if isinstance(head, dict) and "tables" in head:
-                yield from self._la_response(head, request, where, report)
+                head_object = json.loads(first_line)
+            except (ValueError, RecursionError):
+                head_object = None
+            if isinstance(head_object, dict) and "tables" in head_object:
+                yield from self._la_response(head_object, request, where, report)
                 return
-            if head is None:
+            if head_object is None:
                 # Not one object per line: maybe a pretty-printed Log Analytics response.
-                handle.seek(0)
+                handle.seek(start)
                 try:
-                    document = json.load(handle)
-                except (json.JSONDecodeError, RecursionError):
+                    document = self._load_document(handle, start, where)
+                except InputError:
                     document = None
                 if isinstance(document, dict) and "tables" in document:
                     yield from self._la_response(document, request, where, report)
                     return
-            handle.seek(0)
-            yield from self._jsonl(handle, request, where, report)
+            handle.seek(start)
+            yield from self._jsonl(handle, start, request, where, report)
 
     @staticmethod
-    def _load_document(handle: Any, where: str) -> Any:
+    def _load_document(handle: Any, start: int, where: str) -> Any:
+        data = handle.read()
         try:
-            return json.load(handle)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(where, _not_utf8(data, exc, start)) from None
+        try:
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}:{exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})") from None
         except RecursionError:
             raise InputError(where, "JSON nested too deeply to be W3CIISLog rows") from None
 
     @staticmethod
-    def _jsonl(handle: Any, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
-        for number, line in enumerate(handle, start=1):
+    def _jsonl(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
+        offset = start
+        for number, raw_line in enumerate(handle, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where}:{number}", _not_utf8(raw_line, exc, offset)) from None
+            offset += len(raw_line)
             try:
                 row = typed_json_line(line, number, request, where)
             except MalformedLine as exc:
@@ -210,9 +255,9 @@ class FileSource(Source):
                 report.skip(MalformedLine(where, f"row {index}", "must be a JSON object of W3CIISLog columns"))
                 continue
             try:
-                yield coerce_row(raw, request.read_columns(), request.required, f"{where}: row {index}")
-            except InputError as exc:
-                report.skip(MalformedLine(where, f"row {index}", str(exc).removeprefix(f"{where}: row {index}: ")))
+                yield typed(raw, request, where, f"row {index}")
+            except MalformedLine as exc:
+                report.skip(exc)
 
     @staticmethod
     def _la_response(document: Mapping[str, Any], request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
@@ -240,11 +285,9 @@ class FileSource(Source):
                 report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
                 continue
             try:
-                yield coerce_row(
-                    dict(zip(names, values, strict=True)), request.read_columns(), request.required, f"{where}: {label}"
-                )
-            except InputError as exc:
-                report.skip(MalformedLine(where, label, str(exc).removeprefix(f"{where}: {label}: ")))
+                yield typed(dict(zip(names, values, strict=True)), request, where, label)
+            except MalformedLine as exc:
+                report.skip(exc)
 
 
 # -- the columnar first pass over JSON Lines -------------------------------------------------------------
@@ -264,8 +307,6 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
         start = skip_bom(handle)
         line = 1
         for offset, data in line_blocks(handle, start, BLOCK_BYTES):
-            if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
-                raise Unavailable  # lone CR line breaks: the plain path's universal newlines decide lines
             keys = _columnar_keys(data, spec, request)
             if keys is not None:
                 yield _ColumnarBlock(keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report)
@@ -352,6 +393,8 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if not data.endswith(b"\n"):
         return None  # a last line without its line break: maybe truncated; the plain code decides
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
     wanted = spec.columns()
     try:
         frame = pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(wanted, pl.String))

@@ -36,7 +36,7 @@ from detector.identity import credential_for
 from detector.kql import bin_datetime, format_datetime, parse_datetime
 from detector.models import Row, Window
 from detector.pushdown import CandidateSpec, Capabilities
-from detector.sources import ReadRequest, Source, register_source
+from detector.sources import LineReport, MalformedLine, ReadRequest, Source, register_source, typed
 from detector.sources.kql_query import (
     GroupRange,
     bin_counts_query,
@@ -46,7 +46,7 @@ from detector.sources.kql_query import (
     raw_query,
     total_rows_query,
 )
-from detector.w3ciislog import COLUMN_TYPES, coerce_row
+from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
     from azure.core.pipeline import PipelineResponse
@@ -182,6 +182,7 @@ class LogAnalyticsSource(Source):
         limits: QueryLimits | None = None,
         pacer: RequestPacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        strict: bool = False,
     ) -> None:
         from detector.config import GUID
 
@@ -197,6 +198,8 @@ class LogAnalyticsSource(Source):
         self.pacer = pacer or _PACER
         self.sleep = sleep
         self.stats = QueryStats()
+        self.strict = strict
+        self._report = LineReport(strict)
         self._client: LogsQueryClient | None = None
         self._requests_at_read_start = 0
         self._last_status = 0
@@ -212,15 +215,14 @@ class LogAnalyticsSource(Source):
         before = self._stats_at_read_start.to_json()
         stats: dict[str, Any] = {k: v - before[k] for k, v in self.stats.to_json().items() if k != "rows_read"}
         stats["rowsRead"] = self.stats.rows_read
-        stats["skippedLines"] = 0  # every row of an answer is typed or the read fails: nothing is skipped
-        return stats
+        return {**stats, **{k: v for k, v in self._report.stats().items() if k != "rowsRead"}}
 
     def read(self, request: ReadRequest) -> Iterator[Row]:
         where = f"{self.describe()} window {request.window}"
         self._stats_at_read_start = QueryStats(**self.stats.to_json())
         self.stats.rows_read = 0
+        self._report = LineReport(self.strict)
         spec = request.candidates
-        columns = request.read_columns()
         with self._session():
             if self.settings.mode == "raw" or spec is None or not spec.prunes:
                 if spec is not None:
@@ -229,8 +231,11 @@ class LogAnalyticsSource(Source):
                 rows = self._read_raw(request)
             else:
                 rows = self._read_two_step(request, spec)
-            for raw in rows:
-                yield coerce_row(raw, columns, request.required, where)
+            for index, raw in enumerate(rows):
+                try:
+                    yield typed(raw, request, where, f"row {index} of the answer")
+                except MalformedLine as exc:
+                    self._report.skip(exc)
         log.info("%s: %s", where, json.dumps(self.stats.to_json()))
 
     def late_bins(self, window: Window, ingested_after: datetime, time_bin: timedelta) -> set[datetime]:
@@ -612,4 +617,4 @@ def _retry_after(exc: Any) -> float | None:
 
 @register_source("loganalytics")
 def _open(argument: str, settings: Settings) -> Source:
-    return LogAnalyticsSource(argument, settings.logs)
+    return LogAnalyticsSource(argument, settings.logs, strict=settings.strict)
