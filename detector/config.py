@@ -36,6 +36,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DETECTOR_RULES", "rules", "rule file, folder of rule files, or rule id"),
     Setting("DETECTOR_SOURCE", None, "where rows come from: file:<path>, iis:<path> or loganalytics:<workspace id>"),
     Setting("DETECTOR_COMPUTER", "", "Computer value for rows of an iis: source (default: this host's name)"),
+    Setting("DETECTOR_STRICT", "false", "true: a malformed input line is an error (default: skipped, counted and reported)"),
     Setting("DETECTOR_SINKS", "stdout", "comma-separated sinks, e.g. stdout,jsonl:/tmp/findings.jsonl"),
     Setting("DETECTOR_INGESTION_DELAY", "30m", "how far behind now a window must end (KQL timespan: 30m, 2h)"),
     Setting("DETECTOR_NOW", "", "pretend the time is this (ISO 8601 UTC) to replay fixture data", local_only=True),
@@ -214,7 +215,7 @@ class Settings:
             raw=values,
             **_sink_settings(values),
             logs=logs,
-            strict=False,
+            strict=_boolean(values, "DETECTOR_STRICT"),
         )
 
 
@@ -284,6 +285,13 @@ def _sink_settings(values: Mapping[str, str]) -> dict[str, str]:
     if out["webhook_mode"] not in WEBHOOK_MODES:
         raise ConfigError("DETECTOR_WEBHOOK_MODE", f"'{out['webhook_mode']}' is not one of {', '.join(WEBHOOK_MODES)}")
     return out
+
+
+def _boolean(values: Mapping[str, str], name: str) -> bool:
+    value = values[name].lower()
+    if value not in ("true", "false"):
+        raise ConfigError(name, f"'{values[name]}' is not true or false")
+    return value == "true"
 
 
 def settings_or_env(settings: Settings | None) -> Settings:

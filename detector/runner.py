@@ -51,7 +51,7 @@ class RuleRun:
     rows_evaluated: int = 0
     findings: list[Finding] = field(default_factory=list)
     staged: int = 0
-    source_stats: dict[str, int] = field(default_factory=dict)
+    source_stats: dict[str, Any] = field(default_factory=dict)  # Source.read_stats(): rowsRead, skippedLines...
 
 
 @dataclass
@@ -92,7 +92,9 @@ class RunSummary:
                 }
                 for r in self.rules
             ],
+            "rowsRead": sum(int(r.source_stats.get("rowsRead", 0)) for r in self.rules),
             "rowsEvaluated": sum(r.rows_evaluated for r in self.rules),
+            "skippedLines": sum(int(r.source_stats.get("skippedLines", 0)) for r in self.rules),
             "findings": len(self.findings),
             "deliveries": self.deliveries,
             "deliveryErrors": self.delivery_errors,
