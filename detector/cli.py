@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "evaluate rules over one window and deliver findings")
     run.add_argument("--source", required=True, help=sources)
     run.add_argument("--computer", default="", help="Computer for iis: rows (default: this host's name)")
+    run.add_argument("--strict", action="store_true", help="a malformed input line is an error (default: skipped, counted)")
     run.add_argument("--start", required=True, help="window start, ISO 8601 UTC (inclusive)")
     run.add_argument("--end", required=True, help="window end, ISO 8601 UTC (exclusive)")
     run.add_argument("--rule", default=str(DEFAULT_RULES_DIR), help="rule file, folder, or rule id (default: all bundled rules)")
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = command("backfill", f"evaluate a past range in windows of {piece}, with state; resumable")
     backfill.add_argument("--source", required=True, help=sources)
     backfill.add_argument("--computer", default="", help="Computer for iis: rows (default: this host's name)")
+    backfill.add_argument("--strict", action="store_true", help="a malformed input line is an error (default: skipped, counted)")
     backfill.add_argument("--start", required=True, help="range start, ISO 8601 UTC, on a bin edge")
     backfill.add_argument("--end", required=True, help="range end, ISO 8601 UTC, on a bin edge")
     backfill.add_argument("--rule", default=str(DEFAULT_RULES_DIR), help="rule file, folder, or rule id")
@@ -213,7 +215,7 @@ def _backfill(args: argparse.Namespace) -> int:
 
     window = _window(args)
     rules = load_rules(args.rule)
-    source = open_source(args.source, None, args.computer)
+    source = open_source(args.source, _source_settings(args))
     sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
     store = open_state_store(None, args.state)
     progress = backfill_progress(sys.stderr, runner.BACKFILL_PIECE) if not args.quiet else (lambda done, total: None)
@@ -235,6 +237,17 @@ def _settings(args: argparse.Namespace, *, source_required: bool = True) -> Sett
     return config.Settings.from_env(values, source_required=source_required)
 
 
+def _source_settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the command's source options (--computer, --strict) on top."""
+    from dataclasses import replace
+
+    from detector.config import settings_or_env
+
+    settings = settings_or_env(None)
+    computer = getattr(args, "computer", "") or settings.computer
+    return replace(settings, computer=computer, strict=getattr(args, "strict", False) or settings.strict)
+
+
 def _scheduled(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.dry_run:
@@ -252,7 +265,7 @@ def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
 
     now = settings.now_override or datetime.now(UTC)
     rules = load_rules(settings.rules)
-    source = open_source(settings.source, settings, settings.computer, setting="DETECTOR_SOURCE")
+    source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
     sinks = [RecordingSink(open_sink(spec, settings, setting="DETECTOR_SINKS")) for spec in settings.sinks]
     real_store = open_state_store(settings)
     with dry_store(real_store) as store:
@@ -281,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
 
     window = _window(args)
     rules = load_rules(args.rule)
-    source = open_source(args.source, None, args.computer)
+    source = open_source(args.source, _source_settings(args))
     sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
     for rule in rules:
         if not is_aligned(window, rule.logic.time_bin) and not args.quiet:
@@ -336,7 +349,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if len(rules) != 1:
         raise ConfigError("--rule", f"simulate takes one rule; {len(rules)} were found: {', '.join(r.id for r in rules)}")
     rule = rules[0]
-    source = open_source(args.source, None, args.computer)
+    source = open_source(args.source, _source_settings(args))
     result = simulate(rule, source, window, parse_thresholds(args.threshold), parameter=args.parameter)
     sys.stdout.write(render_table(result))
     if args.html:

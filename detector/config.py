@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Computer value for rows of an iis: source (default: this host's name; one line, at most 255 characters)",
     ),
+    Setting("DETECTOR_STRICT", "false", "true: a malformed input line is an error (default: skipped, counted and reported)"),
     Setting(
         "DETECTOR_SINKS",
         "stdout",
@@ -221,6 +222,7 @@ class Settings:
     webhook_url: str = field(default="", repr=False)  # a secret: never printed
     webhook_mode: str = "per-finding"
     logs: LogAnalyticsSettings = field(default_factory=LogAnalyticsSettings)
+    strict: bool = False  # DETECTOR_STRICT / --strict: a malformed input line is an error, not a skipped line
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, source_required: bool = True) -> Settings:
@@ -282,6 +284,7 @@ class Settings:
             recheck_horizon=recheck_horizon,
             **_sink_settings(values),
             logs=logs,
+            strict=_boolean(values, "DETECTOR_STRICT"),
         )
 
 
@@ -504,6 +507,13 @@ def _sink_settings(values: Mapping[str, str]) -> dict[str, str]:
     if out["webhook_mode"] not in WEBHOOK_MODES:
         raise ConfigError("DETECTOR_WEBHOOK_MODE", f"'{shown(out['webhook_mode'])}' is not one of {', '.join(WEBHOOK_MODES)}")
     return out
+
+
+def _boolean(values: Mapping[str, str], name: str) -> bool:
+    value = values[name].lower()
+    if value not in ("true", "false"):
+        raise ConfigError(name, f"'{values[name]}' is not true or false")
+    return value == "true"
 
 
 def settings_or_env(settings: Settings | None) -> Settings:

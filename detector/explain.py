@@ -77,20 +77,24 @@ def _kql(rule: Rule, settings: Settings, window: Window) -> list[str]:
 
     table = settings.logs.table
     spec = rule.logic.candidate_spec()
+    columns = tuple(dict.fromkeys((*rule.logic.columns, *(spec.columns() if spec is not None else ()))))
+    row_filter = spec.filter if spec is not None else None
     lines = [f"  KQL for {window} (DETECTOR_LOGS_TABLE {table}):"]
-    if spec is None:
-        lines.append("  the rule has no pushdown; the source reads every row of the window:")
-        lines += _indent(raw_query(table, window.start, window.end, rule.logic.columns))
+    if spec is None or not spec.prunes:
+        why = "the rule has no pushdown" if spec is None else "the rule's threshold cannot prune groups"
+        lines.append(f"  {why}; the source reads the window's rows that pass the rule's filter:")
+        lines += _indent(raw_query(table, window.start, window.end, columns, row_filter))
         return lines
     lines.append("  step 1, candidate groups (computed by Log Analytics):")
     lines += _indent(candidates_query(table, window.start, window.end, spec))
     placeholder = tuple((key, PLACEHOLDER.format(column=key)) for key in spec.keys)
-    example = GroupRange(placeholder, window.start, min(window.end, window.start + spec.time_bin))
+    bin_end = window.end if spec.time_bin is None else min(window.end, window.start + spec.time_bin)
+    example = GroupRange(placeholder, window.start, bin_end)
     lines.append(
         "  step 2, rows of those groups (one clause per candidate group and bin from step 1; shown for one, "
         "with stand-in values):"
     )
-    lines += _indent(details_query(table, [example], rule.logic.columns))
+    lines += _indent(details_query(table, [example], columns, row_filter))
     return lines
 
 

@@ -58,7 +58,7 @@ class RuleRun:
     rows_evaluated: int = 0
     findings: list[Finding] = field(default_factory=list)
     staged: int = 0
-    source_stats: dict[str, int] = field(default_factory=dict)
+    source_stats: dict[str, Any] = field(default_factory=dict)  # Source.read_stats(): rowsRead, skippedLines...
 
 
 @dataclass
@@ -109,7 +109,9 @@ class RunSummary:
                 }
                 for r in self.rules
             ],
+            "rowsRead": sum(int(r.source_stats.get("rowsRead", 0)) for r in self.rules),
             "rowsEvaluated": sum(r.rows_evaluated for r in self.rules),
+            "skippedLines": sum(int(r.source_stats.get("skippedLines", 0)) for r in self.rules),
             "findings": len(self.findings),
             "deliveries": self.deliveries,
             "deliveryErrors": self.delivery_errors,
@@ -691,7 +693,7 @@ def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock, 
     if settings.now_override is not None:
         now = settings.now_override
     rules = load_rules(settings.rules)
-    source = open_source(settings.source, settings, settings.computer, setting="DETECTOR_SOURCE")
+    source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
     sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in settings.sinks]
     store = open_state_store(settings)
     return run_incremental(rules, source, sinks, store, now, settings, clock, deadline)

@@ -293,6 +293,7 @@ var detectorAppSettings = [
   { name: 'DETECTOR_RULES', value: detectorRules }
   { name: 'DETECTOR_SOURCE', value: 'loganalytics:${logAnalyticsWorkspace.properties.customerId}' }
   { name: 'DETECTOR_COMPUTER', value: '' } // used only by iis: file sources
+  { name: 'DETECTOR_STRICT', value: 'false' } // malformed input lines are skipped, counted and reported
   { name: 'DETECTOR_SINKS', value: detectorSinks }
   { name: 'DETECTOR_INGESTION_DELAY', value: ingestionDelay }
   // Log Analytics source

@@ -31,7 +31,7 @@ def the_rule() -> Rule:
 @lru_cache(maxsize=1)
 def fixture_rows() -> tuple[Row, ...]:
     logic = the_rule().logic
-    source = open_source(f"file:{FIXTURE}", None, "")
+    source = open_source(f"file:{FIXTURE}")
     return tuple(source.read(ReadRequest(DAY, logic.columns, logic.required_columns)))
 
 

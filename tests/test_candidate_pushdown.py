@@ -23,7 +23,8 @@ from detector.logic.high_port_count import HighPortCountByClientIP
 from detector.models import Window
 from detector.rules import load_rules
 from detector.sources import ReadRequest, Source
-from detector.sources import jsonl_candidates as jsonl_module
+from detector.sources import file as jsonl_module
+from detector.sources import iis as iis_module
 from detector.sources.file import FileSource
 from detector.sources.iis import IisLogSource
 
@@ -60,14 +61,6 @@ def _assert_same(source: Source, window: Window = WINDOW) -> tuple[int, int]:
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of a few KB, so that small test files span many blocks and bins are finished on the way."""
     monkeypatch.setattr(jsonl_module, "BLOCK_BYTES", 4096)
-    original = jsonl_module.read_blocks
-
-    def read_small(handle: Any, start: int, block_bytes: int = 4096) -> Any:
-        return original(handle, start, block_bytes)
-
-    monkeypatch.setattr(jsonl_module, "read_blocks", read_small)
-    import detector.sources.iis_candidates as iis_module
-
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", 4096)
 
 
@@ -172,14 +165,9 @@ def test_a_bad_key_value_is_reported_like_the_plain_path(tmp_path: Path) -> None
     rows[321]["sPort"] = "eighty"
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    logic = _logic()
-    errors = []
-    for spec in (None, logic.candidate_spec()):
-        with pytest.raises(InputError) as caught:
-            list(FileSource(path).read(ReadRequest(WINDOW, logic.columns, logic.required_columns, spec)))
-        errors.append(str(caught.value))
-    assert errors[0] == errors[1]
-    assert ":322:" in errors[0]
+    error = _same_or_same_error(FileSource(path), FileSource(path, strict=True))
+    assert error is not None
+    assert ":322:" in error
 
 
 IIS_FIELDS_A = (
@@ -230,13 +218,9 @@ def test_random_iis_logs_give_the_same_results(tmp_path: Path, seed: int) -> Non
     (folder / "u_ex261127.log").write_text("\n".join([*out[:4], *out[half:]]) + "\n", encoding="utf-8")
     source = IisLogSource(tmp_path, "web01")
     if seed in (1, 2):
-        logic = _logic()
-        errors = []
-        for spec in (None, logic.candidate_spec()):
-            with pytest.raises(InputError) as caught:
-                list(source.read(ReadRequest(WINDOW, logic.columns, logic.required_columns, spec)))
-            errors.append(str(caught.value))
-        assert errors[0] == errors[1]
+        error = _same_or_same_error(source, IisLogSource(tmp_path, "web01", strict=True))
+        assert error is not None
+        assert "fields but #Fields declares" in error
         return
     plain_rows, fast_rows = _assert_same(source)
     assert fast_rows < plain_rows
@@ -278,24 +262,28 @@ def _write_iis(tmp_path: Path, lines: list[str], newline: str = "\r\n", raw: byt
     return IisLogSource(tmp_path, "web01")
 
 
-def _same_or_same_error(source: Source) -> str | None:
-    """Fast and plain reads give the same findings, or both raise the same InputError (returned)."""
+def _same_or_same_error(source: Source, strict: Source) -> str | None:
+    """Fast and plain reads give the same findings and skip the same lines, and under strict reading both
+    give the same findings or raise the same InputError (returned)."""
     logic = _logic()
-    outcomes = []
-    for spec in (None, logic.candidate_spec()):
-        try:
-            rows = list(source.read(ReadRequest(WINDOW, logic.columns, logic.required_columns, spec)))
-            outcomes.append(("ok", json.dumps(logic.evaluate(rows, WINDOW), default=str, sort_keys=True)))
-        except InputError as exc:
-            outcomes.append(("error", str(exc)))
-    assert outcomes[0] == outcomes[1]
+    for reader in (source, strict):
+        outcomes = []
+        for spec in (None, logic.candidate_spec()):
+            try:
+                rows = list(reader.read(ReadRequest(WINDOW, logic.columns, logic.required_columns, spec)))
+                result = json.dumps(logic.evaluate(rows, WINDOW), default=str, sort_keys=True)
+                outcomes.append(("ok", result, reader.read_stats()["skippedByFile"]))
+            except InputError as exc:
+                outcomes.append(("error", str(exc), {}))
+        assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == "error" or not outcomes[0][2]  # strict reading never skips
     return outcomes[0][1] if outcomes[0][0] == "error" else None
 
 
 @pytest.mark.parametrize(
     ("damage", "error"),
     [
-        (lambda line: line + " ", "fields but #Fields declares"),  # a trailing space: one empty field too many
+        (lambda line: line + " ", None),  # a trailing space: ignored, the fields are all there
         (lambda line: line + "  x", "fields but #Fields declares"),  # extra fields after an empty one (polars skips them)
         (lambda line: line.replace(" ", "  ", 1), "fields but #Fields declares"),  # an empty field in the middle
         (lambda line: line.rsplit(" ", 1)[0], "fields but #Fields declares"),  # the last field missing
@@ -303,19 +291,18 @@ def _same_or_same_error(source: Source) -> str | None:
         (lambda line: line + "\r", None),  # CR CR LF: the plain read sees an extra blank line, nothing else
         (lambda line: line.replace("2026-11-", "2026-11-0", 1), "is not yyyy-mm-dd hh:mm:ss"),  # a bad date
         (lambda line: line[:16] + line[19:], None),  # hh:mm: fromisoformat takes it, so the plain read is used
-        (lambda line: line.replace(" 10.0.0.4 ", " 10.0.0.4\x00 ", 1), None),  # a NUL byte in a key
+        (lambda line: line.replace(" 10.0.0.4 ", " 10.0.0.4\x00 ", 1), "NUL bytes"),  # a NUL byte in a key
     ],
 )
 def test_iis_damaged_entry_deep_in_a_block_is_read_like_the_plain_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: Any, error: str | None
 ) -> None:
-    import detector.sources.iis_candidates as iis_module
 
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)  # the whole file is one block
     lines = _iis_day(_rng(7))
     target = next(i for i, line in enumerate(lines) if "198.51.100." in line and i > 1000)  # a scanner's entry
     lines[target] = damage(lines[target])
-    found = _same_or_same_error(_write_iis(tmp_path, lines))
+    found = _same_or_same_error(_write_iis(tmp_path, lines), IisLogSource(tmp_path, "web01", strict=True))
     if error is None:
         assert found is None
     else:
@@ -327,7 +314,8 @@ def test_iis_lone_cr_that_splits_an_entry_into_two_valid_ones(tmp_path: Path) ->
     lines = _iis_day(_rng(8))
     lines[500] = lines[500] + "\r" + lines[501]  # CR alone between two entries: two lines to the plain read
     del lines[501]
-    assert _same_or_same_error(_write_iis(tmp_path, lines, newline="\n")) is None
+    source = _write_iis(tmp_path, lines, newline="\n")
+    assert _same_or_same_error(source, IisLogSource(tmp_path, "web01", strict=True)) is None
 
 
 @pytest.mark.parametrize(
@@ -340,7 +328,6 @@ def test_iis_lone_cr_that_splits_an_entry_into_two_valid_ones(tmp_path: Path) ->
 def test_iis_invalid_utf8_is_decoded_like_the_plain_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes, columnar: bool
 ) -> None:
-    import detector.sources.iis_candidates as iis_module
 
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)  # one block, so one run of entries
     taken = []
@@ -396,13 +383,15 @@ def test_iis_out_of_order_entries_take_the_two_pass_read(tmp_path: Path) -> None
 def test_iis_timestamps_are_typed_exactly_like_fromisoformat(times: list[str], dates: list[str], typed: bool) -> None:
     import polars as pl
 
+    from detector.sources import LineReport
     from detector.sources.candidates import microseconds
-    from detector.sources.iis import W3cLayout
-    from detector.sources.iis_candidates import _moments
+    from detector.sources.iis import W3cLayout, _moments
 
     logic = _logic()
     request = ReadRequest(WINDOW, logic.columns, logic.required_columns, logic.candidate_spec())
-    layout = W3cLayout.initial(Path("u_ex.log"), request, "web01").directive("#Fields: date time c-ip s-ip s-port", 1)
+    layout = W3cLayout.initial(Path("u_ex.log"), request, "web01", LineReport()).directive(
+        "#Fields: date time c-ip s-ip s-port", 1
+    )
     frame = pl.DataFrame({"column_1": dates, "column_2": times})
     moments = _moments(frame, layout, [f"column_{i}" for i in range(1, 6)])
     if not typed:
@@ -414,14 +403,14 @@ def test_iis_timestamps_are_typed_exactly_like_fromisoformat(times: list[str], d
 
 
 def test_line_blocks_cut_at_line_ends_and_grow_for_long_lines(tmp_path: Path) -> None:
-    from detector.sources.iis_candidates import line_blocks
+    from detector.sources.candidates import line_blocks
 
     rng = _rng(12)
     text = b"".join(b"x" * rng.choice([0, 3, 15, 16, 17, 40]) + b"\n" for _ in range(300)) + b"tail"
     path = tmp_path / "lines.log"
     path.write_bytes(b"\xef\xbb\xbf" + text)
     with path.open("rb", buffering=0) as handle:
-        blocks = list(line_blocks(handle, 3, 16))
+        blocks = [data for _, data in line_blocks(handle, 3, 16)]
     assert b"".join(blocks) == text
     assert all(block.endswith(b"\n") for block in blocks[:-1])
     assert blocks[-1].endswith(b"tail")
@@ -433,13 +422,11 @@ def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.M
     import polars as pl
 
     import detector.sources.candidates as candidates_module
-    import detector.sources.iis_candidates as iis_module
 
     def one_hash(keys: Any) -> pl.Expr:
         return pl.lit(7, dtype=pl.UInt64).alias(candidates_module.GROUP)
 
-    for module in (candidates_module, iis_module, jsonl_module):
-        monkeypatch.setattr(module, "group_hash", one_hash)
+    monkeypatch.setattr(candidates_module, "group_hash", one_hash)
     _assert_same(IisLogSource(FILES / "iis", "web01.contoso.com"))
     _assert_same(FileSource(FILES / "w3ciislog.jsonl"))
     _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))

@@ -136,9 +136,13 @@ def _bad_rule(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
-        (lambda p: ["--source", _bad_jsonl(p), *DAY_ARGS], "bad.jsonl:4: not valid JSON"),
-        (lambda p: ["--source", _missing_column(p), *DAY_ARGS], "missing.jsonl:1: missing required column 'Computer'"),
-        (lambda p: ["--source", _no_fields(p), *DAY_ARGS], "u_ex261126.log:2: log entry before any #Fields"),
+        # Malformed lines are skipped and counted by default; --strict makes them errors.
+        (lambda p: ["--strict", "--source", _bad_jsonl(p), *DAY_ARGS], "bad.jsonl:4: not valid JSON"),
+        (
+            lambda p: ["--strict", "--source", _missing_column(p), *DAY_ARGS],
+            "missing.jsonl:1: missing required column 'Computer'",
+        ),
+        (lambda p: ["--strict", "--source", _no_fields(p), *DAY_ARGS], "u_ex261126.log:2: log entry before any #Fields"),
         (
             lambda p: [
                 "--source",
@@ -205,7 +209,7 @@ def test_failed_run_leaves_previous_output_untouched(tmp_path: Path, capsys: pyt
     good = ["run", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS, "--sink", f"jsonl:{out_file}"]
     assert run_cli(good, capsys)[0] == EXIT_OK
     before = out_file.read_text(encoding="utf-8")
-    bad = ["run", "--source", _bad_jsonl(tmp_path), *DAY_ARGS, "--sink", f"jsonl:{out_file}"]
+    bad = ["run", "--strict", "--source", _bad_jsonl(tmp_path), *DAY_ARGS, "--sink", f"jsonl:{out_file}"]
     assert run_cli(bad, capsys)[0] == EXIT_BAD_INPUT
     assert out_file.read_text(encoding="utf-8") == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".findings")] == []

@@ -113,16 +113,18 @@ def test_two_step_reads_only_candidate_groups_and_columns(workspace: Workspace, 
     assert run.rows_evaluated == candidate_rows
     assert run.rows_evaluated < sum(len(ports) for ports in groups.values()) / 2
     queries = [r.query for r in workspace.fake.requests]
-    assert len(queries) == 2
+    assert len(queries) == 3  # candidates, rows read, details
     assert "summarize" in queries[0]
-    assert "summarize" not in queries[1]
-    assert queries[1].rstrip().endswith("| project " + ", ".join(rule.logic.columns))
+    assert "summarize total = count()" in queries[1]
+    assert run.source_stats["rowsRead"] == sum(len(ports) for ports in groups.values())
+    assert "summarize" not in queries[2]
+    assert queries[2].rstrip().endswith("| project " + ", ".join(rule.logic.columns))
 
 
 def test_every_query_is_bounded_in_time(workspace: Workspace, rule: Rule) -> None:
     for mode in ("two-step", "raw"):
         findings_of(rule, workspace.source(mode=mode, server_timeout=timedelta(seconds=90)))
-    assert len(workspace.fake.requests) == 4
+    assert len(workspace.fake.requests) == 5  # two-step: candidates, rows read, details; raw: bin counts, rows
     for record in workspace.fake.requests:
         assert record.timespan
         start, end = (datetime.fromisoformat(part) for part in record.timespan.split("/"))
@@ -243,11 +245,11 @@ def test_transient_faults_are_retried_to_whole_results(
     assert source.stats.retries == len(faults)
 
 
-@pytest.mark.parametrize("number", [1, 2])
+@pytest.mark.parametrize("number", [1, 2, 3])
 def test_failure_of_the_nth_request_is_retried(workspace: Workspace, rule: Rule, number: int) -> None:
     workspace.fake.fail_at(number, Fault("status", 503))
     assert findings_of(rule, workspace.source()) == workspace.expected
-    assert [r.status for r in workspace.fake.requests] == [200] * (number - 1) + [503, 200] + [200] * (2 - number)
+    assert [r.status for r in workspace.fake.requests] == [200] * (number - 1) + [503, 200] + [200] * (3 - number)
 
 
 def test_partial_answer_without_data_is_split_not_trusted(workspace: Workspace, rule: Rule) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from detector.config import LogAnalyticsSettings, Settings
 from detector.errors import ConfigError
-from detector.logic import CandidateSpec
+from detector.logic import CandidateSpec, DistinctCount, Threshold
 from detector.sources.kql_query import (
     GroupRange,
     candidates_query,
@@ -22,7 +22,9 @@ from detector.sources.loganalytics import RequestPacer, _middle_boundary, _time_
 from tests.fakes.loganalytics import LogAnalyticsFake
 
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
-SPEC = CandidateSpec(timedelta(minutes=10), ("cIP", "Computer", "sIP"), "sPort", 30)
+SPEC = CandidateSpec(
+    keys=("cIP", "Computer", "sIP"), time_bin=timedelta(minutes=10), measure=DistinctCount("sPort"), threshold=Threshold(">=", 30)
+)
 WS = "11111111-2222-3333-4444-555555555555"
 
 HOSTILE = [
@@ -73,7 +75,7 @@ def test_candidates_query_is_exact_and_windowed() -> None:
     query = candidates_query("W3CIISLog", DAY, DAY + timedelta(days=1), SPEC)
     assert "dcount" not in query  # an estimate could miss a group
     assert "make_set(sPort, 30)" in query
-    assert "where distinct_values >= 30" in query
+    assert "where measure >= 30" in query
     assert (
         "TimeGenerated >= datetime(2026-11-26T00:00:00.000000Z) and TimeGenerated < datetime(2026-11-27T00:00:00.000000Z)"
         in query

@@ -58,7 +58,7 @@ def test_a_failing_sink_leaves_the_others_delivered_and_is_reported(services: di
     # The failing sink comes first, so the others run after a failure, not merely before one.
     specs = ["sentinel", f"jsonl:{out}", "loganalytics-table", "webhook"]
     sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in specs]
-    source = open_source(settings.source, settings, "", setting="DETECTOR_SOURCE")
+    source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
 
     summary = runner.run([(the_rule(), DAY)], source, sinks)
 

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from detector.config import Settings
 from detector.errors import ConfigError, InputError
 from detector.evaluate import evaluate
 from detector.models import Row, Window
-from detector.sources import ReadRequest, open_source
+from detector.sources import ReadRequest, Source, open_source
 from tests.helpers import DAY, FILES, RULE, expected_findings, summarize
 
 REQUEST = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns, RULE.logic.candidate_spec())
 
 
-def read(spec: str, window: Window = DAY, computer: str = "", pushdown: bool = False) -> list[Row]:
+def open_for_test(spec: str, computer: str = "", strict: bool = False) -> Source:
+    return open_source(spec, replace(Settings.from_env({"DETECTOR_SOURCE": spec}), computer=computer, strict=strict))
+
+
+def read(spec: str, window: Window = DAY, computer: str = "", pushdown: bool = False, strict: bool = False) -> list[Row]:
     """Every row of the window, or with pushdown only the rows of groups that can reach the threshold."""
     request = ReadRequest(window, REQUEST.columns, REQUEST.required, REQUEST.candidates if pushdown else None)
-    return list(open_source(spec, None, computer).read(request))
+    return list(open_for_test(spec, computer, strict).read(request))
 
 
 @pytest.mark.parametrize("pushdown", [False, True])
@@ -84,13 +90,13 @@ def test_source_yields_typed_rows() -> None:
     assert all(isinstance(r["csUserName"], str) for r in rows)  # null/absent become ""
 
 
+GOOD_LINE = '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sIP": "s", "sPort": 1}\n'
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (
-            '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sIP": "s", "sPort": 1}\n{"broken": \n',
-            ":2: not valid JSON",
-        ),
+        (GOOD_LINE + '{"broken": \n', ":2: not valid JSON"),
         (
             '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sPort": 1}\n',
             ":1: missing required column 'sIP'",
@@ -101,7 +107,33 @@ def test_source_yields_typed_rows() -> None:
             '{"TimeGenerated": "2026-11-26T10:00:00Z", "cIP": "a", "Computer": "c", "sIP": "s", "sPort": "http"}\n',
             ":1: column sPort must be an integer",
         ),
-        ("[1, 2]\n", "row 0: must be a JSON object"),
+        (GOOD_LINE + '{"TimeGenerated": "2026-11-26T10:00:0', ":2: truncated last line"),
+        ("[1]\n", "row 0: must be a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("pushdown", [False, True])
+def test_a_malformed_json_line_is_skipped_and_counted_or_an_error_when_strict(
+    tmp_path: Path, content: str, message: str, pushdown: bool
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        read(f"file:{path}", pushdown=pushdown, strict=True)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+    source = open_for_test(f"file:{path}")
+    request = ReadRequest(DAY, REQUEST.columns, REQUEST.required, REQUEST.candidates if pushdown else None)
+    rows = list(source.read(request))
+    assert len(rows) == (0 if pushdown else content.count(GOOD_LINE))  # one port cannot reach the threshold
+    stats = source.read_stats()
+    assert stats["skippedLines"] == 1
+    assert stats["skippedByFile"] == {str(path): 1}
+    assert stats["rowsRead"] == content.count(GOOD_LINE)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
         ("hello\n", ":1: is not JSON Lines"),
         (
             '{"tables": [{"name": "PrimaryResult", "columns": [{"name": "TimeGenerated", "type": "datetime"}], "rows": []}]}',
@@ -136,20 +168,47 @@ def test_empty_file_has_no_rows(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("2026-11-26 10:00:00 10.0.0.4 GET / - 80\n", ":1: log entry before any #Fields"),
-        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 80\n", ":2: has 4 fields but #Fields declares 5"),
+        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 80\n", ":2: 4 fields but #Fields declares 5"),
         ("#Fields: date time s-ip s-port c-ip\n2026-11-26 xx:00:00 10.0.0.4 80 1.2.3.4\n", ":2: date/time"),
         ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 eighty 1.2.3.4\n", ":2: sPort is 'eighty'"),
-        ("#Fields: date time s-port c-ip\n", ":1: #Fields lacks what the rule needs: sIP (enable s-ip"),
-        ("#Fields: date s-ip s-port c-ip\n", ":1: #Fields has no 'time' field"),
+        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 80 1.2.\x003.4\n", ":2: NUL bytes"),
+        ("#Fields: date time s-ip s-port c-ip\n2026-11-26 10:00:00 10.0.0.4 80 1.2.3.4", ":2: truncated last line"),
     ],
 )
-def test_bad_iis_log_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+@pytest.mark.parametrize("pushdown", [False, True])
+def test_a_malformed_iis_line_is_skipped_and_counted_or_an_error_when_strict(
+    tmp_path: Path, content: str, message: str, pushdown: bool
+) -> None:
     path = tmp_path / "u_ex261126.log"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(InputError) as caught:
-        read(f"iis:{path}", computer="web01")
+        read(f"iis:{path}", computer="web01", pushdown=pushdown, strict=True)
     assert message in str(caught.value)
     assert str(caught.value).startswith(str(path))
+    source = open_for_test(f"iis:{path}", "web01")
+    request = ReadRequest(DAY, REQUEST.columns, REQUEST.required, REQUEST.candidates if pushdown else None)
+    assert list(source.read(request)) == []
+    assert source.read_stats()["skippedByFile"] == {str(path): 1}
+
+
+def test_iis_fields_without_a_column_the_rule_reads_are_read_with_it_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "u_ex261126.log"
+    path.write_text("#Fields: date time s-port c-ip\n2026-11-26 10:00:00 80 1.2.3.4\n2026-11-26 10:00:01 81 1.2.3.4\n")
+    rows = read(f"iis:{path}", computer="web01")
+    assert [(r["sIP"], r["sPort"]) for r in rows] == [("", 80), ("", 81)]
+    warnings = [r.getMessage() for r in caplog.records if "lacks" in r.getMessage()]
+    assert len(warnings) == 1  # one per block, not one per entry
+    assert "s-ip" in warnings[0]
+    assert str(path) in warnings[0]
+
+
+def test_iis_fields_without_time_skip_their_entries_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "u_ex261126.log"
+    path.write_text("#Fields: date s-ip s-port c-ip\n2026-11-26 10.0.0.4 80 1.2.3.4\n")
+    assert read(f"iis:{path}", computer="web01") == []
+    assert any("has no 'time' field" in r.getMessage() for r in caplog.records)
 
 
 def test_iis_date_from_directive_when_no_date_field(tmp_path: Path) -> None:
@@ -162,7 +221,7 @@ def test_iis_date_from_directive_when_no_date_field(tmp_path: Path) -> None:
 
 
 def test_iis_folder_without_logs(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"no \*\.log files"):
+    with pytest.raises(InputError, match=r"no web server \(W3SVC\) \*\.log files"):
         read(f"iis:{tmp_path}")
 
 

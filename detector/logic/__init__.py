@@ -10,27 +10,48 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
 from detector.kql import format_datetime
 from detector.models import Row, Window
+from detector.pushdown import (
+    And,
+    CandidateSpec,
+    Compare,
+    Count,
+    DistinctCount,
+    InSet,
+    Not,
+    Opaque,
+    Or,
+    Predicate,
+    StartsWith,
+    Threshold,
+    column,
+)
 
-
-@dataclass(frozen=True)
-class CandidateSpec:
-    """What a source may push down to find candidate groups cheaply, before reading details.
-
-    A group (bin of `time_bin` on TimeGenerated, then `keys`) can only become a finding when its count of
-    distinct non-null `distinct_column` values reaches `threshold`. Sources that can count server-side
-    (Log Analytics) or in a cheap first pass (files) return only rows of such groups.
-    """
-
-    time_bin: timedelta
-    keys: tuple[str, ...]
-    distinct_column: str
-    threshold: int
+# The pushdown description lives in detector.pushdown (sources read it without loading rule logic);
+# rules import it from here.
+__all__ = [
+    "And",
+    "CandidateSpec",
+    "Compare",
+    "Count",
+    "DistinctCount",
+    "InSet",
+    "Not",
+    "Opaque",
+    "Or",
+    "Predicate",
+    "RuleLogic",
+    "StartsWith",
+    "Threshold",
+    "column",
+    "logic_class",
+    "register",
+    "registered_ids",
+]
 
 
 class RuleLogic(ABC):
@@ -59,7 +80,11 @@ class RuleLogic(ABC):
         """The values that identify a result row across runs (its stable id is derived from them)."""
 
     def candidate_spec(self) -> CandidateSpec | None:
-        """Pushdown a source may use to skip groups that cannot fire; None when the rule has none."""
+        """What a source may push down (filter, groups, measure, threshold; see detector.pushdown).
+
+        None means nothing: every row of the window with the rule's columns is read. A rule with a
+        `where` should at least declare it as a filter, so Log Analytics filters server-side.
+        """
         return None
 
     def first_activity(self, result: Mapping[str, Any]) -> Any:

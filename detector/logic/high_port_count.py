@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from detector.kql import CappedSet, bin_datetime, parse_timespan, strcat, tohex, tolong, url_decode
-from detector.logic import CandidateSpec, RuleLogic, register
+from detector.logic import CandidateSpec, DistinctCount, RuleLogic, Threshold, register
 from detector.models import Row, Window
 
 # case(scStatusFull == ...): == is case-sensitive.
@@ -187,7 +187,14 @@ class HighPortCountByClientIP(RuleLogic):
         return cls(time_bin, threshold, cap)
 
     def candidate_spec(self) -> CandidateSpec:
-        return CandidateSpec(self.time_bin, ("cIP", "Computer", "sIP"), "sPort", self.port_threshold)
+        # summarize ... by bin(TimeGenerated, timeBin), cIP, Computer, sIP | where portCount >= portThreshold,
+        # portCount being the (capped) distinct count of sPort; the query has no row filter.
+        return CandidateSpec(
+            keys=("cIP", "Computer", "sIP"),
+            time_bin=self.time_bin,
+            measure=DistinctCount("sPort"),
+            threshold=Threshold(">=", self.port_threshold),
+        )
 
     def evaluate(self, rows: Iterable[Row], window: Window) -> list[dict[str, Any]]:
         groups: dict[tuple[datetime, str, str, str], _Group] = {}

@@ -1,18 +1,31 @@
-"""Sources of W3CIISLog rows, chosen by a `scheme:argument` spec."""
+"""Sources of W3CIISLog rows, chosen by a `scheme:argument` spec.
+
+Layering, one way only: a format reader (file.py: JSON Lines, JSON arrays, saved Log Analytics
+responses; iis.py: W3C logs; loganalytics.py with kql_query.py: a workspace) uses the pushdown layer
+(candidates.py for files, kql_query.py for KQL), which uses the rule's description (detector.pushdown);
+no reader imports another, and the pushdown layer imports no reader.
+
+Malformed input lines are a reader's business, reported the same way by every reader: a `MalformedLine`
+is skipped, counted per file and logged as one WARNING naming file:line and a short reason (the first
+few per file; then a count), or, with strict reading (DETECTOR_STRICT, --strict), it is an error.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from detector.errors import ConfigError
-from detector.logic import CandidateSpec
+from detector.errors import ConfigError, InputError
 from detector.models import Row, Window
+from detector.pushdown import CandidateSpec
+from detector.w3ciislog import coerce_row
 
 if TYPE_CHECKING:
     from detector.config import Settings
@@ -25,7 +38,12 @@ class ReadRequest:
     window: Window
     columns: tuple[str, ...]  # the columns the rule reads; a source may return only these
     required: tuple[str, ...]  # columns the data must have; absent ones are an InputError
-    candidates: CandidateSpec | None = None  # pushdown a source may use to skip groups that cannot fire
+    candidates: CandidateSpec | None = None  # what the source may push down (detector.pushdown)
+
+    def read_columns(self) -> tuple[str, ...]:
+        """The columns to read: the rule's, and those its pushdown description reads."""
+        extra = self.candidates.columns() if self.candidates is not None else ()
+        return tuple(dict.fromkeys((*self.columns, *extra)))
 
 
 class Source(ABC):
@@ -51,9 +69,90 @@ class Source(ABC):
         """
         return None
 
-    def read_stats(self) -> dict[str, int]:
-        """Figures about the last read (requests, candidate groups, bytes...) for the run summary."""
+    def read_stats(self) -> dict[str, Any]:
+        """Figures about the last read for the run summary: `rowsRead` (rows of the window the source
+        read, before any pushdown), `skippedLines` and `skippedByFile`, and source-specific counters."""
         return {}
+
+
+class MalformedLine(InputError):  # noqa: N818 - a skipped line, an error only when reading is strict
+    """One line (or row) of input cannot be read; skipped and counted unless reading is strict."""
+
+    def __init__(self, file: str, line: int | str | None, reason: str) -> None:
+        self.file = file
+        self.line = line
+        self.reason = reason
+        where = file if line is None else f"{file}:{line}" if isinstance(line, int) else f"{file}: {line}"
+        super().__init__(where, reason)
+
+
+log = logging.getLogger("detector.sources")
+WARNINGS_PER_FILE = 10  # then one line with the count, so a broken file cannot flood the log
+
+
+class LineReport:
+    """Malformed lines of one read: one WARNING each (a few per file), counts per file, strict makes them errors.
+
+    A reader may pass over a file more than once (a fast first pass, then the plain read); a line is
+    counted and logged once however often it is seen.
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.rows_read = 0
+        self._seen: dict[str, set[int | str | None]] = {}
+        self._notices: set[str] = set()
+
+    def skip(self, error: MalformedLine) -> None:
+        """Skip the line (or raise it, when strict)."""
+        if self.strict:
+            raise InputError(error.where, f"{error.reason} (strict reading: malformed lines are errors)")
+        seen = self._seen.setdefault(error.file, set())
+        if error.line in seen:
+            return
+        seen.add(error.line)
+        if len(seen) <= WARNINGS_PER_FILE:
+            log.warning("skipped malformed line %s: %s", error.where, error.reason)
+        elif len(seen) == WARNINGS_PER_FILE + 1:
+            log.warning("%s: more malformed lines; only the count is reported from here on", error.file)
+
+    def notice(self, text: str, *, warning: bool = True) -> None:
+        """Something about the input worth one line in the log (said once per read)."""
+        if text not in self._notices:
+            self._notices.add(text)
+            (log.warning if warning else log.info)("%s", text)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skipped lines per file."""
+        return {file: len(lines) for file, lines in self._seen.items() if lines}
+
+    def stats(self) -> dict[str, Any]:
+        """The read_stats() figures."""
+        skipped = self.skipped
+        return {"rowsRead": self.rows_read, "skippedLines": sum(skipped.values()), "skippedByFile": skipped}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def representable(row: Row) -> Row:
+    """The row with lone surrogates (which JSON's \\ud800 escapes can produce and no sink can encode) as U+FFFD."""
+    for name, value in row.items():
+        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+            row[name] = _SURROGATE.sub("\ufffd", value)
+    return row
+
+
+def typed(raw: Mapping[str, Any], request: ReadRequest, where: str, line: int | str | None) -> Row:
+    """A raw mapping as a typed, representable row; a value that does not fit raises MalformedLine."""
+    label = where if line is None else f"{where}:{line}" if isinstance(line, int) else f"{where}: {line}"
+    try:
+        return representable(coerce_row(raw, request.read_columns(), request.required, label))
+    except InputError as exc:
+        raise MalformedLine(where, line, str(exc).removeprefix(f"{label}: ")) from None
+    except OverflowError:
+        raise MalformedLine(where, line, "a datetime out of range (before year 1 or after 9999 in UTC)") from None
 
 
 def files_changed_after(paths: list[Path], moment: datetime) -> bool:
@@ -61,12 +160,12 @@ def files_changed_after(paths: list[Path], moment: datetime) -> bool:
     return any(path.stat().st_mtime > moment.timestamp() for path in paths)
 
 
-SourceFactory = Callable[[str, "Settings | None", str], Source]
+SourceFactory = Callable[[str, "Settings"], Source]
 _FACTORIES: dict[str, SourceFactory] = {}
 
 
 def register_source(scheme: str) -> Callable[[SourceFactory], SourceFactory]:
-    """Register a factory(argument, settings, computer) for `scheme:argument` source specs."""
+    """Register a factory(argument, settings) for `scheme:argument` source specs."""
 
     def decorate(factory: SourceFactory) -> SourceFactory:
         if scheme in _FACTORIES:
@@ -77,14 +176,19 @@ def register_source(scheme: str) -> Callable[[SourceFactory], SourceFactory]:
     return decorate
 
 
-def open_source(spec: str, settings: Settings | None = None, computer: str = "", setting: str = "--source") -> Source:
-    """Build the source a spec names, e.g. file:rows.jsonl, iis:C:/inetpub/logs, loganalytics:<id>."""
+def open_source(spec: str, settings: Settings | None = None, *, setting: str = "--source") -> Source:
+    """Build the source a spec names, e.g. file:rows.jsonl, iis:C:/inetpub/logs, loganalytics:<id>.
+
+    `settings` is the run's one Settings object (None: built from the environment, for CLI callers).
+    """
+    from detector.config import settings_or_env
+
     scheme, sep, argument = spec.partition(":")
     _load_builtin(scheme)
     if not sep or scheme not in _FACTORIES or not argument:
         known = sorted(set(_FACTORIES) | set(_BUILTIN))
         raise ConfigError(setting, f"unknown source '{spec}'; use one of {', '.join(f'{s}:<...>' for s in known)}")
-    return _FACTORIES[scheme](argument, settings, computer)
+    return _FACTORIES[scheme](argument, settings_or_env(settings))
 
 
 # The built-in sources, each registering itself when imported. Only the one a spec names is imported, so

@@ -1,43 +1,71 @@
-"""The first pass of a two-pass file read: which (bin, keys) groups can reach the threshold.
+"""The pushdown layer every file reader uses: blocks of lines, key frames, the candidate finder, the fallback.
 
-A group whose count of distinct non-null `distinct_column` values stays below the threshold can never
-become a finding, so a source that knows the candidate groups may return only their rows and the rule's
-result is unchanged (the rule still applies the threshold itself). This module holds the bookkeeping
-shared by the file and IIS sources: key columns arrive in columnar batches (polars frames with an Int64
-`bin` in epoch microseconds, the group's key hash and the distinct column as Int64), the distinct
-(bin, group, value) tuples are kept, and bins are finished and freed as time moves on, so memory follows
-the work in flight (about two bins of tuples for time-ordered logs) rather than the size of the day.
+A rule's CandidateSpec (detector.pushdown) says which rows it can use (a filter), how they group (keys and
+a time bin) and which groups can fire (a measure and a monotonic threshold). A group whose measure stays
+below a pruning threshold on a superset of its rows can never become a finding, so a reader that knows
+the candidate groups may return only their admitted rows and the rule's result is unchanged (the rule
+still applies its filter and threshold itself).
+
+The readers (file.py for JSON Lines, iis.py for W3C logs) know their format; this module knows none. A
+reader cuts its file into blocks of whole lines (`line_blocks`) and turns each block into a KeyedBlock:
+a polars frame of key columns per record (`keys_frame` from a columnar parse, or `RowsBlock` from rows
+its plain code typed), plus a way back to the full rows of chosen records. `candidate_rows` runs the
+finder over the blocks and takes the candidates' rows; `read_with_pushdown` is the one fallback: when
+the columnar read cannot guarantee the plain read's exact rows (`Unavailable`, a polars error) the plain
+read runs instead, which gives the same result, only slower.
+
+Key frames: `bin` (Int64, epoch microseconds of the bin start; the window start for a whole-window
+spec), `_group` (UInt64, a hash of the key values), `_value` (the DistinctCount column; absent for
+Count), `_in_window` (Boolean), `_keep` (Boolean: in the window and admitted by the filter) and
+`_record` (UInt32, the record's index in the block).
 
 Groups are identified by a 64-bit hash of their key values (`group_hash`) rather than by the strings:
 grouping and joining integers is several times cheaper. Exactness does not depend on the hash being
-collision-free: two groups sharing a hash are counted together, which can only raise a distinct count,
-so every group that reaches the threshold is still a candidate; a colliding group's rows merely come
-along too, and the rule, which applies the threshold itself on the real keys, drops them.
+collision-free: two groups sharing a hash are measured together, which can only raise a count or a
+distinct count, so every group that reaches the threshold is still a candidate; a colliding group's
+rows merely come along too, and the rule, which applies the threshold itself on the real keys, drops them.
+
+Memory follows the work in flight: bins are finished and freed as time moves on (about two bins of
+tuples for time-ordered logs); when a row arrives for a finished bin, the always-exact two-pass
+strategy runs instead.
 
 polars is imported lazily: only a run over a file pays for it, `import function_app` does not.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
+from io import BufferedIOBase, RawIOBase
 from typing import TYPE_CHECKING, Any
 
 from detector.kql import EPOCH
-from detector.logic import CandidateSpec
-from detector.models import Row
+from detector.models import Row, Window
+from detector.pushdown import TIME, CandidateSpec, DistinctCount
+from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
     import polars as pl
 
 BIN = "bin"  # the name of the bin column (epoch microseconds of the bin start)
 GROUP = "_group"  # the name of the group column: group_hash of the key columns (UInt64)
+VALUE = "_value"  # the DistinctCount column
+KEEP = "_keep"
+IN_WINDOW = "_in_window"
+RECORD = "_record"
 _HASH_SEED = 0x5EED  # any fixed seed: hashes are only compared within one process
 # Bins this far behind the newest one are finished. Time-ordered logs (IIS writes them so, Log
 # Analytics exports sort them) never go back; logs merged from a few servers may go back a little.
 SLACK_BINS = 2
+BOM = b"\xef\xbb\xbf"
+PLAIN_INTEGER = r"^[0-9]{1,18}$"  # digits that fit an Int64, as W3C fields and digit strings write them
+
+
+class Unavailable(Exception):  # noqa: N818 - a signal to fall back, never shown to a user
+    """The columnar read cannot guarantee identical results for this input; use the plain read."""
 
 
 class OutOfOrder(Exception):  # noqa: N818 - a signal between the finder and its caller, not an error
@@ -55,20 +83,175 @@ def span_microseconds(span: timedelta) -> int:
     return (span.days * 86400 + span.seconds) * 1_000_000 + span.microseconds
 
 
-class CandidateFinder:
-    """Accumulates key-column batches and answers which groups reach the threshold.
+def columnar_applies(spec: CandidateSpec | None) -> bool:
+    """The columnar first pass handles string keys, when polars is installed and there is something to push."""
+    if spec is None or not (spec.prunes or spec.filter is not None):
+        return False
+    if any(COLUMN_TYPES[key] != "string" for key in spec.keys):
+        return False
+    return importlib.util.find_spec("polars") is not None
 
-    Feed it frames with columns `bin`, `_group`, spec.distinct_column, already limited to the window;
-    rows with a null distinct value may be included (they are dropped here). With `finish_bins` True,
-    bins more than SLACK_BINS behind the newest bin seen are decided and freed; a later row for such a
-    bin raises OutOfOrder (the caller then starts again with finish_bins False, which is always exact).
+
+def read_with_pushdown(fast: Callable[[], Iterator[Row]], plain: Callable[[], Iterator[Row]]) -> Iterator[Row]:
+    """The fast read's rows, or the plain read's when the fast one cannot answer exactly.
+
+    `fast` must raise (Unavailable, a polars error, or an error polars cannot hold a value for) before
+    returning its iterator, never while it is iterated: rows already handed to the rule cannot be taken back.
+    """
+    import polars as pl
+
+    try:
+        rows = fast()
+    except (Unavailable, pl.exceptions.PolarsError, UnicodeError, OverflowError):
+        return plain()
+    return rows
+
+
+_MAGIC = (
+    (b"\xff\xfe", "UTF-16 (little-endian BOM FF FE); save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 (big-endian BOM FE FF); save it as UTF-8"),
+    (b"\x1f\x8b", "a gzip file (magic 1F 8B); decompress it first"),
+    (b"PK\x03\x04", "a zip archive (magic PK 03 04); extract it first"),
+)
+
+
+def describe_binary(head: bytes) -> str:
+    """What the first bytes of a file say it is, when that is plainly not UTF-8 text ("" otherwise)."""
+    for magic, text in _MAGIC:
+        if head.startswith(magic):
+            return text
+    return ""
+
+
+def skip_bom(handle: BufferedIOBase | RawIOBase) -> int:
+    """Position the handle after a UTF-8 BOM, if any; returns the data's start offset."""
+    start = len(BOM) if handle.read(len(BOM)) == BOM else 0
+    handle.seek(start)
+    return start
+
+
+def line_blocks(handle: BufferedIOBase | RawIOBase, start: int, block_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, data) blocks of whole lines from `start` (the last may lack its line break), ~block_bytes each.
+
+    One reused buffer and one copy per block: reading into fresh 10+ MB objects costs a page fault per
+    4 KB page, more than the copy. A line longer than the buffer grows it.
+    """
+    buffer = bytearray(block_bytes)
+    view = memoryview(buffer)
+    offset = start
+    while True:
+        handle.seek(offset)
+        size = 0
+        while size < len(buffer):
+            got = handle.readinto(view[size:])
+            if not got:
+                break
+            size += got
+        if size == 0:
+            return
+        cut = size if size < len(buffer) else buffer.rfind(b"\n", 0, size) + 1
+        if cut == 0:  # one line longer than the buffer
+            view.release()
+            buffer = bytearray(2 * len(buffer))
+            view = memoryview(buffer)
+            continue
+        yield offset, bytes(view[:cut])
+        offset += cut
+
+
+def group_hash(keys: Sequence[pl.Expr | str]) -> pl.Expr:
+    """The `_group` column: a 64-bit hash of the key values (String columns or literals, in spec.keys order).
+
+    Every reader computes it with this one expression, so equal keys give equal hashes whether they
+    came from a columnar parse or from Python rows (polars hashes values, not how they are stored).
+    """
+    import polars as pl
+
+    if not keys:
+        return pl.lit(0, dtype=pl.UInt64).alias(GROUP)
+    return pl.struct(*keys).hash(_HASH_SEED).alias(GROUP)
+
+
+def _polars_type(column: str) -> Any:
+    import polars as pl
+
+    return pl.String if COLUMN_TYPES[column] == "string" else pl.Int64
+
+
+def keys_frame(typed: pl.DataFrame, spec: CandidateSpec, window: Window) -> pl.DataFrame:
+    """A KeyedBlock.keys frame from a frame typed like rows: `_t` (epoch microseconds) and every column
+    spec.columns() names but TimeGenerated (strings "" when missing, integers null), one row per record."""
+    import polars as pl
+
+    t = pl.col("_t")
+    low, high = microseconds(window.start), microseconds(window.end)
+    if spec.time_bin is None:
+        bin_expr = pl.lit(low, dtype=pl.Int64)
+    else:
+        bin_us = span_microseconds(spec.time_bin)
+        bin_expr = t // bin_us * bin_us
+    in_window = (t >= low) & (t < high)
+    keep = in_window if spec.filter is None else in_window & spec.filter.polars_admits()
+    columns = [bin_expr.alias(BIN), group_hash(list(spec.keys))]
+    if isinstance(spec.measure, DistinctCount):
+        columns.append(pl.col(spec.measure.column).alias(VALUE))
+    columns += [in_window.alias(IN_WINDOW), keep.alias(KEEP), pl.int_range(pl.len(), dtype=pl.UInt32).alias(RECORD)]
+    return typed.select(columns)
+
+
+def rows_frame(rows: Sequence[Row], spec: CandidateSpec, window: Window) -> pl.DataFrame:
+    """A KeyedBlock.keys frame from typed rows (record = index in `rows`)."""
+    import polars as pl
+
+    wanted = [c for c in spec.columns() if c != TIME]
+    schema: dict[str, Any] = {"_t": pl.Int64, **{c: _polars_type(c) for c in wanted}}
+    data = [(microseconds(row[TIME]), *(row.get(c) for c in wanted)) for row in rows]
+    return keys_frame(pl.DataFrame(data, schema=schema, orient="row"), spec, window)
+
+
+class KeyedBlock(ABC):
+    """One block of a file in the first pass: its key frame, and a way to the full rows of some records."""
+
+    keys: pl.DataFrame
+
+    @property
+    def rows_read(self) -> int:
+        """Records of the block inside the window (what the source read, before any pushdown)."""
+        count = self.keys[IN_WINDOW].sum()
+        return int(count)
+
+    @abstractmethod
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        """The typed rows of these records (in window), exactly as the reader's plain code reads them."""
+
+
+class RowsBlock(KeyedBlock):
+    """A block its reader typed row by row (odd lines, a block the columnar parse cannot read exactly)."""
+
+    def __init__(self, rows: list[Row], spec: CandidateSpec, window: Window) -> None:
+        self._rows = [row for row in rows if window.contains(row[TIME])]
+        self.keys = rows_frame(self._rows, spec, window)
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        return (self._rows[i] for i in records)
+
+
+class CandidateFinder:
+    """Accumulates key frames (rows to keep only) and answers which groups meet the threshold.
+
+    With `finish_bins` True, bins more than SLACK_BINS behind the newest bin seen are decided and freed;
+    a later row for such a bin raises OutOfOrder (the caller then starts again with finish_bins False,
+    which is always exact). A whole-window spec never finishes a bin before the end.
     """
 
     def __init__(self, spec: CandidateSpec, finish_bins: bool = True) -> None:
+        if not spec.prunes or spec.threshold is None:
+            raise ValueError("the finder needs a spec whose threshold prunes")
         self.spec = spec
-        self.bin_us = span_microseconds(spec.time_bin)
-        self.finish_bins = finish_bins
-        self._columns = [BIN, GROUP, spec.distinct_column]
+        self.minimum = spec.threshold.minimum
+        self.bin_us = span_microseconds(spec.time_bin) if spec.time_bin is not None else None
+        self.finish_bins = finish_bins and self.bin_us is not None
+        self.distinct = isinstance(spec.measure, DistinctCount)
         self._pending: list[pl.DataFrame] = []
         self._pending_rows = 0
         self._compact_at = 1_000_000
@@ -91,11 +274,14 @@ class CandidateFinder:
         return self._found_frame
 
     def add(self, batch: pl.DataFrame) -> None:
-        """Add one batch of key columns."""
+        """Add the kept rows of one block's key frame."""
         import polars as pl
 
-        # No per-batch unique(): nearly every row of a busy log is its own (bin, group, port) tuple.
-        batch = batch.select(self._columns).filter(pl.col(self.spec.distinct_column).is_not_null())
+        if self.distinct:
+            # No per-batch unique(): nearly every row of a busy log is its own (bin, group, port) tuple.
+            batch = batch.select(BIN, GROUP, VALUE).filter(pl.col(VALUE).is_not_null())
+        else:
+            batch = batch.group_by(BIN, GROUP).agg(pl.len().cast(pl.Int64).alias("_n"))
         if batch.is_empty():
             return
         low, high = batch[BIN].min(), batch[BIN].max()
@@ -106,13 +292,20 @@ class CandidateFinder:
         self._pending.append(batch)
         self._pending_rows += batch.height
         self._newest_bin = high if self._newest_bin is None else max(self._newest_bin, high)
-        if self.finish_bins:
+        if self.finish_bins and self.bin_us is not None:
             self._finish(self._newest_bin - SLACK_BINS * self.bin_us)
         elif self._pending_rows > self._compact_at:
-            # Unordered input: keep only distinct tuples so memory is bounded by them, not by rows.
-            merged = pl.concat(self._pending).unique()
+            # Unordered input: keep distinct tuples (or per-group counts) so memory follows groups, not rows.
+            merged = self._compact(pl.concat(self._pending))
             self._pending, self._pending_rows = [merged], merged.height
             self._compact_at = max(1_000_000, 2 * merged.height)
+
+    def _compact(self, frame: pl.DataFrame) -> pl.DataFrame:
+        import polars as pl
+
+        if self.distinct:
+            return frame.unique()
+        return frame.group_by(BIN, GROUP).agg(pl.col("_n").sum())
 
     def _finish(self, below: int) -> None:
         import polars as pl
@@ -135,8 +328,9 @@ class CandidateFinder:
         import polars as pl
 
         keys = [BIN, GROUP]
-        counted = frame.group_by(keys).agg(pl.col(self.spec.distinct_column).n_unique().alias("_distinct"))
-        return counted.filter(pl.col("_distinct") >= self.spec.threshold).select(keys)
+        measure = pl.col(VALUE).n_unique() if self.distinct else pl.col("_n").sum()
+        counted = frame.group_by(keys).agg(measure.alias("_measure"))
+        return counted.filter(pl.col("_measure") >= self.minimum).select(keys)
 
     def result(self) -> pl.DataFrame:
         """The candidate groups: columns `bin`, `_group` (one row per group)."""
@@ -156,96 +350,80 @@ def _no_groups() -> pl.DataFrame:
     return pl.DataFrame(schema={BIN: pl.Int64, GROUP: pl.UInt64})
 
 
-def group_hash(keys: Sequence[pl.Expr | str]) -> pl.Expr:
-    """The `_group` column: a 64-bit hash of the key values (String columns or literals, in spec.keys order).
+class CandidateRead:
+    """The outcome of candidate_rows: the rows to evaluate and how many rows the source read."""
 
-    Every source computes it with this one expression, so equal keys give equal hashes whether they
-    came from the columnar reader or from Python rows (polars hashes values, not how they are stored).
+    def __init__(self, rows: Iterator[Row], rows_read: int) -> None:
+        self.rows = rows
+        self.rows_read = rows_read
+
+
+def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSpec) -> CandidateRead:
+    """Rows of candidate groups that the filter admits. `blocks` opens a fresh pass over the input each call.
+
+    A spec that does not prune takes one pass and keeps the admitted rows. Time-ordered input takes one
+    pass: blocks are held until their bins are finished, then their candidate rows are taken and the
+    block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one pass
+    to find every candidate, another to take their rows. The first pass is complete before this returns,
+    so a caller may still fall back when it raises.
     """
-    import polars as pl
-
-    return pl.struct(*keys).hash(_HASH_SEED).alias(GROUP)
-
-
-def key_frame(keys: Sequence[tuple[Any, ...]], spec: CandidateSpec) -> pl.DataFrame:
-    """A KeyedBlock.keys frame from Python tuples (bin, *keys, distinct value) of in-window records."""
-    import polars as pl
-
-    schema: dict[str, Any] = {BIN: pl.Int64, **dict.fromkeys(spec.keys, pl.String), spec.distinct_column: pl.Int64}
-    frame = pl.DataFrame(keys, schema=schema, orient="row")
-    return frame.select(
-        BIN,
-        group_hash(list(spec.keys)),
-        spec.distinct_column,
-        pl.lit(True).alias("_in_window"),
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_record"),
-    )
-
-
-class KeyedBlock(ABC):
-    """One block of a file in the first pass: its key columns, and a way to the full rows of some records.
-
-    `keys` has columns `bin`, `_group` (group_hash of the keys), spec.distinct_column, `_in_window` (bool)
-    and `_record` (the record's index within the block, what `rows` takes).
-    """
-
-    keys: pl.DataFrame
-
-    @abstractmethod
-    def rows(self, records: list[int]) -> Iterator[Row]:
-        """The typed rows of these records (in window), exactly as the source's plain path reads them."""
-
-
-def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSpec) -> Iterator[Row]:
-    """Rows of candidate groups only. `blocks` opens a fresh pass over the file each time it is called.
-
-    Time-ordered files take one pass: blocks are held until their bins are finished, then their
-    candidate rows are taken and the block is freed. If a row arrives for a finished bin, a second,
-    always-exact strategy runs: one pass to find every candidate, another to take their rows.
-    Everything is computed before the first row is returned, so a caller may still fall back on error.
-    """
+    if not spec.prunes:
+        taken: list[Row] = []
+        read = 0
+        for block in blocks():
+            read += block.rows_read
+            taken.extend(_take(block, None))
+        return CandidateRead(iter(taken), read)
     try:
-        return iter(_one_pass(blocks(), spec))
+        rows, read = _one_pass(blocks(), spec)
+        return CandidateRead(iter(rows), read)
     except OutOfOrder:
         finder = CandidateFinder(spec, finish_bins=False)
+        read = 0
         for block in blocks():
-            finder.add(_in_window(block))
-        found = finder.result()
-        return _take_all(blocks(), found, spec)
+            read += block.rows_read
+            finder.add(_kept(block))
+        return CandidateRead(_take_all(blocks(), finder.result()), read)
 
 
-def _in_window(block: KeyedBlock) -> pl.DataFrame:
+def _kept(block: KeyedBlock) -> pl.DataFrame:
     import polars as pl
 
-    return block.keys.filter(pl.col("_in_window"))
+    return block.keys.filter(pl.col(KEEP))
 
 
-def _take(block: KeyedBlock, found: pl.DataFrame, spec: CandidateSpec) -> Iterator[Row]:
-    if found.is_empty():
-        return iter(())
-    records = _in_window(block).join(found, on=[BIN, GROUP], how="semi")["_record"].to_list()
+def _take(block: KeyedBlock, found: pl.DataFrame | None) -> Iterator[Row]:
+    """The block's kept rows, of the found groups only unless `found` is None."""
+    kept = _kept(block)
+    if found is not None:
+        if found.is_empty():
+            return iter(())
+        kept = kept.join(found, on=[BIN, GROUP], how="semi")
+    records = kept[RECORD].to_list()
     return block.rows(records) if records else iter(())
 
 
-def _take_all(blocks: Iterator[KeyedBlock], found: pl.DataFrame, spec: CandidateSpec) -> Iterator[Row]:
+def _take_all(blocks: Iterator[KeyedBlock], found: pl.DataFrame) -> Iterator[Row]:
     for block in blocks:
-        yield from _take(block, found, spec)
+        yield from _take(block, found)
 
 
-def _one_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> list[Row]:
+def _one_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[Row], int]:
     finder = CandidateFinder(spec, finish_bins=True)
     held: deque[tuple[KeyedBlock, int | None]] = deque()
     taken: list[Row] = []
+    read = 0
     for block in blocks:
-        keys = _in_window(block)
-        finder.add(keys)
-        high = keys[BIN].max() if not keys.is_empty() else None
+        read += block.rows_read
+        kept = _kept(block)
+        finder.add(kept)
+        high = kept[BIN].max() if not kept.is_empty() else None
         held.append((block, high))  # type: ignore[arg-type]
         while held and (held[0][1] is None or held[0][1] < finder.finished_below):
             done, high = held.popleft()
             if high is not None:
-                taken.extend(_take(done, finder.found(), spec))
+                taken.extend(_take(done, finder.found()))
     found = finder.result()
     for block, _ in held:
-        taken.extend(_take(block, found, spec))
-    return taken
+        taken.extend(_take(block, found))
+    return taken, read

@@ -1,47 +1,116 @@
 """`file:<path>`: W3CIISLog rows as JSON Lines, a JSON array, or a saved Log Analytics query response.
 
-The format is recognised by content. JSON Lines is streamed line by line (memory does not grow with
-the file); the two whole-document formats are parsed at once. When the rule offers a CandidateSpec, a
-JSON Lines file is read in two passes (jsonl_candidates.py) and only rows of groups that can fire are
-returned; the rule's results are the same.
+The format is recognised by content. JSON Lines is streamed line by line (memory does not grow with the
+file); the two whole-document formats are parsed at once. The rule's pushdown description is applied:
+rows its filter rejects are never returned, and when it prunes groups a JSON Lines file is read through
+the pushdown layer (candidates.py): polars parses only the columns the description reads, block by block,
+and only rows of groups that can fire are typed and returned. The rule's results are the same.
+
+Malformed lines (not JSON, not an object, a column of the wrong type, a missing required column, a
+truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
+
+Columnar exactness guards. A block takes the columnar path only when polars parses it into one row per
+line and its values are certainly the ones json.loads + coerce_row give (polars refuses lone surrogate
+escapes and deep nesting itself, and such a block is read the plain way):
+- every column read occurs as a key exactly once per line where polars saw a value (json.loads keeps the
+  last of repeated keys, polars the first), counted on the bytes; a block with a key written with a
+  \\u escape is read the plain way;
+- string columns hold JSON strings (or null, when the column is not required): str() of a JSON number
+  or an object differs from polars' rendering;
+- TimeGenerated is the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`; integer columns are null, "", "-" or plain
+  digits (a JSON number or a digit string);
+- required columns are present in every line (polars reads a missing key and a null alike).
+Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
+'\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
+
+Lines are cut at LF only, as JSON Lines defines them (CRLF is fine); a block with a CR that is not part
+of a CRLF is read the plain way. Values are made representable where they are read: a lone surrogate
+(from a `\\ud800` escape; no sink can encode it) becomes U+FFFD (a parity note: KQL keeps the escape).
+Non-UTF-8 input is one error naming the byte offset and what the file looks like (UTF-16, gzip, zip).
+
+Known difference: columns the description does not read are typed only in rows the rule gets; a
+malformed value there in a row of a group that cannot fire is not reported (the plain read skips it).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import json
+import stat
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector.errors import InputError
-from detector.logic import CandidateSpec
 from detector.models import Row, Window
-from detector.sources import ReadRequest, Source, files_changed_after, register_source
-from detector.w3ciislog import COLUMN_TYPES, coerce_row
+from detector.pushdown import TIME, CandidateSpec
+from detector.sources import (
+    LineReport,
+    MalformedLine,
+    ReadRequest,
+    Source,
+    files_changed_after,
+    register_source,
+    typed,
+)
+from detector.sources.candidates import (
+    BOM,
+    PLAIN_INTEGER,
+    CandidateRead,
+    KeyedBlock,
+    RowsBlock,
+    Unavailable,
+    candidate_rows,
+    columnar_applies,
+    describe_binary,
+    keys_frame,
+    line_blocks,
+    read_with_pushdown,
+    skip_bom,
+)
+from detector.w3ciislog import COLUMN_TYPES
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from detector.config import Settings
+
+BLOCK_BYTES = 8 << 20  # ~20k rows: big enough to amortise polars calls, small enough to keep memory flat
+_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 
 
 def typed_json_line(line: str, number: int, request: ReadRequest, where: str) -> Row | None:
-    """One JSON Lines line as a typed row (None for a blank line); errors name file:line."""
+    """One JSON Lines line as a typed row (None for a blank line); a bad line raises MalformedLine."""
     if not line.strip():
         return None
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{where}:{number}", f"not valid JSON ({exc.msg}, column {exc.colno}); each line must be one JSON object"
-        ) from None
+        raise MalformedLine(where, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except RecursionError:
+        raise MalformedLine(where, number, "JSON nested too deeply") from None
     if not isinstance(raw, dict):
-        raise InputError(f"{where}:{number}", "each line must be a JSON object of W3CIISLog columns")
-    return coerce_row(raw, request.columns, request.required, f"{where}:{number}")
+        raise MalformedLine(where, number, f"a JSON {type(raw).__name__} where an object of W3CIISLog columns belongs")
+    return typed(raw, request, where, number)
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
+    """Why the bytes are not UTF-8 text, naming the byte offset and what the file looks like."""
+    looks = describe_binary(data[:4])
+    position = offset + exc.start
+    return f"is not UTF-8 at byte {position} ({exc.reason})" + (
+        f"; it looks like {looks}" if looks else "; save the file as UTF-8"
+    )
 
 
 class FileSource(Source):
     """Rows from one JSON file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, strict: bool = False) -> None:
         self.path = path
+        self.strict = strict
+        self._report = LineReport(strict)
 
     def describe(self) -> str:
         return f"file:{self.path}"
@@ -50,101 +119,148 @@ class FileSource(Source):
         # Files carry no ingestion time: if any changed since, every bin of the window is re-checked.
         return None if files_changed_after([self.path], ingested_after) else set()
 
-    def read(self, request: ReadRequest) -> Iterator[Row]:
-        spec = request.candidates
-        if spec is not None and _pushdown_applies(spec) and self._is_json_lines():
-            from detector.sources.jsonl_candidates import Unavailable, read_candidate_rows
+    def read_stats(self) -> dict[str, Any]:
+        return self._report.stats()
 
-            try:
-                candidate_rows = read_candidate_rows(self.path, request, spec)
-            except Unavailable:
-                pass  # the plain path below gives the same result, only slower
-            else:
-                yield from candidate_rows
-                return
-        for row in self._rows(request):
-            if request.window.contains(row["TimeGenerated"]):
-                yield row
+    def read(self, request: ReadRequest) -> Iterator[Row]:
+        self._report = report = LineReport(self.strict)
+        spec = request.candidates
+        if columnar_applies(spec) and spec is not None and self._is_json_lines():
+
+            def fast() -> Iterator[Row]:
+                found = _read_candidates(self.path, request, spec, report)
+                report.rows_read = found.rows_read
+                return found.rows
+
+            def plain() -> Iterator[Row]:
+                report.rows_read = 0
+                return self._plain(request, report)
+
+            yield from read_with_pushdown(fast, plain)
+            return
+        yield from self._plain(request, report)
+
+    def _plain(self, request: ReadRequest, report: LineReport) -> Iterator[Row]:
+        spec = request.candidates
+        for row in self._rows(request, report):
+            if request.window.contains(row[TIME]):
+                report.rows_read += 1
+                if spec is None or spec.admits(row):
+                    yield row
 
     def _is_json_lines(self) -> bool:
         """True when the first line is one JSON object that is not a Log Analytics response."""
         try:
-            with self.path.open("r", encoding="utf-8-sig") as handle:
-                first_line = handle.readline()
-        except (OSError, UnicodeDecodeError):
+            with self.path.open("rb") as handle:
+                first_line = handle.readline().removeprefix(BOM)
+        except OSError:
             return False  # the plain path reports it
         try:
             head = json.loads(first_line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return False
         return isinstance(head, dict) and "tables" not in head
 
-    def _rows(self, request: ReadRequest) -> Iterator[Row]:
+    def _open(self) -> Any:
         where = str(self.path)
         try:
-            handle = self.path.open("r", encoding="utf-8-sig")
+            mode = self.path.stat().st_mode
+            if not stat.S_ISREG(mode):
+                raise InputError(where, "is not a regular file (a folder, FIFO or device?); point file: at a JSON file")
+            return self.path.open("rb")
         except OSError as exc:
             raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
-        with handle:
+
+    def _rows(self, request: ReadRequest, report: LineReport) -> Iterator[Row]:
+        where = str(self.path)
+        with self._open() as handle:
+            head = handle.read(4)
+            looks = describe_binary(head)
+            if looks:
+                raise InputError(where, f"is not UTF-8 JSON: it looks like {looks}")
+            start = len(BOM) if head.startswith(BOM) else 0
+            handle.seek(start)
             first_line = handle.readline()
             first = first_line.lstrip()[:1]
             if not first:
-                if handle.read().strip():
-                    # Leading blank line: whatever follows decides the format.
-                    handle.seek(0)
-                    yield from self._jsonl(handle, request, where)
+                # A leading blank line (or an empty file): whatever follows decides, read as JSON Lines.
+                handle.seek(start)
+                yield from self._jsonl(handle, start, request, where, report)
                 return
-            if first == "[":
-                handle.seek(0)
-                yield from self._array(self._load_document(handle, where), request, where)
+            if first == b"[":
+                handle.seek(start)
+                yield from self._array(self._load_document(handle, start, where), request, where, report)
                 return
-            if first != "{":
+            if first != b"{":
                 raise InputError(f"{where}:1", "is not JSON Lines, a JSON array or a Log Analytics response")
             try:
-                head = json.loads(first_line)
-            except json.JSONDecodeError:
-                head = None
-            if isinstance(head, dict) and "tables" in head:
-                yield from self._la_response(head, request, where)
+                head_object = json.loads(first_line)
+            except (ValueError, RecursionError):
+                head_object = None
+            if isinstance(head_object, dict) and "tables" in head_object:
+                yield from self._la_response(head_object, request, where, report)
                 return
-            if head is None:
+            if head_object is None:
                 # Not one object per line: maybe a pretty-printed Log Analytics response.
-                handle.seek(0)
+                handle.seek(start)
                 try:
-                    document = json.load(handle)
-                except json.JSONDecodeError:
+                    document = self._load_document(handle, start, where)
+                except InputError:
                     document = None
                 if isinstance(document, dict) and "tables" in document:
-                    yield from self._la_response(document, request, where)
+                    yield from self._la_response(document, request, where, report)
                     return
-            handle.seek(0)
-            yield from self._jsonl(handle, request, where)
+            handle.seek(start)
+            yield from self._jsonl(handle, start, request, where, report)
 
     @staticmethod
-    def _load_document(handle: Any, where: str) -> Any:
+    def _load_document(handle: Any, start: int, where: str) -> Any:
+        data = handle.read()
         try:
-            return json.load(handle)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(where, _not_utf8(data, exc, start)) from None
+        try:
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}:{exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except RecursionError:
+            raise InputError(where, "JSON nested too deeply to be W3CIISLog rows") from None
 
     @staticmethod
-    def _jsonl(handle: Any, request: ReadRequest, where: str) -> Iterator[Row]:
-        for number, line in enumerate(handle, start=1):
-            row = typed_json_line(line, number, request, where)
+    def _jsonl(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
+        offset = start
+        for number, raw_line in enumerate(handle, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where}:{number}", _not_utf8(raw_line, exc, offset)) from None
+            offset += len(raw_line)
+            try:
+                row = typed_json_line(line, number, request, where)
+            except MalformedLine as exc:
+                if not line.endswith("\n"):
+                    exc = MalformedLine(where, number, f"truncated last line ({exc.reason})")
+                report.skip(exc)
+                continue
             if row is not None:
                 yield row
 
     @staticmethod
-    def _array(document: Any, request: ReadRequest, where: str) -> Iterator[Row]:
+    def _array(document: Any, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
         if not isinstance(document, list):
             raise InputError(where, "a JSON array of W3CIISLog rows was expected")
         for index, raw in enumerate(document):
             if not isinstance(raw, dict):
-                raise InputError(f"{where}: row {index}", "must be a JSON object of W3CIISLog columns")
-            yield coerce_row(raw, request.columns, request.required, f"{where}: row {index}")
+                report.skip(MalformedLine(where, f"row {index}", "must be a JSON object of W3CIISLog columns"))
+                continue
+            try:
+                yield typed(raw, request, where, f"row {index}")
+            except MalformedLine as exc:
+                report.skip(exc)
 
     @staticmethod
-    def _la_response(document: Mapping[str, Any], request: ReadRequest, where: str) -> Iterator[Row]:
+    def _la_response(document: Mapping[str, Any], request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
         if document.get("error"):
             error = document["error"]
             code = error.get("code") if isinstance(error, dict) else error
@@ -164,21 +280,229 @@ class FileSource(Source):
                 where, f"missing required column(s) {', '.join(missing)}; W3CIISLog rows need {', '.join(request.required)}"
             )
         for index, values in enumerate(rows):
+            label = f"row {index}"
             if not isinstance(values, list) or len(values) != len(names):
-                raise InputError(f"{where}: row {index}", f"must be a list of {len(names)} values")
-            yield coerce_row(dict(zip(names, values, strict=True)), request.columns, request.required, f"{where}: row {index}")
+                report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
+                continue
+            try:
+                yield typed(dict(zip(names, values, strict=True)), request, where, label)
+            except MalformedLine as exc:
+                report.skip(exc)
 
 
-def _pushdown_applies(spec: CandidateSpec) -> bool:
-    """The two-pass read handles string keys and an integer distinct column, when polars is installed."""
-    if any(COLUMN_TYPES.get(key) != "string" for key in spec.keys) or COLUMN_TYPES.get(spec.distinct_column) not in (
-        "int",
-        "long",
-    ):
-        return False
-    return importlib.util.find_spec("polars") is not None
+# -- the columnar first pass over JSON Lines -------------------------------------------------------------
+
+
+def _read_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
+    """Rows of candidate groups; raises Unavailable (or a polars error) before returning any row."""
+    return candidate_rows(lambda: _blocks(path, request, spec, report), spec)
+
+
+def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(str(path), f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    with handle:
+        start = skip_bom(handle)
+        line = 1
+        for offset, data in line_blocks(handle, start, BLOCK_BYTES):
+            keys = _columnar_keys(data, spec, request)
+            if keys is not None:
+                yield _ColumnarBlock(keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report)
+            else:
+                yield RowsBlock(_plain_rows(data, line, request, str(path), report), spec, request.window)
+            line += data.count(b"\n")
+
+
+def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, report: LineReport) -> list[Row]:
+    """The block's rows as the plain read types them (skipping what it skips)."""
+    rows = []
+    lines = data.split(b"\n")
+    for index, raw_line in enumerate(lines):
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unavailable from None  # the plain read reports what the file looks like
+        try:
+            row = typed_json_line(text, first_line + index, request, where)
+        except MalformedLine as exc:
+            if index == len(lines) - 1 and raw_line:
+                exc = MalformedLine(where, first_line + index, f"truncated last line ({exc.reason})")
+            report.skip(exc)
+            continue
+        if row is not None and (request.candidates is None or request.candidates.admits(row)):
+            rows.append(row)
+    return rows
+
+
+class _ColumnarBlock(KeyedBlock):
+    """Keeps only the key frame and where the block is; its bytes are read again if it holds candidates
+    (few blocks do), so blocks waiting for their bins to finish cost little memory."""
+
+    def __init__(
+        self,
+        keys: pl.DataFrame,
+        path: Path,
+        *,
+        offset: int,
+        length: int,
+        first_line: int,
+        request: ReadRequest,
+        report: LineReport,
+    ) -> None:
+        self.keys, self.path, self.offset, self.length = keys, path, offset, length
+        self.first_line, self.request, self.report = first_line, request, report
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            lines = handle.read(self.length).split(b"\n")
+        where = str(self.path)
+        for index in records:
+            # The columns the first pass read are known good; the others are typed (and may be bad) here.
+            try:
+                row = typed_json_line(lines[index].decode("utf-8"), self.first_line + index, self.request, where)
+            except MalformedLine as exc:
+                self.report.skip(exc)
+                continue
+            if row is not None and self.request.window.contains(row[TIME]):
+                yield row
+
+
+def _key_occurrences(data: bytes, column: str) -> int:
+    return data.count(b'"' + column.encode() + b'"')
+
+
+def _string_occurrences(data: bytes, column: str, expected: int) -> int:
+    """How often the column appears as a key with a JSON string value (compact or `": "` separators).
+
+    `"name":"` cannot occur inside a JSON string (a quote there is escaped), so only keys are counted.
+    """
+    name = b'"' + column.encode() + b'":'
+    found = data.count(name + b'"')
+    if found != expected:
+        found += data.count(name + b' "')
+    return found
+
+
+def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl.DataFrame | None:
+    """The KeyedBlock.keys of one block (record = line), or None when it must be read row by row."""
+    import polars as pl
+
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if not data.endswith(b"\n"):
+        return None  # a last line without its line break: maybe truncated; the plain code decides
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
+    wanted = spec.columns()
+    try:
+        frame = pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(wanted, pl.String))
+    except pl.exceptions.PolarsError:
+        return None
+    if frame.height != lines:
+        return None  # blank lines: the plain code decides
+    if b"\\u" in data and _escaped_key(data):
+        return None
+    required = set(request.required) | {TIME}
+    lines_frame: pl.Series | None = None
+    for column in wanted:
+        nulls = frame[column].null_count()
+        string = COLUMN_TYPES[column] == "string" and column != TIME
+        if not nulls:
+            # Every line has a value, so names the key at least once: exactly once when the counts agree.
+            if _key_occurrences(data, column) != lines:
+                return None
+        else:
+            if column in required and (string or column == TIME):
+                return None  # polars reads a missing key and a null alike; the plain code tells them apart
+            if lines_frame is None:
+                lines_frame = _lines(data, lines)
+                if lines_frame is None:
+                    return None
+            if not _once_per_line(lines_frame, frame[column], column, null_required=column in required):
+                return None
+        if string and _string_occurrences(data, column, lines - nulls) != lines - nulls:
+            return None
+    typed = _typed(frame, wanted)
+    return None if typed is None else keys_frame(typed, spec, request.window)
+
+
+def _escaped_key(data: bytes) -> bool:
+    """True when some key holds a \\u escape (json.loads and polars could then see the same key twice)."""
+    import re
+
+    return re.search(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:', data) is not None
+
+
+def _lines(data: bytes, lines: int) -> pl.Series | None:
+    """The block's lines as a String series (polars cuts them in native code), or None."""
+    import polars as pl
+
+    try:
+        series = pl.read_csv(data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String})["line"]
+    except pl.exceptions.PolarsError:
+        return None  # a NUL byte (not valid in JSON text anyway) or invalid UTF-8
+    return series if series.len() == lines and not series.null_count() else None
+
+
+def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_required: bool) -> bool:
+    """Per line: a line with a value names the column once; one without names it at most once, and, when
+    the column is required, as `"column":null` (present, as the plain code needs it)."""
+    import polars as pl
+
+    counts = lines.str.count_matches(f'"{column}"', literal=True)
+    has_value = values.is_not_null()
+    if null_required:
+        written_null = lines.str.count_matches(f'"{column}":\\s*null', literal=False)
+        without = (counts == 1) & (written_null == 1)
+    else:
+        without = counts <= 1
+    frame = pl.DataFrame({"ok": (has_value & (counts == 1)) | (~has_value & without)})
+    return bool(frame["ok"].all())
+
+
+def _typed(frame: pl.DataFrame, wanted: tuple[str, ...]) -> pl.DataFrame | None:
+    """`_t` and the columns typed as coerce_row types them, or None when a value needs the plain code."""
+    import polars as pl
+
+    # Scalar work once per distinct value: a block holds ~20k rows but only ~2k distinct timestamps
+    # (second precision) and a few hundred ports; the results are joined back to the rows.
+    time = pl.col(TIME)
+    fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
+    seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
+    times = frame.select(time.unique()).select(
+        time, time.str.contains(_CANONICAL_TIME).alias("_time_ok"), (seconds + fraction).alias("_t")
+    )
+    if not times["_time_ok"].all() or times["_t"].null_count():
+        return None
+    typed = frame.join(times.select(TIME, "_t"), on=TIME, how="left", maintain_order="left")
+    out: list[pl.Expr] = [pl.col("_t")]
+    for column in wanted:
+        if column == TIME:
+            continue
+        if COLUMN_TYPES[column] == "string":
+            out.append(pl.col(column).fill_null(""))
+            continue
+        value = pl.col(column)
+        seen = frame.select(value.unique()).select(
+            value,
+            (value.is_null() | value.is_in(["", "-"]) | value.str.contains(PLAIN_INTEGER)).alias("_ok"),
+            pl.when(value.str.contains(PLAIN_INTEGER)).then(value).otherwise(None).cast(pl.Int64).alias("_int"),
+        )
+        if not seen["_ok"].all():
+            return None
+        typed = typed.join(
+            seen.select(column, pl.col("_int").alias(f"_int_{column}")),
+            on=column,
+            how="left",
+            nulls_equal=True,
+            maintain_order="left",
+        )
+        out.append(pl.col(f"_int_{column}").alias(column))
+    return typed.select(out)
 
 
 @register_source("file")
-def _open(argument: str, settings: object, computer: str) -> Source:
-    return FileSource(Path(argument))
+def _open(argument: str, settings: Settings) -> Source:
+    return FileSource(Path(argument), strict=settings.strict)

@@ -3,22 +3,76 @@
 Mapping to W3CIISLog columns (reference/kql-and-sentinel.md §1.3-1.4): date + time (always UTC in W3C
 logs) make TimeGenerated; each field maps to its column; a `-` placeholder is kept as "-" in string
 columns (as W3CIISLog stores it) and is null in numeric ones; a field the log does not select is "" (or
-null for numbers). A `#Fields` directive may appear again mid-file and applies from there on. Computer
-is not in the log: it is the machine the logs come from (--computer, default this host's name).
+null for numbers), with one warning per #Fields block that lacks a column the rule reads (the Azure
+Monitor agent stores such rows with the column empty). A `#Fields` directive may appear again mid-file
+and applies from there on. Computer is not in the log: it is the machine the logs come from
+(DETECTOR_COMPUTER / --computer, default this host's name).
+
+Only web server (W3SVC) logs are W3CIISLog: files under FTPSVC*, MSFTPSVC*, SMTPSVC* or NNTPSVC*
+folders, and #Fields blocks with FTP's x-session / x-fullpath fields, are skipped with a notice. A file
+or folder that cannot be read, or anything that is not a regular file or folder, is an error naming the
+path (a run that silently read fewer files would silently find less).
+
+Malformed entries are skipped and counted (sources.LineReport): a field count other than #Fields
+declares, NUL bytes inside an entry, a date/time or number that does not parse, an entry before any
+#Fields, a last line without its line break (a file still being written: it is read complete on a later
+run, when the late-data re-check sees the file change). NUL padding at the start of a line (left by a
+crash before the writer restarted) is dropped and the rest of the line read. Trailing spaces after the
+last field are ignored. Strict reading makes every malformed line an error.
+
+The first pass (when the rule's pushdown applies): files are read in blocks of whole lines (the next
+block is read and byte-scanned on a worker thread meanwhile), cut further at directive lines, so each
+run of entries has one layout. polars' CSV reader (native code, space separated, no quoting) reads only
+date, time, the fields the pushdown description uses and the last field of a run; the pushdown layer
+(candidates.py) finds the groups that can fire and asks for those entries only, which are parsed by
+W3cLayout.entry, the code of the plain read. Results are therefore identical to the plain read's.
+
+Exactness guards: a run of entries takes the columnar path only when every entry has exactly as many
+fields as #Fields declares (the space count is exactly entries x (fields - 1) and the last field is
+present in every entry), date and time are canonical (yyyy-mm-dd, hh:mm:ss) and valid for
+datetime.fromisoformat, integer fields are "-" or plain digits, the fields whose values are used are
+valid UTF-8, and the block holds no NUL byte. Any other run is read entry by entry with the plain code
+(same rows, same skipped lines). A file with lone '\r' line breaks is left to the plain read.
 """
 
 from __future__ import annotations
 
+import re
 import socket
-from collections.abc import Iterator
+import stat
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from io import FileIO
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from detector.errors import InputError
 from detector.models import Row, Window
-from detector.sources import ReadRequest, Source, files_changed_after, register_source
+from detector.pushdown import TIME, CandidateSpec
+from detector.sources import LineReport, MalformedLine, ReadRequest, Source, files_changed_after, register_source
+from detector.sources.candidates import (
+    PLAIN_INTEGER,
+    CandidateRead,
+    KeyedBlock,
+    RowsBlock,
+    Unavailable,
+    candidate_rows,
+    columnar_applies,
+    describe_binary,
+    keys_frame,
+    line_blocks,
+    microseconds,
+    read_with_pushdown,
+    skip_bom,
+)
 from detector.w3ciislog import COLUMN_TYPES
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from detector.config import Settings
 
 FIELD_TO_COLUMN: dict[str, str] = {
     "c-ip": "cIP",
@@ -44,70 +98,138 @@ FIELD_TO_COLUMN: dict[str, str] = {
 }
 
 
+_COLUMN_TO_FIELD = {column: field for field, column in FIELD_TO_COLUMN.items()}
+# Folders IIS writes non-web W3C logs into (FTP, SMTP, NNTP services); web sites log under W3SVC<n>.
+_NON_WEB_FOLDER = re.compile(r"^(?:MS)?FTPSVC\d*$|^SMTPSVC\d*$|^NNTPSVC\d*$", re.IGNORECASE)
+_FTP_FIELDS = frozenset({"x-session", "x-fullpath"})
+BLOCK_BYTES = 16 << 20  # ~100k entries per polars call; under glibc's 32 MB mmap threshold, so buffers are reused
+_TIME = r"^[0-9]{2}:[0-9]{2}:[0-5][0-9]$"
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+_LONE_CR = re.compile(rb"\r[^\n]")
+
+
 def _field_of(column: str) -> str:
-    return next(field for field, name in FIELD_TO_COLUMN.items() if name == column)
+    return _COLUMN_TO_FIELD[column]
 
 
 class IisLogSource(Source):
     """Rows from IIS W3C log files."""
 
-    def __init__(self, path: Path, computer: str) -> None:
+    def __init__(self, path: Path, computer: str = "", strict: bool = False) -> None:
         self.path = path
         self.computer = computer or socket.gethostname()
+        self.strict = strict
+        self._report = LineReport(strict)
 
     def describe(self) -> str:
         return f"iis:{self.path} (Computer={self.computer})"
 
-    def files(self) -> list[Path]:
-        """The log files to read: the file itself, or every *.log below the folder, in name order."""
-        if self.path.is_file():
+    def read_stats(self) -> dict[str, object]:
+        return self._report.stats()
+
+    def files(self, report: LineReport | None = None) -> list[Path]:
+        """The web log files to read: the file itself, or every *.log below the folder, in name order."""
+        report = report or LineReport(self.strict)
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            raise InputError(str(self.path), "no such file or folder; check the path after 'iis:'") from None
+        except OSError as exc:
+            raise InputError(str(self.path), f"cannot be read ({exc.strerror}); check the path after 'iis:'") from None
+        if stat.S_ISREG(mode):
             return [self.path]
-        if self.path.is_dir():
-            found = sorted(p for p in self.path.rglob("*") if p.is_file() and p.suffix.lower() == ".log")
-            if not found:
-                raise InputError(str(self.path), "folder holds no *.log files; point iis: at an IIS log folder")
-            return found
-        raise InputError(str(self.path), "no such file or folder; check the path after 'iis:'")
+        if not stat.S_ISDIR(mode):
+            raise InputError(str(self.path), "is not a regular file or folder; point iis: at IIS log files")
+        found: list[Path] = []
+        self._walk(self.path, found, report)
+        if not found:
+            raise InputError(str(self.path), "folder holds no web server (W3SVC) *.log files; point iis: at an IIS log folder")
+        return sorted(found)
+
+    def _walk(self, folder: Path, found: list[Path], report: LineReport) -> None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            raise InputError(str(folder), f"folder cannot be read ({exc.strerror}); give the detector read access") from None
+        for entry in entries:
+            try:
+                mode = entry.lstat().st_mode
+                if stat.S_ISLNK(mode):
+                    mode = entry.stat().st_mode
+            except OSError as exc:
+                raise InputError(str(entry), f"cannot be read ({exc.strerror}); give the detector read access") from None
+            if stat.S_ISDIR(mode):
+                if _NON_WEB_FOLDER.match(entry.name):
+                    report.notice(f"{entry}: skipped, not web server logs (only W3SVC logs are W3CIISLog)", warning=False)
+                    continue
+                self._walk(entry, found, report)
+            elif entry.suffix.lower() == ".log":
+                if not stat.S_ISREG(mode):
+                    raise InputError(str(entry), "is not a regular file (a FIFO or device?); remove it from the log folder")
+                found.append(entry)
 
     def late_bins(self, window: Window, ingested_after: datetime, time_bin: timedelta) -> set[datetime] | None:
         # Files carry no ingestion time: if any changed since, every bin of the window is re-checked.
         return None if files_changed_after(self.files(), ingested_after) else set()
 
     def read(self, request: ReadRequest) -> Iterator[Row]:
+        self._report = report = LineReport(self.strict)
+        files = self.files(report)
         spec = request.candidates
-        if spec is not None:
-            from detector.sources.iis_candidates import pushdown_applies, read_candidate_rows
-            from detector.sources.jsonl_candidates import Unavailable
+        if columnar_applies(spec) and spec is not None and _columnar_fields(spec):
 
-            if pushdown_applies(spec):
-                try:
-                    candidate_rows = read_candidate_rows(self, request, spec)
-                except Unavailable:
-                    pass  # the plain path below gives the same result, only slower
-                else:
-                    yield from candidate_rows
-                    return
-        for path in self.files():
-            yield from self._read_file(path, request)
+            def fast() -> Iterator[Row]:
+                found = _read_candidates(files, self.computer, request, spec, report)
+                report.rows_read = found.rows_read
+                return found.rows
 
-    def _read_file(self, path: Path, request: ReadRequest) -> Iterator[Row]:
-        layout = W3cLayout.initial(path, request, self.computer)
+            def plain() -> Iterator[Row]:
+                report.rows_read = 0
+                return self._plain(files, request, report)
+
+            yield from read_with_pushdown(fast, plain)
+            return
+        yield from self._plain(files, request, report)
+
+    def _plain(self, files: list[Path], request: ReadRequest, report: LineReport) -> Iterator[Row]:
+        spec = request.candidates
+        for path in files:
+            for row in self._read_file(path, request, report):
+                report.rows_read += 1
+                if spec is None or spec.admits(row):
+                    yield row
+
+    def _read_file(self, path: Path, request: ReadRequest, report: LineReport) -> Iterator[Row]:
+        layout = W3cLayout.initial(path, request, self.computer, report)
         times: dict[str, datetime] = {}  # W3C times have second precision: parse each distinct one once
+        _check_text(path)
         try:
             handle = path.open("r", encoding="utf-8-sig", errors="replace", newline=None)
         except OSError as exc:
-            raise InputError(str(path), f"cannot open ({exc.strerror})") from None
+            raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
         with handle:
             for number, raw_line in enumerate(handle, start=1):
-                line = raw_line.rstrip("\r\n")
-                if not line:
+                if not raw_line.endswith("\n"):
+                    if raw_line.strip("\x00 \r"):
+                        report.skip(MalformedLine(str(path), number, "truncated last line (no line break yet)"))
                     continue
-                if line.startswith("#"):
-                    layout = layout.directive(line, number)
-                    continue
-                row = layout.entry(line, number, times)
-                if row is not None:
+                row = layout.line(raw_line.rstrip("\r\n"), number, times)
+                if isinstance(row, W3cLayout):
+                    layout = row
+                elif row is not None:
                     yield row
+
+
+def _check_text(path: Path) -> None:
+    """An error when the file is plainly not a UTF-8 text log (UTF-16, gzip...), naming what it looks like."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
+    looks = describe_binary(head)
+    if looks:
+        raise InputError(str(path), f"is not a UTF-8 IIS log: it looks like {looks}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +239,7 @@ class W3cLayout:
     path: Path
     request: ReadRequest
     computer: str
+    report: LineReport
     wanted: tuple[str, ...]  # the columns to fill from fields (all requested but TimeGenerated, Computer)
     numeric: frozenset[str]
     fields: tuple[str, ...] | None = None
@@ -124,13 +247,33 @@ class W3cLayout:
     date_index: int | None = None
     time_index: int | None = None
     directive_date: str = ""
+    unusable: str = ""  # why entries under the current #Fields cannot be W3CIISLog rows (FTP, no time)
 
     @classmethod
-    def initial(cls, path: Path, request: ReadRequest, computer: str) -> W3cLayout:
+    def initial(cls, path: Path, request: ReadRequest, computer: str, report: LineReport) -> W3cLayout:
         """The layout before the file's first directive."""
-        wanted = tuple(c for c in request.columns if c not in ("TimeGenerated", "Computer"))
+        wanted = tuple(c for c in request.read_columns() if c not in (TIME, "Computer"))
         numeric = frozenset(c for c in wanted if COLUMN_TYPES.get(c) in ("int", "long"))
-        return cls(path, request, computer, wanted, numeric)
+        return cls(path, request, computer, report, wanted, numeric)
+
+    def line(self, line: str, number: int, times: dict[str, datetime]) -> W3cLayout | Row | None:
+        """One line without its line break: a new layout (a directive), a row, or None (skipped, blank, outside)."""
+        if line.startswith("\x00"):
+            stripped = line.lstrip("\x00")
+            if not stripped.strip():
+                self.report.skip(MalformedLine(str(self.path), number, "NUL bytes"))
+                return None
+            self.report.notice(f"{self.path}:{number}: NUL padding before the line (a crash of the writer?) dropped")
+            line = stripped
+        if not line:
+            return None
+        if line.startswith("#"):
+            return self.directive(line, number)
+        try:
+            return self.entry(line, number, times)
+        except MalformedLine as exc:
+            self.report.skip(exc)
+            return None
 
     def directive(self, line: str, number: int) -> W3cLayout:
         """The layout after one directive line (`#Name: value`)."""
@@ -139,15 +282,21 @@ class W3cLayout:
         if name == "fields":
             fields = value.split()
             lowered = [f.lower() for f in fields]
+            where = f"{self.path}:{number}"
+            if _FTP_FIELDS & set(lowered):
+                self.report.notice(f"{where}: FTP log entries skipped (only web server logs are W3CIISLog)", warning=False)
+                return replace(self, fields=tuple(fields), unusable="an FTP log entry")
             if "time" not in lowered:
-                raise InputError(f"{self.path}:{number}", "#Fields has no 'time' field; TimeGenerated cannot be known")
+                self.report.notice(
+                    f"{where}: #Fields has no 'time' field; its entries are skipped (TimeGenerated cannot be known)"
+                )
+                return replace(self, fields=tuple(fields), unusable="#Fields has no 'time' field")
             index_of = {FIELD_TO_COLUMN[f]: i for i, f in enumerate(lowered) if f in FIELD_TO_COLUMN}
-            missing = [c for c in self.request.required if c in self.wanted and c not in index_of]
+            missing = [c for c in self.wanted if c not in index_of]
             if missing:
-                raise InputError(
-                    f"{self.path}:{number}",
-                    f"#Fields lacks what the rule needs: {', '.join(missing)} "
-                    f"(enable {', '.join(_field_of(c) for c in missing)} in IIS logging)",
+                self.report.notice(
+                    f"{where}: #Fields lacks {', '.join(_field_of(c) for c in missing if c in _COLUMN_TO_FIELD)}"
+                    f"; its entries are read with {', '.join(missing)} empty (enable the field(s) in IIS logging)"
                 )
             return replace(
                 self,
@@ -155,19 +304,27 @@ class W3cLayout:
                 plan=tuple((c, index_of.get(c)) for c in self.wanted),
                 time_index=lowered.index("time"),
                 date_index=lowered.index("date") if "date" in lowered else None,
+                unusable="",
             )
         if name == "date":
             return replace(self, directive_date=value.strip().split(" ")[0])
         return self
 
     def entry(self, line: str, number: int, times: dict[str, datetime]) -> Row | None:
-        """One log entry as a typed row, or None when it falls outside the window."""
-        path, fields = self.path, self.fields
+        """One log entry as a typed row, or None when it falls outside the window (or is not a web entry)."""
+        path, fields = str(self.path), self.fields
         if fields is None:
-            raise InputError(f"{path}:{number}", "log entry before any #Fields directive; is this an IIS W3C log?")
+            raise MalformedLine(path, number, "log entry before any #Fields directive")
+        if self.unusable:
+            return None
+        if "\x00" in line:
+            raise MalformedLine(path, number, "NUL bytes")
         values = line.split(" ")
         if len(values) != len(fields):
-            raise InputError(f"{path}:{number}", f"has {len(values)} fields but #Fields declares {len(fields)}")
+            while len(values) > len(fields) and values[-1] == "":
+                values.pop()  # trailing spaces after the last field
+            if len(values) != len(fields):
+                raise MalformedLine(path, number, f"{len(values)} fields but #Fields declares {len(fields)}")
         day = values[self.date_index] if self.date_index is not None else self.directive_date
         stamp = f"{day} {values[self.time_index]}"  # type: ignore[index]
         moment = times.get(stamp)
@@ -175,13 +332,13 @@ class W3cLayout:
             try:
                 moment = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
             except ValueError:
-                raise InputError(f"{path}:{number}", f"date/time '{stamp}' is not yyyy-mm-dd hh:mm:ss") from None
+                raise MalformedLine(path, number, f"date/time {_short(stamp)} is not yyyy-mm-dd hh:mm:ss") from None
             if len(times) > 100_000:
                 times.clear()
             times[stamp] = moment
         if not self.request.window.start <= moment < self.request.window.end:
             return None
-        row: Row = {"TimeGenerated": moment, "Computer": self.computer}
+        row: Row = {TIME: moment, "Computer": self.computer}
         numeric = self.numeric
         for column, index in self.plan:
             if index is None:
@@ -190,15 +347,327 @@ class W3cLayout:
                 text = values[index]
                 if text == "-":
                     row[column] = None
-                elif text.isascii() and text.isdigit():
+                elif text.isascii() and text.isdigit() and len(text) <= 18:
                     row[column] = int(text)
                 else:
-                    raise InputError(f"{path}:{number}", f"{column} is {text!r}, not a number")
+                    raise MalformedLine(path, number, f"{column} is {_short(text)}, not a number")
             else:
                 row[column] = values[index]
         return row
 
 
+def _short(text: str, limit: int = 40) -> str:
+    """A value for a message: repr, cut to `limit` characters (never a 4 KB dump)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+# -- the columnar first pass -----------------------------------------------------------------------------
+
+
+def _columnar_fields(spec: CandidateSpec) -> bool:
+    """Every column the description reads but Computer is a logged field, of a type the first pass reads."""
+    return all(c in (TIME, "Computer") or c in _COLUMN_TO_FIELD for c in spec.columns())
+
+
+def _read_candidates(
+    files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
+) -> CandidateRead:
+    """Rows of candidate groups; raises Unavailable (or a polars error) before returning any row."""
+    return candidate_rows(lambda: _all_blocks(files, computer, request, spec, report), spec)
+
+
+def _all_blocks(
+    files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
+) -> Iterator[KeyedBlock]:
+    for path in files:
+        yield from _file_blocks(path, computer, request, spec, report)
+
+
+def _file_blocks(
+    path: Path, computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
+) -> Iterator[KeyedBlock]:
+    _check_text(path)
+    try:
+        handle = path.open("rb", buffering=0)
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
+    layout = W3cLayout.initial(path, request, computer, report)
+    line = 1
+    with handle, closing(_scanned_blocks(handle)) as blocks:
+        for block in blocks:
+            if block.lone_cr:
+                raise Unavailable
+            data = block.data
+            for start, end, spaces in block.parts:
+                if spaces < 0:
+                    text = data[start:end].decode("utf-8", errors="replace")
+                    if not text.endswith("\n"):
+                        report.skip(MalformedLine(str(path), line, "truncated last line (no line break yet)"))
+                        continue
+                    changed = layout.line(text.rstrip("\r\n"), line, {})
+                    if isinstance(changed, W3cLayout):
+                        layout = changed
+                    line += 1
+                    continue
+                entries = data if start == 0 and end == len(data) else data[start:end]
+                keys = (
+                    None if block.nul or not entries.endswith(b"\n") else _columnar_keys(entries, spaces, layout, spec, request)
+                )
+                if keys is not None:
+                    yield _ColumnarRun(keys, entries, line, layout)
+                    line += keys.height  # one record per line: _columnar_keys checked it
+                else:
+                    yield RowsBlock(_plain_run(entries, line, layout), spec, request.window)
+                    line += entries.count(b"\n")
+
+
+def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> list[Row]:
+    """A run of entries as the plain read types them (skipping what it skips)."""
+    times: dict[str, datetime] = {}
+    rows: list[Row] = []
+    lines = data.split(b"\n")
+    for index, raw_line in enumerate(lines):
+        if index == len(lines) - 1:
+            if raw_line.strip(b"\x00 \r"):
+                layout.report.skip(MalformedLine(str(layout.path), first_line + index, "truncated last line (no line break yet)"))
+            break
+        text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
+        row = layout.line(text, first_line + index, times)
+        if isinstance(row, W3cLayout):
+            raise AssertionError("a run of entries holds no directive")  # noqa: TRY004 - _scan cut runs at directives
+        if row is not None and (layout.request.candidates is None or layout.request.candidates.admits(row)):
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class _ScannedBlock:
+    """A block of whole lines and what the byte scans found in it."""
+
+    data: bytes
+    lone_cr: bool  # a CR not followed by LF: a line break to the plain path's universal newlines, not to polars
+    nul: bool  # a NUL byte somewhere: its runs are read entry by entry
+    parts: list[tuple[int, int, int]]  # (start, end, spaces) of each run of entries; spaces -1: a directive line
+
+
+def _scan(data: bytes) -> _ScannedBlock:
+    """Find directive lines, count each run's spaces (for the field-count check), look for lone CRs and NULs."""
+    if b"\r" in data and (_LONE_CR.search(data) or data.endswith(b"\r")):  # memchr first: LF files pay nothing
+        return _ScannedBlock(data, True, False, [])
+    nul = b"\x00" in data
+    parts = []
+    position = 0
+    while position < len(data):
+        if data.startswith(b"#", position):
+            cut = data.find(b"\n", position) + 1 or len(data)
+            parts.append((position, cut, -1))
+        else:
+            cut = _next_directive(data, position)
+            parts.append((position, cut, data.count(b" ", position, cut)))
+        position = cut
+    return _ScannedBlock(data, False, nul, parts)
+
+
+def _scanned_blocks(handle: FileIO) -> Generator[_ScannedBlock, None, None]:
+    """The file's blocks, scanned; the next block is read and scanned on a worker thread meanwhile.
+
+    The reads and byte scans (~40 % of a block's time) run while the caller is in polars, which
+    releases the GIL, so on two cores they mostly cost no wall time. Order and results are those of
+    reading and scanning block after block: one worker, one block ahead.
+    """
+    from concurrent.futures import ThreadPoolExecutor  # polars imports it anyway
+
+    start = skip_bom(handle)
+    blocks = line_blocks(handle, start, BLOCK_BYTES)
+
+    def next_block() -> _ScannedBlock | None:
+        item = next(blocks, None)
+        return None if item is None else _scan(item[1])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iis-scan") as worker:
+        pending = worker.submit(next_block)
+        while (block := pending.result()) is not None:
+            pending = worker.submit(next_block)
+            yield block
+
+
+def _next_directive(data: bytes, position: int) -> int:
+    """Where the next directive line starts (a line beginning with '#'), or len(data)."""
+    hit = data.find(b"#", position)  # memchr: '#' is rare inside IIS entries, so this loop is short
+    while hit > 0:
+        if data[hit - 1] == 0x0A:  # b"\n"
+            return hit
+        hit = data.find(b"#", hit + 1)
+    return len(data)
+
+
+class _ColumnarRun(KeyedBlock):
+    def __init__(self, keys: pl.DataFrame, data: bytes, first_line: int, layout: W3cLayout) -> None:
+        self.keys, self.data, self.first_line, self.layout = keys, data, first_line, layout
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        times: dict[str, datetime] = {}
+        for index, text in zip(records, _lines(self.data, records, self.keys.height), strict=True):
+            row = self.layout.line(text, self.first_line + index, times)
+            if row is not None and not isinstance(row, W3cLayout):
+                yield row
+
+
+def _lines(data: bytes, records: list[int], height: int) -> list[str]:
+    """The text of these lines (sorted indices) as the plain path reads them (decoded, line break removed).
+
+    polars, told that a line is one field (separator NUL), cuts the lines in native code, several times
+    faster than bytes.split; it refuses a NUL byte (more fields) and invalid UTF-8, and then bytes.split
+    with errors="replace" decoding does it. Either way a line loses its CRLF or LF only: the caller
+    checked there is no lone CR.
+    """
+    import polars as pl
+
+    try:
+        lines = pl.read_csv(
+            data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String}, n_rows=records[-1] + 1
+        )["line"]
+    except pl.exceptions.PolarsError:
+        pass
+    else:
+        if lines.len() == min(height, records[-1] + 1) and not lines.null_count():
+            return lines.gather(records).to_list()
+    split = data.split(b"\n", records[-1] + 1)
+    return [split[index].decode("utf-8", errors="replace").rstrip("\r\n") for index in records]
+
+
+def _columnar_keys(data: bytes, spaces: int, layout: W3cLayout, spec: CandidateSpec, request: ReadRequest) -> pl.DataFrame | None:
+    """The KeyedBlock.keys of a run of entries (record = line), or None when it must be read entry by entry.
+
+    polars reads only date, time, the fields the description uses and the last field of #Fields. Field
+    counts: a line with fewer fields than declared, or a blank line, leaves the last field null (-> None),
+    so every line has at least len(fields) - 1 spaces; the run's space count being exactly lines x
+    (fields - 1) then means every line has exactly len(fields) fields, as W3cLayout.entry requires, and
+    there is one record per line. (polars stops reading a line at the last projected field, so it cannot
+    see extra fields itself; reading all of them would cost twice the count.)
+    """
+    import polars as pl
+
+    fields = layout.fields
+    if fields is None or layout.time_index is None or layout.unusable:
+        return None  # entries before #Fields, FTP entries: the plain code decides
+    index_of = dict(layout.plan)
+    names = [f"column_{i + 1}" for i in range(len(fields))]
+    used = {layout.time_index}  # the fields whose values are used (the last one is read only for its count)
+    if layout.date_index is not None:
+        used.add(layout.date_index)
+    wanted = [c for c in spec.columns() if c not in (TIME, "Computer")]
+    for column in wanted:
+        index = index_of.get(column)
+        if index is not None:
+            used.add(index)
+    frame = _read_fields(data, names, sorted(used | {len(fields) - 1}), sorted(used))
+    if frame is None or frame[names[-1]].null_count() or spaces != frame.height * (len(fields) - 1):
+        return None
+    moments = _moments(frame, layout, names)
+    if moments is None:
+        return None
+    frame = frame.with_columns(moments.alias("_t"))
+    typed: list[pl.Expr] = [pl.col("_t")]
+    if "Computer" in spec.columns():
+        typed.append(pl.lit(layout.computer).alias("Computer"))
+    for column in wanted:
+        index = index_of.get(column)
+        numeric = COLUMN_TYPES[column] in ("int", "long")
+        if index is None:  # not logged: as the plain code fills it
+            typed.append(pl.lit(None, dtype=pl.Int64).alias(column) if numeric else pl.lit("").alias(column))
+            continue
+        text = frame[names[index]]
+        if text.null_count():
+            return None  # an empty field (two spaces): the plain code decides
+        if numeric:
+            seen = text.unique()  # a few hundred values: check each once
+            if not (seen.eq("-") | seen.str.contains(PLAIN_INTEGER)).all():
+                return None
+            typed.append(pl.col(names[index]).cast(pl.Int64, strict=False).alias(column))  # "-" -> null
+        else:
+            typed.append(pl.col(names[index]).alias(column))
+    return keys_frame(frame.select(typed), spec, request.window)
+
+
+def _read_fields(data: bytes, names: list[str], read: list[int], used: list[int]) -> pl.DataFrame | None:
+    """These fields of space-separated entries as strings, or None when polars cannot read them exactly.
+
+    Invalid UTF-8 anywhere in the run makes the strict reader fail; the run is then read again with
+    invalid bytes replaced by U+FFFD. A field without invalid bytes reads the same either way (the plain
+    path's errors="replace" decoding never merges a space into an invalid sequence); dates, times and
+    ports are checked by pattern later, and a used field holding U+FFFD makes the run fall back to the
+    plain code.
+    """
+    import polars as pl
+
+    def parse(encoding: Literal["utf8", "utf8-lossy"]) -> pl.DataFrame:
+        schema = dict.fromkeys(names, pl.String)
+        columns = [names[i] for i in read]
+        return pl.read_csv(
+            data, separator=" ", has_header=False, quote_char=None, schema=schema, columns=columns, encoding=encoding
+        )
+
+    try:
+        return parse("utf8")
+    except pl.exceptions.PolarsError:
+        pass
+    try:
+        frame = parse("utf8-lossy")
+    except pl.exceptions.PolarsError:
+        return None
+    checked = [pl.col(names[i]).str.contains("\ufffd", literal=True) for i in used]
+    return None if frame.select(pl.any_horizontal(checked).any()).item() else frame
+
+
+def _moments(frame: pl.DataFrame, layout: W3cLayout, names: list[str]) -> pl.Series | None:
+    """Epoch microseconds of each entry's date + time, exactly as W3cLayout.entry types them, or None.
+
+    W3C logs are written in time order, so equal values come in runs: each run's value is checked and
+    typed once (a run of 52k entries holds ~15k time runs and one or two date runs), then spread back
+    to the entries by run index, with no hashing or joins.
+    """
+    import polars as pl
+
+    time = frame[names[layout.time_index]]  # type: ignore[index]
+    if time.null_count():
+        return None
+    time_runs = time.rle_id()
+    time_values = time.filter(time_runs.ne_missing(time_runs.shift(1)))  # each run's value, in order
+    if not time_values.str.contains(_TIME).all():
+        return None
+    hour, minute, second = (time_values.str.slice(start, 2).cast(pl.Int64) for start in (0, 3, 6))
+    if hour.max() > 23 or minute.max() > 59:  # type: ignore[operator]
+        return None  # datetime.fromisoformat refuses them (seconds are [0-5][0-9] by _TIME)
+    moments = ((hour * 3600 + minute * 60 + second) * 1_000_000).gather(time_runs)
+    if layout.date_index is None:
+        day_us = _day_microseconds(layout.directive_date)
+        return None if day_us is None else moments + day_us
+    date = frame[names[layout.date_index]]
+    if date.null_count():
+        return None
+    first = date[0]
+    if date.eq(first).all():  # the usual case: one day per block
+        day_us = _day_microseconds(first)
+        return None if day_us is None else moments + day_us
+    date_runs = date.rle_id()
+    days = [_day_microseconds(day) for day in date.filter(date_runs.ne_missing(date_runs.shift(1))).to_list()]
+    if None in days:
+        return None
+    return moments + pl.Series(days, dtype=pl.Int64).gather(date_runs)
+
+
+def _day_microseconds(day: str) -> int | None:
+    """Epoch microseconds of a canonical yyyy-mm-dd that datetime.fromisoformat accepts, else None."""
+    if not _DATE.fullmatch(day):
+        return None
+    try:
+        return microseconds(datetime.fromisoformat(day).replace(tzinfo=UTC))
+    except ValueError:
+        return None
+
+
 @register_source("iis")
-def _open(argument: str, settings: object, computer: str) -> Source:
-    return IisLogSource(Path(argument), computer)
+def _open(argument: str, settings: Settings) -> Source:
+    return IisLogSource(Path(argument), settings.computer, strict=settings.strict)

@@ -2,7 +2,10 @@
 
 Nothing user-controlled is pasted into a query: the table name and column names must match an
 identifier pattern (checked here again, whatever checked them before), datetimes are rendered by us,
-and strings (group keys found by the candidates query) are rendered as escaped KQL string literals.
+and strings (group keys found by the candidates query, filter literals) are rendered as escaped KQL
+string literals (detector.kql.string_literal). The rule's pushdown description (detector.pushdown)
+becomes the queries' `where` (its filter, widened where a part is opaque) and the candidates
+`summarize` (its measure per time bin and keys, with its threshold).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from detector.kql import format_timespan, string_literal
-from detector.logic import CandidateSpec
+from detector.pushdown import CandidateSpec, DistinctCount, Predicate
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -37,43 +40,70 @@ def time_filter(start: datetime, end: datetime) -> str:
     return f"TimeGenerated >= {datetime_literal(start)} and TimeGenerated < {datetime_literal(end)}"
 
 
+def filter_clause(row_filter: Predicate | None) -> str:
+    """`| where <filter>` for the rule's row filter (empty when nothing can be pushed down)."""
+    text = row_filter.kql_admits() if row_filter is not None else None
+    return f"| where {text}\n" if text else ""
+
+
+def key_literal(column: str, value: object) -> str:
+    """A predicate selecting rows whose column holds this (group key) value."""
+    if value is None:
+        return f"isnull({identifier(column)})"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"a group key value must be a string or an integer, got {value!r}")
+    if isinstance(value, int):
+        return f"{identifier(column)} == {int(value)}"
+    return f"{identifier(column)} == {string_literal(value)}"
+
+
 @dataclass(frozen=True)
 class GroupRange:
     """Rows of one group key (column -> value) with start <= TimeGenerated < end."""
 
-    key: tuple[tuple[str, str], ...]
+    key: tuple[tuple[str, str | int | None], ...]
     start: datetime
     end: datetime
 
     def clause(self) -> str:
         """The KQL predicate selecting exactly these rows."""
         parts = [time_filter(self.start, self.end)]
-        parts += [f"{identifier(column)} == {string_literal(value)}" for column, value in self.key]
+        parts += [key_literal(column, value) for column, value in self.key]
         return "(" + " and ".join(parts) + ")"
 
 
 def candidates_query(table: str, start: datetime, end: datetime, spec: CandidateSpec) -> str:
-    """Groups whose distinct count of spec.distinct_column reaches spec.threshold, with their row counts.
+    """Groups whose measure meets the spec's (pruning) threshold, with their row counts.
 
-    Exact, not an estimate: make_set(x, threshold) holds min(distinct non-null x, threshold) values, so
-    its length reaches the threshold exactly when the distinct count does (dcount() is a HyperLogLog
-    estimate and could miss a group). Capping the set at the threshold also keeps the server's memory small.
-    `rows` counts every row of the group (nulls included): the details step checks it gets at least that many.
+    Exact, not an estimate: a distinct count is the length of make_set(x, minimum), which reaches the
+    minimum exactly when the distinct count does (see DistinctCount.kql). `rows` counts every row of the
+    group the filter keeps (nulls included): the details step checks it gets at least that many.
     """
-    keys = ", ".join(identifier(k) for k in spec.keys)
-    distinct = identifier(spec.distinct_column)
+    if not spec.prunes or spec.threshold is None:
+        raise ValueError("candidates_query needs a spec whose threshold prunes")
+    minimum = int(spec.threshold.minimum)
+    keys = [identifier(k) for k in spec.keys]
+    by = ([f"TimeGenerated = bin(TimeGenerated, {format_timespan(spec.time_bin)})"] if spec.time_bin else []) + keys
+    by_clause = f" by {', '.join(by)}" if by else ""
+    if isinstance(spec.measure, DistinctCount):
+        identifier(spec.measure.column)
+        measure = f"measure = {spec.measure.kql(minimum)}, "
+        condition = f"measure >= {minimum}"
+    else:
+        measure, condition = "", f"rows >= {minimum}"
+    projected = (["TimeGenerated"] if spec.time_bin else []) + keys + ["rows"]
     return (
         f"{identifier(table)}\n"
         f"| where {time_filter(start, end)}\n"
-        f"| summarize distinct_values = array_length(make_set({distinct}, {int(spec.threshold)})), rows = count()"
-        f" by TimeGenerated = bin(TimeGenerated, {format_timespan(spec.time_bin)}), {keys}\n"
-        f"| where distinct_values >= {int(spec.threshold)}\n"
-        f"| project TimeGenerated, {keys}, rows"
+        f"{filter_clause(spec.filter)}"
+        f"| summarize {measure}rows = count(){by_clause}\n"
+        f"| where {condition}\n"
+        f"| project {', '.join(projected)}"
     )
 
 
-def details_query(table: str, ranges: Sequence[GroupRange], columns: Iterable[str]) -> str:
-    """Only `columns`, only for rows of the given group ranges."""
+def details_query(table: str, ranges: Sequence[GroupRange], columns: Iterable[str], row_filter: Predicate | None = None) -> str:
+    """Only `columns`, only for rows of the given group ranges that the filter keeps."""
     if not ranges:
         raise ValueError("details_query needs at least one group range")
     start = min(r.start for r in ranges)
@@ -82,23 +112,33 @@ def details_query(table: str, ranges: Sequence[GroupRange], columns: Iterable[st
     return (
         f"{identifier(table)}\n"
         f"| where {time_filter(start, end)}\n"
+        f"{filter_clause(row_filter)}"
         f"| where {clauses}\n"
         f"| project {', '.join(identifier(c) for c in columns)}"
     )
 
 
-def raw_query(table: str, start: datetime, end: datetime, columns: Iterable[str]) -> str:
-    """Every row of the window, only `columns`."""
-    return f"{identifier(table)}\n| where {time_filter(start, end)}\n| project {', '.join(identifier(c) for c in columns)}"
+def raw_query(table: str, start: datetime, end: datetime, columns: Iterable[str], row_filter: Predicate | None = None) -> str:
+    """Every row of the window the filter keeps, only `columns`."""
+    return (
+        f"{identifier(table)}\n| where {time_filter(start, end)}\n{filter_clause(row_filter)}"
+        f"| project {', '.join(identifier(c) for c in columns)}"
+    )
 
 
-def bin_counts_query(table: str, start: datetime, end: datetime, time_bin: timedelta) -> str:
-    """Rows per time bin, to plan raw reads that stay under the per-response limits."""
+def bin_counts_query(table: str, start: datetime, end: datetime, time_bin: timedelta, row_filter: Predicate | None = None) -> str:
+    """Rows per time bin (`rows`: those the filter keeps; `total`: all), to plan raw reads under the limits."""
+    kept = f"countif({row_filter.kql_admits()})" if row_filter is not None and row_filter.kql_admits() else "count()"
     return (
         f"{identifier(table)}\n"
         f"| where {time_filter(start, end)}\n"
-        f"| summarize rows = count() by TimeGenerated = bin(TimeGenerated, {format_timespan(time_bin)})"
+        f"| summarize rows = {kept}, total = count() by TimeGenerated = bin(TimeGenerated, {format_timespan(time_bin)})"
     )
+
+
+def total_rows_query(table: str, start: datetime, end: datetime) -> str:
+    """How many rows the window holds (what the source read, before any pushdown)."""
+    return f"{identifier(table)}\n| where {time_filter(start, end)}\n| summarize total = count()"
 
 
 def late_bins_query(table: str, start: datetime, end: datetime, ingested_after: datetime, time_bin: timedelta) -> str:

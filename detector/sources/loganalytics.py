@@ -1,9 +1,12 @@
 """`loganalytics:<workspace id>`: W3CIISLog rows from a Log Analytics workspace (azure-monitor-query).
 
-Two-step mode (default): one KQL summarize finds, server-side, the (bin, cIP, Computer, sIP) groups
-whose exact distinct sPort count reaches the rule's threshold; then only the rule's columns of only
-those groups are fetched, and the rule is evaluated in Python exactly as for files. Raw mode fetches
-the projected rows of the whole window (for small workspaces and for cross-checking two-step).
+The rule's pushdown description (detector.pushdown) becomes KQL run server-side (kql_query.py).
+Two-step mode (default), for a rule whose threshold prunes: one KQL summarize finds, server-side, the
+(bin, keys) groups whose exact measure (count or distinct count, over the rows the filter keeps) meets
+the threshold; then only the rule's columns of only those groups' filtered rows are fetched, and the
+rule is evaluated in Python exactly as for files. Raw mode, and any rule whose description does not
+prune, fetches the projected rows of the whole window that the filter keeps (for small workspaces and
+for cross-checking two-step); a rule with no description at all gets every row of the window.
 
 Nothing is silently lost. Each query carries an explicit (start, end) timespan, the same half-open
 window in its KQL, a server timeout and a longer client read timeout. Reads are planned under the
@@ -32,9 +35,9 @@ from detector.deadline import current_deadline
 from detector.errors import ConfigError, DeadlineReachedError, SourceError
 from detector.identity import credential_failure, credential_for
 from detector.kql import bin_datetime, format_datetime, parse_datetime
-from detector.logic import CandidateSpec
 from detector.models import Row, Window
-from detector.sources import ReadRequest, Source, register_source
+from detector.pushdown import CandidateSpec, Capabilities
+from detector.sources import LineReport, MalformedLine, ReadRequest, Source, register_source, typed
 from detector.sources.kql_query import (
     GroupRange,
     bin_counts_query,
@@ -42,8 +45,9 @@ from detector.sources.kql_query import (
     details_query,
     late_bins_query,
     raw_query,
+    total_rows_query,
 )
-from detector.w3ciislog import coerce_row
+from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
     from azure.core.pipeline import PipelineResponse
@@ -82,6 +86,7 @@ class QueryStats:
     splits: int = 0
     rows: int = 0
     bytes_received: int = 0  # response bodies as received (compressed when the service gzips them)
+    rows_read: int = 0  # rows of the window the workspace holds (before pushdown), as it counted them
 
     def to_json(self) -> dict[str, int]:
         return dict(vars(self))
@@ -162,7 +167,7 @@ class _Piece:
 class _Candidate:
     """A group found by the candidates query: its range within the window and its row count."""
 
-    key: tuple[tuple[str, str], ...]
+    key: tuple[tuple[str, str | int | None], ...]
     start: datetime
     end: datetime
     rows: int
@@ -178,6 +183,7 @@ class LogAnalyticsSource(Source):
         limits: QueryLimits | None = None,
         pacer: RequestPacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        strict: bool = False,
     ) -> None:
         from detector.config import GUID
 
@@ -193,6 +199,8 @@ class LogAnalyticsSource(Source):
         self.pacer = pacer or _PACER
         self.sleep = sleep
         self.stats = QueryStats()
+        self.strict = strict
+        self._report = LineReport(strict)
         self._client: LogsQueryClient | None = None
         self._requests_at_read_start = 0
         self._last_status = 0
@@ -203,21 +211,32 @@ class LogAnalyticsSource(Source):
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def read_stats(self) -> dict[str, int]:
-        """What the last read did on the wire (requests, retries, splits, rows, bytes)."""
+    def read_stats(self) -> dict[str, Any]:
+        """What the last read did on the wire (requests, retries, splits, rows, bytes) and `rowsRead`."""
         before = self._stats_at_read_start.to_json()
-        return {k: v - before[k] for k, v in self.stats.to_json().items()}
+        stats: dict[str, Any] = {k: v - before[k] for k, v in self.stats.to_json().items() if k != "rows_read"}
+        stats["rowsRead"] = self.stats.rows_read
+        return {**stats, **{k: v for k, v in self._report.stats().items() if k != "rowsRead"}}
 
     def read(self, request: ReadRequest) -> Iterator[Row]:
         where = f"{self.describe()} window {request.window}"
         self._stats_at_read_start = QueryStats(**self.stats.to_json())
+        self.stats.rows_read = 0
+        self._report = LineReport(self.strict)
+        spec = request.candidates
         with self._session():
-            if self.settings.mode == "raw" or request.candidates is None:
+            if self.settings.mode == "raw" or spec is None or not spec.prunes:
+                if spec is not None:
+                    for reason in spec.plan(_KQL_CAPABILITIES).reasons:
+                        log.info("%s: pushdown: %s", where, reason)
                 rows = self._read_raw(request)
             else:
-                rows = self._read_two_step(request, request.candidates)
-            for raw in rows:
-                yield coerce_row(raw, request.columns, request.required, where)
+                rows = self._read_two_step(request, spec)
+            for index, raw in enumerate(rows):
+                try:
+                    yield typed(raw, request, where, f"row {index} of the answer")
+                except MalformedLine as exc:
+                    self._report.skip(exc)
         log.info("%s: %s", where, json.dumps(self.stats.to_json()))
 
     def late_bins(self, window: Window, ingested_after: datetime, time_bin: timedelta) -> set[datetime]:
@@ -241,12 +260,15 @@ class LogAnalyticsSource(Source):
         """Every row of the window, in slices planned from per-bin counts to stay under the limits."""
         window, table, size = request.window, self.settings.table, self._plan_bin(request)
 
+        row_filter = request.candidates.filter if request.candidates is not None else None
+        columns = request.read_columns()
+
         def counts(start: datetime, end: datetime) -> _Piece:
             return _Piece(
                 "bin counts",
                 start,
                 end,
-                bin_counts_query(table, start, end, size),
+                bin_counts_query(table, start, end, size, row_filter),
                 lambda: self._split_anywhere(start, end, size, counts),
             )
 
@@ -255,7 +277,7 @@ class LogAnalyticsSource(Source):
                 "raw",
                 start,
                 end,
-                raw_query(table, start, end, request.columns),
+                raw_query(table, start, end, columns, row_filter),
                 lambda: self._split_anywhere(start, end, size, rows),
             )
 
@@ -263,6 +285,7 @@ class LogAnalyticsSource(Source):
         for row in self._fetch_whole(counts(window.start, window.end), window):
             moment = self._datetime(row["TimeGenerated"], window)
             per_bin[moment] = per_bin.get(moment, 0) + int(row["rows"])
+            self.stats.rows_read += int(row["total"])
         for start, end, expected in self._plan_slices(window, size, per_bin):
             found = self._fetch_whole(rows(start, end), window)
             self._check_count(found, expected, f"raw [{format_datetime(start)}, {format_datetime(end)})", window)
@@ -271,27 +294,45 @@ class LogAnalyticsSource(Source):
     def _read_two_step(self, request: ReadRequest, spec: CandidateSpec) -> Iterator[dict[str, Any]]:
         """Candidate groups server-side, then only their rows."""
         window, table = request.window, self.settings.table
+        size = spec.time_bin
 
         def candidates(start: datetime, end: datetime) -> _Piece:
-            # Never split a bin: the distinct count of a group must be computed over all its rows.
+            # Never split a bin: the measure of a group must be computed over all its rows. A
+            # whole-window spec has one bin, the window, and is never split.
             def halves() -> tuple[_Piece, ...]:
-                cut = _middle_boundary(start, end, spec.time_bin)
+                cut = _middle_boundary(start, end, size) if size is not None else None
                 return () if cut is None else (candidates(start, cut), candidates(cut, end))
 
             return _Piece("candidates", start, end, candidates_query(table, start, end, spec), halves)
 
-        found: list[_Candidate] = []
-        for row in self._fetch_whole(candidates(window.start, window.end), window):
-            bin_start = self._datetime(row["TimeGenerated"], window)
-            key = tuple((column, "" if row[column] is None else str(row[column])) for column in spec.keys)
-            found.append(
-                _Candidate(key, max(bin_start, window.start), min(bin_start + spec.time_bin, window.end), int(row["rows"]))
+        def total(start: datetime, end: datetime) -> _Piece:
+            plan = size or timedelta(minutes=10)
+            return _Piece(
+                "rows read",
+                start,
+                end,
+                total_rows_query(table, start, end),
+                lambda: self._split_anywhere(start, end, plan, total),
             )
+
+        found: list[_Candidate] = []
+        groups = self._fetch_whole(candidates(window.start, window.end), window)
+        # One more small query, so the summary can tell a window that held rows from one that held none.
+        self.stats.rows_read = sum(int(row["total"]) for row in self._fetch_whole(total(window.start, window.end), window))
+        for row in groups:
+            key = tuple((column, _key_value(column, row[column])) for column in spec.keys)
+            if size is None:
+                start, end = window.start, window.end
+            else:
+                bin_start = self._datetime(row["TimeGenerated"], window)
+                start, end = max(bin_start, window.start), min(bin_start + size, window.end)
+            found.append(_Candidate(key, start, end, int(row["rows"])))
         log.info("%s window %s: %d candidate group(s)", self.describe(), window, len(found))
+        plan_bin = size or (window.end - window.start)
         for batch in self._plan_batches(_merge_adjacent(found)):
             expected = sum(c.rows for c in batch)
             label = f"details of {len(batch)} group range(s)"
-            rows = self._fetch_whole(self._details_piece(request, batch, spec.time_bin), window)
+            rows = self._fetch_whole(self._details_piece(request, batch, plan_bin), window)
             self._check_count(rows, expected, label, window)
             yield from rows
 
@@ -312,7 +353,9 @@ class LogAnalyticsSource(Source):
             return (self._details_piece(request, [first], size), self._details_piece(request, [second], size))
 
         start, end = min(c.start for c in batch), max(c.end for c in batch)
-        return _Piece("details", start, end, details_query(self.settings.table, ranges, request.columns), halves)
+        row_filter = request.candidates.filter if request.candidates is not None else None
+        query = details_query(self.settings.table, ranges, request.read_columns(), row_filter)
+        return _Piece("details", start, end, query, halves)
 
     def _plan_batches(self, ranges: Sequence[_Candidate]) -> Iterator[list[_Candidate]]:
         """Pack group ranges, in time order, into queries of bounded rows and query size."""
@@ -351,7 +394,8 @@ class LogAnalyticsSource(Source):
 
     @staticmethod
     def _plan_bin(request: ReadRequest) -> timedelta:
-        return request.candidates.time_bin if request.candidates else timedelta(minutes=10)
+        spec = request.candidates
+        return spec.time_bin if spec is not None and spec.time_bin is not None else timedelta(minutes=10)
 
     def _check_count(self, rows: Sequence[Any], expected: int, label: str, window: Window) -> None:
         # Rows may arrive late between two queries (more is fine); fewer means something was lost.
@@ -507,6 +551,16 @@ class LogAnalyticsSource(Source):
             raise SourceError(f"window {window}: the service returned {value!r} where a datetime was expected") from None
 
 
+_KQL_CAPABILITIES = Capabilities()  # KQL can take part in every piece of a description
+
+
+def _key_value(column: str, value: Any) -> str | int | None:
+    """A group key value as the details query must match it (strings are never null in KQL)."""
+    if COLUMN_TYPES.get(column) == "string":
+        return "" if value is None else str(value)
+    return None if value is None else int(value)
+
+
 def _merge_adjacent(candidates: Sequence[_Candidate]) -> list[_Candidate]:
     """Join consecutive bins of the same group key into one range (a long scan becomes one clause)."""
     merged: list[_Candidate] = []
@@ -580,7 +634,5 @@ def _retry_after(exc: Any) -> float | None:
 
 
 @register_source("loganalytics")
-def _open(argument: str, settings: Settings | None, computer: str) -> Source:
-    from detector.config import settings_or_env
-
-    return LogAnalyticsSource(argument, settings_or_env(settings).logs)
+def _open(argument: str, settings: Settings) -> Source:
+    return LogAnalyticsSource(argument, settings.logs, strict=settings.strict)
