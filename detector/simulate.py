@@ -92,7 +92,8 @@ def threshold_parameter(rule: Rule, requested: str | None) -> str:
             raise ConfigError("--parameter", f"rule {rule.id} has no integer parameter '{requested}'; it has: {names or 'none'}")
         return requested
     spec = rule.logic.candidate_spec()
-    matches = [] if spec is None else [k for k, v in rule.parameters.items() if v == spec.threshold and isinstance(v, int)]
+    threshold = spec.threshold.value if spec is not None and spec.threshold is not None else None
+    matches = [k for k, v in rule.parameters.items() if threshold is not None and v == threshold and isinstance(v, int)]
     if len(matches) != 1:
         raise ConfigError("--parameter", f"cannot tell which parameter of rule {rule.id} is its threshold; name it")
     return matches[0]

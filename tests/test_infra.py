@@ -774,7 +774,7 @@ def test_health_queries_fire_exactly_on_their_problem() -> None:
 
     now = datetime.now(UTC).replace(tzinfo=None)
     rule = "44a555d8-ecee-4a25-95ce-055879b4b14b"
-    healthy = (now - timedelta(hours=2), _summary_message({"skippedLines": 0, "parked": 0}, lag_seconds={rule: 3600.0}))
+    healthy = (now - timedelta(hours=2), _summary_message(lag_seconds={rule: 3600.0}))
     names = ("no-successful-run", "checkpoint-lag", "input-problems", "delivery-errors")
     assert {n: _run_health_query(n, [healthy]) for n in names} == {name: [] for name in names}
 
@@ -795,9 +795,12 @@ def test_health_queries_fire_exactly_on_their_problem() -> None:
     caught_up = (now + timedelta(seconds=1), _summary_message(lag_seconds={rule: 3600.0}))
     assert _run_health_query("checkpoint-lag", [lagging, caught_up]) == []  # the latest lag counts
 
-    skipped = (now, _summary_message({"skippedLines": 3, "parked": 0}))
-    parked = (now, _summary_message({"parked": 1}))
-    assert [r[1:3] for r in _run_health_query("input-problems", [healthy, skipped, parked])] == [(3, 0), (None, 1)]
+    skipped = (now, _summary_message({"skippedLines": 3}))
+    entry = {"sink": "webhook:per-finding", "findingId": "f", "ruleId": rule, "attempts": 3, "error": "HTTP 400"}
+    parked = (now, _summary_message(parked=[entry], parked_held={"webhook:per-finding": 1}))
+    held = (now, _summary_message(parked_held={"webhook:per-finding": 1}))  # parked by an earlier run, still held
+    found = [r[1:4] for r in _run_health_query("input-problems", [healthy, skipped, parked, held])]
+    assert found == [(3, 0, "{}"), (0, 1, '{"webhook:per-finding":1}'), (0, 0, '{"webhook:per-finding":1}')]
 
 
 def test_health_alerts_deploy_the_shipped_queries() -> None:
