@@ -8,9 +8,8 @@ from typing import Any
 
 from detector.evaluate import evaluate
 from detector.logic.high_port_count import OUTPUT_COLUMNS
-from detector.w3ciislog import STATUS_FRIENDLY_ELSE, WIN32_FRIENDLY_ELSE
 from detector.models import Row, Window
-from detector.w3ciislog import coerce_row
+from detector.w3ciislog import STATUS_FRIENDLY_ELSE, WIN32_FRIENDLY_ELSE, coerce_row
 from tests.helpers import DAY, RULE
 
 T0 = DAY.start + timedelta(hours=10)
