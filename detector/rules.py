@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from detector.errors import RuleError
+from detector.examples import ExampleRowError, expand_row
 from detector.kql import parse_datetime, parse_timespan
 from detector.logic import RuleLogic, logic_class
 from detector.models import Row, Window
@@ -198,7 +199,9 @@ def load_rule(path: str | Path) -> Rule:
     for i, connector in enumerate(connectors):
         if not isinstance(connector, dict) or not isinstance(connector.get("dataTypes"), list):
             raise f.error(f"requiredDataConnectors[{i}]", "needs connectorId and a dataTypes list")
-    kind = f.text("kind", choices=("Scheduled", "NRT"))
+    # Older templates (19e01883 at the pinned commit) carry neither kind nor version: every rule under
+    # Detections/ without a kind is a scheduled rule, and a missing version stays empty, never invented.
+    kind = f.text("kind", choices=("Scheduled", "NRT")) if "kind" in data else "Scheduled"
     query = f.text("query")
     if len(query) > 10000:
         raise f.error("query", "is longer than Sentinel's 10,000 characters")
@@ -221,7 +224,7 @@ def load_rule(path: str | Path) -> Rule:
         techniques=f.text_list("relevantTechniques", _TECHNIQUE),
         entity_mappings=mappings,
         required_data_connectors=tuple(connectors),
-        version=f.text("version", _SEMVER),
+        version=f.text("version", _SEMVER) if "version" in data else "",
         query=query,
         parameters=params,
         logic=logic,
@@ -286,7 +289,11 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
             where = f"{f.path}: {name}.rows[{j}]"
             if not isinstance(raw, dict):
                 raise f.error(f"{name}.rows[{j}]", "must be a mapping of W3CIISLog columns")
-            for expanded in _expand(raw, f, f"{name}.rows[{j}]"):
+            try:
+                expanded_rows = expand_row(raw)
+            except ExampleRowError as exc:
+                raise f.error(f"{name}.rows[{j}].{exc.key}", str(exc)) from None
+            for expanded in expanded_rows:
                 rows.append(coerce_row(expanded, logic.columns, logic.required_columns, where))
         expected = item.get("expect", [])
         if not isinstance(expected, list) or not all(isinstance(e, dict) for e in expected):
@@ -295,17 +302,6 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
             raise f.error(f"{name}.expect", "an example that does not fire cannot expect results")
         examples.append(RuleExample(str(item["name"]), item["fires"], window, tuple(rows), tuple(expected)))
     return tuple(examples)
-
-
-def _expand(raw: Mapping[str, Any], f: _Fields, name: str) -> list[dict[str, Any]]:
-    """An example row may say `sPortRange: "8000-8029"`: one row per port, to keep examples short."""
-    if "sPortRange" not in raw:
-        return [dict(raw)]
-    match = re.match(r"^\s*(\d+)\s*-\s*(\d+)\s*$", str(raw["sPortRange"]))
-    if not match or int(match.group(1)) > int(match.group(2)):
-        raise f.error(f"{name}.sPortRange", "must look like 8000-8029 (first <= last)")
-    base = {k: v for k, v in raw.items() if k != "sPortRange"}
-    return [{**base, "sPort": port} for port in range(int(match.group(1)), int(match.group(2)) + 1)]
 
 
 def load_rules(spec: str | Path) -> list[Rule]:
