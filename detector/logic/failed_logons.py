@@ -64,6 +64,10 @@ class FailedLogonCount(RuleLogic):
     projection: ClassVar[tuple[str, ...]]
     # Columns the query's final `extend` adds after the projection, in order.
     extensions: ClassVar[tuple[str, ...]] = ()
+    # Columns every input row must have: those the file sources promise (README, Sources). Any other
+    # column may be absent, and an absent string column is "" as in KQL: an absent csUserName is not
+    # "-" and passes the filter, an absent scStatus is not 401 or 403 and does not.
+    required_columns: ClassVar[tuple[str, ...]] = ("TimeGenerated", "Computer", "sIP")
 
     def __init__(self, time_bin: timedelta, failed_threshold: int, max_set_size: int) -> None:
         self.time_bin = time_bin
@@ -74,11 +78,10 @@ class FailedLogonCount(RuleLogic):
         super().__init_subclass__(**kwargs)
         if not hasattr(cls, "projection"):
             return
-        keys = (cls.actor, "Computer", "sIP")
         cls.output_columns = (*cls.projection, *cls.extensions)
-        cls.required_columns = ("TimeGenerated", *dict.fromkeys((*keys, "scStatus", "csUserName")))
+        read = ("TimeGenerated", cls.actor, "Computer", "sIP", "scStatus", "csUserName")
         raw = [source for column in cls.set_columns() for source in _DERIVED_SOURCES.get(column, (column,))]
-        cls.columns = tuple(dict.fromkeys((*cls.required_columns, *raw)))
+        cls.columns = tuple(dict.fromkeys((*cls.required_columns, *read, *raw)))
 
     @classmethod
     def set_columns(cls) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ class HighFailedLogonCountByClientIP(FailedLogonCount):
 
     rule_id = "19e01883-15d8-4eb6-a7a5-3276cd668388"
     actor = "cIP"
+    required_columns = ("TimeGenerated", "cIP", "Computer", "sIP")
     projection = (
         "TimeGenerated",
         "cIP",
