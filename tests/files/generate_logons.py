@@ -129,8 +129,8 @@ def build() -> Builder:
     b.burst(edge, MINUTE, 19, ["198.51.100.41"], ["svc-sql"], "web02.contoso.com", "10.0.0.5")
     # 20 failures straddling a minute edge: 10 + 10, neither bin fires.
     straddle = at + timedelta(hours=13, minutes=7)
-    b.burst(straddle - timedelta(seconds=10), timedelta(seconds=10), 10, ["198.51.100.42"], ["bob"], "web01.contoso.com", "10.0.0.4")
-    b.burst(straddle, timedelta(seconds=10), 10, ["198.51.100.42"], ["bob"], "web01.contoso.com", "10.0.0.4")
+    for start in (straddle - timedelta(seconds=10), straddle):
+        b.burst(start, timedelta(seconds=10), 10, ["198.51.100.42"], ["bob"], "web01.contoso.com", "10.0.0.4")
     # Anonymous challenges (csUserName "-") never count; with them, 19 real failures stay below 20.
     b.burst(at + timedelta(hours=15), MINUTE, 40, ["198.51.100.43"], ["-"], "web01.contoso.com", "10.0.0.4", ("401",))
     b.burst(at + timedelta(hours=15), MINUTE, 19, ["198.51.100.43"], ["carol"], "web01.contoso.com", "10.0.0.4", ("401",))
@@ -165,7 +165,9 @@ def build() -> Builder:
     # minute), MailboxId= queries with per-request ids that the rule's rewrite strips.
     owa = at + timedelta(hours=9, minutes=20)
     bots = [f"192.0.2.{i}" for i in range(1, 61)]
-    mailbox = ["MailboxId=7f3e@contoso.com&CorrelationID=<empty>;&cafeReqId=" + str(i) for i in range(120)]
+    # startswith is case-insensitive: every spelling of the prefix is rewritten.
+    prefixes = ["MailboxId=", "mailboxid=", "MAILBOXID="]
+    mailbox = [prefixes[i % 3] + "7f3e@contoso.com&CorrelationID=<empty>;&cafeReqId=" + str(i) for i in range(120)]
     for i in range(120):
         moment = owa + timedelta(seconds=5 * i)
         b.row(moment, bots[i % len(bots)], "alice@contoso.com", "mail01.contoso.com", "10.0.1.5", "401", csUriQuery=mailbox[i])
@@ -196,7 +198,8 @@ def build() -> Builder:
     split_at = at + timedelta(hours=20, minutes=30)
     b.burst(split_at - timedelta(minutes=2), timedelta(minutes=2), 60, bots, ["heidi"], "mail01.contoso.com", "10.0.1.5")
     b.burst(split_at, timedelta(minutes=2), 40, bots, ["heidi"], "mail01.contoso.com", "10.0.1.5")
-    b.burst(at + timedelta(hours=21), TEN_MINUTES, 120, bots, ["ivan@contoso.com", "IVAN@contoso.com"], "mail01.contoso.com", "10.0.1.5")
+    two_cases = ["ivan@contoso.com", "IVAN@contoso.com"]
+    b.burst(at + timedelta(hours=21), TEN_MINUTES, 120, bots, two_cases, "mail01.contoso.com", "10.0.1.5")
     b.burst(at + timedelta(hours=22), TEN_MINUTES, 300, bots, ["-"], "mail01.contoso.com", "10.0.1.5")
 
     # ---- background: ordinary traffic and scattered single failures, never near a threshold ----
@@ -225,7 +228,8 @@ def main() -> None:
         for row in b.rows:
             out.write(json.dumps({c: row[c] for c in COLUMNS if c in row}, ensure_ascii=False) + "\n")
     expected = sorted(b.expected, key=lambda e: (e["RuleId"], -e["FailedConnectionsCount"], e["TimeGenerated"], json.dumps(e)))
-    (HERE / "expected_logon_findings.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(expected, indent=1, ensure_ascii=False) + "\n"
+    (HERE / "expected_logon_findings.json").write_text(text, encoding="utf-8")
     print(f"{len(b.rows)} rows, {len(expected)} expected findings written to {HERE}")
 
 
