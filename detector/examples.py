@@ -59,7 +59,7 @@ def expand_row(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     if total > _MAX_EXPANDED_ROWS:
         problem = f"stands for {total} rows; keep an example under {_MAX_EXPANDED_ROWS}"
         raise ExampleRowError(EACH if columns else REPEAT, problem)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for combination in itertools.product(*choices):
         row = {**base, **dict(zip(columns, combination, strict=True))}
         rows.extend(dict(row) for _ in range(count))
