@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -180,9 +184,15 @@ def load_rule(path: str | Path) -> Rule:
     f = _Fields(where, data, _top_level_lines(text))
 
     rule_id = f.text("id", _GUID).lower()
+    if "logicModule" in data:
+        _import_logic_module(f, path)
     cls = logic_class(rule_id)
     if cls is None:
-        raise f.error("id", f"no Python logic is registered for rule {rule_id}; add a module to detector/logic/")
+        raise f.error(
+            "id",
+            f"no Python logic is registered for rule {rule_id}; add a module to detector/logic/ "
+            "or name one next to the rule file with logicModule",
+        )
     params = f.get("parameters", dict)
     try:
         logic = cls.from_parameters(params)
@@ -230,6 +240,38 @@ def load_rule(path: str | Path) -> Rule:
         logic=logic,
         examples=_examples(f, logic),
     )
+
+
+_PLUGINS: dict[Path, ModuleType] = {}
+
+
+def _import_logic_module(f: _Fields, rule_file: Path) -> None:
+    """Import the logic module a rule file names (`logicModule: my_rule.py`, next to the rule file).
+
+    The module registers its RuleLogic with @register, as the built-in ones do. It must sit in the rule
+    file's own folder, so a rule folder carries its logic with it. Each file is imported once per
+    process, so loading the same rule again finds the class already registered.
+    """
+    name = f.text("logicModule")
+    module_path = (rule_file.parent / name).resolve()
+    if Path(name).name != name or module_path.suffix != ".py":
+        raise f.error("logicModule", f"'{name}' must be the name of a .py file in the rule file's folder")
+    if module_path in _PLUGINS:
+        return
+    if not module_path.is_file():
+        raise f.error("logicModule", f"{module_path} does not exist")
+    digest = hashlib.sha256(str(module_path).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(f"detector_rule_logic_{module_path.stem}_{digest}", module_path)
+    if spec is None or spec.loader is None:
+        raise f.error("logicModule", f"cannot import {module_path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # any failure of the module becomes one clear rule error
+        del sys.modules[spec.name]
+        raise f.error("logicModule", f"importing {module_path} failed: {type(exc).__name__}: {exc}") from None
+    _PLUGINS[module_path] = module
 
 
 def _entity_mappings(f: _Fields, field: str, logic: RuleLogic, required: bool = True) -> tuple[EntityMapping, ...]:
@@ -305,8 +347,14 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
 
 
 def load_rules(spec: str | Path) -> list[Rule]:
-    """Rules from a file, a folder of *.yaml files, or a rule id looked up in the bundled rules/ folder."""
+    """Rules from a file, a folder of *.yaml files, a rule id looked up in the bundled rules/ folder, or a
+    comma-separated list of those (DETECTOR_RULES=<id>,<id> selects any subset)."""
     text = str(spec)
+    if "," in text:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise RuleError(text, "", "has an empty item; separate rule files, folders or ids with single commas")
+        return _unique([rule for part in parts for rule in load_rules(part)])
     path = Path(text)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
@@ -321,9 +369,18 @@ def load_rules(spec: str | Path) -> list[Rule]:
             raise RuleError(text, "", f"no rule with this id in {DEFAULT_RULES_DIR}")
     else:
         raise RuleError(text, "", "is neither a rule file, a folder of rules, nor a rule id")
+    return _unique(rules)
+
+
+def _unique(rules: list[Rule]) -> list[Rule]:
+    """The rules, each once; the same id from two different files is an error."""
     seen: dict[str, str] = {}
+    unique = []
     for rule in rules:
         if rule.id in seen:
+            if Path(seen[rule.id]).resolve() == Path(rule.path).resolve():
+                continue  # named twice (by id and by file): one rule
             raise RuleError(rule.path, "id", f"duplicates the id of {seen[rule.id]}")
         seen[rule.id] = rule.path
-    return rules
+        unique.append(rule)
+    return unique
