@@ -33,7 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
         "0 30 0 * * *",
         "NCRONTAB (6 fields, UTC) of the timer trigger; read by the Functions host, not by Python",
     ),
-    Setting("DETECTOR_RULES", "rules", "rule file, folder of rule files, or rule id"),
+    Setting("DETECTOR_RULES", "rules", "rule file, folder of rule files, rule id, or a comma-separated list of them"),
     Setting("DETECTOR_SOURCE", None, "where rows come from: file:<path>, iis:<path> or loganalytics:<workspace id>"),
     Setting("DETECTOR_COMPUTER", "", "Computer value for rows of an iis: source (default: this host's name)"),
     Setting("DETECTOR_SINKS", "stdout", "comma-separated sinks, e.g. stdout,jsonl:/tmp/findings.jsonl"),
