@@ -319,7 +319,8 @@ def _validate(args: argparse.Namespace) -> int:
             found = check_rule_examples(rule)
             problems += found
             status = "ok" if not found else "FAILED"
-            print(f"{rule.path}: {rule.name} v{rule.version}: {len(rule.examples)} examples {status}")
+            version = f" v{rule.version}" if rule.version else ""
+            print(f"{rule.path}: {rule.name}{version}: {len(rule.examples)} examples {status}")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return EXIT_OK if not problems and count else EXIT_FAILED

@@ -39,7 +39,7 @@ SETTINGS: tuple[Setting, ...] = (
         "0 30 0 * * *",
         "NCRONTAB (6 fields: second minute hour day month day-of-week, UTC) of the timer trigger; checked at start",
     ),
-    Setting("DETECTOR_RULES", "rules", "rule file, folder of rule files, or rule id"),
+    Setting("DETECTOR_RULES", "rules", "rule file, folder of rule files, rule id, or a comma-separated list of them"),
     Setting("DETECTOR_SOURCE", None, "where rows come from: file:<path>, iis:<path> or loganalytics:<workspace id>"),
     Setting(
         "DETECTOR_COMPUTER",

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib.util
 import re
 import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
 
 from detector.config import decode_utf8
 from detector.errors import InputError, RuleError, shown
+from detector.examples import ExampleRowError, expand_row
 from detector.kql import parse_datetime, parse_timespan
 from detector.logic import RuleLogic, logic_class
 from detector.models import Row, Window
@@ -279,9 +284,15 @@ def load_rule(path: str | Path) -> Rule:
     f = _Fields(where, data, lines)
 
     rule_id = f.text("id", _GUID).lower()
+    if "logicModule" in data:
+        _import_logic_module(f, path)
     cls = logic_class(rule_id)
     if cls is None:
-        raise f.error("id", f"no Python logic is registered for rule {rule_id}; add a module to detector/logic/")
+        raise f.error(
+            "id",
+            f"no Python logic is registered for rule {rule_id}; add a module to detector/logic/ "
+            "or name one next to the rule file with logicModule",
+        )
     params = f.get("parameters", dict)
     try:
         logic = cls.from_parameters(params)
@@ -298,7 +309,9 @@ def load_rule(path: str | Path) -> Rule:
     for i, connector in enumerate(connectors):
         if not isinstance(connector, dict) or not isinstance(connector.get("dataTypes"), list):
             raise f.error(f"requiredDataConnectors[{i}]", "needs connectorId and a dataTypes list")
-    kind = f.text("kind", choices=("Scheduled", "NRT"))
+    # Older templates (19e01883 at the pinned commit) carry neither kind nor version: every rule under
+    # Detections/ without a kind is a scheduled rule, and a missing version stays empty, never invented.
+    kind = f.text("kind", choices=("Scheduled", "NRT")) if "kind" in data else "Scheduled"
     query = f.text("query")
     if len(query) > 10000:
         raise f.error("query", "is longer than Sentinel's 10,000 characters")
@@ -321,12 +334,44 @@ def load_rule(path: str | Path) -> Rule:
         techniques=f.text_list("relevantTechniques", _TECHNIQUE),
         entity_mappings=mappings,
         required_data_connectors=tuple(connectors),
-        version=f.text("version", _SEMVER),
+        version=f.text("version", _SEMVER) if "version" in data else "",
         query=query,
         parameters=params,
         logic=logic,
         examples=_examples(f, logic),
     )
+
+
+_PLUGINS: dict[Path, ModuleType] = {}
+
+
+def _import_logic_module(f: _Fields, rule_file: Path) -> None:
+    """Import the logic module a rule file names (`logicModule: my_rule.py`, next to the rule file).
+
+    The module registers its RuleLogic with @register, as the built-in ones do. It must sit in the rule
+    file's own folder, so a rule folder carries its logic with it. Each file is imported once per
+    process, so loading the same rule again finds the class already registered.
+    """
+    name = f.text("logicModule")
+    module_path = (rule_file.parent / name).resolve()
+    if Path(name).name != name or module_path.suffix != ".py":
+        raise f.error("logicModule", f"'{name}' must be the name of a .py file in the rule file's folder")
+    if module_path in _PLUGINS:
+        return
+    if not module_path.is_file():
+        raise f.error("logicModule", f"{module_path} does not exist")
+    digest = hashlib.sha256(str(module_path).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(f"detector_rule_logic_{module_path.stem}_{digest}", module_path)
+    if spec is None or spec.loader is None:
+        raise f.error("logicModule", f"cannot import {module_path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # any failure of the module becomes one clear rule error
+        del sys.modules[spec.name]
+        raise f.error("logicModule", f"importing {module_path} failed: {type(exc).__name__}: {exc}") from None
+    _PLUGINS[module_path] = module
 
 
 def _entity_mappings(f: _Fields, field: str, logic: RuleLogic, required: bool = True) -> tuple[EntityMapping, ...]:
@@ -387,7 +432,11 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
             where = f"{f.path}: {name}.rows[{j}]"
             if not isinstance(raw, dict):
                 raise f.error(f"{name}.rows[{j}]", "must be a mapping of W3CIISLog columns")
-            for expanded in _expand(raw, f, f"{name}.rows[{j}]"):
+            try:
+                expanded_rows = expand_row(raw)
+            except ExampleRowError as exc:
+                raise f.error(f"{name}.rows[{j}].{exc.key}", str(exc)) from None
+            for expanded in expanded_rows:
                 if (total_rows := total_rows + 1) > MAX_EXAMPLE_ROWS:
                     raise f.error(f"{name}.rows", f"expands to more than {MAX_EXAMPLE_ROWS:,} rows; keep examples small")
                 try:
@@ -403,20 +452,15 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
     return tuple(examples)
 
 
-def _expand(raw: Mapping[str, Any], f: _Fields, name: str) -> list[dict[str, Any]]:
-    """An example row may say `sPortRange: "8000-8029"`: one row per port, to keep examples short."""
-    if "sPortRange" not in raw:
-        return [dict(raw)]
-    match = re.match(r"^\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*$", str(raw["sPortRange"]))
-    if not match or int(match.group(1)) > int(match.group(2)) or int(match.group(2)) > 65535:
-        raise f.error(f"{name}.sPortRange", "must look like 8000-8029 (ports, first <= last)")
-    base = {k: v for k, v in raw.items() if k != "sPortRange"}
-    return [{**base, "sPort": port} for port in range(int(match.group(1)), int(match.group(2)) + 1)]
-
-
 def load_rules(spec: str | Path) -> list[Rule]:
-    """Rules from a file, a folder of *.yaml files, or a rule id looked up in the bundled rules/ folder."""
+    """Rules from a file, a folder of *.yaml files, a rule id looked up in the bundled rules/ folder, or a
+    comma-separated list of those (DETECTOR_RULES=<id>,<id> selects any subset)."""
     text = str(spec)
+    if "," in text:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise RuleError(text, "", "has an empty item; separate rule files, folders or ids with single commas")
+        return _unique([rule for part in parts for rule in load_rules(part)])
     path = Path(text)
     shown_spec = shown(text, 300)
     try:
@@ -437,9 +481,18 @@ def load_rules(spec: str | Path) -> list[Rule]:
             raise RuleError(text, "", f"no rule with this id in {DEFAULT_RULES_DIR}")
     else:
         raise RuleError(shown_spec, "", "is neither a rule file, a folder of rules, nor a rule id")
+    return _unique(rules)
+
+
+def _unique(rules: list[Rule]) -> list[Rule]:
+    """The rules, each once; the same id from two different files is an error."""
     seen: dict[str, str] = {}
+    unique = []
     for rule in rules:
         if rule.id in seen:
+            if Path(seen[rule.id]).resolve() == Path(rule.path).resolve():
+                continue  # named twice (by id and by file): one rule
             raise RuleError(rule.path, "id", f"duplicates the id of {seen[rule.id]}")
         seen[rule.id] = rule.path
-    return rules
+        unique.append(rule)
+    return unique

@@ -8,11 +8,11 @@ from typing import Any
 
 from detector.kql import format_datetime, parse_datetime
 from detector.models import Finding, Window
-from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
+from detector.rules import DEFAULT_RULES_DIR, Rule, load_rule
 
 FILES = Path(__file__).resolve().parent / "files"
 DAY = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
-RULE: Rule = load_rules(DEFAULT_RULES_DIR)[0]
+RULE: Rule = load_rule(DEFAULT_RULES_DIR / "high_port_count_by_client_ip.yaml")
 
 
 def expected_findings(computer: str | None = None) -> list[dict[str, Any]]:

@@ -17,10 +17,13 @@ from detector.sources import ReadRequest
 from detector.sources.file import FileSource
 from tests.conftest import create_state_table
 from tests.fakes.server import FakeServer
-from tests.helpers import FILES, expected_findings
+from tests.helpers import FILES, RULE, expected_findings
 
+# The fixture day and its oracle are the port rule's; the other rules have fixtures of their own.
 BACKFILL = [
     "backfill",
+    "--rule",
+    RULE.path,
     "--source",
     f"file:{FILES / 'w3ciislog.jsonl'}",
     "--start",
@@ -94,6 +97,7 @@ def test_scheduled_runs_on_table_storage_and_never_duplicates(azure_env: FakeSer
     create_state_table(azurite_table, "scheduledstate")
     settings = Settings.from_env(
         {
+            "DETECTOR_RULES": RULE.path,
             "DETECTOR_SOURCE": f"file:{FILES / 'w3ciislog.jsonl'}",
             "DETECTOR_SINKS": f"jsonl:{out}",
             "DETECTOR_STATE": "table",
@@ -119,6 +123,7 @@ def test_scheduled_runs_on_table_storage_and_never_duplicates(azure_env: FakeSer
 def test_scheduled_command_prints_the_json_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("DETECTOR_RULES", RULE.path)
     monkeypatch.setenv("DETECTOR_SOURCE", f"file:{FILES / 'w3ciislog.jsonl'}")
     monkeypatch.setenv("DETECTOR_STATE", f"file:{tmp_path}")
     monkeypatch.setenv("DETECTOR_SINKS", f"jsonl:{tmp_path / 'f.jsonl'}")

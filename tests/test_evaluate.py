@@ -11,10 +11,10 @@ import pytest
 
 from detector.evaluate import evaluate
 from detector.kql import format_datetime
-from detector.logic.high_port_count import OUTPUT_COLUMNS, STATUS_FRIENDLY_ELSE, WIN32_FRIENDLY_ELSE
+from detector.logic.high_port_count import OUTPUT_COLUMNS
 from detector.models import Row, Window
 from detector.sources import ReadRequest, open_source
-from detector.w3ciislog import coerce_row
+from detector.w3ciislog import STATUS_FRIENDLY_ELSE, WIN32_FRIENDLY_ELSE, coerce_row
 from tests.helpers import DAY, FILES, RULE
 
 T0 = DAY.start + timedelta(hours=10)

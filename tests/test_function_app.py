@@ -15,7 +15,7 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from detector.config import SETTINGS
-from tests.helpers import FILES, expected_findings
+from tests.helpers import FILES, RULE, expected_findings
 
 ROOT = Path(__file__).resolve().parent.parent
 SetEnv = Callable[..., None]
@@ -166,7 +166,8 @@ def test_past_due_timer_catches_up_every_missed_window(
     indexed: dict[str, Any], set_env: SetEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "findings.jsonl"
-    common = {"DETECTOR_SOURCE": f"file:{FILES / 'w3ciislog.jsonl'}", "DETECTOR_SINKS": f"jsonl:{out}"}
+    source, rules = f"file:{FILES / 'w3ciislog.jsonl'}", RULE.path  # the fixture day is the port rule's
+    common = {"DETECTOR_SOURCE": source, "DETECTOR_SINKS": f"jsonl:{out}", "DETECTOR_RULES": rules}
     set_env(**common, DETECTOR_NOW="2026-11-25T00:35:00Z")
     call(indexed)  # the last run before an outage: [11-24, 11-25)
     set_env(**common, DETECTOR_NOW="2026-11-28T00:35:00Z")  # three days later

@@ -421,6 +421,7 @@ def test_scheduled_runs_find_the_same_and_pick_up_late_rows_once(workspace: Work
     out = tmp_path / "findings.jsonl"
     settings = Settings.from_env(
         {
+            "DETECTOR_RULES": "44a555d8-ecee-4a25-95ce-055879b4b14b",  # the workspace's day is the port rule's
             "DETECTOR_SOURCE": f"loganalytics:{WS}",
             "DETECTOR_LOGS_ENDPOINT": workspace.server.url,
             "AZURE_CLIENT_ID": CLIENT_ID,

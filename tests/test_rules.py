@@ -129,8 +129,8 @@ def test_missing_field_is_named(tmp_path: Path, field: str) -> None:
 
 def test_example_with_bad_row_names_the_example(tmp_path: Path) -> None:
     data = _base()
-    data["examples"][0]["rows"][0]["sPortRange"] = "30-1"
-    with pytest.raises(RuleError, match=r"examples\[0\]\.rows\[0\]\.sPortRange"):
+    data["examples"][0]["rows"][0]["each"] = {"sPort": "30-1"}
+    with pytest.raises(RuleError, match=r"examples\[0\]\.rows\[0\]\.each\.sPort': must be a non-empty list"):
         load_rule(_write(tmp_path, data))
 
 

@@ -10,44 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
-from detector.kql import CappedSet, bin_datetime, parse_timespan, strcat, tohex, tolong, url_decode
+from detector.kql import CappedSet, bin_datetime, parse_timespan
 from detector.logic import CandidateSpec, DistinctCount, RuleLogic, Threshold, register
 from detector.models import Row, Window
-
-# case(scStatusFull == ...): == is case-sensitive.
-STATUS_FRIENDLY: dict[str, str] = {
-    "401.0": "Access denied.",
-    "401.1": "Logon failed.",
-    "401.2": "Logon failed due to server configuration.",
-    "401.3": "Unauthorized due to ACL on resource.",
-    "401.4": "Authorization failed by filter.",
-    "401.5": "Authorization failed by ISAPI/CGI application.",
-    "403.0": "Forbidden.",
-    "403.4": "SSL required.",
-}
-STATUS_FRIENDLY_ELSE = "See - https://support.microsoft.com/help/943891/the-http-status-code-in-iis-7-0-iis-7-5-and-iis-8-0"
-
-# case(scWin32Status_Hex =~ ...): =~ is case-insensitive, so keys are kept lower-case here. The rule
-# writes "8009030C" in upper case; it matches tohex's lower-case output only because of =~.
-WIN32_FRIENDLY: dict[str, str] = {
-    "775": "The referenced account is currently locked out and cannot be logged on to.",
-    "52e": "Logon failure: Unknown user name or bad password.",
-    "532": "Logon failure: The specified account password has expired.",
-    "533": "Logon failure: Account currently disabled.",
-    "2ee2": "The request has timed out.",
-    "0": "The operation completed successfully.",
-    "1": "Incorrect function.",
-    "2": "The system cannot find the file specified.",
-    "3": "The system cannot find the path specified.",
-    "4": "The system cannot open the file.",
-    "5": "Access is denied.",
-    "8009030e": "SEC_E_NO_CREDENTIALS",
-    "8009030c": "SEC_E_LOGON_DENIED",
-}
-WIN32_FRIENDLY_ELSE = "See - https://msdn.microsoft.com/library/cc231199.aspx"
+from detector.w3ciislog import decoded_query, status_full, win32_status
 
 OUTPUT_COLUMNS = (
     "TimeGenerated",
@@ -69,26 +37,6 @@ OUTPUT_COLUMNS = (
     "timestamp",
     "IPCustomEntity",
 )
-
-
-@lru_cache(maxsize=4096)
-def status_full(sc_status: str, sc_substatus: str) -> tuple[str, str]:
-    """(scStatusFull, scStatusFull_Friendly) for one status pair; cached: few distinct pairs exist."""
-    full = strcat(sc_status, ".", sc_substatus)
-    return full, STATUS_FRIENDLY.get(full, STATUS_FRIENDLY_ELSE)
-
-
-@lru_cache(maxsize=4096)
-def win32_status(sc_win32_status: str) -> tuple[str, str]:
-    """(scWin32Status_Hex, scWin32Status_Friendly) for one raw scWin32Status value."""
-    hex_value = tohex(tolong(sc_win32_status))
-    return hex_value, WIN32_FRIENDLY.get(hex_value.lower(), WIN32_FRIENDLY_ELSE)
-
-
-@lru_cache(maxsize=65536)
-def decoded_query(cs_uri_query: str) -> str:
-    """url_decode(csUriQuery), cached per distinct value."""
-    return url_decode(cs_uri_query)
 
 
 def _result_order(result: Mapping[str, Any]) -> tuple[int, datetime, str, str, str]:
