@@ -64,11 +64,11 @@ SENTINEL_FIELDS = frozenset(
         "version", "metadata", "tags",
     }
 )  # fmt: skip
-DETECTOR_FIELDS = frozenset({"parameters", "examples", "additionalEntityMappings"})
+DETECTOR_FIELDS = frozenset({"parameters", "examples", "additionalEntityMappings", "logicModule"})
 KNOWN_FIELDS = SENTINEL_FIELDS | DETECTOR_FIELDS
 MAX_RULE_FILE_BYTES = 1 << 20  # the bundled rule is 6 KB; Sentinel's query alone is at most 10,000 characters
 MAX_YAML_NODES = 200_000
-MAX_EXAMPLE_ROWS = 100_000  # after sPortRange expansion: examples are read on every run
+MAX_EXAMPLE_ROWS = 100_000  # after `repeat`/`each` expansion: examples are read on every run
 TRIGGER_OPERATORS = {"gt": int.__gt__, "lt": int.__lt__, "eq": int.__eq__, "ne": int.__ne__}
 ENTITY_TYPES = ("IP", "Host", "Account", "URL", "DNS", "FileHash", "File", "Process", "AzureResource", "CloudApplication")
 

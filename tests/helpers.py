@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from detector.config import Settings
 from detector.kql import format_datetime, parse_datetime
 from detector.models import Finding, Window
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rule
+from detector.sources import Source, open_source
 
 FILES = Path(__file__).resolve().parent / "files"
 DAY = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
@@ -25,3 +28,8 @@ def summarize(findings: list[Finding]) -> list[dict[str, Any]]:
     """The oracle's columns of each finding, in output order."""
     keys = ("TimeGenerated", "cIP", "Computer", "sIP", "portCount", "ConnectionsCount")
     return [{k: format_datetime(f.columns[k]) if k == "TimeGenerated" else f.columns[k] for k in keys} for f in findings]
+
+
+def open_for_test(spec: str, computer: str = "", strict: bool = False) -> Source:
+    """The source a spec names, with the settings a run would build for it (and an IIS computer name)."""
+    return open_source(spec, replace(Settings.from_env({"DETECTOR_SOURCE": spec}), computer=computer, strict=strict))

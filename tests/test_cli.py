@@ -14,6 +14,7 @@ from tests.helpers import FILES, expected_findings
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY_ARGS = ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
+PORT_RULE_ID = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -306,7 +307,7 @@ def test_help_lists_the_exit_codes_and_every_command(capsys: pytest.CaptureFixtu
 
 
 def test_backfill_writes_plain_lines_when_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["backfill", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS]
+    args = ["backfill", "--rule", PORT_RULE_ID, "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS]
     code, _, err = run_cli([*args, "--sink", f"jsonl:{tmp_path / 'f.jsonl'}", "--state", f"file:{tmp_path / 's'}"], capsys)
     assert code == EXIT_OK
     assert "\r" not in err
@@ -366,6 +367,7 @@ def _scheduled_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, now: str = "
     monkeypatch.setenv("DETECTOR_STATE", f"file:{tmp_path / 'state'}")
     monkeypatch.setenv("DETECTOR_SINKS", f"jsonl:{tmp_path / 'f.jsonl'}")
     monkeypatch.setenv("DETECTOR_NOW", now)
+    monkeypatch.setenv("DETECTOR_RULES", PORT_RULE_ID)  # the fixture day is the port rule's
     return tmp_path / "state"
 
 

@@ -13,9 +13,9 @@ from detector.evaluate import evaluate
 from detector.kql import format_datetime
 from detector.logic.high_port_count import OUTPUT_COLUMNS
 from detector.models import Row, Window
-from detector.sources import ReadRequest, open_source
+from detector.sources import ReadRequest
 from detector.w3ciislog import STATUS_FRIENDLY_ELSE, WIN32_FRIENDLY_ELSE, coerce_row
-from tests.helpers import DAY, FILES, RULE
+from tests.helpers import DAY, FILES, RULE, open_for_test
 
 T0 = DAY.start + timedelta(hours=10)
 
@@ -141,7 +141,7 @@ def test_rows_outside_the_window_are_ignored_even_if_a_source_returns_them() -> 
 def test_fixture_sets_are_the_planted_ones(spec: str, computer: str) -> None:
     """url_decode and make_set over the fixtures' odd queries and empty fields, against the generator's oracle."""
     request = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns)
-    findings = evaluate(RULE, list(open_source(spec, None, computer).read(request)), DAY)
+    findings = evaluate(RULE, list(open_for_test(spec, computer).read(request)), DAY)
     by_key = {(format_datetime(f.columns["TimeGenerated"]), *RULE.logic.group_key(f.columns)[1:]): f for f in findings}
     expected_sets = json.loads((FILES / "expected_sets.json").read_text(encoding="utf-8"))
     assert expected_sets

@@ -201,7 +201,17 @@ def test_kill_9_then_an_immediate_run_loses_and_repeats_nothing(
 def test_a_killed_backfill_continues_when_rerun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state, data, out = tmp_path / "state", _data(tmp_path), tmp_path / "out" / "findings.jsonl"
     _kill_at("backfill", state, data, out)
-    args = ["backfill", "--source", f"file:{data}", "--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
+    args = [
+        "backfill",
+        "--rule",
+        RULE.id,
+        "--source",
+        f"file:{data}",
+        "--start",
+        "2026-11-26T00:00:00Z",
+        "--end",
+        "2026-11-27T00:00:00Z",
+    ]
     code = main([*args, "--sink", f"jsonl:{out}", "--state", f"file:{state}"])
     err = capsys.readouterr().err
     assert code == EXIT_OK, err
@@ -217,6 +227,8 @@ def test_a_run_that_steps_aside_for_a_live_run_says_so_and_exits_3(
     FileStateStore(state).acquire_lease(RULE.id, live_owner, LEASE_TTL, datetime.now(UTC))
     args = [
         "backfill",
+        "--rule",
+        RULE.id,
         "--source",
         f"file:{FILES / 'w3ciislog.jsonl'}",
         "--start",

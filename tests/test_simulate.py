@@ -22,8 +22,11 @@ from tests.helpers import DAY, FILES, RULE, expected_findings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "simulation-example.html"
+PORT_RULE_ID = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 EXAMPLE_ARGS = [
     "simulate",
+    "--rule",
+    PORT_RULE_ID,
     "--source",
     "file:tests/files/w3ciislog.jsonl",
     "--start",
@@ -149,6 +152,8 @@ def test_the_example_report_in_docs_is_current(tmp_path: Path, monkeypatch: pyte
 def test_bad_thresholds_and_parameters(capsys: pytest.CaptureFixture[str]) -> None:
     base = [
         "simulate",
+        "--rule",
+        PORT_RULE_ID,
         "--source",
         f"file:{FILES / 'w3ciislog.jsonl'}",
         "--start",

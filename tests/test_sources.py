@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from detector.config import Settings
 from detector.errors import ConfigError, InputError
 from detector.evaluate import evaluate
 from detector.models import Row, Window
-from detector.sources import ReadRequest, Source, open_source
-from tests.helpers import DAY, FILES, RULE, expected_findings, summarize
+from detector.sources import ReadRequest, open_source
+from tests.helpers import DAY, FILES, RULE, expected_findings, open_for_test, summarize
 
 REQUEST = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns, RULE.logic.candidate_spec())
-
-
-def open_for_test(spec: str, computer: str = "", strict: bool = False) -> Source:
-    return open_source(spec, replace(Settings.from_env({"DETECTOR_SOURCE": spec}), computer=computer, strict=strict))
 
 
 def read(spec: str, window: Window = DAY, computer: str = "", pushdown: bool = False, strict: bool = False) -> list[Row]:
