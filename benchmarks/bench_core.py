@@ -309,7 +309,7 @@ def table(size: SizeResult) -> list[str]:
         if f is None:
             continue
         base = size.best(BASELINE.get(name, ""))
-        versus = f"{f.wall_s / base.wall_s:.2f}x {BASELINE[name]}" if base is not None else ""
+        versus = f"{'> ' if f.timed_out else ''}{f.wall_s / base.wall_s:.2f}x {BASELINE[name]}" if base is not None else ""
         wall = f"> {f.wall_s:.0f} s (timeout)" if f.timed_out else f"{f.wall_s:.2f} s"
         speed = "" if f.timed_out else f"{size.rows / f.wall_s:,.0f}"
         lines.append(
