@@ -1,17 +1,27 @@
-"""The core benchmark: our CLI against DuckDB on the same day of W3CIISLog rows, in the same run.
+"""The benchmark: our CLI against DuckDB on every input shape of the same W3CIISLog day, in one run.
 
-    python benchmarks/bench_core.py                 # 1,000,000 and 4,000,000 rows
-    python benchmarks/bench_core.py --rows 1000000 --repeat 3
+    python benchmarks/bench_core.py                          # 100,000 rows: a quick try
+    python benchmarks/bench_core.py --rows 1000000           # the size the goals are set at
+    python benchmarks/bench_core.py --rows 1000000 --rows 4000000 --shapes shuffled,response
+    python benchmarks/bench_core.py --rows 20000 --repeat 3
 
-For each day size (data made by generate.py, seeded, cached under benchmarks/data/):
-1. the anchor: DuckDB running the rule as one SQL statement over the JSON Lines file (duckdb_anchor.py);
-2. our CLI over the same JSON Lines file (`python -m detector run --source file:... --sink jsonl:...`),
-   its findings checked equal to the anchor's before any figure is printed;
-3. our CLI over the same rows as an IIS u_ex*.log (`--source iis:... --computer bench-iis`), checked
-   against the anchor run with Computer replaced by bench-iis (what the IIS source does).
-Every run is its own process; wall time is measured around it and peak RSS is the child's ru_maxrss
-(os.wait4). Finally the cold `import function_app` time, best of several fresh processes.
-Figures go to stdout and to benchmarks/data/results-<rows>.json. Nothing here is a test.
+For each day size the data comes from generate.py (seeded, cached under benchmarks/data/), and each
+of these runs is its own process, timed from outside (wall time around the child, peak RSS from the
+child's own ru_maxrss via os.wait4):
+- the anchor, DuckDB running the rule as one SQL statement (duckdb_anchor.py), over the time-ordered
+  and the shuffled JSON Lines, and over the shuffled file with Computer set to bench-iis (what the IIS
+  source does: Computer is not in a W3C log);
+- ours, as a user runs it: `python -m detector run --source <spec> --start ... --end ... --sink jsonl:...`
+  on ordered.jsonl, shuffled.jsonl and response.json (`file:`), iis-single/ and iis-many/ (`iis:`
+  with --computer bench-iis);
+- the plain path on both IIS folders (plain_run.py: the same CLI code with the candidate pushdown off),
+  the figure the IIS goal compares with.
+Every result set is checked identical to DuckDB's, column by column and in order, before any figure is
+printed. Then each goal of the performance issue is printed with PASS or FAIL. The goals are set at
+1,000,000 rows (and 4,000,000 for growth); at other sizes they are still evaluated, and labelled with
+the size they were measured at. Figures go to stdout and to benchmarks/data/results-<sizes>.json.
+Nothing here is a test; the machine's load average is printed with every figure, because wall times
+on a shared machine move with it (compare ratios within one run).
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,68 +43,232 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from generate import DATA, write_day  # noqa: E402
+from generate import DATA, END, START, Day, write_day  # noqa: E402
 
 from detector.logic.high_port_count import OUTPUT_COLUMNS  # noqa: E402
 
-START, END = "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"
 COLUMNS = list(OUTPUT_COLUMNS)  # the rule's 18 output columns, compared one by one with the anchor's
+IIS_COMPUTER = "bench-iis"
+SHAPES = ("ordered", "shuffled", "response", "iis-single", "iis-many")
+GOAL_ROWS, GROWTH_ROWS = 1_000_000, 4_000_000
 
 
-def measure(command: list[str]) -> dict[str, float]:
-    """Run a command as a child process: wall seconds and its own peak RSS in MB."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(command)}\n{stderr}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "user_s": usage.ru_utime, "sys_s": usage.ru_stime}
+class BenchError(Exception):
+    """A run that did not finish, or whose findings differ from DuckDB's."""
 
 
-def anchor(jsonl: Path, out: Path, computer: str | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+@dataclass
+class Figures:
+    wall_s: float
+    peak_rss_mb: float
+    user_s: float
+    sys_s: float
+    load_before: float
+    timed_out: bool = False
+
+    def text(self) -> str:
+        if self.timed_out:
+            return f"> {self.wall_s:.0f} s (stopped at the timeout)"
+        return f"{self.wall_s:.2f} s / {self.peak_rss_mb:.0f} MB"
+
+
+def measure(command: list[str], timeout: float) -> Figures:
+    """Run a command as a child process: wall seconds, its own peak RSS in MB, CPU seconds."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        figures = Figures(wall, usage.ru_maxrss / 1024, usage.ru_utime, usage.ru_stime, load)
+        if wall >= timeout and process.returncode != 0:
+            figures.timed_out = True
+            return figures
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise BenchError(f"command failed ({process.returncode}): {' '.join(command)}\n{stderr.read().decode()[-3000:]}")
+    return figures
+
+
+def anchor(jsonl: Path, out: Path, timeout: float, computer: str | None = None) -> tuple[Figures, list[dict[str, Any]]]:
     command = [sys.executable, str(HERE / "duckdb_anchor.py"), str(jsonl), START, END, str(out)]
     if computer:
         command += ["--computer", computer]
-    figures = measure(command)
+    figures = measure(command, timeout)
     return figures, json.loads(out.read_text(encoding="utf-8"))
 
 
-def ours(source: str, out: Path, computer: str = "") -> tuple[dict[str, float], list[dict[str, Any]]]:
+def ours(source: str, out: Path, timeout: float, computer: str = "", plain: bool = False) -> tuple[Figures, list[dict[str, Any]]]:
     out.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "detector",
-        "run",
-        "--source",
-        source,
-        "--start",
-        START,
-        "--end",
-        END,
-        "--sink",
-        f"jsonl:{out}",
-    ]
+    entry = [str(HERE / "plain_run.py")] if plain else ["-m", "detector", "run"]
+    command = [sys.executable, *entry, "--source", source, "--start", START, "--end", END, "--sink", f"jsonl:{out}"]
     if computer:
         command += ["--computer", computer]
-    figures = measure(command)
+    figures = measure(command, timeout)
+    if figures.timed_out:
+        return figures, []
     with out.open(encoding="utf-8") as handle:
         return figures, [json.loads(line) for line in handle if line.strip()]
 
 
-def same_results(name: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
-    """Stop unless both result sets are equal column by column, in the same order."""
+def differences(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str:
+    """ "" when both result sets are equal column by column, in the same order; else what differs first."""
     got_rows = [[row[c] for c in COLUMNS] for row in got]
     want_rows = [[row[c] for c in COLUMNS] for row in want]
-    if got_rows != want_rows:
-        for index, (a, b) in enumerate(zip(got_rows, want_rows, strict=False)):
-            if a != b:
-                diff = [(c, x, y) for c, x, y in zip(COLUMNS, a, b, strict=True) if x != y]
-                raise SystemExit(f"{name}: result {index} differs from DuckDB's: {diff[:3]}")
-        raise SystemExit(f"{name}: {len(got_rows)} results, DuckDB has {len(want_rows)}")
-    print(f"  {name}: {len(got_rows)} findings, identical to DuckDB's")
+    if got_rows == want_rows:
+        return ""
+    for index, (a, b) in enumerate(zip(got_rows, want_rows, strict=False)):
+        if a != b:
+            diff = [(c, x, y) for c, x, y in zip(COLUMNS, a, b, strict=True) if x != y]
+            return f"result {index} differs from DuckDB's: {diff[:3]}"
+    return f"{len(got_rows)} results, DuckDB has {len(want_rows)}"
+
+
+@dataclass
+class SizeResult:
+    rows: int
+    manifest: dict[str, Any]
+    runs: list[dict[str, Figures]] = field(default_factory=list)
+    findings: int = 0
+
+    def best(self, name: str) -> Figures | None:
+        """Best wall and worst peak RSS over the repeats (a timeout is the worst of all)."""
+        seen = [run[name] for run in self.runs if name in run]
+        if not seen:
+            return None
+        timed_out = any(f.timed_out for f in seen)
+        return Figures(
+            max(f.wall_s for f in seen) if timed_out else min(f.wall_s for f in seen),
+            max(f.peak_rss_mb for f in seen),
+            min(f.user_s for f in seen),
+            min(f.sys_s for f in seen),
+            max(f.load_before for f in seen),
+            timed_out,
+        )
+
+
+def bench(rows: int, shapes: set[str], repeat: int, timeout: float) -> SizeResult:
+    day: Day = write_day(rows)
+    result = SizeResult(rows, day.manifest)
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        work = Path(scratch)
+
+        def check(
+            name: str, figures: Figures, got: list[dict[str, Any]], want: list[dict[str, Any]], run: dict[str, Figures]
+        ) -> None:
+            run[name] = figures
+            if figures.timed_out:
+                print(f"    {name:<18} {figures.text()}, load {figures.load_before:.1f}")
+                return
+            problem = differences(got, want)
+            if problem:
+                raise BenchError(f"{name}, {rows} rows: {problem}")
+            print(
+                f"    {name:<18} {figures.text()}, {rows / figures.wall_s:>9,.0f} rows/s, load {figures.load_before:.1f}; "
+                f"{len(got)} findings identical to DuckDB's"
+            )
+
+        for attempt in range(repeat):
+            print(f"  run {attempt + 1} of {repeat}")
+            run: dict[str, Figures] = {}
+            if "ordered" in shapes:
+                duck, want = anchor(day.ordered, work / "duck-ordered.json", timeout)
+                check("duckdb ordered", duck, want, want, run)
+                figures, got = ours(f"file:{day.ordered}", work / "ours.jsonl", timeout)
+                check("ours ordered", figures, got, want, run)
+            if shapes & {"shuffled", "response"}:
+                duck, want = anchor(day.shuffled, work / "duck-shuffled.json", timeout)
+                check("duckdb shuffled", duck, want, want, run)
+                result.findings = len(want)
+                for shape, path in (("shuffled", day.shuffled), ("response", day.response)):
+                    if shape in shapes:
+                        figures, got = ours(f"file:{path}", work / "ours.jsonl", timeout)
+                        check(f"ours {shape}", figures, got, want, run)
+            if shapes & {"iis-single", "iis-many"}:
+                duck, want = anchor(day.shuffled, work / "duck-iis.json", timeout, IIS_COMPUTER)
+                check("duckdb iis", duck, want, want, run)
+                for shape, folder in (("iis-single", day.iis_single), ("iis-many", day.iis_many)):
+                    if shape in shapes:
+                        for plain in (False, True):
+                            figures, got = ours(f"iis:{folder}", work / "ours.jsonl", timeout, IIS_COMPUTER, plain)
+                            check(f"{'plain' if plain else 'ours'} {shape}", figures, got, want, run)
+            result.runs.append(run)
+    return result
+
+
+@dataclass
+class Goal:
+    name: str
+    ok: bool | None  # None: not measured in this run
+    detail: str
+
+
+def ratio_goal(name: str, mine: Figures | None, base: Figures | None, limit: float, base_name: str) -> Goal:
+    if mine is None or base is None:
+        return Goal(name, None, "not measured (shape not run)")
+    if mine.timed_out:
+        return Goal(name, False, f"ours {mine.text()}, {base_name} {base.wall_s:.2f} s")
+    ratio = mine.wall_s / base.wall_s
+    return Goal(name, ratio <= limit, f"{ratio:.2f}x ({mine.wall_s:.2f} s vs {base_name} {base.wall_s:.2f} s; limit {limit}x)")
+
+
+def rss_goal(name: str, mine: Figures | None, limit_mb: float) -> Goal:
+    if mine is None:
+        return Goal(name, None, "not measured (shape not run)")
+    return Goal(name, mine.peak_rss_mb <= limit_mb, f"{mine.peak_rss_mb:.0f} MB (limit {limit_mb:.0f} MB)")
+
+
+def goals(sizes: list[SizeResult]) -> list[Goal]:
+    found: list[Goal] = []
+    for size in sizes:
+        at = f" [at {size.rows:,} rows]" if size.rows not in (GOAL_ROWS, GROWTH_ROWS) else ""
+        if size.rows == GROWTH_ROWS and len(sizes) > 1:
+            found.append(
+                ratio_goal(f"4M JSON Lines shuffled: wall <= 1.0x DuckDB{at}", size.best("ours shuffled"),
+                           size.best("duckdb shuffled"), 1.0, "DuckDB shuffled")
+            )  # fmt: skip
+            continue
+        found += [
+            ratio_goal(f"JSON Lines shuffled: wall <= 1.0x DuckDB{at}", size.best("ours shuffled"),
+                       size.best("duckdb shuffled"), 1.0, "DuckDB shuffled"),
+            ratio_goal(f"JSON Lines time-ordered: wall <= 0.7x DuckDB{at}", size.best("ours ordered"),
+                       size.best("duckdb ordered"), 0.7, "DuckDB ordered"),
+            rss_goal(f"JSON Lines shuffled: peak RSS <= 300 MB{at}", size.best("ours shuffled"), 300),
+            rss_goal(f"JSON Lines time-ordered: peak RSS <= 300 MB{at}", size.best("ours ordered"), 300),
+            ratio_goal(f"response body: wall <= 1.5x DuckDB on the same rows as JSON Lines{at}", size.best("ours response"),
+                       size.best("duckdb shuffled"), 1.5, "DuckDB shuffled"),
+            rss_goal(f"response body: peak RSS <= 400 MB{at}", size.best("ours response"), 400),
+            ratio_goal(f"iis-single: at least as fast as the plain path{at}", size.best("ours iis-single"),
+                       size.best("plain iis-single"), 1.0, "plain"),
+            ratio_goal(f"iis-many: at least as fast as the plain path{at}", size.best("ours iis-many"),
+                       size.best("plain iis-many"), 1.0, "plain"),
+        ]  # fmt: skip
+        single = size.best("ours iis-single")
+        if single is None:
+            found.append(Goal(f"iis-single: >= 550,000 rows/s{at}", None, "not measured (shape not run)"))
+        else:
+            speed = 0.0 if single.timed_out else size.rows / single.wall_s
+            found.append(Goal(f"iis-single: >= 550,000 rows/s{at}", speed >= 550_000, f"{speed:,.0f} rows/s ({single.text()})"))
+    if len(sizes) > 1:
+        first, last = sizes[0], sizes[-1]
+        growth = f"{last.rows:,} vs {first.rows:,} rows"
+        for name, label, limit in (("ours shuffled", "JSON Lines shuffled", 1.25), ("ours response", "response body", 1.25)):
+            small, large = first.best(name), last.best(name)
+            if small is None or large is None:
+                found.append(Goal(f"{label}: peak RSS grows <= {limit}x ({growth})", None, "not measured"))
+                continue
+            grown = large.peak_rss_mb / small.peak_rss_mb
+            found.append(
+                Goal(f"{label}: peak RSS grows <= {limit}x ({growth})", grown <= limit,
+                     f"{grown:.2f}x ({small.peak_rss_mb:.0f} -> {large.peak_rss_mb:.0f} MB)")
+            )  # fmt: skip
+    return found
 
 
 def import_time(tries: int = 7) -> dict[str, float]:
@@ -107,78 +283,87 @@ def import_time(tries: int = 7) -> dict[str, float]:
     return {"import_s": min(imports), "process_wall_s": min(walls)}
 
 
-def bench(rows: int, repeat: int) -> dict[str, Any]:
-    jsonl, iis = write_day(rows)
-    results: dict[str, Any] = {"rows": rows, "jsonl_bytes": jsonl.stat().st_size, "iis_bytes": iis.stat().st_size, "runs": []}
-    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        work = Path(scratch)
-        for attempt in range(repeat):
-            duck, duck_results = anchor(jsonl, work / "duckdb.json")
-            mine, my_results = ours(f"file:{jsonl}", work / "ours.jsonl")
-            same_results(f"file: {rows} rows", my_results, duck_results)
-            duck_iis, duck_iis_results = anchor(jsonl, work / "duckdb-iis.json", computer="bench-iis")
-            mine_iis, my_iis_results = ours(f"iis:{iis.parent.parent}", work / "ours-iis.jsonl", computer="bench-iis")
-            same_results(f"iis: {rows} rows", my_iis_results, duck_iis_results)
-            run = {"duckdb": duck, "ours_jsonl": mine, "ours_iis": mine_iis, "duckdb_iis_check": duck_iis}
-            results["runs"].append(run)
-            print(
-                f"  run {attempt + 1}: JSON Lines ours {mine['wall_s']:.2f} s / {mine['peak_rss_mb']:.0f} MB, "
-                f"DuckDB {duck['wall_s']:.2f} s / {duck['peak_rss_mb']:.0f} MB, "
-                f"ratio {mine['wall_s'] / duck['wall_s']:.2f}x wall, {mine['peak_rss_mb'] / duck['peak_rss_mb']:.2f}x RSS; "
-                f"{rows / mine['wall_s']:,.0f} rows/s | IIS ours {mine_iis['wall_s']:.2f} s / {mine_iis['peak_rss_mb']:.0f} MB, "
-                f"{rows / mine_iis['wall_s']:,.0f} rows/s"
-            )
-    best = min(results["runs"], key=lambda r: r["ours_jsonl"]["wall_s"])
-    results["summary"] = {
-        "ours_jsonl_wall_s": min(r["ours_jsonl"]["wall_s"] for r in results["runs"]),
-        "duckdb_wall_s": min(r["duckdb"]["wall_s"] for r in results["runs"]),
-        "ours_jsonl_peak_rss_mb": max(r["ours_jsonl"]["peak_rss_mb"] for r in results["runs"]),
-        "duckdb_peak_rss_mb": max(r["duckdb"]["peak_rss_mb"] for r in results["runs"]),
-        "ours_iis_wall_s": min(r["ours_iis"]["wall_s"] for r in results["runs"]),
-        "ours_iis_peak_rss_mb": max(r["ours_iis"]["peak_rss_mb"] for r in results["runs"]),
-        "wall_ratio_by_run": [r["ours_jsonl"]["wall_s"] / r["duckdb"]["wall_s"] for r in results["runs"]],
-        "best_run": best,
-    }
-    return results
+# What each run's wall time is compared with in the table.
+BASELINE = {
+    "ours ordered": "duckdb ordered",
+    "ours shuffled": "duckdb shuffled",
+    "ours response": "duckdb shuffled",
+    "ours iis-single": "plain iis-single",
+    "ours iis-many": "plain iis-many",
+    "plain iis-single": "duckdb iis",
+    "plain iis-many": "duckdb iis",
+}
+ORDER = ["duckdb ordered", "ours ordered", "duckdb shuffled", "ours shuffled", "ours response", "duckdb iis",
+         "ours iis-single", "plain iis-single", "ours iis-many", "plain iis-many"]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, action="append", help="rows per day (repeatable); default 1000000 and 4000000")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per size (figures: best wall, worst RSS)")
-    args = parser.parse_args()
-    sizes = args.rows or [1_000_000, 4_000_000]
-    report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "sizes": []}
-    for rows in sizes:
-        print(f"{rows:,} rows")
-        report["sizes"].append(bench(rows, args.repeat))
-    report["import_function_app"] = import_time()
-    print(f"cold import function_app: {report['import_function_app']['import_s']:.3f} s "
-          f"(whole process {report['import_function_app']['process_wall_s']:.3f} s), best of 7")  # fmt: skip
-    print()
-    print(
-        "| rows | ours wall | DuckDB wall | ratio | ours peak RSS | DuckDB peak RSS | ours rows/s "
-        "| IIS wall | IIS rows/s | IIS peak RSS |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for size in report["sizes"]:
-        s, rows = size["summary"], size["rows"]
-        print(
-            f"| {rows:,} | {s['ours_jsonl_wall_s']:.2f} s | {s['duckdb_wall_s']:.2f} s | "
-            f"{s['ours_jsonl_wall_s'] / s['duckdb_wall_s']:.2f}x | {s['ours_jsonl_peak_rss_mb']:.0f} MB | "
-            f"{s['duckdb_peak_rss_mb']:.0f} MB | {rows / s['ours_jsonl_wall_s']:,.0f} | {s['ours_iis_wall_s']:.2f} s | "
-            f"{rows / s['ours_iis_wall_s']:,.0f} | {s['ours_iis_peak_rss_mb']:.0f} MB |"
+def table(size: SizeResult) -> list[str]:
+    lines = [
+        f"{size.rows:,} rows ({size.findings} findings; iis-many: {size.manifest['iis_many_blocks']:,} directive blocks); "
+        "best wall / worst peak RSS over the repeats",
+        "| run | wall | peak RSS | CPU (user+sys) | rows/s | wall vs | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ORDER:
+        f = size.best(name)
+        if f is None:
+            continue
+        base = size.best(BASELINE.get(name, ""))
+        versus = f"{'> ' if f.timed_out else ''}{f.wall_s / base.wall_s:.2f}x {BASELINE[name]}" if base is not None else ""
+        wall = f"> {f.wall_s:.0f} s (timeout)" if f.timed_out else f"{f.wall_s:.2f} s"
+        speed = "" if f.timed_out else f"{size.rows / f.wall_s:,.0f}"
+        lines.append(
+            f"| {name} | {wall} | {f.peak_rss_mb:.0f} MB | {f.user_s + f.sys_s:.2f} s | {speed} | {versus} "
+            f"| {f.load_before:.1f} |"
         )
-    if len(report["sizes"]) > 1:
-        first, last = report["sizes"][0], report["sizes"][-1]
-        growth = last["rows"] / first["rows"]
-        wall = last["summary"]["ours_jsonl_wall_s"] / first["summary"]["ours_jsonl_wall_s"]
-        rss = last["summary"]["ours_jsonl_peak_rss_mb"] / first["summary"]["ours_jsonl_peak_rss_mb"]
-        print(f"\n{growth:.0f}x the rows: wall {wall:.2f}x, peak RSS {rss:.2f}x (JSON Lines)")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, action="append", help="rows per day (repeatable); default 100000")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size (figures: best wall, worst RSS)")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {','.join(SHAPES)}")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a run is stopped and counted as failed")
+    parser.add_argument("--no-import-time", action="store_true", help="skip the cold `import function_app` figure")
+    args = parser.parse_args()
+    shapes = {s.strip() for s in args.shapes.split(",") if s.strip()}
+    if shapes - set(SHAPES):
+        parser.error(f"unknown shape(s) {', '.join(sorted(shapes - set(SHAPES)))}; use {', '.join(SHAPES)}")
+    sizes = sorted(args.rows or [100_000])
+    report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "shapes": sorted(shapes), "sizes": []}
+    results: list[SizeResult] = []
+    try:
+        for rows in sizes:
+            print(f"{rows:,} rows (load average {os.getloadavg()[0]:.1f})")
+            results.append(bench(rows, shapes, args.repeat, args.timeout))
+    except BenchError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    print()
+    for size in results:
+        print("\n".join(table(size)))
+        print()
+        report["sizes"].append(
+            {"rows": size.rows, "manifest": size.manifest, "findings": size.findings,
+             "runs": [{name: vars(f) for name, f in run.items()} for run in size.runs]}
+        )  # fmt: skip
+    checked = goals(results)
+    print("Goals (wall ratios within this run; RSS is the child's own peak):")
+    for goal in checked:
+        mark = "n/a " if goal.ok is None else "PASS" if goal.ok else "FAIL"
+        print(f"  {mark}  {goal.name}: {goal.detail}")
+    report["goals"] = [vars(g) for g in checked]
+    if not args.no_import_time:
+        report["import_function_app"] = timing = import_time()
+        print(
+            f"\ncold import function_app: {timing['import_s']:.3f} s (whole process {timing['process_wall_s']:.3f} s), best of 7"
+        )
     out = DATA / f"results-{'-'.join(str(s) for s in sizes)}.json"
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"\nfull figures: {out}")
+    print(f"full figures: {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

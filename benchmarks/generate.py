@@ -1,31 +1,54 @@
-"""Seeded generator of realistic W3CIISLog days for the benchmark, as JSON Lines and as an IIS u_ex*.log.
+"""Seeded generator of one W3CIISLog day for every benchmark, written in each input shape the detector meets.
 
-    python benchmarks/generate.py --rows 1000000            # writes benchmarks/data/day-1000000.*
+    python benchmarks/generate.py --rows 100000           # writes benchmarks/data/w3ciislog-100000/
 
 A day is background traffic (browsing sessions of many clients: bursts of requests to ports 80/443 of
-six web servers, busier in the afternoon) plus planted port scanners: scans of 30-400 ports within a
-few minutes (some straddling a bin edge), near misses of 29 ports, slow scanners that spread their
-ports over hours, and scanners that also come back with repeated ports. Rows are in time order, as IIS
-writes them and as a Log Analytics export returns them.
+six web servers and four IIS sites, busier in the afternoon) plus planted port scanners: scans of
+30-400 ports within a few minutes (some straddling a bin edge), near misses of 29 ports, slow scanners
+that spread their ports over hours, and scanners that come back with repeated ports.
 
-Every value is one an IIS log can carry (no spaces, "-" for a missing value), so the IIS file holds
-exactly the JSON Lines rows with Computer dropped (the IIS source sets Computer from --computer).
-Same seed and row count, same bytes.
+The same rows are written as
+- ordered.jsonl   JSON Lines in time order, one object per row with the columns of a W3CIISLog query
+                  result (the table's columns plus TenantId, SourceSystem, Type, ...);
+- shuffled.jsonl  the same lines in no particular order (a seeded random permutation), as a Log
+                  Analytics export or query result gives them;
+- response.json   the shuffled rows as a saved Log Analytics query response body, exactly the API's
+                  wire form: {"tables":[{"name":"PrimaryResult","columns":[{"name","type"}],"rows":[[...]]}]}
+                  on one line, column types as the W3CIISLog table reference gives them (TimeGenerated
+                  datetime, sPort int, TimeTaken/scBytes/csBytes long, the status columns string);
+- iis-single/     IIS W3C logs in time order, one folder per site (W3SVC1..W3SVC4) with one
+                  u_ex261126.log each, and one directive block (#Software, #Version, #Date, #Fields) per file;
+- iis-many/       the same entries in the same file names, but a new directive block every 1 to
+                  --max-block entries (seeded), as a low-traffic IIS server writes one each time it
+                  reopens its log after being idle.
+Every value is one an IIS log can carry (no spaces, "-" for a missing value), so the IIS files hold
+exactly the JSON rows' values; the columns IIS does not log (Computer, which the IIS source takes from
+--computer, and the Log Analytics columns) are the only difference. manifest.json, written last, says
+what was written; a folder without it (an interrupted run) is generated again. Same seed, row count
+and --max-block: same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO, Any
 
 import orjson
 
 DATA = Path(__file__).resolve().parent / "data"
 SEED = 20261127
+VERSION = 2  # bump when the bytes written for a seed and row count change
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
+IIS_FILE = "u_ex261126.log"
+START, END = "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"  # the day, as a --start/--end window
+MAX_BLOCK = 8  # iis-many: a directive block every 1..MAX_BLOCK entries (the real folder in mind averages 3.4)
 SERVERS = [  # (Computer, sIP); web01 and web04 answer on two addresses
     ("web01.contoso.com", "10.0.1.11"),
     ("web01.contoso.com", "10.0.1.12"),
@@ -36,6 +59,8 @@ SERVERS = [  # (Computer, sIP); web01 and web04 answer on two addresses
     ("web05.contoso.com", "10.0.1.51"),
     ("web06.contoso.com", "10.0.1.61"),
 ]
+SITES = ["W3SVC1", "W3SVC2", "W3SVC3", "W3SVC4"]
+SITE_WEIGHTS = [70, 20, 7, 3]  # one busy site, one medium, two quiet ones
 STEMS = ["/", "/index.html", "/login", "/api/v1/items", "/api/v1/orders", "/static/app.js", "/static/site.css"] + [
     f"/img/p{i}.png" for i in range(40)
 ]
@@ -83,8 +108,75 @@ IIS_FIELDS = (
     "date time s-sitename s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) cs(Referer) "
     "sc-status sc-substatus sc-win32-status time-taken"
 )
-# A row: (second of the day, Computer, sIP, sPort, method, stem, query, user, cIP, agent, status, sub, win32, taken)
-Row = tuple[int, str, str, int, str, str, str, str, str, str, str, str, str, int]
+# The columns of a W3CIISLog query result and their types as the API declares them. The IIS fields off
+# by default (s-computername, cs-host, cs(Cookie), cs-version, sc-bytes, cs-bytes) are empty: "" for
+# strings (KQL strings have no null), null for numbers.
+TENANT = "0a1b2c3d-0000-4000-8000-00000000feed"
+RESULT_COLUMNS: list[tuple[str, str]] = [
+    ("TenantId", "string"),
+    ("SourceSystem", "string"),
+    ("TimeGenerated", "datetime"),
+    ("MG", "string"),
+    ("ManagementGroupName", "string"),
+    ("Computer", "string"),
+    ("sSiteName", "string"),
+    ("sComputerName", "string"),
+    ("sIP", "string"),
+    ("csMethod", "string"),
+    ("csUriStem", "string"),
+    ("csUriQuery", "string"),
+    ("sPort", "int"),
+    ("csUserName", "string"),
+    ("cIP", "string"),
+    ("csVersion", "string"),
+    ("csUserAgent", "string"),
+    ("csCookie", "string"),
+    ("csReferer", "string"),
+    ("csHost", "string"),
+    ("scStatus", "string"),
+    ("scSubStatus", "string"),
+    ("scWin32Status", "string"),
+    ("scBytes", "long"),
+    ("csBytes", "long"),
+    ("TimeTaken", "long"),
+    ("Type", "string"),
+    ("_ResourceId", "string"),
+]
+# A row: (second of the day, Computer, site, sIP, sPort, method, stem, query, user, cIP, agent, status, sub, win32, taken)
+Row = tuple[int, str, str, str, int, str, str, str, str, str, str, str, str, str, int]
+
+
+@dataclass(frozen=True)
+class Day:
+    """Where one generated day's shapes are."""
+
+    rows: int
+    folder: Path
+
+    @property
+    def ordered(self) -> Path:
+        return self.folder / "ordered.jsonl"
+
+    @property
+    def shuffled(self) -> Path:
+        return self.folder / "shuffled.jsonl"
+
+    @property
+    def response(self) -> Path:
+        return self.folder / "response.json"
+
+    @property
+    def iis_single(self) -> Path:
+        return self.folder / "iis-single"
+
+    @property
+    def iis_many(self) -> Path:
+        return self.folder / "iis-many"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((self.folder / "manifest.json").read_text(encoding="utf-8"))
+        return loaded
 
 
 def _clients(rng: random.Random, count: int) -> list[str]:
@@ -99,34 +191,9 @@ def _clients(rng: random.Random, count: int) -> list[str]:
     return clients
 
 
-def _hour_weights() -> list[float]:
-    # Quiet at night, busiest mid-afternoon (UTC).
-    return [
-        0.3,
-        0.25,
-        0.2,
-        0.2,
-        0.25,
-        0.35,
-        0.5,
-        0.7,
-        0.9,
-        1.0,
-        1.1,
-        1.2,
-        1.3,
-        1.35,
-        1.4,
-        1.4,
-        1.35,
-        1.3,
-        1.2,
-        1.1,
-        1.0,
-        0.8,
-        0.6,
-        0.4,
-    ]
+# Quiet at night, busiest mid-afternoon (UTC).
+HOUR_WEIGHTS = [0.3, 0.25, 0.2, 0.2, 0.25, 0.35, 0.5, 0.7, 0.9, 1.0, 1.1, 1.2, 1.3, 1.35, 1.4, 1.4, 1.35, 1.3, 1.2, 1.1,
+                1.0, 0.8, 0.6, 0.4]  # fmt: skip
 
 
 def _scans(rng: random.Random, rows: int) -> list[Row]:
@@ -136,14 +203,15 @@ def _scans(rng: random.Random, rows: int) -> list[Row]:
 
     def scan(start: int, ports: list[int], spread: int, server: tuple[str, str] | None = None, cip: str = "") -> None:
         computer, sip = server or rng.choice(SERVERS)
+        site = rng.choices(SITES, SITE_WEIGHTS)[0]
         client = cip or f"45.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
         agent = rng.choice(SCAN_AGENTS)
         for port in ports:
             status, sub, win32 = rng.choice(SCAN_STATUSES)
             query = rng.choice(["-", "-", "a=%27+OR+1%3D1--", "cmd=%2Fbin%2Fsh", "x=%zz%4", "bad=%E2%82"])
             planted.append(
-                (start + rng.randrange(spread), computer, sip, port, rng.choice(["GET", "HEAD", "OPTIONS"]), "/", query, "-",
-                 client, agent, status, sub, win32, rng.randrange(1, 50))
+                (start + rng.randrange(spread), computer, site, sip, port, rng.choice(["GET", "HEAD", "OPTIONS"]), "/", query,
+                 "-", client, agent, status, sub, win32, rng.randrange(1, 50))
             )  # fmt: skip
 
     for _ in range(12 * per_million):  # fast scans: 30..400 ports within a few minutes
@@ -168,31 +236,33 @@ def generate_rows(rows: int, seed: int = SEED) -> Iterator[Row]:
     """The day's rows in time order (stable for a seed and a row count)."""
     rng = random.Random(seed)
     clients = _clients(rng, max(2000, rows // 40))
-    weights = _hour_weights()
     planted = _scans(rng, rows)
+    if len(planted) > rows:
+        raise ValueError(f"--rows must be at least {len(planted)} (the planted scanners alone)")
     background = rows - len(planted)
-    total_weight = sum(weights)
+    total_weight = sum(HOUR_WEIGHTS)
     by_hour: list[list[Row]] = [[] for _ in range(24)]
     for row in planted:
         by_hour[row[0] // 3600].append(row)
     carry: list[Row] = []
     made = 0
     for hour in range(24):
-        target = background if hour == 23 else min(background, made + round(background * weights[hour] / total_weight))
+        target = background if hour == 23 else min(background, made + round(background * HOUR_WEIGHTS[hour] / total_weight))
         bucket = carry + by_hour[hour]
         carry = []
         while made < target:
-            # One browsing session: a burst of requests from one client to one server and port.
+            # One browsing session: a burst of requests from one client to one server, site and port.
             client = (
                 clients[min(int(rng.paretovariate(1.2)) - 1, len(clients) - 1)] if rng.random() < 0.2 else rng.choice(clients)
             )
             computer, sip = rng.choice(SERVERS)
+            site = rng.choices(SITES, SITE_WEIGHTS)[0]
             port = 443 if rng.random() < 0.85 else 80
             agent = rng.choice(AGENTS)
             moment = hour * 3600 + rng.randrange(3600)
             for _ in range(min(target - made, 1 + int(rng.expovariate(1 / 11)))):
                 status, sub, win32 = rng.choice(STATUSES)
-                row = (moment, computer, sip, port, rng.choice(["GET"] * 8 + ["POST", "HEAD"]), rng.choice(STEMS),
+                row = (moment, computer, site, sip, port, rng.choice(["GET"] * 8 + ["POST", "HEAD"]), rng.choice(STEMS),
                        rng.choice(QUERIES), rng.choice(USERS), client, agent, status, sub, win32,
                        rng.randrange(1, 3000))  # fmt: skip
                 (bucket if moment < (hour + 1) * 3600 or hour == 23 else carry).append(row)
@@ -202,64 +272,156 @@ def generate_rows(rows: int, seed: int = SEED) -> Iterator[Row]:
         yield from bucket
 
 
-def write_day(rows: int, data: Path = DATA, seed: int = SEED) -> tuple[Path, Path]:
-    """Write day-<rows>.jsonl and iis-<rows>/W3SVC1/u_ex261126.log unless they exist already."""
-    data.mkdir(parents=True, exist_ok=True)
-    jsonl = data / f"day-{rows}.jsonl"
-    iis = data / f"iis-{rows}" / "W3SVC1" / "u_ex261126.log"
-    if jsonl.exists() and iis.exists():
-        return jsonl, iis
-    iis.parent.mkdir(parents=True, exist_ok=True)
-    stamps = [(DAY + timedelta(seconds=s)) for s in range(86400)]
+def _json_line(row: Row, iso: list[str]) -> bytes:
+    second, computer, site, sip, port, method, stem, query, user, cip, agent, status, sub, win32, taken = row
+    record = {
+        "TenantId": TENANT,
+        "SourceSystem": "OpsManager",
+        "TimeGenerated": iso[second],
+        "MG": "00000000-0000-0000-0000-000000000002",
+        "ManagementGroupName": "AOI-" + TENANT,
+        "Computer": computer,
+        "sSiteName": site,
+        "sComputerName": "",
+        "sIP": sip,
+        "csMethod": method,
+        "csUriStem": stem,
+        "csUriQuery": query,
+        "sPort": port,
+        "csUserName": user,
+        "cIP": cip,
+        "csVersion": "",
+        "csUserAgent": agent,
+        "csCookie": "",
+        "csReferer": "-",
+        "csHost": "",
+        "scStatus": status,
+        "scSubStatus": sub,
+        "scWin32Status": win32,
+        "scBytes": None,
+        "csBytes": None,
+        "TimeTaken": taken,
+        "Type": "W3CIISLog",
+        "_ResourceId": "",
+    }
+    return orjson.dumps(record) + b"\n"
+
+
+def _iis_entry(row: Row, w3c: list[str]) -> bytes:
+    second, _computer, site, sip, port, method, stem, query, user, cip, agent, status, sub, win32, taken = row
+    return (
+        f"{w3c[second]} {site} {sip} {method} {stem} {query} {port} {user} {cip} {agent} - {status} {sub} {win32} {taken}\r\n"
+    ).encode()
+
+
+def _iis_directives(moment: str) -> bytes:
+    return (
+        "#Software: Microsoft Internet Information Services 10.0\r\n#Version: 1.0\r\n"
+        f"#Date: {moment}\r\n#Fields: {IIS_FIELDS}\r\n"
+    ).encode()
+
+
+def day_folder(rows: int, data: Path = DATA) -> Path:
+    return data / f"w3ciislog-{rows}"
+
+
+def write_day(rows: int, data: Path = DATA, seed: int = SEED, max_block: int = MAX_BLOCK) -> Day:
+    """Write every shape of the day into day_folder(rows), unless a complete one of this version is there."""
+    day = Day(rows, day_folder(rows, data))
+    try:
+        manifest = day.manifest
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("version") == VERSION and manifest.get("seed") == seed and manifest.get("max_block") == max_block:
+        return day
+    partial = day.folder.with_name(day.folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    blocks = _write_shapes(Day(rows, partial), seed, max_block)
+    manifest = {
+        "version": VERSION,
+        "seed": seed,
+        "rows": rows,
+        "max_block": max_block,
+        "sites": SITES,
+        "iis_many_blocks": blocks,
+        "bytes": {
+            p.name: p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            for p in sorted(partial.iterdir())
+        },
+    }
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    shutil.rmtree(day.folder, ignore_errors=True)
+    partial.rename(day.folder)
+    return day
+
+
+def _write_shapes(day: Day, seed: int, max_block: int) -> int:
+    """Write all five shapes; returns the number of directive blocks in iis-many."""
+    stamps = [DAY + timedelta(seconds=s) for s in range(86400)]
     iso = [s.strftime("%Y-%m-%dT%H:%M:%SZ") for s in stamps]
     w3c = [s.strftime("%Y-%m-%d %H:%M:%S") for s in stamps]
-    partial_jsonl, partial_iis = jsonl.with_suffix(".tmp"), iis.with_suffix(".tmp")
-    with partial_jsonl.open("wb") as out_json, partial_iis.open("w", encoding="utf-8", newline="\r\n") as out_iis:
-        out_iis.write(
-            f"#Software: Microsoft Internet Information Services 10.0\n#Version: 1.0\n#Date: {w3c[0]}\n#Fields: {IIS_FIELDS}\n"
-        )
-        for second, computer, sip, port, method, stem, query, user, cip, agent, status, sub, win32, taken in generate_rows(
-            rows, seed
-        ):
-            out_json.write(
-                orjson.dumps(
-                    {
-                        "TimeGenerated": iso[second],
-                        "Computer": computer,
-                        "sSiteName": "W3SVC1",
-                        "sIP": sip,
-                        "sPort": port,
-                        "csMethod": method,
-                        "csUriStem": stem,
-                        "csUriQuery": query,
-                        "csUserName": user,
-                        "cIP": cip,
-                        "csUserAgent": agent,
-                        "csReferer": "-",
-                        "scStatus": status,
-                        "scSubStatus": sub,
-                        "scWin32Status": win32,
-                        "TimeTaken": taken,
-                    }
-                )
-                + b"\n"
-            )
-            out_iis.write(
-                f"{w3c[second]} W3SVC1 {sip} {method} {stem} {query} {port} {user} {cip} {agent} - "
-                f"{status} {sub} {win32} {taken}\n"
-            )
-    partial_jsonl.replace(jsonl)
-    partial_iis.replace(iis)
-    return jsonl, iis
+    # Separate generators, so the rows do not depend on how they are shuffled or where blocks start.
+    shuffle_rng, block_rng = random.Random(seed + 1), random.Random(seed + 2)
+    # External shuffle: each line goes to a random bucket file, each bucket is shuffled in memory and the
+    # buckets are concatenated, which is a uniform random permutation in bounded memory.
+    bucket_count = max(1, day.rows // 100_000)
+    buckets = [(day.folder / f"bucket-{i}.tmp").open("wb") for i in range(bucket_count)]
+    single: dict[str, IO[bytes]] = {}
+    many: dict[str, IO[bytes]] = {}
+    left_in_block: dict[str, int] = {}
+    blocks = 0
+    with day.ordered.open("wb") as ordered:
+        for row in generate_rows(day.rows, seed):
+            line = _json_line(row, iso)
+            ordered.write(line)
+            buckets[shuffle_rng.randrange(bucket_count)].write(line)
+            site = row[2]
+            entry = _iis_entry(row, w3c)
+            if site not in single:
+                for root, handles in ((day.iis_single, single), (day.iis_many, many)):
+                    (root / site).mkdir(parents=True, exist_ok=True)
+                    handles[site] = (root / site / IIS_FILE).open("wb")
+                single[site].write(_iis_directives(w3c[row[0]]))
+                left_in_block[site] = 0
+            single[site].write(entry)
+            if left_in_block[site] == 0:
+                many[site].write(_iis_directives(w3c[row[0]]))
+                left_in_block[site] = block_rng.randint(1, max_block)
+                blocks += 1
+            many[site].write(entry)
+            left_in_block[site] -= 1
+    for handle in [*buckets, *single.values(), *many.values()]:
+        handle.close()
+    names = [name for name, _ in RESULT_COLUMNS]
+    header = {"name": "PrimaryResult", "columns": [{"name": n, "type": t} for n, t in RESULT_COLUMNS]}
+    opening = orjson.dumps({"tables": [header]})[: -len(b"}]}")] + b',"rows":['
+    with day.shuffled.open("wb") as shuffled, day.response.open("wb") as response:
+        response.write(opening)
+        first = True
+        for i in range(bucket_count):
+            path = day.folder / f"bucket-{i}.tmp"
+            lines = path.read_bytes().splitlines(keepends=True)
+            path.unlink()
+            shuffle_rng.shuffle(lines)
+            shuffled.writelines(lines)
+            for line in lines:
+                record = orjson.loads(line)
+                response.write((b"" if first else b",") + orjson.dumps([record[n] for n in names]))
+                first = False
+        response.write(b"]}]}")
+    return blocks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, action="append", help="rows per day (repeatable); default 1000000 and 4000000")
+    parser.add_argument("--rows", type=int, action="append", help="rows per day (repeatable); default 100000")
+    parser.add_argument("--max-block", type=int, default=MAX_BLOCK, help="iis-many: most entries per directive block")
     args = parser.parse_args()
-    for rows in args.rows or [1_000_000, 4_000_000]:
-        jsonl, iis = write_day(rows)
-        print(f"{rows} rows: {jsonl} ({jsonl.stat().st_size / 1e6:.0f} MB), {iis} ({iis.stat().st_size / 1e6:.0f} MB)")
+    for rows in args.rows or [100_000]:
+        day = write_day(rows, max_block=args.max_block)
+        sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in day.manifest["bytes"].items())
+        print(f"{rows} rows in {day.folder}: {sizes}; iis-many has {day.manifest['iis_many_blocks']} directive blocks")
 
 
 if __name__ == "__main__":
