@@ -29,7 +29,9 @@ of a CRLF is read the plain way. Values are made representable where they are re
 Non-UTF-8 input is one error naming the byte offset and what the file looks like (UTF-16, gzip, zip).
 
 Known difference: columns the description does not read are typed only in rows the rule gets; a
-malformed value there in a row of a group that cannot fire is not reported (the plain read skips it).
+malformed value there (an object where a user agent belongs) in a row of a group that cannot fire is not
+counted as a skipped line (the plain read counts it; the findings are the same). Strict reading, which
+must see every column of every line, always takes the plain read.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class FileSource(Source):
     def read(self, request: ReadRequest) -> Iterator[Row]:
         self._report = report = LineReport(self.strict)
         spec = request.candidates
-        if columnar_applies(spec) and spec is not None and self._is_json_lines():
+        # Strict reading must see every line's every column, which is the plain read's work.
+        if columnar_applies(spec) and spec is not None and not self.strict and self._is_json_lines():
 
             def fast() -> Iterator[Row]:
                 found = _read_candidates(self.path, request, spec, report)
@@ -151,12 +154,12 @@ class FileSource(Source):
     def _is_json_lines(self) -> bool:
         """True when the first line is one JSON object that is not a Log Analytics response."""
         try:
-            with self.path.open("rb") as handle:
-                first_line = handle.readline().removeprefix(BOM)
-        except OSError:
+            with self._open() as handle:
+                first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
+        except InputError:
             return False  # the plain path reports it
         try:
-            head = json.loads(first_line)
+            head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
         except (ValueError, RecursionError):
             return False
         return isinstance(head, dict) and "tables" not in head
@@ -192,9 +195,10 @@ class FileSource(Source):
                 yield from self._array(self._load_document(handle, start, where), request, where, report)
                 return
             if first != b"{":
-                raise InputError(f"{where}:1", "is not JSON Lines, a JSON array or a Log Analytics response")
+                hint = "; its NUL bytes suggest UTF-16 without a BOM: save it as UTF-8" if b"\x00" in first_line else ""
+                raise InputError(f"{where}:1", "is not JSON Lines, a JSON array or a Log Analytics response" + hint)
             try:
-                head_object = json.loads(first_line)
+                head_object = json.loads(first_line.decode("utf-8"))
             except (ValueError, RecursionError):
                 head_object = None
             if isinstance(head_object, dict) and "tables" in head_object:
