@@ -68,6 +68,7 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     line_blocks,
+    polars_lines,
     read_with_pushdown,
     skip_bom,
 )
@@ -440,14 +441,8 @@ def _escaped_key(data: bytes) -> bool:
 
 
 def _lines(data: bytes, lines: int) -> pl.Series | None:
-    """The block's lines as a String series (polars cuts them in native code), or None."""
-    import polars as pl
-
-    try:
-        series = pl.read_csv(data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String})["line"]
-    except pl.exceptions.PolarsError:
-        return None  # a NUL byte (not valid in JSON text anyway) or invalid UTF-8
-    return series if series.len() == lines and not series.null_count() else None
+    series = polars_lines(data)
+    return series if series is not None and series.len() == lines else None
 
 
 def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_required: bool) -> bool:

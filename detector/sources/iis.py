@@ -64,6 +64,7 @@ from detector.sources.candidates import (
     keys_frame,
     line_blocks,
     microseconds,
+    polars_lines,
     read_with_pushdown,
     skip_bom,
 )
@@ -176,7 +177,7 @@ class IisLogSource(Source):
         self._report = report = LineReport(self.strict)
         files = self.files(report)
         spec = request.candidates
-        if columnar_applies(spec) and spec is not None and _columnar_fields(spec):
+        if columnar_applies(spec) and spec is not None and _columnar_fields(spec) and _checks_every_line(request, self.strict):
 
             def fast() -> Iterator[Row]:
                 found = _read_candidates(files, self.computer, request, spec, report)
@@ -392,6 +393,16 @@ def _columnar_fields(spec: CandidateSpec) -> bool:
     return all(c in (TIME, "Computer") or c in _COLUMN_TO_FIELD for c in spec.columns())
 
 
+def _checks_every_line(request: ReadRequest, strict: bool) -> bool:
+    """Whether the first pass finds every malformed line strict reading must stop at: it checks field
+    counts, NUL bytes and times of every entry, and the integer fields it reads; an integer detail field
+    it does not read is checked only in the candidates' entries."""
+    if not strict or request.candidates is None:
+        return True
+    read = set(request.candidates.columns())
+    return all(c in read for c in request.read_columns() if COLUMN_TYPES.get(c) in ("int", "long"))
+
+
 def _read_candidates(
     files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> CandidateRead:
@@ -547,17 +558,9 @@ def _lines(data: bytes, records: list[int], height: int) -> list[str]:
     with errors="replace" decoding does it. Either way a line loses its CRLF or LF only: the caller
     checked there is no lone CR.
     """
-    import polars as pl
-
-    try:
-        lines = pl.read_csv(
-            data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String}, n_rows=records[-1] + 1
-        )["line"]
-    except pl.exceptions.PolarsError:
-        pass
-    else:
-        if lines.len() == min(height, records[-1] + 1) and not lines.null_count():
-            return lines.gather(records).to_list()
+    lines = polars_lines(data, records[-1] + 1)
+    if lines is not None and lines.len() == min(height, records[-1] + 1):
+        return lines.gather(records).to_list()
     split = data.split(b"\n", records[-1] + 1)
     return [split[index].decode("utf-8", errors="replace").rstrip("\r\n") for index in records]
 
