@@ -375,20 +375,38 @@ class _ColumnarBlock(KeyedBlock):
                 yield row
 
 
-def _key_occurrences(data: bytes, column: str) -> int:
-    return data.count(b'"' + column.encode() + b'"')
+def _key_occurrences(data: bytes, columns: tuple[str, ...]) -> dict[str, int] | None:
+    """How often each column's quoted name occurs in the block (one Aho-Corasick pass in native code),
+    or None when the block is not valid UTF-8 (the plain code reports it)."""
+    import polars as pl
+
+    try:
+        text = pl.Series([data]).cast(pl.String)
+    except pl.exceptions.PolarsError:
+        return None
+    found = text.str.extract_many([f'"{c}"' for c in columns]).explode().drop_nulls().value_counts()
+    return {name[1:-1]: count for name, count in zip(found[found.columns[0]].to_list(), found["count"].to_list(), strict=True)}
 
 
-def _string_occurrences(data: bytes, column: str, expected: int) -> int:
-    """How often the column appears as a key with a JSON string value (compact or `": "` separators).
+# What polars makes of a JSON number, boolean, object or array read as a string (str() of the same value
+# may differ: 1.0 is "1.0" to Python, "1" to polars). A value not like this came from a JSON string.
+_NOT_FROM_A_STRING = r"^(?:-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|true|false)$|^[\[{]"
 
-    `"name":"` cannot occur inside a JSON string (a quote there is escaped), so only keys are counted.
+
+def _from_json_strings(data: bytes, values: pl.Series, column: str, expected: int) -> bool:
+    """True when every non-null value of a column that occurs once per line was a JSON string.
+
+    Cheap when no value looks like a rendered number, boolean, object or array (addresses and host
+    names never do); otherwise the block's `"name":"` / `"name": "` keys are counted (such a pattern
+    cannot occur inside a JSON string, where a quote is escaped).
     """
+    if not values.drop_nulls().unique().str.contains(_NOT_FROM_A_STRING).any():
+        return True
     name = b'"' + column.encode() + b'":'
     found = data.count(name + b'"')
     if found != expected:
         found += data.count(name + b' "')
-    return found
+    return found == expected
 
 
 def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl.DataFrame | None:
@@ -407,7 +425,10 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         return None
     if frame.height != lines:
         return None  # blank lines: the plain code decides
-    if b"\\u" in data and _escaped_key(data):
+    if b"\\" in data and b"\\u" in data and _escaped_key(data):  # memchr first: most blocks hold no backslash
+        return None
+    occurrences = _key_occurrences(data, wanted)
+    if occurrences is None:
         return None
     required = set(request.required) | {TIME}
     lines_frame: pl.Series | None = None
@@ -416,7 +437,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         string = COLUMN_TYPES[column] == "string" and column != TIME
         if not nulls:
             # Every line has a value, so names the key at least once: exactly once when the counts agree.
-            if _key_occurrences(data, column) != lines:
+            if occurrences.get(column, 0) != lines:
                 return None
         else:
             if column in required and (string or column == TIME):
@@ -427,7 +448,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
                     return None
             if not _once_per_line(lines_frame, frame[column], column, null_required=column in required):
                 return None
-        if string and _string_occurrences(data, column, lines - nulls) != lines - nulls:
+        if string and not _from_json_strings(data, frame[column], column, lines - nulls):
             return None
     typed = _typed(frame, wanted)
     return None if typed is None else keys_frame(typed, spec, request.window)
