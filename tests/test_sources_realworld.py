@@ -326,3 +326,68 @@ def test_json_lines_fast_and_plain_reads_agree_on_any_rows(
         except InputError as exc:
             outcomes.append(("error", str(exc)))
     assert outcomes[0] == outcomes[1]
+
+
+# -- a saved Log Analytics response body is read as a stream -----------------------------------------------
+
+
+def _response(rows: list[dict[str, Any]], *, columns_first: bool = True, extra_first: bool = False) -> dict[str, Any]:
+    names = ["TimeGenerated", "cIP", "Computer", "sIP", "sPort", "csUserAgent"]
+    table: dict[str, Any] = {"name": "PrimaryResult"}
+    columns = [{"name": n, "type": "int" if n == "sPort" else "string"} for n in names]
+    values = [[row.get(n) for n in names] for row in rows]
+    table.update({"columns": columns, "rows": values} if columns_first else {"rows": values, "columns": columns})
+    tables = [table]
+    if extra_first:
+        tables.insert(0, {"name": "Statistics", "columns": [{"name": "x", "type": "long"}], "rows": [[1]]})
+    return {"tables": tables}
+
+
+def _scan_rows(count: int) -> list[dict[str, Any]]:
+    return [
+        {**GOOD, "sPort": port % 997, "csUserAgent": "Mozilla/5.0 (é ✓ 𝕏)", "cIP": f"198.51.100.{port % 7}"}
+        for port in range(count)
+    ]
+
+
+@pytest.mark.parametrize("layout", ["compact", "pretty", "rows before columns", "statistics first"])
+def test_a_saved_response_streams_to_the_same_rows_as_json_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    import detector.sources.file as file_module
+
+    monkeypatch.setattr(file_module, "STREAM_CHUNK", 61)  # numbers and UTF-8 sequences cut across chunks
+    rows = _scan_rows(500)
+    document = _response(rows, columns_first=layout != "rows before columns", extra_first=layout == "statistics first")
+    body = tmp_path / "response.json"
+    body.write_text(json.dumps(document, indent=2 if layout == "pretty" else None, ensure_ascii=False), encoding="utf-8")
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for pushdown in (False, True):
+        assert list(FileSource(body).read(_request(pushdown))) == list(FileSource(lines).read(_request(False)))
+
+
+def test_a_saved_response_with_an_error_after_its_rows_fails_the_read(tmp_path: Path) -> None:
+    body = tmp_path / "response.json"
+    body.write_text(json.dumps({**_response(_scan_rows(50)), "error": {"code": "PartialError"}}), encoding="utf-8")
+    with pytest.raises(InputError, match="carries an error"):
+        list(FileSource(body).read(_request(False)))
+
+
+def test_a_saved_response_is_never_loaded_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory follows a chunk and one row, not the body: 4x the rows, about the same peak."""
+    import tracemalloc
+
+    import detector.sources.file as file_module
+
+    monkeypatch.setattr(file_module, "STREAM_CHUNK", 1 << 16)
+    peaks = []
+    for count in (20_000, 80_000):
+        body = tmp_path / f"response{count}.json"
+        body.write_text(json.dumps(_response(_scan_rows(count))), encoding="utf-8")
+        tracemalloc.start()
+        read = sum(1 for _ in FileSource(body).read(_request(False)))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert read == count
+    assert peaks[1] < 1.5 * peaks[0], peaks
