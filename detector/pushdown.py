@@ -322,14 +322,14 @@ class StartsWith(Predicate):
 
 
 @dataclass(frozen=True)
-class And(Predicate):
-    """Every part holds."""
+class _Junction(Predicate):
+    """And / Or: parts joined by one operator."""
 
     parts: tuple[Predicate, ...]
 
     def __post_init__(self) -> None:
         if not self.parts:
-            raise ValueError("And() needs at least one part")
+            raise ValueError(f"{type(self).__name__}() needs at least one part")
 
     def columns(self) -> frozenset[str]:
         return frozenset().union(*(p.columns() for p in self.parts))
@@ -339,11 +339,16 @@ class And(Predicate):
         for part in self.parts:
             yield from part.walk()
 
+    def normal(self) -> Predicate:
+        return type(self)(tuple(p.normal() for p in self.parts))
+
+
+@dataclass(frozen=True)
+class And(_Junction):
+    """Every part holds."""
+
     def negated(self) -> Predicate:
         return Or(tuple(p.negated() for p in self.parts))
-
-    def normal(self) -> Predicate:
-        return And(tuple(p.normal() for p in self.parts))
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         return all(p.matches(row) for p in self.parts)
@@ -359,33 +364,16 @@ class And(Predicate):
     def _kql(self) -> str | None:
         known = [text for text in (p._kql() for p in self.parts) if text is not None]
         if not known:
-            return None
+            return None  # every part may admit anything
         return known[0] if len(known) == 1 else "(" + " and ".join(known) + ")"
 
 
 @dataclass(frozen=True)
-class Or(Predicate):
+class Or(_Junction):
     """At least one part holds."""
-
-    parts: tuple[Predicate, ...]
-
-    def __post_init__(self) -> None:
-        if not self.parts:
-            raise ValueError("Or() needs at least one part")
-
-    def columns(self) -> frozenset[str]:
-        return frozenset().union(*(p.columns() for p in self.parts))
-
-    def walk(self) -> Iterable[Predicate]:
-        yield self
-        for part in self.parts:
-            yield from part.walk()
 
     def negated(self) -> Predicate:
         return And(tuple(p.negated() for p in self.parts))
-
-    def normal(self) -> Predicate:
-        return Or(tuple(p.normal() for p in self.parts))
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         return any(p.matches(row) for p in self.parts)

@@ -159,6 +159,23 @@ def line_blocks(handle: BufferedIOBase | RawIOBase, start: int, block_bytes: int
         offset += cut
 
 
+def polars_lines(data: bytes, n_rows: int | None = None) -> pl.Series | None:
+    """The block's lines as a String series (each without its LF or CRLF), or None when polars refuses.
+
+    polars, told that a line is one field (separator NUL), cuts the lines in native code, several times
+    faster than bytes.split; it refuses a NUL byte (more fields) and invalid UTF-8.
+    """
+    import polars as pl
+
+    try:
+        lines = pl.read_csv(data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String}, n_rows=n_rows)[
+            "line"
+        ]
+    except pl.exceptions.PolarsError:
+        return None
+    return None if lines.null_count() else lines
+
+
 def group_hash(keys: Sequence[pl.Expr | str]) -> pl.Expr:
     """The `_group` column: a 64-bit hash of the key values (String columns or literals, in spec.keys order).
 

@@ -29,13 +29,17 @@ of a CRLF is read the plain way. Values are made representable where they are re
 Non-UTF-8 input is one error naming the byte offset and what the file looks like (UTF-16, gzip, zip).
 
 Known difference: columns the description does not read are typed only in rows the rule gets; a
-malformed value there in a row of a group that cannot fire is not reported (the plain read skips it).
+malformed value there (an object where a user agent belongs) in a row of a group that cannot fire is not
+counted as a skipped line (the plain read counts it; the findings are the same). Strict reading, which
+must see every column of every line, always takes the plain read.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
@@ -66,6 +70,7 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     line_blocks,
+    polars_lines,
     read_with_pushdown,
     skip_bom,
 )
@@ -125,7 +130,8 @@ class FileSource(Source):
     def read(self, request: ReadRequest) -> Iterator[Row]:
         self._report = report = LineReport(self.strict)
         spec = request.candidates
-        if columnar_applies(spec) and spec is not None and self._is_json_lines():
+        # Strict reading must see every line's every column, which is the plain read's work.
+        if columnar_applies(spec) and spec is not None and not self.strict and self._is_json_lines():
 
             def fast() -> Iterator[Row]:
                 found = _read_candidates(self.path, request, spec, report)
@@ -151,12 +157,12 @@ class FileSource(Source):
     def _is_json_lines(self) -> bool:
         """True when the first line is one JSON object that is not a Log Analytics response."""
         try:
-            with self.path.open("rb") as handle:
-                first_line = handle.readline().removeprefix(BOM)
-        except OSError:
+            with self._open() as handle:
+                first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
+        except InputError:
             return False  # the plain path reports it
         try:
-            head = json.loads(first_line)
+            head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
         except (ValueError, RecursionError):
             return False
         return isinstance(head, dict) and "tables" not in head
@@ -180,37 +186,36 @@ class FileSource(Source):
                 raise InputError(where, f"is not UTF-8 JSON: it looks like {looks}")
             start = len(BOM) if head.startswith(BOM) else 0
             handle.seek(start)
-            first_line = handle.readline()
+            sniff = handle.read(SNIFF_BYTES)  # never the whole first line: a saved response may be one line
+            first_line, newline, _ = sniff.partition(b"\n")
             first = first_line.lstrip()[:1]
+            handle.seek(start)
             if not first:
                 # A leading blank line (or an empty file): whatever follows decides, read as JSON Lines.
-                handle.seek(start)
                 yield from self._jsonl(handle, start, request, where, report)
                 return
             if first == b"[":
-                handle.seek(start)
                 yield from self._array(self._load_document(handle, start, where), request, where, report)
                 return
-            if first != b"{":
-                raise InputError(f"{where}:1", "is not JSON Lines, a JSON array or a Log Analytics response")
-            try:
-                head_object = json.loads(first_line)
-            except (ValueError, RecursionError):
-                head_object = None
-            if isinstance(head_object, dict) and "tables" in head_object:
-                yield from self._la_response(head_object, request, where, report)
-                return
-            if head_object is None:
-                # Not one object per line: maybe a pretty-printed Log Analytics response.
-                handle.seek(start)
+            if _LA_RESPONSE_START.match(sniff):
+                # A saved Log Analytics response: read as a stream, never loaded whole.
                 try:
-                    document = self._load_document(handle, start, where)
-                except InputError:
-                    document = None
-                if isinstance(document, dict) and "tables" in document:
-                    yield from self._la_response(document, request, where, report)
+                    yield from self._la_stream(handle, start, request, where, report)
+                except _NotStreamable:
+                    handle.seek(start)
+                    yield from self._la_response(self._load_document(handle, start, where), request, where, report)
+                return
+            if first != b"{":
+                hint = "; its NUL bytes suggest UTF-16 without a BOM: save it as UTF-8" if b"\x00" in first_line else ""
+                raise InputError(f"{where}:1", "is not JSON Lines, a JSON array or a Log Analytics response" + hint)
+            if newline:
+                try:
+                    head_object = json.loads(first_line.decode("utf-8"))
+                except (ValueError, RecursionError):
+                    head_object = None
+                if isinstance(head_object, dict) and "tables" in head_object:
+                    yield from self._la_response(head_object, request, where, report)  # "tables" not its first key
                     return
-            handle.seek(start)
             yield from self._jsonl(handle, start, request, where, report)
 
     @staticmethod
@@ -260,6 +265,35 @@ class FileSource(Source):
                 report.skip(exc)
 
     @staticmethod
+    def _la_stream(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
+        stream = _JsonStream(handle, start, where)
+        names: list[str] | None = None
+        index = 0
+        for event, payload in stream.la_tables():
+            if event == "columns":
+                try:
+                    names = [c["name"] for c in payload]
+                except (KeyError, TypeError):
+                    raise InputError(where, "each table needs 'columns' (with 'name') and 'rows'") from None
+                missing = [c for c in request.required if c not in names]
+                if missing:
+                    raise InputError(
+                        where,
+                        f"missing required column(s) {', '.join(missing)}; W3CIISLog rows need {', '.join(request.required)}",
+                    )
+                continue
+            assert names is not None  # noqa: S101 - la_tables() gives the columns before any row
+            label = f"row {index}"
+            index += 1
+            if not isinstance(payload, list) or len(payload) != len(names):
+                report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
+                continue
+            try:
+                yield typed(dict(zip(names, payload, strict=True)), request, where, label)
+            except MalformedLine as exc:
+                report.skip(exc)
+
+    @staticmethod
     def _la_response(document: Mapping[str, Any], request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
         if document.get("error"):
             error = document["error"]
@@ -288,6 +322,147 @@ class FileSource(Source):
                 yield typed(dict(zip(names, values, strict=True)), request, where, label)
             except MalformedLine as exc:
                 report.skip(exc)
+
+
+_LA_RESPONSE_START = re.compile(rb'^\s*\{\s*"tables"\s*:')
+_WHITESPACE = re.compile(r"[ \t\r\n]*")
+STREAM_CHUNK = 1 << 20
+SNIFF_BYTES = 1 << 16
+
+
+class _NotStreamable(Exception):  # noqa: N818 - a signal to load the document whole, never shown to a user
+    """The response's layout needs the whole document (rows before columns, no PrimaryResult first)."""
+
+
+class _JsonStream:
+    """Values of a JSON document read from a binary handle chunk by chunk (memory: a chunk and one value).
+
+    Each value is parsed by json's own decoder (raw_decode), so values are exactly json.load's.
+    """
+
+    def __init__(self, handle: Any, start: int, where: str) -> None:
+        self.handle, self.where, self.offset = handle, where, start
+        self.text, self.pos, self.eof = "", 0, False
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.json = json.JSONDecoder()
+
+    def _more(self) -> bool:
+        """Append the next chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        chunk = self.handle.read(max(STREAM_CHUNK, len(self.text) - self.pos))  # grows for a long value
+        try:
+            text = self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            raise InputError(self.where, _not_utf8(chunk, exc, self.offset)) from None
+        self.offset += len(chunk)
+        self.eof = not chunk
+        if self.pos > STREAM_CHUNK:
+            self.text, self.pos = self.text[self.pos :], 0
+        self.text += text
+        return True
+
+    def peek(self) -> str:
+        """The next non-whitespace character ("" at the end)."""
+        while True:
+            self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.text) or not self._more():
+                return self.text[self.pos : self.pos + 1]
+
+    def expect(self, char: str) -> None:
+        """Consume one structural character."""
+        if self.peek() != char:
+            raise InputError(self.where, f"not a valid Log Analytics response: '{char}' expected at byte ~{self.offset}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        """The next JSON value."""
+        self.peek()
+        while True:
+            try:
+                value, end = self.json.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as exc:
+                if self._more():
+                    continue
+                raise InputError(self.where, f"not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
+            if end == len(self.text) and self._more():
+                continue  # a number may continue in the next chunk
+            self.pos = end
+            return value
+
+    def members(self) -> Iterator[str]:
+        """The keys of an object, leaving the stream at each key's value."""
+        self.expect("{")
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            key = self.value()
+            self.expect(":")
+            yield key
+            if self.peek() == ",":
+                self.pos += 1
+                continue
+            self.expect("}")
+            return
+
+    def la_tables(self) -> Iterator[tuple[str, Any]]:
+        """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one)."""
+        streamed = False
+        for key in self.members():
+            if key == "error":
+                error = self.value()
+                if error:
+                    code = error.get("code") if isinstance(error, dict) else error
+                    raise InputError(self.where, f"the saved response carries an error ({code}); its rows may be incomplete")
+            elif key == "tables" and not streamed:
+                self.expect("[")
+                if self.peek() == "]":
+                    self.pos += 1
+                    continue  # an "error" member may follow and say why
+                yield from self._table()
+                streamed = True
+                while self.peek() == ",":
+                    self.pos += 1
+                    self.value()  # other tables (statistics, ...): not W3CIISLog rows
+                self.expect("]")
+            else:
+                self.value()
+        if not streamed:
+            raise InputError(self.where, "a Log Analytics response needs a non-empty 'tables' list")
+
+    def _table(self) -> Iterator[tuple[str, Any]]:
+        columns = rows = False
+        for key in self.members():
+            if key == "name":
+                if self.value() != "PrimaryResult":
+                    if rows:
+                        raise InputError(self.where, "the first table, whose rows were read, is not PrimaryResult")
+                    raise _NotStreamable
+            elif key == "columns":
+                yield "columns", self.value()
+                columns = True
+            elif key == "rows":
+                if not columns:
+                    raise _NotStreamable
+                self.expect("[")
+                rows = True
+                if self.peek() == "]":
+                    self.pos += 1
+                    continue
+                while True:
+                    yield "row", self.value()
+                    if self.peek() == ",":
+                        self.pos += 1
+                        continue
+                    self.expect("]")
+                    break
+            else:
+                self.value()
+        if not columns:
+            raise InputError(self.where, "each table needs 'columns' (with 'name') and 'rows'")
 
 
 # -- the columnar first pass over JSON Lines -------------------------------------------------------------
@@ -370,20 +545,38 @@ class _ColumnarBlock(KeyedBlock):
                 yield row
 
 
-def _key_occurrences(data: bytes, column: str) -> int:
-    return data.count(b'"' + column.encode() + b'"')
+def _key_occurrences(data: bytes, columns: tuple[str, ...]) -> dict[str, int] | None:
+    """How often each column's quoted name occurs in the block (one Aho-Corasick pass in native code),
+    or None when the block is not valid UTF-8 (the plain code reports it)."""
+    import polars as pl
+
+    try:
+        text = pl.Series([data]).cast(pl.String)
+    except pl.exceptions.PolarsError:
+        return None
+    found = text.str.extract_many([f'"{c}"' for c in columns]).explode().drop_nulls().value_counts()
+    return {name[1:-1]: count for name, count in zip(found[found.columns[0]].to_list(), found["count"].to_list(), strict=True)}
 
 
-def _string_occurrences(data: bytes, column: str, expected: int) -> int:
-    """How often the column appears as a key with a JSON string value (compact or `": "` separators).
+# What polars makes of a JSON number, boolean, object or array read as a string (str() of the same value
+# may differ: 1.0 is "1.0" to Python, "1" to polars). A value not like this came from a JSON string.
+_NOT_FROM_A_STRING = r"^(?:-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|true|false)$|^[\[{]"
 
-    `"name":"` cannot occur inside a JSON string (a quote there is escaped), so only keys are counted.
+
+def _from_json_strings(data: bytes, values: pl.Series, column: str, expected: int) -> bool:
+    """True when every non-null value of a column that occurs once per line was a JSON string.
+
+    Cheap when no value looks like a rendered number, boolean, object or array (addresses and host
+    names never do); otherwise the block's `"name":"` / `"name": "` keys are counted (such a pattern
+    cannot occur inside a JSON string, where a quote is escaped).
     """
+    if not values.drop_nulls().unique().str.contains(_NOT_FROM_A_STRING).any():
+        return True
     name = b'"' + column.encode() + b'":'
     found = data.count(name + b'"')
     if found != expected:
         found += data.count(name + b' "')
-    return found
+    return found == expected
 
 
 def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl.DataFrame | None:
@@ -402,7 +595,10 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         return None
     if frame.height != lines:
         return None  # blank lines: the plain code decides
-    if b"\\u" in data and _escaped_key(data):
+    if b"\\" in data and b"\\u" in data and _escaped_key(data):  # memchr first: most blocks hold no backslash
+        return None
+    occurrences = _key_occurrences(data, wanted)
+    if occurrences is None:
         return None
     required = set(request.required) | {TIME}
     lines_frame: pl.Series | None = None
@@ -411,7 +607,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         string = COLUMN_TYPES[column] == "string" and column != TIME
         if not nulls:
             # Every line has a value, so names the key at least once: exactly once when the counts agree.
-            if _key_occurrences(data, column) != lines:
+            if occurrences.get(column, 0) != lines:
                 return None
         else:
             if column in required and (string or column == TIME):
@@ -422,7 +618,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
                     return None
             if not _once_per_line(lines_frame, frame[column], column, null_required=column in required):
                 return None
-        if string and _string_occurrences(data, column, lines - nulls) != lines - nulls:
+        if string and not _from_json_strings(data, frame[column], column, lines - nulls):
             return None
     typed = _typed(frame, wanted)
     return None if typed is None else keys_frame(typed, spec, request.window)
@@ -436,14 +632,8 @@ def _escaped_key(data: bytes) -> bool:
 
 
 def _lines(data: bytes, lines: int) -> pl.Series | None:
-    """The block's lines as a String series (polars cuts them in native code), or None."""
-    import polars as pl
-
-    try:
-        series = pl.read_csv(data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String})["line"]
-    except pl.exceptions.PolarsError:
-        return None  # a NUL byte (not valid in JSON text anyway) or invalid UTF-8
-    return series if series.len() == lines and not series.null_count() else None
+    series = polars_lines(data)
+    return series if series is not None and series.len() == lines else None
 
 
 def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_required: bool) -> bool:

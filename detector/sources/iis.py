@@ -64,6 +64,7 @@ from detector.sources.candidates import (
     keys_frame,
     line_blocks,
     microseconds,
+    polars_lines,
     read_with_pushdown,
     skip_bom,
 )
@@ -176,7 +177,7 @@ class IisLogSource(Source):
         self._report = report = LineReport(self.strict)
         files = self.files(report)
         spec = request.candidates
-        if columnar_applies(spec) and spec is not None and _columnar_fields(spec):
+        if columnar_applies(spec) and spec is not None and _columnar_fields(spec) and _checks_every_line(request, self.strict):
 
             def fast() -> Iterator[Row]:
                 found = _read_candidates(files, self.computer, request, spec, report)
@@ -210,14 +211,24 @@ class IisLogSource(Source):
         with handle:
             for number, raw_line in enumerate(handle, start=1):
                 if not raw_line.endswith("\n"):
-                    if raw_line.strip("\x00 \r"):
-                        report.skip(MalformedLine(str(path), number, "truncated last line (no line break yet)"))
+                    problem = _unfinished(raw_line)
+                    if problem:
+                        report.skip(MalformedLine(str(path), number, problem))
                     continue
                 row = layout.line(raw_line.rstrip("\r\n"), number, times)
                 if isinstance(row, W3cLayout):
                     layout = row
                 elif row is not None:
                     yield row
+
+
+def _unfinished(text: str) -> str:
+    """Why a last line without its line break is skipped ("" for nothing at all)."""
+    if not text.strip(" \r"):
+        return ""
+    if not text.strip("\x00 \r"):
+        return "NUL bytes (padding at the end of the file)"
+    return "truncated last line (no line break yet)"
 
 
 def _check_text(path: Path) -> None:
@@ -293,11 +304,23 @@ class W3cLayout:
                 return replace(self, fields=tuple(fields), unusable="#Fields has no 'time' field")
             index_of = {FIELD_TO_COLUMN[f]: i for i, f in enumerate(lowered) if f in FIELD_TO_COLUMN}
             missing = [c for c in self.wanted if c not in index_of]
-            if missing:
-                self.report.notice(
-                    f"{where}: #Fields lacks {', '.join(_field_of(c) for c in missing if c in _COLUMN_TO_FIELD)}"
-                    f"; its entries are read with {', '.join(missing)} empty (enable the field(s) in IIS logging)"
+            # A column the rule groups, filters or must have: a WARNING for each block. A detail column
+            # (IIS does not log s-sitename by default, and logs write a header block every few entries):
+            # said once per file, at INFO.
+            keys = set(self.request.required) | set(self.request.candidates.columns() if self.request.candidates else ())
+            for important in (True, False):
+                columns = [c for c in missing if (c in keys) == important]
+                if not columns:
+                    continue
+                names = ", ".join(_field_of(c) for c in columns if c in _COLUMN_TO_FIELD)
+                text = (
+                    f"#Fields lacks {names}; its entries are read with {', '.join(columns)} empty "
+                    "(enable the field(s) in IIS logging)"
                 )
+                if important:
+                    self.report.notice(f"{where}: {text}")
+                else:
+                    self.report.notice(f"{self.path}: {text}", warning=False)
             return replace(
                 self,
                 fields=tuple(fields),
@@ -370,6 +393,16 @@ def _columnar_fields(spec: CandidateSpec) -> bool:
     return all(c in (TIME, "Computer") or c in _COLUMN_TO_FIELD for c in spec.columns())
 
 
+def _checks_every_line(request: ReadRequest, strict: bool) -> bool:
+    """Whether the first pass finds every malformed line strict reading must stop at: it checks field
+    counts, NUL bytes and times of every entry, and the integer fields it reads; an integer detail field
+    it does not read is checked only in the candidates' entries."""
+    if not strict or request.candidates is None:
+        return True
+    read = set(request.candidates.columns())
+    return all(c in read for c in request.read_columns() if COLUMN_TYPES.get(c) in ("int", "long"))
+
+
 def _read_candidates(
     files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> CandidateRead:
@@ -403,7 +436,7 @@ def _file_blocks(
                 if spaces < 0:
                     text = data[start:end].decode("utf-8", errors="replace")
                     if not text.endswith("\n"):
-                        report.skip(MalformedLine(str(path), line, "truncated last line (no line break yet)"))
+                        report.skip(MalformedLine(str(path), line, _unfinished(text) or "truncated last line"))
                         continue
                     changed = layout.line(text.rstrip("\r\n"), line, {})
                     if isinstance(changed, W3cLayout):
@@ -418,27 +451,30 @@ def _file_blocks(
                     yield _ColumnarRun(keys, entries, line, layout)
                     line += keys.height  # one record per line: _columnar_keys checked it
                 else:
-                    yield RowsBlock(_plain_run(entries, line, layout), spec, request.window)
+                    rows, layout = _plain_run(entries, line, layout)
+                    yield RowsBlock(rows, spec, request.window)
                     line += entries.count(b"\n")
 
 
-def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> list[Row]:
-    """A run of entries as the plain read types them (skipping what it skips)."""
+def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> tuple[list[Row], W3cLayout]:
+    """A run of entries as the plain read types them (skipping what it skips), and the layout after it
+    (a directive behind NUL padding, which the byte scan cannot see as one, may change it)."""
     times: dict[str, datetime] = {}
     rows: list[Row] = []
     lines = data.split(b"\n")
     for index, raw_line in enumerate(lines):
         if index == len(lines) - 1:
-            if raw_line.strip(b"\x00 \r"):
-                layout.report.skip(MalformedLine(str(layout.path), first_line + index, "truncated last line (no line break yet)"))
+            problem = _unfinished(raw_line.decode("utf-8", errors="replace"))
+            if problem:
+                layout.report.skip(MalformedLine(str(layout.path), first_line + index, problem))
             break
         text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
         row = layout.line(text, first_line + index, times)
         if isinstance(row, W3cLayout):
-            raise AssertionError("a run of entries holds no directive")  # noqa: TRY004 - _scan cut runs at directives
-        if row is not None and (layout.request.candidates is None or layout.request.candidates.admits(row)):
+            layout = row
+        elif row is not None and (layout.request.candidates is None or layout.request.candidates.admits(row)):
             rows.append(row)
-    return rows
+    return rows, layout
 
 
 @dataclass(frozen=True)
@@ -522,17 +558,9 @@ def _lines(data: bytes, records: list[int], height: int) -> list[str]:
     with errors="replace" decoding does it. Either way a line loses its CRLF or LF only: the caller
     checked there is no lone CR.
     """
-    import polars as pl
-
-    try:
-        lines = pl.read_csv(
-            data, separator="\x00", has_header=False, quote_char=None, schema={"line": pl.String}, n_rows=records[-1] + 1
-        )["line"]
-    except pl.exceptions.PolarsError:
-        pass
-    else:
-        if lines.len() == min(height, records[-1] + 1) and not lines.null_count():
-            return lines.gather(records).to_list()
+    lines = polars_lines(data, records[-1] + 1)
+    if lines is not None and lines.len() == min(height, records[-1] + 1):
+        return lines.gather(records).to_list()
     split = data.split(b"\n", records[-1] + 1)
     return [split[index].decode("utf-8", errors="replace").rstrip("\r\n") for index in records]
 
