@@ -3,7 +3,9 @@ environment variables production code reads (REQUESTS_CA_BUNDLE, IDENTITY_ENDPOI
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,19 @@ from tests.fakes.server import FakeServer, serve
 from tests.fakes.tls import TestPki, make_pki
 
 FILES = Path(__file__).resolve().parent / "files"
+# When the fixture files "arrived": the morning after their day. A file source's late-data re-check compares
+# a file's modification time with when a bin was evaluated (less a 5-minute margin); right after a git clone
+# or checkout the fixtures' mtimes are "now", so a scheduled run in the first minutes would re-check bins
+# that no row reached late. Tests that exercise late data copy and touch their own files.
+FIXTURES_ARRIVED = datetime(2026, 11, 27, 0, 30, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def settled_fixture_files() -> None:
+    """Fixture files carry the time they arrived, whenever the checkout was made."""
+    for path in FILES.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (FIXTURES_ARRIVED, FIXTURES_ARRIVED))
 
 
 @pytest.fixture(scope="session")
