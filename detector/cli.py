@@ -209,14 +209,14 @@ def backfill_progress(stream: TextIO, piece: timedelta) -> Callable[[int, int], 
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sources import open_source
     from detector.state import open_state_store
 
     window = _window(args)
     rules = load_rules(args.rule)
     source = open_source(args.source, _source_settings(args))
-    sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
+    sinks = open_sinks(args.sink or ["stdout"])
     store = open_state_store(None, args.state)
     progress = backfill_progress(sys.stderr, runner.BACKFILL_PIECE) if not args.quiet else (lambda done, total: None)
     summary = runner.run_backfill(rules, source, sinks, store, window, progress)
@@ -258,7 +258,7 @@ def _scheduled(args: argparse.Namespace) -> int:
 
 def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
     from detector.dryrun import OverlayStore, RecordingSink, dry_store
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sinks.stdout import StdoutSink
     from detector.sources import open_source
     from detector.state import open_state_store
@@ -266,7 +266,7 @@ def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
     now = settings.now_override or datetime.now(UTC)
     rules = load_rules(settings.rules)
     source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
-    sinks = [RecordingSink(open_sink(spec, settings, setting="DETECTOR_SINKS")) for spec in settings.sinks]
+    sinks = [RecordingSink(sink) for sink in open_sinks(settings.sinks, settings, setting="DETECTOR_SINKS")]
     real_store = open_state_store(settings)
     with dry_store(real_store) as store:
         summary = runner.run_incremental(rules, source, sinks, store, now, settings)
@@ -288,14 +288,14 @@ def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sources import open_source
     from detector.windows import is_aligned
 
     window = _window(args)
     rules = load_rules(args.rule)
     source = open_source(args.source, _source_settings(args))
-    sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
+    sinks = open_sinks(args.sink or ["stdout"])
     for rule in rules:
         if not is_aligned(window, rule.logic.time_bin) and not args.quiet:
             print(

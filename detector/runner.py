@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from detector.deadline import Deadline, current_deadline, running_until
-from detector.errors import ConfigError, DeadlineReachedError, SinkError, SourceError
+from detector.errors import ConfigError, DeadlineReachedError, DetectorError, SinkError, SourceError
 from detector.evaluate import evaluate
 from detector.kql import format_datetime
 from detector.models import Finding, Row, Window
@@ -443,6 +443,8 @@ def _deliver_even_if(
         try:
             with running_until(deadline):
                 deliver_outbox(store, sinks, summary, clock, keeper)
+        except DetectorError as exc:  # an error we can name (bad state, a lease lost): one line, no stack
+            log.error("delivering the outbox after a failed run failed too: %s", exc)  # noqa: TRY400
         except Exception:
             log.exception("delivering the outbox after a failed run failed too")
         raise
@@ -685,7 +687,7 @@ def run_backfill(
 
 def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock, deadline: Deadline | None = None) -> RunSummary:
     """The timer's run: every configured rule, incrementally from its checkpoint, through the outbox, by RUN_DEADLINE."""
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sources import open_source
     from detector.state import open_state_store
 
@@ -694,6 +696,6 @@ def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock, 
         now = settings.now_override
     rules = load_rules(settings.rules)
     source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
-    sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in settings.sinks]
+    sinks = open_sinks(settings.sinks, settings, setting="DETECTOR_SINKS")
     store = open_state_store(settings)
     return run_incremental(rules, source, sinks, store, now, settings, clock, deadline)

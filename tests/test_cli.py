@@ -444,3 +444,15 @@ def test_explain_shows_parameters_plan_and_the_exact_kql(
     assert code == EXIT_OK and "KQL for [2026-11-20T00:00:00Z, 2026-11-20T01:00:00Z)" in out
     code, _, err = run_cli(["explain", "--start", "2026-11-20T00:00:00Z"], capsys)
     assert code == EXIT_BAD_INPUT and err.startswith("error: setting --end: give both")
+
+
+@pytest.mark.parametrize("json_sink", ["jsonl:-", "jsonl:/dev/stdout"])
+def test_two_sinks_on_standard_output_are_refused(json_sink: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(
+        ["run", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS, "--sink", "stdout", "--sink", json_sink], capsys
+    )
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err.strip() == (
+        f"error: setting --sink: stdout and {json_sink} would both write to standard output; keep one "
+        "(for JSON Lines on standard output, drop stdout: --sink jsonl:- alone)"
+    )

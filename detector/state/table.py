@@ -124,7 +124,8 @@ class TableStateStore(StateStore):
             if exc.status_code == 403:
                 raise DetectorError(
                     f"state table {name} at {settings.state_table_endpoint}: access denied; grant the Function App's "
-                    "identity 'Storage Table Data Contributor' on the table"
+                    "identity the custom role 'IIS detector state table entities' on this table (infra/app/rbac.bicep does; "
+                    "docs/deploy.md lists every role and why)"
                 ) from None
             raise DetectorError(f"state table {name}: {exc.message}") from None
         return cls(table, f"table:{settings.state_table_endpoint}/{name}")
