@@ -50,6 +50,7 @@ OUTPUT_COLUMNS = (
 )
 COLUMNS = (*PROJECTED, "scStatus")
 REQUIRED_COLUMNS = ("TimeGenerated", "cIP", "Computer", "sIP")
+AZURE_COLUMNS = ("_ResourceId", "FileUri")  # added by Azure Monitor, not logged by IIS
 AUTODISCOVER = "/autodiscover/autodiscover.json"
 DOMAIN_PATTERN = r"\.[a-zA-Z]{2,4}?(?:[a-zA-Z]{2,4}\/)"
 PORT_PATTERN = r"\:[0-9]{2,4}\/"
@@ -134,8 +135,12 @@ class ProxyShell(RuleLogic):
         return results
 
     def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Identity of a request: every projected column, never the window (any run that sees it agrees)."""
-        return tuple(result[c] for c in PROJECTED)
+        """Identity of a request: its projected columns, never the window (any run that sees it agrees).
+
+        Not the columns Azure Monitor adds (_ResourceId, FileUri): an IIS source does not carry them, and
+        the same request read from the log file or from the workspace must give the same id.
+        """
+        return tuple(result[c] for c in PROJECTED if c not in AZURE_COLUMNS)
 
     def title(self, result: Mapping[str, Any]) -> str:
         return f"{result['cIP']} to {result['Computer']}: {result['csUriStem']}"
