@@ -664,7 +664,7 @@ def run_backfill(
                     f"backfill progress {format_datetime(checkpoint)} lies outside the range {window}",
                     "delete that record to run the backfill from its start",
                 )
-            pieces = split_window(window, BACKFILL_PIECE)
+            pieces = split_window(window, max(BACKFILL_PIECE, rule.logic.time_bin))  # whole windows of the rule
             done = [p for p in pieces if checkpoint and p.end <= checkpoint]
             progress(len(done), len(pieces))
             for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):

@@ -75,14 +75,13 @@ def evaluation_period(time_bin: timedelta, query_period: timedelta, whole_window
 def read_windows(window: Window, time_bin: timedelta, query_period: timedelta, whole_window: bool) -> list[Window]:
     """The windows a rule reads and evaluates for `window`: the window itself for a binned rule.
 
-    For a rule without a bin, one query period per step that ends inside (window.start, window.end]:
-    [step end - queryPeriod, step end). Windows planned for such a rule are whole steps; a backfill's
-    shorter pieces evaluate each step in the piece where it ends, so a range of whole steps is covered
-    exactly once.
+    For a rule without a bin, a window of whole steps (what runs plan) is one read per step,
+    [step end - queryPeriod, step end). Any other window (an explicit `run --start --end`) is the query
+    run once over that time range, as Sentinel's query would be with it as its period.
     """
-    if not whole_window:
+    if not whole_window or not is_aligned(window, time_bin):
         return [window]
-    end = bin_datetime(window.end, time_bin)
+    end = window.end
     ends = []
     while end > window.start:
         ends.append(end)
