@@ -297,7 +297,8 @@ def _run(args: argparse.Namespace) -> int:
     source = open_source(args.source, _source_settings(args))
     sinks = open_sinks(args.sink or ["stdout"])
     for rule in rules:
-        if not is_aligned(window, rule.logic.time_bin) and not args.quiet:
+        # A rule without a bin has no partial bins: an unaligned window is its query over that range.
+        if not rule.logic.whole_window and not is_aligned(window, rule.logic.time_bin) and not args.quiet:
             print(
                 f"warning: window {window} does not fall on {format_timespan(rule.logic.time_bin)} bin edges; "
                 "its first and last bins are partial, exactly as in Sentinel",

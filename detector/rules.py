@@ -302,6 +302,9 @@ def load_rule(path: str | Path) -> Rule:
     frequency, period = f.timespan("queryFrequency"), f.timespan("queryPeriod")
     if frequency > period:
         raise f.error("queryFrequency", "must not be longer than queryPeriod")
+    if logic.whole_window:
+        # Without a bin, windows are whole queryFrequency steps (detector.windows).
+        logic.time_bin = frequency
     threshold = f.get("triggerThreshold", int)
     if not 0 <= threshold <= 10000:
         raise f.error("triggerThreshold", "must be between 0 and 10000")

@@ -26,7 +26,7 @@ from detector.rules import Rule, load_rules
 from detector.sinks import Sink
 from detector.sources import ReadRequest, Source
 from detector.state import MAX_REJECTIONS, LeaseLostError, OutboxEntry, RuleState, StateStore, new_owner
-from detector.windows import bins_of, is_aligned, merge_bins, plan_windows, split_window
+from detector.windows import bins_of, evaluation_period, is_aligned, merge_bins, plan_windows, read_windows, split_window
 
 if TYPE_CHECKING:
     from detector.config import Settings
@@ -139,9 +139,14 @@ def evaluate_window(rule: Rule, source: Source, window: Window, kind: str = "win
     """Read the rows one rule needs for a window and evaluate it. Raises if the source cannot answer whole."""
     run = RuleRun(rule.id, window, kind)
     logic = rule.logic
-    request = ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())
-    run.findings = evaluate(rule, _counted(source.read(request), run), window)
-    run.source_stats = dict(source.read_stats())
+    # A binned rule reads the window itself; a rule without a bin reads each step's query period.
+    for read in read_windows(window, logic.time_bin, rule.query_period, logic.whole_window):
+        request = ReadRequest(read, logic.columns, logic.required_columns, logic.candidate_spec())
+        run.findings += evaluate(rule, _counted(source.read(request), run), read)
+        stats = source.read_stats()
+        run.source_stats = {
+            k: run.source_stats.get(k, 0) + v if isinstance(v, int) and not isinstance(v, bool) else v for k, v in stats.items()
+        }
     log.info("rule %s %s %s: %d rows, %d findings", rule.id, kind, window, run.rows_evaluated, len(run.findings))
     return run
 
@@ -523,7 +528,8 @@ def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settin
     # that moves the checkpoint by the horizon or more (the default daily schedule and 1d horizon) would
     # drop every earlier bin before looking at it, and late rows would never be re-checked.
     previous_checkpoint = state.checkpoint
-    plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, rule.query_period, settings.catchup_limit)
+    period = evaluation_period(time_bin, rule.query_period, rule.logic.whole_window)
+    plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, period, settings.catchup_limit)
     if plan.skipped:
         message = (
             f"rule {rule.id}: {plan.skipped} is older than DETECTOR_CATCHUP_LIMIT and was NOT evaluated; "
@@ -660,7 +666,7 @@ def run_backfill(
                     f"backfill progress {format_datetime(checkpoint)} lies outside the range {window}",
                     "delete that record to run the backfill from its start",
                 )
-            pieces = split_window(window, BACKFILL_PIECE)
+            pieces = split_window(window, max(BACKFILL_PIECE, rule.logic.time_bin))  # whole windows of the rule
             done = [p for p in pieces if checkpoint and p.end <= checkpoint]
             progress(len(done), len(pieces))
             for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):

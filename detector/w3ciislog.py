@@ -38,6 +38,10 @@ COLUMN_TYPES: dict[str, str] = {
     "scBytes": "long",
     "csBytes": "long",
     "TimeTaken": "long",
+    # Added by Azure Monitor, not logged by IIS: the machine's Azure resource id and the log file's path.
+    # Log Analytics carries them; IIS files do not, so they are "" there (as any absent string).
+    "_ResourceId": "string",
+    "FileUri": "string",
 }
 
 

@@ -36,6 +36,7 @@ from detector.logic import (
     Or,
     Predicate,
     StartsWith,
+    Term,
     Threshold,
     column,
 )
@@ -136,7 +137,28 @@ def test_an_opaque_part_widens_the_filter_under_any_negation() -> None:
 
 # -- three translations, one meaning --------------------------------------------------------------------
 
-STRINGS = ["", "-", "401", "403", "200", "alice", "ALICE", "Alice", "mailboxid=1", "MailboxId=2", "é", "É", 'a"b', "x\ty"]
+STRINGS = [
+    "",
+    "-",
+    "401",
+    "403",
+    "200",
+    "alice",
+    "ALICE",
+    "Alice",
+    "mailboxid=1",
+    "MailboxId=2",
+    "é",
+    "É",
+    'a"b',
+    "x\ty",
+    "a=1&/MAPI/nspi",
+    "Protocol=x&b",
+    "xprotocol",
+    "/autodiscover/autodiscover.json",
+    "4010 x-401",
+]
+NEEDLES = ["", "401", "mapi", "/mapi/", "protocol", "Protocol=", "/autodiscover/", "a b", "=", "é", "x-4"]
 _CON = duckdb_kql.connect()
 _CON.sql('CREATE TABLE T ("scStatus" VARCHAR, "csUserName" VARCHAR, "csUriQuery" VARCHAR, "sPort" INTEGER, "n" INTEGER)')
 
@@ -153,6 +175,12 @@ def _leaves() -> st.SearchStrategy[Predicate]:
         ),
         st.builds(InSet, st.just("sPort"), st.sampled_from(["in", "!in"]), st.lists(ports, min_size=1, max_size=2).map(tuple)),
         st.builds(StartsWith, text_column, st.sampled_from(["", "a", "MAIL", "4", "é", "-"]), st.booleans(), st.booleans()),
+        st.builds(
+            Term,
+            text_column,
+            st.sampled_from(["has", "!has", "hasprefix", "!hasprefix", "contains", "!contains"]),
+            st.sampled_from(NEEDLES),
+        ),
     )
 
 

@@ -21,12 +21,14 @@ from detector.pushdown import (
     Compare,
     Count,
     DistinctCount,
+    FirstPhase,
     InSet,
     Not,
     Opaque,
     Or,
     Predicate,
     StartsWith,
+    Term,
     Threshold,
     column,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "Compare",
     "Count",
     "DistinctCount",
+    "FirstPhase",
     "InSet",
     "Not",
     "Opaque",
@@ -46,6 +49,7 @@ __all__ = [
     "Predicate",
     "RuleLogic",
     "StartsWith",
+    "Term",
     "Threshold",
     "column",
     "logic_class",
@@ -65,6 +69,11 @@ class RuleLogic(ABC):
     output_columns: ClassVar[tuple[str, ...]]
     # Windows are whole multiples of this, aligned to the UTC clock, so no bin is ever split.
     time_bin: timedelta
+    # True for a rule without a time bin (one group per key over its whole window, or one result per
+    # row): each evaluation covers one queryFrequency step and reads queryPeriod back from the step's
+    # end (detector.windows). The rule loader then sets `time_bin` to queryFrequency, the unit windows
+    # are made of, so checkpoints, re-checks and backfills step by whole windows.
+    whole_window: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -77,7 +86,18 @@ class RuleLogic(ABC):
 
     @abstractmethod
     def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The values that identify a result row across runs (its stable id is derived from them)."""
+        """The values that identify a result row within its window (a binned group, or a request)."""
+
+    def finding_key(self, result: Mapping[str, Any], window: Window) -> tuple[Any, ...]:
+        """The values a finding's stable id is derived from; the group key by default.
+
+        A binned group's key holds its bin and a request's key holds the request, so neither needs the
+        window (any run, window or source that sees it gives the same id). A group counted over a whole
+        window is another group in another window: such a rule puts the window in (see
+        anomalous_user_agent.py).
+        """
+        del window
+        return self.group_key(result)
 
     def candidate_spec(self) -> CandidateSpec | None:
         """What a source may push down (filter, groups, measure, threshold; see detector.pushdown).

@@ -303,7 +303,8 @@ class W3cLayout:
                 )
                 return replace(self, fields=tuple(fields), unusable="#Fields has no 'time' field")
             index_of = {FIELD_TO_COLUMN[f]: i for i, f in enumerate(lowered) if f in FIELD_TO_COLUMN}
-            missing = [c for c in self.wanted if c not in index_of]
+            # Columns Azure Monitor adds (_ResourceId, FileUri) are never logged fields: "" without a notice.
+            missing = [c for c in self.wanted if c not in index_of and c in _COLUMN_TO_FIELD]
             # A column the rule groups, filters or must have: a WARNING for each block. A detail column
             # (IIS does not log s-sitename by default, and logs write a header block every few entries):
             # said once per file, at INFO.

@@ -43,8 +43,10 @@ from detector.sources.kql_query import (
     bin_counts_query,
     candidates_query,
     details_query,
+    first_phase_query,
     late_bins_query,
     raw_query,
+    second_phase_query,
     total_rows_query,
 )
 from detector.w3ciislog import COLUMN_TYPES
@@ -225,7 +227,9 @@ class LogAnalyticsSource(Source):
         self._report = LineReport(self.strict)
         spec = request.candidates
         with self._session():
-            if self.settings.mode == "raw" or spec is None or not spec.prunes:
+            if self.settings.mode != "raw" and spec is not None and spec.first_phase is not None:
+                rows = self._read_two_phase(request, spec)
+            elif self.settings.mode == "raw" or spec is None or not spec.prunes:
                 if spec is not None:
                     for reason in spec.plan(_KQL_CAPABILITIES).reasons:
                         log.info("%s: pushdown: %s", where, reason)
@@ -335,6 +339,58 @@ class LogAnalyticsSource(Source):
             rows = self._fetch_whole(self._details_piece(request, batch, plan_bin), window)
             self._check_count(rows, expected, label, window)
             yield from rows
+
+    def _read_two_phase(self, request: ReadRequest, spec: CandidateSpec) -> Iterator[dict[str, Any]]:
+        """A first phase's keys server-side (one row per key over the window), then the recent rows of those keys.
+
+        Never the window's rows: Silk Typhoon's 14-day first phase comes back as a few rows (one per
+        Exchange server), and only the last day's requests of those servers are fetched.
+        """
+        first = spec.first_phase
+        assert first is not None  # noqa: S101 - the caller checked
+        window, table, columns = request.window, self.settings.table, request.read_columns()
+        recent = Window(max(window.start, window.end - first.recent), window.end)
+        size = timedelta(hours=1)
+
+        def keys(start: datetime, end: datetime) -> _Piece:
+            return _Piece(
+                "first phase",
+                start,
+                end,
+                first_phase_query(table, start, end, first, columns),
+                lambda: self._split_anywhere(start, end, size, keys),
+            )
+
+        def rows(names: tuple[str, ...]) -> Callable[[datetime, datetime], _Piece]:
+            def make(start: datetime, end: datetime) -> _Piece:
+                query = second_phase_query(table, start, end, first.key, names, columns, spec.filter)
+                return _Piece("second phase", start, end, query, lambda: self._split_anywhere(start, end, size, make))
+
+            return make
+
+        def total(start: datetime, end: datetime) -> _Piece:
+            return _Piece(
+                "rows read",
+                start,
+                end,
+                total_rows_query(table, start, end),
+                lambda: self._split_anywhere(start, end, size, total),
+            )
+
+        self.stats.rows_read = sum(int(row["total"]) for row in self._fetch_whole(total(window.start, window.end), window))
+        found: dict[str, dict[str, Any]] = {}
+        for row in self._fetch_whole(keys(window.start, window.end), window):
+            name = "" if row.get(first.key) is None else str(row[first.key])
+            moment = self._datetime(row["TimeGenerated"], window)
+            if name not in found or moment < self._datetime(found[name]["TimeGenerated"], window):
+                found[name] = row  # halves of a split first phase may both name a key: keep one row
+        names = tuple(sorted(found))
+        log.info("%s window %s: first phase found %d %s value(s)", self.describe(), window, len(names), first.key)
+        # A key's row from the recent part also comes with the second phase (the spec's filter admits it).
+        yield from (row for row in found.values() if not recent.contains(self._datetime(row["TimeGenerated"], window)))
+        for index in range(0, len(names), self.limits.ranges_per_request):
+            batch = names[index : index + self.limits.ranges_per_request]
+            yield from self._fetch_whole(rows(batch)(recent.start, recent.end), window)
 
     def _details_piece(self, request: ReadRequest, batch: Sequence[_Candidate], size: timedelta) -> _Piece:
         ranges = [GroupRange(c.key, c.start, c.end) for c in batch]
