@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_INCOMPLETE, EXIT_OK, main
+from detector.errors import StateError
 from detector.runner import LEASE_TTL, LeaseKeeper
 from detector.state import LeaseLostError, StateStore, holder_is_dead, new_owner
 from detector.state.file import FileStateStore
@@ -91,8 +92,8 @@ def test_the_folder_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> 
     )
     process = subprocess.Popen([sys.executable, "-c", code, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == "locked"
-    with pytest.raises(Exception, match="held by pid"):
-        FileStateStore(state, mutex_wait=0.2).acquire_lease("rule", "a", LEASE_TTL, T0)  # a live holder: waited for
+    with pytest.raises(StateError, match="held by pid"):
+        FileStateStore(state, mutex_wait=0).acquire_lease("rule", "a", LEASE_TTL, T0)  # a live holder is not taken over
     process.kill()
     process.wait()
     assert FileStateStore(state, mutex_wait=0.2).acquire_lease("rule", "a", LEASE_TTL, T0)

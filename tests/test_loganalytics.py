@@ -260,12 +260,15 @@ def test_partial_answer_without_data_is_split_not_trusted(workspace: Workspace, 
 
 
 def test_a_hung_request_times_out_and_is_retried(workspace: Workspace, rule: Rule) -> None:
-    # Server timeout 1 s, so the client's read timeout is 2.1 s; the fake answers the first request after 3 s.
-    workspace.fake.script(Fault("delay", seconds=3))
-    source = workspace.source(server_timeout=timedelta(seconds=1))
+    # The fake holds the first answer until the client asks again. The client's read timeout is cut from
+    # its default (the server timeout plus 10 % and a second) to 1 s: what the hang costs the test, and
+    # several times what the fake takes to answer a query here.
+    workspace.fake.script(Fault("hang", seconds=60))
+    source = workspace.source(limits=QueryLimits(read_timeout_seconds=1.0), server_timeout=timedelta(seconds=1))
     assert findings_of(rule, source) == workspace.expected
     assert source.stats.retries == 1
     assert workspace.fake.requests[0].prefer == "wait=1"
+    assert workspace.fake.requests[0].fault == "hang"
 
 
 def test_a_slow_query_past_its_server_timeout_is_retried(workspace: Workspace, rule: Rule) -> None:

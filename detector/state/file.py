@@ -94,7 +94,7 @@ class FileStateStore(StateStore):
         with handle:
             deadline = time.monotonic() + self.mutex_wait
             while not _lock(handle, blocking=False):
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:  # >=: a mutex_wait of 0 gives up at once
                     handle.seek(0)
                     holder = handle.read(200).strip() or "another process"
                     raise StateError(
