@@ -36,7 +36,7 @@ def azure_env(monkeypatch: pytest.MonkeyPatch, pki: TestPki, identity_server: Fa
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca_cert))
     for name in ("MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"):
         monkeypatch.delenv(name, raising=False)
-    identity_server.server.state.clear()  # type: ignore[attr-defined]
+    identity_server.state.clear()
     return identity_server
 
 

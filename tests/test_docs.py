@@ -37,7 +37,8 @@ REPO_DIRS = ("tests/", "docs/", "benchmarks/", "rules/", "infra/", "detector/")
 
 def fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
     """(language, lines) of every fenced block, indented ones included."""
-    blocks, language, lines, inside = [], "", [], False
+    blocks: list[tuple[str, list[str]]] = []
+    language, lines, inside = "", list[str](), False
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("```"):
@@ -169,7 +170,10 @@ def test_every_readme_performance_figure_is_in_the_performance_docs() -> None:
     missing = [
         f
         for f in figures
-        if len(number.match(f).group()) > 1 and f.replace("×", "x") not in measured and f not in measured  # type: ignore[union-attr]
+        if (digits := number.match(f)) is not None
+        and len(digits.group()) > 1
+        and f.replace("×", "x") not in measured
+        and f not in measured
     ]
     assert missing == [], "README figures not in docs/performance.md or docs/loganalytics.md"
 

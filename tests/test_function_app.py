@@ -25,7 +25,7 @@ SetEnv = Callable[..., None]
 @pytest.fixture(scope="module")
 def indexed() -> dict[str, Any]:
     # get_functions() may be called once per app (it remembers names); do it once for the module.
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+    return {str(f.get_function_name()): f for f in function_app.app.get_functions()}
 
 
 @pytest.fixture

@@ -241,7 +241,7 @@ def test_url_decode_agrees_with_the_reference_model(pieces: list[str]) -> None:
 @given(st.text(), st.data())
 def test_url_decode_of_any_percent_encoding_round_trips(text: str, data: st.DataObject) -> None:
     """Escape any chosen characters (each UTF-8 byte as %XX, hex in either case): decoding gives the text back."""
-    pieces = []
+    pieces: list[str] = []
     for char in text:
         if char == "%" or (not 0xD800 <= ord(char) <= 0xDFFF and data.draw(st.booleans())):
             upper = data.draw(st.booleans())

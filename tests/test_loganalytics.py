@@ -170,7 +170,7 @@ def test_hostile_group_keys_are_fetched_exactly(workspace: Workspace, rule: Rule
 
 def test_managed_identity_with_the_configured_client_id(workspace: Workspace, rule: Rule) -> None:
     findings_of(rule, workspace.source())
-    asked = workspace.identity.server.state["requests"]  # type: ignore[attr-defined]
+    asked = workspace.identity.state["requests"]
     assert asked
     assert {a["client_id"] for a in asked} == {CLIENT_ID}
     assert {a["resource"] for a in asked} == {workspace.server.url}  # the SDK's audience: its endpoint
@@ -179,7 +179,7 @@ def test_managed_identity_with_the_configured_client_id(workspace: Workspace, ru
 def test_developer_credential_when_no_client_id(workspace: Workspace, rule: Rule) -> None:
     # DefaultAzureCredential: here its managed-identity step answers (system-assigned: no client id sent).
     assert findings_of(rule, workspace.source(client_id="")) == workspace.expected
-    asked = workspace.identity.server.state["requests"]  # type: ignore[attr-defined]
+    asked = workspace.identity.state["requests"]
     assert {a["client_id"] for a in asked} == {""}
 
 
@@ -339,7 +339,7 @@ def test_workspace_id_must_be_a_guid(workspace: Workspace) -> None:
 
 def test_dynamic_columns_and_seven_digit_datetimes(workspace: Workspace) -> None:
     from azure.identity import ManagedIdentityCredential
-    from azure.monitor.query import LogsQueryClient
+    from azure.monitor.query import LogsQueryClient, LogsQueryResult
 
     with LogsQueryClient(ManagedIdentityCredential(client_id=CLIENT_ID), endpoint=workspace.server.url) as client:
         result = client.query_workspace(
@@ -347,6 +347,7 @@ def test_dynamic_columns_and_seven_digit_datetimes(workspace: Workspace) -> None
             'print d = pack_array(1, "a"), t = datetime(2026-11-26T00:00:00.1234567Z), n = int(null)',
             timespan=(WINDOW.start, WINDOW.end),
         )
+    assert isinstance(result, LogsQueryResult)
     [row] = _table_rows(result.tables[0], WINDOW)
     assert row == {"d": [1, "a"], "t": DAY.replace(microsecond=123456), "n": None}
 

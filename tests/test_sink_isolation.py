@@ -39,7 +39,7 @@ def services(pki: TestPki, azure_env: FakeServer) -> Iterator[dict[str, FakeServ
 
 
 def state(server: FakeServer) -> dict[str, Any]:
-    return server.server.state  # type: ignore[no-any-return, attr-defined]
+    return server.state
 
 
 def test_a_failing_sink_leaves_the_others_delivered_and_is_reported(services: dict[str, FakeServer], tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from detector.kql import parse_datetime
 from detector.models import Window
@@ -11,7 +11,7 @@ from detector.windows import bins_of, is_aligned, latest_window, merge_bins, pla
 BIN, DAY, DELAY, CAP = timedelta(minutes=10), timedelta(days=1), timedelta(minutes=30), timedelta(days=7)
 
 
-def t(text: str):  # type: ignore[no-untyped-def]
+def t(text: str) -> datetime:
     return parse_datetime(text)
 
 

@@ -340,7 +340,7 @@ class LogAnalyticsHandler(JsonHandler):
     """The query endpoint."""
 
     def do_POST(self) -> None:
-        fake: LogAnalyticsFake = self.server.state["fake"]  # type: ignore[attr-defined]
+        fake: LogAnalyticsFake = self.state["fake"]
         body = self.read_body()
         match = _PATH.match(self.path)
         try:
@@ -417,7 +417,7 @@ class LogAnalyticsHandler(JsonHandler):
         elif fault.kind == "no_tables":
             self._answer(record, 200, {"tables": []})
         elif fault.kind == "cut_body":
-            columns, rows = self.server.state["fake"].run_json(record.query, record.timespan)  # type: ignore[attr-defined]
+            columns, rows = self.state["fake"].run_json(record.query, record.timespan)
             data = _body(columns, rows, None)
             self.send_response(200)
             self.send_header("Content-Type", "application/json; charset=utf-8")
