@@ -63,6 +63,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m detector` argument parser, with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="python -m detector",
         description="Sentinel scheduled rules over W3CIISLog, in Python.",
@@ -385,6 +386,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     try:
