@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # or inconsistent state (one `error:` line says what to fix). 3: nothing failed, but part of the work was
 # left to another run: a live run held a lease (steppedAside) or the run deadline came (deadlineReached).
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
-log = logging.getLogger("detector")
+log = logging.getLogger(__name__)
 
 EXIT_CODES = f"""exit status:
   {EXIT_OK}  the command completed, findings or not

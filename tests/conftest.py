@@ -3,8 +3,14 @@ environment variables production code reads (REQUESTS_CA_BUNDLE, IDENTITY_ENDPOI
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ast
+import inspect
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -111,3 +117,46 @@ def create_state_table(endpoint: str, name: str) -> None:
     from azure.identity import ManagedIdentityCredential
 
     TableServiceClient(endpoint=endpoint, credential=ManagedIdentityCredential()).create_table_if_not_exists(name)
+
+
+# -- markers for the fast loop (`make test-fast`): applied here, from what a test uses ---------------------
+
+# A fixture that needs a tool outside the venv marks every test that uses it, directly or through another fixture.
+_FIXTURE_MARKERS = {"azurite_table": "azurite", "checkov": "checkov"}
+_SPAWNS = {("subprocess", "run"), ("subprocess", "Popen"), ("subprocess", "check_output"), ("subprocess", "check_call")}
+_SPAWNS |= {("sys", "executable")}
+
+
+def _spawns(function: Callable[..., Any], module: ModuleType | None, seen: set[object]) -> bool:
+    """Whether `function`, or a function of its own module that it names, starts a process."""
+    if function in seen or module is None:
+        return False
+    seen.add(function)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (node.value.id, node.attr) in _SPAWNS:
+            return True
+        if isinstance(node, ast.Name):
+            named = getattr(module, node.id, None)
+            if inspect.isfunction(named) and named.__module__ == module.__name__ and _spawns(named, module, seen):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests `azurite`, `checkov` and `subprocess` from the fixtures they use and the code they run."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        names = set(item.fixturenames)
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in names:
+                item.add_marker(marker)
+        functions: list[Callable[..., Any]] = [item.function]
+        for definitions in item._fixtureinfo.name2fixturedefs.values():
+            functions.extend(definition.func for definition in definitions)
+        if any(_spawns(f, sys.modules.get(f.__module__), set()) for f in functions):
+            item.add_marker("subprocess")

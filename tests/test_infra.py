@@ -671,7 +671,9 @@ def vnet_rendered_copy(target: Path) -> Path:
     return copy
 
 
-def _checkov_executable() -> str:
+@pytest.fixture(scope="module")
+def checkov() -> str:
+    """The checkov executable (a test using this fixture is marked `checkov`: see conftest.py)."""
     executable = os.environ.get("CHECKOV") or shutil.which("checkov")
     if not executable:
         pytest.fail(
@@ -682,10 +684,10 @@ def _checkov_executable() -> str:
     return executable
 
 
-def run_checkov(directory: Path, cwd: Path) -> dict[str, Any]:
+def run_checkov(checkov: str, directory: Path, cwd: Path) -> dict[str, Any]:
     """checkov -d directory, run from cwd (where it looks for .checkov.yaml); its bicep report."""
     result = subprocess.run(
-        [_checkov_executable(), "-d", str(directory), "-o", "json"],
+        [checkov, "-d", str(directory), "-o", "json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -709,9 +711,9 @@ def _failed(report: dict[str, Any]) -> set[str]:
     return {c["check_id"] for c in report["results"].get("failed_checks", [])}
 
 
-def test_standalone_checkov_reports_nothing_failed() -> None:
+def test_standalone_checkov_reports_nothing_failed(checkov: str) -> None:
     """What a pipeline runs: `checkov -d infra` from the repository root, which reads .checkov.yaml."""
-    report = run_checkov(Path("infra"), ROOT)
+    report = run_checkov(checkov, Path("infra"), ROOT)
     failed = sorted(
         f"{c['check_id']} {c['check_name']} ({c['file_path']}: {c['resource']})"
         for c in report["results"].get("failed_checks", [])
@@ -719,13 +721,13 @@ def test_standalone_checkov_reports_nothing_failed() -> None:
     assert not failed, "checkov failures (fix them, or skip in .checkov.yaml with a reason):\n" + "\n".join(failed)
 
 
-def test_network_skips_apply_only_without_a_vnet(tmp_path: Path) -> None:
+def test_network_skips_apply_only_without_a_vnet(checkov: str, tmp_path: Path) -> None:
     """With vnetEnabled=true and no skips at all, exactly the non-network skips fail: the [network] checks
     pass there, and every other skip is still needed."""
     skips = checkov_skips()
     network = {check for check, reason in skips.items() if reason.startswith("[network]")}
     assert network, "the skip list marks its network skips"
-    report = run_checkov(vnet_rendered_copy(tmp_path), tmp_path)  # no .checkov.yaml in tmp_path: no skips
+    report = run_checkov(checkov, vnet_rendered_copy(tmp_path), tmp_path)  # no .checkov.yaml in tmp_path: no skips
     assert _failed(report) == set(skips) - network
     passed = {c["check_id"] for c in report["results"].get("passed_checks", [])}
     assert network <= passed, f"network checks not passing with vnetEnabled=true: {sorted(network - passed)}"

@@ -34,7 +34,7 @@ _tables = itertools.count()
 CLIENT_ID = "5e3c2f8a-1111-2222-3333-444455556666"
 
 
-@pytest.fixture(params=["file", "table"])
+@pytest.fixture(params=["file", pytest.param("table", marks=pytest.mark.azurite)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
     if request.param == "file":
         yield FileStateStore(tmp_path / "state")

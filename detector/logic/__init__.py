@@ -50,7 +50,6 @@ __all__ = [
     "column",
     "logic_class",
     "register",
-    "registered_ids",
 ]
 
 
@@ -138,9 +137,3 @@ def logic_class(rule_id: str) -> type[RuleLogic] | None:
             importlib.import_module(f"{__name__}.{module.name}")
         _loaded = True
     return _REGISTRY.get(rule_id.lower())
-
-
-def registered_ids() -> list[str]:
-    """Rule ids that have logic."""
-    logic_class("")
-    return sorted(_REGISTRY)

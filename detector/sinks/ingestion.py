@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from detector.rules import Rule
     from detector.sinks.http_delivery import RetrySettings
 
-log = logging.getLogger("detector.sinks.ingestion")
+log = logging.getLogger(__name__)
 
 TABLE_NAME = "IISPortScanFindings_CL"
 STREAM_NAME = f"Custom-{TABLE_NAME}"

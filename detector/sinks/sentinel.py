@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from detector.config import Settings
     from detector.sinks.http_delivery import RetrySettings
 
-log = logging.getLogger("detector.sinks.sentinel")
+log = logging.getLogger(__name__)
 
 API_VERSION = "2025-09-01"  # stable (Incidents.json 2025-09-01); 2024-09-01 is the previous stable
 # The custom role infra/app/rbac-workspace.bicep defines: exactly the calls this sink makes.

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from detector.config import LogAnalyticsSettings, Settings
 
-log = logging.getLogger("detector.loganalytics")
+log = logging.getLogger(__name__)
 
 # Statuses worth asking again: throttling (the SDK never retries a POST that got 429), gateway and
 # service hiccups, and a server-side timeout (504), which a smaller or later query often avoids.
@@ -152,7 +152,7 @@ def _time_split(start: datetime, end: datetime, size: timedelta) -> datetime | N
 
 @dataclass(frozen=True)
 class _Piece:
-    """One query's worth of a read. `split` returns the halves to ask instead when its answer is cut."""
+    """One query's worth of a read. `halves` returns the pieces to ask instead when its answer is cut."""
 
     kind: str  # candidates | details | raw | bin counts | late bins
     start: datetime
