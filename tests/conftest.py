@@ -18,8 +18,6 @@ from tests.fakes.identity import IDENTITY_HEADER, IdentityHandler
 from tests.fakes.server import FakeServer, serve
 from tests.fakes.tls import TestPki, make_pki
 
-FILES = Path(__file__).resolve().parent / "files"
-
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:

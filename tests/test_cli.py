@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from tests.helpers import FILES, expected_findings
+from tests.helpers import FILES, ROOT, expected_findings
 
-ROOT = Path(__file__).resolve().parent.parent
 DAY_ARGS = ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
 PORT_RULE_ID = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 

@@ -32,11 +32,9 @@ from detector.state.file import FileStateStore
 from tests.fakes.loganalytics import Fault
 from tests.fakes.server import FakeServer, serve
 from tests.fakes.webhook import WebhookHandler
-from tests.helpers import FILES, RULE, expected_findings
+from tests.helpers import FILES, ROOT, RULE, expected_findings
 from tests.test_loganalytics import Workspace, file_findings, findings_of, rule, workspace  # noqa: F401 - fixtures
 from tests.test_runs import NOW, Clock, FlakySource, RecordingSink, settings
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Monotonic:

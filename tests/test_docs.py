@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,8 @@ from detector.cli import build_parser
 from detector.config import SETTING_NAMES, SETTINGS, Setting
 from detector.runner import RunSummary, evaluate_window, run
 from detector.sources import open_source
-from tests.helpers import DAY, FILES, RULE
+from tests.helpers import DAY, FILES, ROOT, RULE
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DOCS = {
     p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")

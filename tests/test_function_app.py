@@ -16,9 +16,8 @@ from azure.functions.timer import TimerRequest
 import function_app
 from detector.config import SETTINGS
 from detector.errors import ConfigError
-from tests.helpers import FILES, RULE, expected_findings
+from tests.helpers import FILES, ROOT, RULE, expected_findings
 
-ROOT = Path(__file__).resolve().parent.parent
 SetEnv = Callable[..., None]
 
 

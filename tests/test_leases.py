@@ -21,10 +21,9 @@ from detector.errors import StateError
 from detector.runner import LEASE_TTL, LeaseKeeper
 from detector.state import LeaseLostError, StateStore, holder_is_dead, new_owner
 from detector.state.file import FileStateStore
-from tests.helpers import FILES, RULE, expected_findings
+from tests.helpers import FILES, ROOT, RULE, expected_findings
 from tests.test_state_stores import store  # noqa: F401 - the file and Azurite table store fixture
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 
 

@@ -23,10 +23,10 @@ from detector.sources import open_source
 from detector.sources.file import FileSource
 from detector.sources.kql_query import datetime_literal
 from detector.sources.loganalytics import LogAnalyticsSource, QueryLimits, RequestPacer, _table_rows
-from tests.conftest import FILES
 from tests.fakes import tls
 from tests.fakes.loganalytics import INGESTION_COLUMN, Fault, LogAnalyticsFake, serve_log_analytics
 from tests.fakes.server import FakeServer
+from tests.helpers import FILES
 
 WS = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

@@ -19,9 +19,8 @@ from detector.report import render_html
 from detector.simulate import counts_by_label, simulate
 from detector.sources import ReadRequest
 from detector.sources.file import FileSource
-from tests.helpers import DAY, FILES, RULE, expected_findings
+from tests.helpers import DAY, FILES, ROOT, RULE, expected_findings
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "simulation-example.html"
 PORT_RULE_ID = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 EXAMPLE_ARGS = [

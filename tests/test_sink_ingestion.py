@@ -8,7 +8,6 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb_kql
@@ -38,7 +37,8 @@ from detector.sinks.ingestion import (
 )
 from tests.fakes.ingestion import IngestionHandler, row_problems, stream_columns
 from tests.fakes.server import FakeServer, serve
-from tests.sink_support import CLIENT_ID, DAY, DCR_ID, findings, the_rule
+from tests.helpers import DAY, ROOT
+from tests.sink_support import CLIENT_ID, DCR_ID, findings, the_rule
 
 if TYPE_CHECKING:
     from tests.fakes.tls import TestPki
@@ -397,7 +397,7 @@ def test_alert_query_alerts_once_per_new_finding_with_its_latest_row(ingestion: 
 
 def test_docs_example_row_is_current() -> None:
     """docs/sinks.md shows a real row; it must be what the code produces for the first fixture finding."""
-    docs = Path(__file__).resolve().parents[1] / "docs" / "sinks.md"
+    docs = ROOT / "docs" / "sinks.md"
     example = docs.read_text(encoding="utf-8").split("<!-- example-row -->", 2)[1]
     shown = json.loads(example.strip().removeprefix("```json").removesuffix("```"))
     expected = finding_row(findings()[2], datetime(2026, 11, 27, 0, 31, 2, tzinfo=UTC))
