@@ -77,6 +77,7 @@ for move in "${MOVES[@]}"; do
     read -r old new <<<"$move"
     path_args+=(-e "s#tests/${old}#tests/${new}#g")
 done
+path_args+=(-e "s#tests/test_sink_\\*\\.py#tests/sinks/test_*.py#g")
 git ls-files -z -- 'tests/*.py' 'docs/*.md' 'README.md' 'Makefile' 'pyproject.toml' '.ci/*' |
     xargs -0 -r sed -i "${path_args[@]}"
 
