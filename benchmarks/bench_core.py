@@ -43,8 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from generate import DATA, END, START, Day, write_day  # noqa: E402
-
+from benchmarks.generate import DATA, END, START, Day, write_day  # noqa: E402
 from detector.logic.high_port_count import OUTPUT_COLUMNS  # noqa: E402
 
 COLUMNS = list(OUTPUT_COLUMNS)  # the rule's 18 output columns, compared one by one with the anchor's

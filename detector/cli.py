@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # or inconsistent state (one `error:` line says what to fix). 3: nothing failed, but part of the work was
 # left to another run: a live run held a lease (steppedAside) or the run deadline came (deadlineReached).
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
-log = logging.getLogger("detector")
+log = logging.getLogger(__name__)
 
 EXIT_CODES = f"""exit status:
   {EXIT_OK}  the command completed, findings or not
@@ -63,6 +63,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m detector` argument parser, with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="python -m detector",
         description="Sentinel scheduled rules over W3CIISLog, in Python.",
@@ -386,6 +387,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     try:

@@ -33,6 +33,7 @@ def explain(rules: list[Rule], settings: Settings, now: datetime, window: Window
 
 
 def explain_rule(rule: Rule, settings: Settings, store: object, now: datetime, window: Window | None) -> str:
+    """The `explain` text: the rule's parameters, the windows the next run would evaluate, and its KQL."""
     from detector.state import StateStore
 
     assert isinstance(store, StateStore)  # noqa: S101 - typed loosely to keep the state package import lazy

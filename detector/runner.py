@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from detector.deadline import Deadline, current_deadline, running_until
 from detector.errors import ConfigError, DeadlineReachedError, DetectorError, SinkError, SourceError
@@ -31,7 +31,7 @@ from detector.windows import bins_of, evaluation_period, is_aligned, merge_bins,
 if TYPE_CHECKING:
     from detector.config import Settings
 
-log = logging.getLogger("detector")
+log = logging.getLogger(__name__)
 
 # A run holds its leases this long and a heartbeat thread renews them every HEARTBEAT while it works (and
 # every window renews too), so a run that died blocks the next for at most LEASE_TTL; on the file store a
@@ -48,13 +48,16 @@ BACKFILL_PIECE = timedelta(hours=1)
 OUTBOX_LEASE = "outbox"
 
 
+RunKind = Literal["window", "recheck", "backfill"]
+
+
 @dataclass
 class RuleRun:
     """What one evaluation of one window did."""
 
     rule_id: str
     window: Window
-    kind: str = "window"  # window | recheck | backfill
+    kind: RunKind = "window"
     rows_evaluated: int = 0
     findings: list[Finding] = field(default_factory=list)
     staged: int = 0
@@ -135,7 +138,7 @@ def _counted(rows: Iterator[Row], run: RuleRun) -> Iterator[Row]:
         yield row
 
 
-def evaluate_window(rule: Rule, source: Source, window: Window, kind: str = "window") -> RuleRun:
+def evaluate_window(rule: Rule, source: Source, window: Window, kind: RunKind = "window") -> RuleRun:
     """Read the rows one rule needs for a window and evaluate it. Raises if the source cannot answer whole."""
     run = RuleRun(rule.id, window, kind)
     logic = rule.logic

@@ -11,8 +11,6 @@ from detector.errors import InputError
 from detector.kql import parse_datetime, strcat, tohex, tolong, url_decode
 from detector.models import Row
 
-TABLE = "W3CIISLog"
-
 # Types from the table reference (learn.microsoft.com/azure/azure-monitor/reference/tables/w3ciislog).
 # The status columns are strings, not ints.
 COLUMN_TYPES: dict[str, str] = {

@@ -27,8 +27,8 @@ from detector.sources import file as jsonl_module
 from detector.sources import iis as iis_module
 from detector.sources.file import FileSource
 from detector.sources.iis import IisLogSource
+from tests.helpers import FILES
 
-FILES = Path(__file__).resolve().parent / "files"
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
 WINDOW = Window(DAY, DAY + timedelta(days=1))
 

@@ -54,7 +54,6 @@ __all__ = [
     "column",
     "logic_class",
     "register",
-    "registered_ids",
 ]
 
 
@@ -158,9 +157,3 @@ def logic_class(rule_id: str) -> type[RuleLogic] | None:
             importlib.import_module(f"{__name__}.{module.name}")
         _loaded = True
     return _REGISTRY.get(rule_id.lower())
-
-
-def registered_ids() -> list[str]:
-    """Rule ids that have logic."""
-    logic_class("")
-    return sorted(_REGISTRY)

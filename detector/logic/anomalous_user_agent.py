@@ -145,8 +145,10 @@ class AnomalousUserAgent(RuleLogic):
         return tuple(result[c] for c in GROUP_KEYS)
 
     def finding_key(self, result: Mapping[str, Any], window: Window) -> tuple[Any, ...]:
-        """Identity of a whole-window group: the window it was counted over and its 13 keys (never its count,
-        so a re-check that counts more updates the same finding)."""
+        """Identity of a whole-window group: the window it was counted over and its 13 keys.
+
+        Never its count, so a re-check that counts more updates the same finding.
+        """
         return (window.start, window.end, *self.group_key(result))
 
     def first_activity(self, result: Mapping[str, Any]) -> Any:

@@ -1,4 +1,4 @@
-"""Sentinel rule 968358d6 "Exchange SSRF Autodiscover ProxyShell - Detection" (v1.0.1).
+r"""Sentinel rule 968358d6 "Exchange SSRF Autodiscover ProxyShell - Detection" (v1.0.1).
 
 The query, step by step (row-level: every matching request is a result row):
   where scStatus has_any (dynamic([200, 302, 401]))          terms "200", "302", "401" of a string column

@@ -152,8 +152,11 @@ class SilkTyphoon(RuleLogic):
         return results
 
     def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Identity of a request: every column IIS logged of it, never the window, nor what Azure Monitor
-        adds (_ResourceId, FileUri: an IIS source does not carry them; the same request gives one id)."""
+        """Identity of a request: every column IIS logged of it.
+
+        Never the window, nor what Azure Monitor adds (_ResourceId, FileUri: an IIS source does not carry
+        them), so the same request gives one id whichever source saw it.
+        """
         return tuple(result[c] for c in TABLE_COLUMNS if c not in ("_ResourceId", "FileUri"))
 
     def title(self, result: Mapping[str, Any]) -> str:

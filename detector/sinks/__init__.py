@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 
 class Sink(ABC):
-    """Delivers findings. Must be idempotent on Finding.id: delivering the same finding twice leaves one
-    copy (upsert, or remember what was delivered). Raise SinkError when delivery failed."""
+    """Delivers findings.
+
+    Must be idempotent on Finding.id: delivering the same finding twice leaves one copy (upsert, or
+    remember what was delivered). Raise SinkError when delivery failed.
+    """
 
     name: ClassVar[str]
 

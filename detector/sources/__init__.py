@@ -86,7 +86,7 @@ class MalformedLine(InputError):  # noqa: N818 - a skipped line, an error only w
         super().__init__(where, reason)
 
 
-log = logging.getLogger("detector.sources")
+log = logging.getLogger(__name__)
 WARNINGS_PER_FILE = 10  # then one line with the count, so a broken file cannot flood the log
 
 

@@ -381,8 +381,8 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
     A spec that does not prune takes one pass and keeps the admitted rows. Time-ordered input takes one
     pass: blocks are held until their bins are finished, then their candidate rows are taken and the
     block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one pass
-    to find every candidate, another to take their rows. The first pass is complete before this returns,
-    so a caller may still fall back when it raises.
+    to find every candidate, another to take their rows. Only the finding pass is done before this returns
+    (a caller may fall back when it raises); rows are taken as they are iterated: an error there is not caught.
     """
     if not spec.prunes:
         taken: list[Row] = []

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from detector.config import LogAnalyticsSettings, Settings
 
-log = logging.getLogger("detector.loganalytics")
+log = logging.getLogger(__name__)
 
 # Statuses worth asking again: throttling (the SDK never retries a POST that got 429), gateway and
 # service hiccups, and a server-side timeout (504), which a smaller or later query often avoids.
@@ -76,6 +76,7 @@ class QueryLimits:
     max_attempts: int = 6  # tries of one query before giving up
     max_backoff_seconds: float = 30.0
     max_wait_seconds: float = 180.0  # total sleep on retries of one query (Retry-After included)
+    read_timeout_seconds: float | None = None  # the socket's wait for an answer; None: a little above the server timeout
     max_requests: int = 2_000  # per read(): bounds splitting, so a failing workspace cannot loop
 
 
@@ -153,7 +154,7 @@ def _time_split(start: datetime, end: datetime, size: timedelta) -> datetime | N
 
 @dataclass(frozen=True)
 class _Piece:
-    """One query's worth of a read. `split` returns the halves to ask instead when its answer is cut."""
+    """One query's worth of a read. `halves` returns the pieces to ask instead when its answer is cut."""
 
     kind: str  # candidates | details | raw | bin counts | late bins
     start: datetime
@@ -493,7 +494,7 @@ class LogAnalyticsSource(Source):
         assert client is not None, "queries run inside _session()"  # noqa: S101 - internal invariant
         server_timeout = int(self.settings.server_timeout.total_seconds())
         # Above the server's own timeout, so the server (not the socket) decides; 10 % plus a second of slack.
-        read_timeout = server_timeout * 1.1 + 1
+        read_timeout = self.limits.read_timeout_seconds or server_timeout * 1.1 + 1
         waited, attempt = 0.0, 0
         while True:
             if self.stats.requests - self._requests_at_read_start >= self.limits.max_requests:
