@@ -51,7 +51,7 @@ $(CHECKOV): requirements-infra.txt
 
 # Lint, type-check and run every test (pytest).
 test: lint azurite checkov
-	CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=ci CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest -q
 
 # The developer's loop: no npm, no checkov venv, no child processes (markers: pyproject.toml, tests/conftest.py).
 test-fast: setup
