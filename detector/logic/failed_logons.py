@@ -22,14 +22,17 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self
 
 from detector.kql import CappedSet, bin_datetime, format_timespan, parse_timespan
-from detector.logic import RuleLogic
+from detector.logic import CandidateSpec, Count, RuleLogic, Threshold
 from detector.models import Row, Window
+from detector.pushdown import column as pushdown_column
 from detector.w3ciislog import decoded_query, status_full, win32_status
 
 # `scStatus in ("401","403")`: `in` is case-sensitive, exact equality on the string column.
 FAILED_STATUSES = frozenset(("401", "403"))
 # `csUserName != "-"`: IIS writes "-" when the request carried no user name.
 NO_USER = "-"
+# The same two `where`s as a pushdown filter (what sources apply where the rows are read).
+FAILED_LOGON_FILTER = pushdown_column("scStatus").in_(*sorted(FAILED_STATUSES)) & pushdown_column("csUserName").ne(NO_USER)
 COUNT_COLUMN = "FailedConnectionsCount"
 # Derived columns a set may be built from, and the raw columns each needs.
 _DERIVED_SOURCES: dict[str, tuple[str, ...]] = {
@@ -106,6 +109,17 @@ class FailedLogonCount(RuleLogic):
         threshold = _positive_int(parameters, "failedThreshold", "")
         cap = _positive_int(parameters, "maxSetSize", " (128 for the legacy makeset)")
         return cls(time_bin, threshold, cap)
+
+    def candidate_spec(self) -> CandidateSpec:
+        # where <failed logon> | summarize count() by bin(TimeGenerated, timeBin), <actor>, Computer, sIP
+        # | where FailedConnectionsCount >= failedThreshold: a count over the filtered rows, monotonic.
+        return CandidateSpec(
+            filter=FAILED_LOGON_FILTER,
+            keys=(self.actor, "Computer", "sIP"),
+            time_bin=self.time_bin,
+            measure=Count(),
+            threshold=Threshold(">=", self.failed_threshold),
+        )
 
     def uri_query(self, cs_uri_query: str) -> str:
         """csUriQuery as the query sees it after its own rewrites (none by default)."""
