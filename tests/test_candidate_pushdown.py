@@ -22,6 +22,7 @@ from detector.errors import InputError
 from detector.kql import CappedSet
 from detector.logic.high_port_count import HighPortCountByClientIP
 from detector.models import Window
+from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
 from detector.sources import ReadRequest, Source
 from detector.sources import file as jsonl_module
@@ -511,3 +512,61 @@ def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.M
     _assert_same(IisLogSource(FILES / "iis", "web01.contoso.com"))
     _assert_same(FileSource(FILES / "w3ciislog.jsonl"))
     _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))
+
+
+# --- one read for several rules: a SharedSpec answers every rule's description in the same passes
+
+
+def _shared_results(source: Source, window: Window = WINDOW) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    specs = [rule.logic.candidate_spec() for rule in RULES]
+    columns = tuple(dict.fromkeys(c for rule in RULES for c in rule.logic.columns))
+    required = tuple(dict.fromkeys(c for rule in RULES for c in rule.logic.required_columns))
+    rows = list(source.read(ReadRequest(window, columns, required, SharedSpec.of(s for s in specs if s is not None))))
+    return {rule.id: rule.logic.evaluate(rows, window) for rule in RULES}, len(rows)
+
+
+def _own_results(source: Source, window: Window = WINDOW) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    results, largest = {}, 0
+    for rule in RULES:
+        found, rows = _results(source, window, pushdown=True, rule=rule)
+        results[rule.id], largest = found, max(largest, rows)
+    return results, largest
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("shape", ["jsonl", "iis"])
+def test_one_shared_read_gives_every_rule_its_own_results(tmp_path: Path, seed: int, shape: str) -> None:
+    rng = _rng(200 + seed)
+    rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
+    if seed % 2:
+        rng.shuffle(rows)  # bins seen again: the two-pass strategy, for every part at once
+    else:
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    source: Source
+    if shape == "jsonl":
+        path = tmp_path / "rows.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        source = FileSource(path)
+    else:
+        lines = ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {IIS_FIELDS_A}"]
+        source = _write_iis(tmp_path, lines + [_iis_line(r, IIS_FIELDS_A) for r in rows])
+    shared, shared_rows = _shared_results(source)
+    own, largest_own = _own_results(source)
+    assert shared == own
+    assert {rule_id for rule_id, found in own.items() if found} == {r.id for r in RULES}
+    assert largest_own <= shared_rows < source.read_stats()["rowsRead"]  # a superset of each, far from every row
+    window = Window(DAY + timedelta(hours=2, minutes=7), DAY + timedelta(hours=20, minutes=30))
+    assert _shared_results(source, window)[0] == _own_results(source, window)[0]
+
+
+def test_a_shared_description_read_as_a_plain_one_is_a_superset_for_every_rule() -> None:
+    """A source that does not know SharedSpec sees the union of the filters and no pruning."""
+    from detector.pushdown import CandidateSpec, Count, Threshold, column
+
+    a = CandidateSpec(filter=column("scStatus").eq("404"), keys=("cIP",), threshold=Threshold(">=", 5))
+    b = CandidateSpec(keys=("cIP",), measure=Count(), threshold=Threshold(">=", 9))
+    assert not SharedSpec.of([a, b]).prunes and SharedSpec.of([a, b]).filter is None  # b reads every row
+    both = SharedSpec.of([a, SharedSpec.of([a])])
+    assert both.specs == (a, a) and both.filter is not None
+    assert both.admits({"scStatus": "404"}) and not both.admits({"scStatus": "200"})
+    assert set(SharedSpec.of([a, b]).columns()) == {"TimeGenerated", "cIP", "scStatus"}
