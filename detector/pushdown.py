@@ -797,6 +797,8 @@ class CandidateSpec:
 
     def describe(self) -> str:
         """One line for logs: the spec in KQL-like words."""
+        if isinstance(self, SharedSpec):
+            return " ; ".join(spec.describe() for spec in self.specs)
         parts = []
         if self.filter is not None:
             parts.append(f"where {self.filter.kql_admits() or 'true'}")
@@ -817,3 +819,35 @@ class CandidateSpec:
         if self.threshold is not None:
             parts.append(f"{self.threshold.op} {self.threshold.value}")
         return " | ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedSpec(CandidateSpec):
+    """Several rules' descriptions answered by one read of the rows (`SharedSpec.of(specs)`).
+
+    A source that knows it (the file first passes, detector/sources/candidates.py) returns every row
+    that is a candidate of any of `specs`, each spec pruned exactly as alone: every rule then gets a
+    superset of its own candidate rows, which by the contract above leaves its result unchanged. Read
+    as a plain CandidateSpec by a source that does not know it, it is the union of the filters with no
+    pruning (an opaque measure), which is still a superset for every rule.
+    """
+
+    specs: tuple[CandidateSpec, ...] = ()
+
+    @classmethod
+    def of(cls, specs: Iterable[CandidateSpec]) -> SharedSpec:
+        """The shared description of these specs (a SharedSpec among them is flattened)."""
+        flat: list[CandidateSpec] = []
+        for spec in specs:
+            flat.extend(spec.specs if isinstance(spec, SharedSpec) else (spec,))
+        if not flat:
+            raise ValueError("a shared description needs at least one spec")
+        filters = [spec.filter for spec in flat]
+        union: Predicate | None = None
+        if all(f is not None for f in filters):
+            union = filters[0] if len(filters) == 1 else Or(tuple(f for f in filters if f is not None))
+        return cls(filter=union, measure=Opaque("the measures of several rules"), specs=tuple(flat))
+
+    def columns(self) -> tuple[str, ...]:
+        """Every column any of the specs reads."""
+        return tuple(dict.fromkeys(column for spec in self.specs for column in spec.columns()))

@@ -460,3 +460,35 @@ def test_scheduled_runs_find_the_same_and_pick_up_late_rows_once(workspace: Work
     ips = [r["cIP"] for r in records(out)]
     assert ips.count("203.0.113.200") == 1
     assert len(ips) == len(workspace.expected) + 1
+
+
+LOGON_ROWS = FILES / "w3ciislog_logons.jsonl"
+
+
+@pytest.mark.parametrize("rule_id", ["19e01883-15d8-4eb6-a7a5-3276cd668388", "884c4957-70ea-4f57-80b9-1bca3890315b"])
+def test_failed_logon_rules_are_pushed_down_not_pulled_raw(azure_env: FakeServer, pki: tls.TestPki, rule_id: str) -> None:
+    """Each failed-logon rule's description runs server-side: the candidates query counts failed logons
+    per bin and keys, and only the candidate groups' failed logons come back, never the day's raw rows."""
+    rule = load_rules(rule_id)[0]
+    expected = as_json(evaluate_window(rule, FileSource(LOGON_ROWS), WINDOW).findings)
+    assert expected
+    fake = LogAnalyticsFake(WS)
+    total = fake.load_jsonl(LOGON_ROWS)
+    with serve_log_analytics(pki, fake) as server:
+        workspace = Workspace(fake, server, azure_env, expected)
+        source = workspace.source()
+        run = evaluate_window(rule, source, WINDOW)
+        assert as_json(run.findings) == expected
+        queries = [r.query for r in fake.requests]
+        assert len(queries) == 3  # candidates, rows read, details
+        assert "summarize rows = count() by TimeGenerated = bin(TimeGenerated" in queries[0]
+        assert '| where (scStatus in ("401", "403") and csUserName != "-")' in queries[0]
+        assert '| where (scStatus in ("401", "403") and csUserName != "-")' in queries[2]
+        returned = sum(r.rows for r in fake.requests[2:])
+        in_window = run.source_stats["rowsRead"]
+        assert returned == run.rows_evaluated
+        # Only rows of groups at the threshold came back: a small part of the day (the fake counted them).
+        assert returned < in_window / 4 < total
+        rule_rows = [json.loads(line) for line in LOGON_ROWS.read_text(encoding="utf-8").splitlines()]
+        failed = [r for r in rule_rows if r.get("scStatus") in ("401", "403") and r.get("csUserName") != "-"]
+        assert returned <= len(failed)

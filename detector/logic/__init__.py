@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from detector.kql import format_datetime
+from detector.kql import format_datetime, parse_timespan
 from detector.models import Row, Window
 from detector.pushdown import (
     And,
@@ -51,8 +51,11 @@ __all__ = [
     "StartsWith",
     "Term",
     "Threshold",
+    "bin_parameter",
+    "check_parameters",
     "column",
     "logic_class",
+    "positive_int_parameter",
     "register",
 ]
 
@@ -128,6 +131,35 @@ class RuleLogic(ABC):
     def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         """(label, column) pairs an analyst reads first, in order; every output column by default."""
         return tuple((column, column) for column in self.output_columns)
+
+
+def check_parameters(parameters: Mapping[str, Any], expected: set[str]) -> None:
+    """Raise ValueError naming unknown and missing parameters (what every rule's from_parameters checks first)."""
+    unknown = set(parameters) - expected
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; expected {sorted(expected)}")
+    missing = expected - set(parameters)
+    if missing:
+        raise ValueError(f"missing parameter(s) {sorted(missing)}")
+
+
+def bin_parameter(parameters: Mapping[str, Any], name: str, example: str) -> timedelta:
+    """A time-bin parameter: a positive KQL timespan that divides a day (so bins align with UTC days)."""
+    try:
+        time_bin = parse_timespan(str(parameters[name]))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if time_bin <= timedelta(0) or timedelta(days=1) % time_bin:
+        raise ValueError(f"{name} must be a positive timespan that divides a day, e.g. {example}")
+    return time_bin
+
+
+def positive_int_parameter(parameters: Mapping[str, Any], name: str, hint: str = "") -> int:
+    """A parameter that must be a positive integer."""
+    value = parameters[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{hint}")
+    return value
 
 
 def _plain(value: Any) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from detector.errors import ConfigError, InputError
 from detector.models import Row, Window
@@ -51,7 +51,14 @@ class Source(ABC):
 
     A source either returns every row the rule needs for the window or raises: a partial answer is never
     returned as complete.
+
+    `shares_reads`: True when one read with a SharedSpec (detector.pushdown) answers several rules in the
+    passes of one (the file readers: the runner then reads each window once for every rule due); False
+    when each rule is better served by its own pushed-down request (a Log Analytics workspace, where
+    every rule's queries run server-side).
     """
+
+    shares_reads: ClassVar[bool] = False
 
     @abstractmethod
     def read(self, request: ReadRequest) -> Iterator[Row]:

@@ -112,6 +112,8 @@ def _not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
 class FileSource(Source):
     """Rows from one JSON file."""
 
+    shares_reads = True  # the first pass answers a SharedSpec for every rule at once
+
     def __init__(self, path: Path, strict: bool = False) -> None:
         self.path = path
         self.strict = strict

@@ -116,6 +116,8 @@ def _field_of(column: str) -> str:
 class IisLogSource(Source):
     """Rows from IIS W3C log files."""
 
+    shares_reads = True  # the first pass answers a SharedSpec for every rule at once
+
     def __init__(self, path: Path, computer: str = "", strict: bool = False) -> None:
         self.path = path
         self.computer = computer or socket.gethostname()
