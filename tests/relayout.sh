@@ -15,6 +15,7 @@ fi
 # old path (under tests/) -> new path (under tests/)
 MOVES=(
     "test_sources.py                sources/test_sources.py"
+    "test_sources_realworld.py      sources/test_realworld.py"
     "test_candidate_pushdown.py     sources/test_candidates.py"
     "test_loganalytics.py           sources/test_loganalytics.py"
     "test_loganalytics_query.py     sources/test_kql_query.py"
