@@ -33,8 +33,8 @@ from tests.fakes.loganalytics import Fault
 from tests.fakes.server import FakeServer, serve
 from tests.fakes.webhook import WebhookHandler
 from tests.helpers import FILES, ROOT, RULE, expected_findings
-from tests.test_loganalytics import Workspace, file_findings, findings_of, rule, workspace  # noqa: F401 - fixtures
-from tests.test_runs import NOW, Clock, FlakySource, RecordingSink, settings
+from tests.sources.test_loganalytics import Workspace, file_findings, findings_of, rule, workspace  # noqa: F401 - fixtures
+from tests.test_runner import NOW, Clock, FlakySource, RecordingSink, settings
 
 
 class Monotonic:

@@ -181,7 +181,7 @@ def schema_document() -> dict[str, Any]:
     return {
         "$comment": (
             "Generated from detector/sinks/ingestion.py COLUMNS by `python infra/schema/generate.py`; "
-            "tests/test_sink_ingestion.py fails when they differ. Loaded by infra Bicep with loadJsonContent()."
+            "tests/sinks/test_ingestion.py fails when they differ. Loaded by infra Bicep with loadJsonContent()."
         ),
         "tableName": TABLE_NAME,
         "streamName": STREAM_NAME,
@@ -334,7 +334,7 @@ def alert_rules_document(rules: Sequence[Rule]) -> dict[str, Any]:
         )
     return {
         "$comment": (
-            "Generated from rules/*.yaml by `python infra/schema/generate.py`; tests/test_sink_ingestion.py fails "
+            "Generated from rules/*.yaml by `python infra/schema/generate.py`; tests/sinks/test_ingestion.py fails "
             "when it differs. One Sentinel scheduled rule per detector rule (docs/sinks.md says why)."
         ),
         "queryFrequency": "PT5M",

@@ -24,7 +24,7 @@ from detector.state.file import FileStateStore, _file_name
 from tests.conftest import create_state_table
 from tests.fakes.server import FakeServer
 from tests.helpers import FILES, RULE, expected_findings
-from tests.test_runs import NOW, Clock, FlakySource, RecordingSink, settings
+from tests.test_runner import NOW, Clock, FlakySource, RecordingSink, settings
 
 _tables = itertools.count()
 

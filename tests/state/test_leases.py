@@ -22,7 +22,7 @@ from detector.runner import LEASE_TTL, LeaseKeeper
 from detector.state import LeaseLostError, StateStore, holder_is_dead, new_owner
 from detector.state.file import FileStateStore
 from tests.helpers import FILES, ROOT, RULE, expected_findings
-from tests.test_state_stores import store  # noqa: F401 - the file and Azurite table store fixture
+from tests.state.test_stores import store  # noqa: F401 - the file and Azurite table store fixture
 
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 

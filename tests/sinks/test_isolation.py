@@ -110,7 +110,7 @@ def test_a_finding_a_sink_cannot_carry_never_blocks_the_others_and_is_parked(tmp
     from detector.sinks.jsonl import JsonlSink
     from detector.state import MAX_REJECTIONS
     from detector.state.file import FileStateStore
-    from tests.test_state_stores import FINDINGS
+    from tests.state.test_stores import FINDINGS
 
     store = FileStateStore(tmp_path / "state")
     hostile = replace(FINDINGS[0], id="f" * 32, columns={**FINDINGS[0].columns, "set_csUserAgent": ["Mozilla\ud800"]})
@@ -150,7 +150,7 @@ def test_a_sink_that_is_down_parks_nothing(tmp_path: Path) -> None:
     from detector.runner import deliver_outbox, wall_clock
     from detector.state import MAX_REJECTIONS
     from detector.state.file import FileStateStore
-    from tests.test_state_stores import FINDINGS
+    from tests.state.test_stores import FINDINGS
 
     class Down(Sink):
         name = "down"

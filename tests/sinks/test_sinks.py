@@ -1,4 +1,4 @@
-"""The jsonl sink and the sink registry (the stdout sink: tests/test_stdout.py)."""
+"""The jsonl sink and the sink registry (the stdout sink: tests/sinks/test_stdout.py)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ _WRITER = """
 import dataclasses, sys, time
 from pathlib import Path
 from detector.sinks.jsonl import JsonlSink
-from tests.test_sinks_core import FINDINGS
+from tests.sinks.test_sinks import FINDINGS
 target, prefix, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)
