@@ -27,7 +27,7 @@ from detector.sources.file import FileSource
 from detector.sources.iis import IisLogSource
 from detector.state.file import FileStateStore
 from tests.files import realworld_iis
-from tests.helpers import DAY, RULE
+from tests.helpers import DAY, FILES, RULE
 
 LOGIC = RULE.logic
 
@@ -140,7 +140,7 @@ def test_a_truncated_last_line_is_read_complete_on_a_later_run(folder: realworld
 )
 def test_anything_but_a_regular_file_in_a_log_folder_is_an_error_naming_it(tmp_path: Path, make: Any, message: str) -> None:
     (tmp_path / "W3SVC1").mkdir()
-    shutil.copy(Path(__file__).parent / "files" / "iis" / "W3SVC1" / "u_ex261126.log", tmp_path / "W3SVC1")
+    shutil.copy(FILES / "iis" / "W3SVC1" / "u_ex261126.log", tmp_path / "W3SVC1")
     make(tmp_path)
     with pytest.raises(InputError, match=message) as caught:
         list(IisLogSource(tmp_path, "web01").read(_request(True)))
@@ -161,7 +161,7 @@ def test_file_source_refuses_devices_and_fifos(tmp_path: Path, target: str) -> N
 def test_an_unreadable_subfolder_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "W3SVC1").mkdir()
     (tmp_path / "W3SVC2").mkdir()
-    shutil.copy(Path(__file__).parent / "files" / "iis" / "W3SVC1" / "u_ex261126.log", tmp_path / "W3SVC1")
+    shutil.copy(FILES / "iis" / "W3SVC1" / "u_ex261126.log", tmp_path / "W3SVC1")
     original = Path.iterdir
 
     def iterdir(self: Path) -> Iterator[Path]:
