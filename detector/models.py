@@ -43,9 +43,15 @@ class Window:
 
 
 def finding_id(rule_id: str, *key: Any) -> str:
-    """Stable id of a finding: the same rule and group key always give the same id (a UUID string)."""
+    """Stable id of a finding: the same rule and group key always give the same id (a UUID string).
+
+    Parts are joined by U+001F. A part holding U+001E or U+001F (attacker-controlled values can) has them
+    escaped with U+001E first, so no two different keys give one text (a crafted value must not make its
+    finding overwrite another's); parts without them, i.e. every real key so far, keep the ids they had.
+    """
     parts = [rule_id] + [format_datetime(k) if isinstance(k, datetime) else str(k) for k in key]
-    return str(uuid.uuid5(FINDING_NAMESPACE, "\x1f".join(parts)))
+    escaped = [p.replace("\x1e", "\x1e\x1e").replace("\x1f", "\x1e\x1f") if "\x1e" in p or "\x1f" in p else p for p in parts]
+    return str(uuid.uuid5(FINDING_NAMESPACE, "\x1f".join(escaped)))
 
 
 @dataclass(frozen=True)

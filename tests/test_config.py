@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.config import DURATION_BOUNDS, SETTINGS, Settings, load_settings_file
+from detector.config import DURATION_BOUNDS, SETTINGS, LogAnalyticsSettings, Settings, load_settings_file
 from detector.errors import ConfigError, shown
 from detector.kql import format_timespan
 from tests.helpers import ROOT
@@ -381,3 +381,57 @@ def test_nothing_but_config_reads_the_environment() -> None:
     )
     assert readers == ["config.py"], readers
     assert os.environ is not None
+
+
+# -- Log Analytics settings -------------------------------------------------------------------------------
+
+WS = "11111111-2222-3333-4444-555555555555"
+
+
+def logs_settings(env: dict[str, str]) -> LogAnalyticsSettings:
+    return Settings.from_env(env, source_required=False).logs
+
+
+def test_injection_through_table_setting_is_a_config_error_naming_it() -> None:
+    env = {"DETECTOR_SOURCE": f"loganalytics:{WS}", "DETECTOR_LOGS_TABLE": 'W3CIISLog | where cIP != "x"'}
+    with pytest.raises(ConfigError, match="DETECTOR_LOGS_TABLE") as caught:
+        Settings.from_env(env)
+    assert caught.value.setting == "DETECTOR_LOGS_TABLE"
+    with pytest.raises(ConfigError, match="DETECTOR_LOGS_TABLE"):
+        logs_settings(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DETECTOR_LOGS_ENDPOINT", "http://api.loganalytics.io", "https://"),
+        ("DETECTOR_LOGS_ENDPOINT", "https://x/?q=1", "https://"),
+        ("DETECTOR_LOGS_MODE", "fast", "two-step, raw"),
+        ("DETECTOR_LOGS_SERVER_TIMEOUT", "11m", "1s to 10m"),
+        ("DETECTOR_LOGS_SERVER_TIMEOUT", "1.5s", "1s to 10m"),
+        ("DETECTOR_LOGS_SERVER_TIMEOUT", "soon", "timespan"),
+        ("AZURE_CLIENT_ID", "my-identity", "GUID"),
+    ],
+)
+def test_bad_settings_name_the_setting(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        logs_settings({name: value})
+    assert caught.value.setting == name
+
+
+def test_settings_defaults_and_parsing() -> None:
+    assert logs_settings({}) == LogAnalyticsSettings()
+    parsed = logs_settings(
+        {
+            "DETECTOR_LOGS_ENDPOINT": "https://api.loganalytics.us/",
+            "DETECTOR_LOGS_MODE": "RAW",
+            "DETECTOR_LOGS_TABLE": "IISLogs_CL",
+            "DETECTOR_LOGS_SERVER_TIMEOUT": "10m",
+            "AZURE_CLIENT_ID": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+        }
+    )
+    assert parsed == LogAnalyticsSettings(
+        "https://api.loganalytics.us", "raw", "IISLogs_CL", timedelta(minutes=10), "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    )
+    settings = Settings.from_env({"DETECTOR_SOURCE": f"loganalytics:{WS}", "DETECTOR_LOGS_MODE": "raw"})
+    assert settings.logs.mode == "raw"
