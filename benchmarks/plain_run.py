@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector import runner
+from detector.config import settings_or_env
 from detector.kql import parse_datetime
 from detector.models import Row, Window
 from detector.rules import DEFAULT_RULES_DIR, load_rules
@@ -56,7 +57,9 @@ def main() -> int:
     parser.add_argument("--sink", action="append", required=True)
     args = parser.parse_args()
     window = Window(parse_datetime(args.start), parse_datetime(args.end))
-    source = WithoutCandidates(open_source(args.source, None, args.computer))
+    settings = settings_or_env(None)
+    settings = replace(settings, computer=args.computer or settings.computer)
+    source = WithoutCandidates(open_source(args.source, settings))
     summary = runner.run([(rule, window) for rule in load_rules(args.rule)], source, [open_sink(s) for s in args.sink])
     for rule, error in summary.errors.items():
         print(f"error: {rule}: {error}", file=sys.stderr)
