@@ -11,7 +11,8 @@ child's own ru_maxrss via os.wait4):
 - the anchor, DuckDB running the rule as one SQL statement (duckdb_anchor.py), over the time-ordered
   and the shuffled JSON Lines, and over the shuffled file with Computer set to bench-iis (what the IIS
   source does: Computer is not in a W3C log);
-- ours, as a user runs it: `python -m detector run --source <spec> --start ... --end ... --sink jsonl:...`
+- ours, as a user runs it: `python -m detector run --source <spec> --start ... --end ... --rule <the rule>
+  --sink jsonl:...` (the anchor's rule, High Port Count by client IP, alone)
   on ordered.jsonl, shuffled.jsonl and response.json (`file:`), iis-single/ and iis-many/ (`iis:`
   with --computer bench-iis);
 - the plain path on both IIS folders (plain_run.py: the same CLI code with the candidate pushdown off),
@@ -51,6 +52,8 @@ COLUMNS = list(OUTPUT_COLUMNS)  # the rule's 18 output columns, compared one by 
 IIS_COMPUTER = "bench-iis"
 SHAPES = ("ordered", "shuffled", "response", "iis-single", "iis-many")
 GOAL_ROWS, GROWTH_ROWS = 1_000_000, 4_000_000
+# The anchor runs this one rule, so ours runs it alone too (the other bundled rules would be timed with it).
+RULE = ROOT / "rules" / "high_port_count_by_client_ip.yaml"
 
 
 class BenchError(Exception):
@@ -107,7 +110,8 @@ def anchor(jsonl: Path, out: Path, timeout: float, computer: str | None = None) 
 def ours(source: str, out: Path, timeout: float, computer: str = "", plain: bool = False) -> tuple[Figures, list[dict[str, Any]]]:
     out.unlink(missing_ok=True)
     entry = [str(HERE / "plain_run.py")] if plain else ["-m", "detector", "run"]
-    command = [sys.executable, *entry, "--source", source, "--start", START, "--end", END, "--sink", f"jsonl:{out}"]
+    command = [sys.executable, *entry, "--source", source, "--start", START, "--end", END, "--rule", str(RULE)]
+    command += ["--sink", f"jsonl:{out}"]
     if computer:
         command += ["--computer", computer]
     figures = measure(command, timeout)
