@@ -27,7 +27,8 @@ rows merely come along too, and the rule, which applies the threshold itself on 
 
 Memory follows the work in flight: bins are finished and freed as time moves on (about two bins of
 tuples for time-ordered logs); when a row arrives for a finished bin, the always-exact two-pass
-strategy runs instead.
+strategy runs instead (the input is parsed once more; each block's kept keys are held, its rows read
+again only if it holds candidates).
 
 polars is imported lazily: only a run over a file pays for it, `import function_app` does not.
 """
@@ -241,16 +242,37 @@ class KeyedBlock(ABC):
     def rows(self, records: list[int]) -> Iterator[Row]:
         """The typed rows of these records (in window), exactly as the reader's plain code reads them."""
 
+    def detach(self) -> None:  # noqa: B027 - most blocks hold nothing more than their keys
+        """Free what rows() can get again (bytes, typed rows): the two-pass read holds every block until
+        the end, so a held block must cost little more than its kept records' keys."""
+
 
 class RowsBlock(KeyedBlock):
-    """A block its reader typed row by row (odd lines, a block the columnar parse cannot read exactly)."""
+    """A block its reader typed row by row (odd lines, a block the columnar parse cannot read exactly).
 
-    def __init__(self, rows: list[Row], spec: CandidateSpec, window: Window) -> None:
-        self._rows = [row for row in rows if window.contains(row[TIME])]
+    `again`, when given, types the same rows again (the same list, in the same order), so a detached
+    block keeps no rows.
+    """
+
+    def __init__(
+        self, rows: list[Row], spec: CandidateSpec, window: Window, again: Callable[[], list[Row]] | None = None
+    ) -> None:
+        self.window, self.again = window, again
+        self._rows: list[Row] | None = self._in_window(rows)
         self.keys = rows_frame(self._rows, spec, window)
 
+    def _in_window(self, rows: list[Row]) -> list[Row]:
+        return [row for row in rows if self.window.contains(row[TIME])]
+
+    def detach(self) -> None:
+        if self.again is not None:
+            self._rows = None
+
     def rows(self, records: list[int]) -> Iterator[Row]:
-        return (self._rows[i] for i in records)
+        rows = self._rows
+        if rows is None:
+            rows = self._in_window(self.again())  # type: ignore[misc]
+        return (rows[i] for i in records)
 
 
 class CandidateFinder:
@@ -380,9 +402,9 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
 
     A spec that does not prune takes one pass and keeps the admitted rows. Time-ordered input takes one
     pass: blocks are held until their bins are finished, then their candidate rows are taken and the
-    block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one pass
-    to find every candidate, another to take their rows. The first pass is complete before this returns,
-    so a caller may still fall back when it raises.
+    block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one more
+    pass finds every candidate while holding each block's kept keys, then the candidates' rows are
+    taken. Every row is taken before this returns, so a caller may still fall back when it raises.
     """
     if not spec.prunes:
         taken: list[Row] = []
@@ -393,14 +415,9 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
         return CandidateRead(iter(taken), read)
     try:
         rows, read = _one_pass(blocks(), spec)
-        return CandidateRead(iter(rows), read)
     except OutOfOrder:
-        finder = CandidateFinder(spec, finish_bins=False)
-        read = 0
-        for block in blocks():
-            read += block.rows_read
-            finder.add(_kept(block))
-        return CandidateRead(_take_all(blocks(), finder.result()), read)
+        rows, read = _two_pass(blocks(), spec)
+    return CandidateRead(iter(rows), read)
 
 
 def _kept(block: KeyedBlock) -> pl.DataFrame:
@@ -409,9 +426,11 @@ def _kept(block: KeyedBlock) -> pl.DataFrame:
     return block.keys.filter(pl.col(KEEP))
 
 
-def _take(block: KeyedBlock, found: pl.DataFrame | None) -> Iterator[Row]:
-    """The block's kept rows, of the found groups only unless `found` is None."""
-    kept = _kept(block)
+def _take(block: KeyedBlock, found: pl.DataFrame | None, kept: pl.DataFrame | None = None) -> Iterator[Row]:
+    """The block's kept rows (`kept`: its kept records' keys, when already filtered), of the found groups
+    only unless `found` is None."""
+    if kept is None:
+        kept = _kept(block)
     if found is not None:
         if found.is_empty():
             return iter(())
@@ -420,9 +439,25 @@ def _take(block: KeyedBlock, found: pl.DataFrame | None) -> Iterator[Row]:
     return block.rows(records) if records else iter(())
 
 
-def _take_all(blocks: Iterator[KeyedBlock], found: pl.DataFrame) -> Iterator[Row]:
+def _two_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[Row], int]:
+    """The always-exact strategy for input in any order: every block's keys go to the finder, and each
+    block is held (detached, with only its kept records' bin, group and record) until every candidate is
+    known; then the candidates' rows are taken. The input is parsed once."""
+    finder = CandidateFinder(spec, finish_bins=False)
+    held: list[tuple[KeyedBlock, pl.DataFrame]] = []
+    read = 0
     for block in blocks:
-        yield from _take(block, found)
+        read += block.rows_read
+        kept = _kept(block)
+        finder.add(kept)
+        held.append((block, kept.select(BIN, GROUP, RECORD)))
+        block.detach()
+        del block.keys
+    found = finder.result()
+    taken: list[Row] = []
+    for block, kept in held:
+        taken.extend(_take(block, found, kept))
+    return taken, read
 
 
 def _one_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[Row], int]:

@@ -486,8 +486,23 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             if keys is not None:
                 yield _ColumnarBlock(keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report)
             else:
-                yield RowsBlock(_plain_rows(data, line, request, str(path), report), spec, request.window)
+
+                def again(offset: int = offset, length: int = len(data), first: int = line) -> list[Row]:
+                    return _plain_rows(_read_range(path, offset, length), first, request, str(path), report)
+
+                rows = _plain_rows(data, line, request, str(path), report)
+                yield RowsBlock(rows, spec, request.window, again)
             line += data.count(b"\n")
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    """Bytes of the file read before (a block read again to take its candidates' rows)."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
+    return data
 
 
 def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, report: LineReport) -> list[Row]:
@@ -530,9 +545,7 @@ class _ColumnarBlock(KeyedBlock):
         self.first_line, self.request, self.report = first_line, request, report
 
     def rows(self, records: list[int]) -> Iterator[Row]:
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            lines = handle.read(self.length).split(b"\n")
+        lines = _read_range(self.path, self.offset, self.length).split(b"\n")
         where = str(self.path)
         for index in records:
             # The columns the first pass read are known good; the others are typed (and may be bad) here.

@@ -447,13 +447,32 @@ def _file_blocks(
                 keys = (
                     None if block.nul or not entries.endswith(b"\n") else _columnar_keys(entries, spaces, layout, spec, request)
                 )
+                where = (path, block.offset + start, end - start)
                 if keys is not None:
-                    yield _ColumnarRun(keys, entries, line, layout)
+                    yield _ColumnarRun(keys, entries, line, layout, where)
                     line += keys.height  # one record per line: _columnar_keys checked it
                 else:
+                    before = layout
                     rows, layout = _plain_run(entries, line, layout)
-                    yield RowsBlock(rows, spec, request.window)
+
+                    def again(where: tuple[Path, int, int] = where, first: int = line, before: W3cLayout = before) -> list[Row]:
+                        return _plain_run(_read_range(*where), first, before)[0]
+
+                    yield RowsBlock(rows, spec, request.window, again)
                     line += entries.count(b"\n")
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    """Bytes of the file read before (a run read again to take its candidates' entries)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
+    if len(data) != length:
+        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
+    return data
 
 
 def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> tuple[list[Row], W3cLayout]:
@@ -482,15 +501,16 @@ class _ScannedBlock:
     """A block of whole lines and what the byte scans found in it."""
 
     data: bytes
+    offset: int  # of data in the file
     lone_cr: bool  # a CR not followed by LF: a line break to the plain path's universal newlines, not to polars
     nul: bool  # a NUL byte somewhere: its runs are read entry by entry
     parts: list[tuple[int, int, int]]  # (start, end, spaces) of each run of entries; spaces -1: a directive line
 
 
-def _scan(data: bytes) -> _ScannedBlock:
+def _scan(offset: int, data: bytes) -> _ScannedBlock:
     """Find directive lines, count each run's spaces (for the field-count check), look for lone CRs and NULs."""
     if b"\r" in data and (_LONE_CR.search(data) or data.endswith(b"\r")):  # memchr first: LF files pay nothing
-        return _ScannedBlock(data, True, False, [])
+        return _ScannedBlock(data, offset, True, False, [])
     nul = b"\x00" in data
     parts = []
     position = 0
@@ -502,7 +522,7 @@ def _scan(data: bytes) -> _ScannedBlock:
             cut = _next_directive(data, position)
             parts.append((position, cut, data.count(b" ", position, cut)))
         position = cut
-    return _ScannedBlock(data, False, nul, parts)
+    return _ScannedBlock(data, offset, False, nul, parts)
 
 
 def _scanned_blocks(handle: FileIO) -> Generator[_ScannedBlock, None, None]:
@@ -519,7 +539,7 @@ def _scanned_blocks(handle: FileIO) -> Generator[_ScannedBlock, None, None]:
 
     def next_block() -> _ScannedBlock | None:
         item = next(blocks, None)
-        return None if item is None else _scan(item[1])
+        return None if item is None else _scan(*item)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iis-scan") as worker:
         pending = worker.submit(next_block)
@@ -539,12 +559,20 @@ def _next_directive(data: bytes, position: int) -> int:
 
 
 class _ColumnarRun(KeyedBlock):
-    def __init__(self, keys: pl.DataFrame, data: bytes, first_line: int, layout: W3cLayout) -> None:
-        self.keys, self.data, self.first_line, self.layout = keys, data, first_line, layout
+    """A run of entries the columnar pass read; `where` (path, offset, length) finds its bytes again."""
+
+    def __init__(self, keys: pl.DataFrame, data: bytes, first_line: int, layout: W3cLayout, where: tuple[Path, int, int]) -> None:
+        self.keys, self.first_line, self.layout, self.where = keys, first_line, layout, where
+        self.height = keys.height
+        self._data: bytes | None = data
+
+    def detach(self) -> None:
+        self._data = None
 
     def rows(self, records: list[int]) -> Iterator[Row]:
+        data = self._data if self._data is not None else _read_range(*self.where)
         times: dict[str, datetime] = {}
-        for index, text in zip(records, _lines(self.data, records, self.keys.height), strict=True):
+        for index, text in zip(records, _lines(data, records, self.height), strict=True):
             row = self.layout.line(text, self.first_line + index, times)
             if row is not None and not isinstance(row, W3cLayout):
                 yield row
