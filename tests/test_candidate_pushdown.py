@@ -367,6 +367,30 @@ def test_iis_out_of_order_entries_take_the_two_pass_read(tmp_path: Path) -> None
     assert fast_rows < plain_rows
 
 
+def test_unordered_input_with_odd_lines_reads_held_blocks_again_exactly(tmp_path: Path) -> None:
+    """The two-pass read holds blocks detached (no bytes, no typed rows) and reads again those holding
+    candidates: row-by-row blocks are typed again the same way, columnar ones re-read from their offset."""
+    rng = _rng(14)
+    rows = _random_rows(rng, 3000) + _scans(rng)
+    rng.shuffle(rows)
+    lines = [json.dumps(r, separators=(",", ":")) for r in rows]
+    for index in range(0, len(lines), 97):  # odd lines all over the file: many blocks read row by row
+        lines[index] = lines[index].replace('"TimeGenerated":"2026-11-26T', '"TimeGenerated":"2026-11-26 ')
+    lines.insert(500, "not json")
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    source = FileSource(path)
+    plain_rows, fast_rows = _assert_same(source)
+    assert fast_rows < plain_rows
+    assert source.read_stats()["skippedLines"] == 1
+
+    iis = _iis_day(_rng(15), shuffle=True)
+    for index in range(5, len(iis), 89):
+        iis[index] = iis[index] + " extra"  # a field too many: that run is read entry by entry
+    plain_rows, fast_rows = _assert_same(_write_iis(tmp_path, iis))
+    assert fast_rows < plain_rows
+
+
 @pytest.mark.parametrize(
     ("times", "dates", "typed"),
     [
