@@ -454,3 +454,30 @@ def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.M
     _assert_same(IisLogSource(FILES / "iis", "web01.contoso.com"))
     _assert_same(FileSource(FILES / "w3ciislog.jsonl"))
     _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))
+
+
+@pytest.mark.parametrize("column", ["cIP", "sPort", "TimeGenerated"])
+def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, column: str) -> None:
+    """json.loads keeps the last of a repeated key, polars the first: a block repeating a column the
+    pushdown reads must not be pruned on polars' values (here a scan would drop below the threshold)."""
+    rng = _rng(16)
+    start = DAY + timedelta(hours=5)
+    scan = [
+        {"TimeGenerated": (start + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ"), "Computer": "web01",
+         "sIP": "10.0.0.4", "sPort": 1000 + i, "cIP": "198.51.100.7"}
+        for i in range(35)
+    ]  # fmt: skip
+    decoys = {
+        "cIP": lambda i: f'"cIP":"203.0.113.{i}",',
+        "sPort": lambda i: '"sPort":80,',  # polars sees port 80 on 10 lines: 25 distinct ports, below 30
+        "TimeGenerated": lambda i: '"TimeGenerated":"2026-11-20T00:00:00Z",',  # another day: outside the window
+    }
+    lines = [json.dumps(r, separators=(",", ":")) for r in _random_rows(rng, 200)]
+    for i, row in enumerate(scan):
+        text = json.dumps(row, separators=(",", ":"))
+        lines.append("{" + decoys[column](i) + text[1:] if i < 10 else text)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, _ = _results(FileSource(path), WINDOW, pushdown=False)
+    assert any(result["cIP"] == "198.51.100.7" for result in plain)
+    _assert_same(FileSource(path))

@@ -492,7 +492,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
 
                 rows = _plain_rows(data, line, request, str(path), report)
                 yield RowsBlock(rows, spec, request.window, again)
-            line += data.count(b"\n")
+            line += keys.height if keys is not None else data.count(b"\n")  # a columnar block: one record per line
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
@@ -558,17 +558,25 @@ class _ColumnarBlock(KeyedBlock):
                 yield row
 
 
-def _key_occurrences(data: bytes, columns: tuple[str, ...]) -> dict[str, int] | None:
-    """How often each column's quoted name occurs in the block (one Aho-Corasick pass in native code),
-    or None when the block is not valid UTF-8 (the plain code reports it)."""
+def _each_key_once(data: bytes, columns: list[str], lines: int) -> bool | None:
+    """True when the block names each of these columns (each has a value in every line, so each line
+    names it at least once) exactly once per line; None when the block is not valid UTF-8 (the plain
+    code reports it).
+
+    One Aho-Corasick pass in native code counts all the quoted names together: every line names each
+    at least once, so a total of len(columns) x lines means exactly once each. (A quoted name ends with
+    an unescaped quote, which ends a string, so two matches cannot overlap and none is missed.)
+    """
     import polars as pl
 
+    if not columns:
+        return True
     try:
         text = pl.Series([data]).cast(pl.String)
     except pl.exceptions.PolarsError:
         return None
-    found = text.str.extract_many([f'"{c}"' for c in columns]).explode().drop_nulls().value_counts()
-    return {name[1:-1]: count for name, count in zip(found[found.columns[0]].to_list(), found["count"].to_list(), strict=True)}
+    found = text.str.extract_many([f'"{c}"' for c in columns]).list.len()[0]
+    return bool(found == len(columns) * lines)
 
 
 # What polars makes of a JSON number, boolean, object or array read as a string (str() of the same value
@@ -608,21 +616,17 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         return None
     if frame.height != lines:
         return None  # blank lines: the plain code decides
-    if b"\\" in data and b"\\u" in data and _escaped_key(data):  # memchr first: most blocks hold no backslash
+    if b"\\" in data and _escaped_key(data):  # memchr first: most blocks hold no backslash
         return None
-    occurrences = _key_occurrences(data, wanted)
-    if occurrences is None:
+    nulls_of = {column: frame[column].null_count() for column in wanted}
+    if not _each_key_once(data, [c for c in wanted if not nulls_of[c]], lines):
         return None
     required = set(request.required) | {TIME}
     lines_frame: pl.Series | None = None
     for column in wanted:
-        nulls = frame[column].null_count()
+        nulls = nulls_of[column]
         string = COLUMN_TYPES[column] == "string" and column != TIME
-        if not nulls:
-            # Every line has a value, so names the key at least once: exactly once when the counts agree.
-            if occurrences.get(column, 0) != lines:
-                return None
-        else:
+        if nulls:
             if column in required and (string or column == TIME):
                 return None  # polars reads a missing key and a null alike; the plain code tells them apart
             if lines_frame is None:
@@ -639,9 +643,10 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
 
 def _escaped_key(data: bytes) -> bool:
     """True when some key holds a \\u escape (json.loads and polars could then see the same key twice)."""
-    import re
+    return _ESCAPED_KEY.search(data) is not None
 
-    return re.search(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:', data) is not None
+
+_ESCAPED_KEY = re.compile(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:')
 
 
 def _lines(data: bytes, lines: int) -> pl.Series | None:
