@@ -481,3 +481,53 @@ def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, co
     plain, _ = _results(FileSource(path), WINDOW, pushdown=False)
     assert any(result["cIP"] == "198.51.100.7" for result in plain)
     _assert_same(FileSource(path))
+
+
+def _two_pass_spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    import detector.sources.candidates as candidates_module
+
+    calls: list[bool] = []
+    original = candidates_module._two_pass
+
+    def spy(*args: Any) -> Any:
+        calls.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(candidates_module, "_two_pass", spy)
+    return calls
+
+
+@pytest.mark.parametrize("shuffled_site", [None, 2])
+def test_iis_sites_of_one_day_are_merged_by_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffled_site: int | None
+) -> None:
+    """Each site's file of the day starts at midnight: read side by side, merged by time, bins are still
+    finished on the way (one pass); a site whose entries go back in time makes it the two-pass read.
+    Either way the results are the plain read's. Sites share addresses and scanners, so groups span files,
+    and header blocks come every few entries."""
+    two_pass = _two_pass_spy(monkeypatch)
+    rng = _rng(17)
+    rows = _random_rows(rng, 4000) + _scans(rng) + _scans(rng)
+    sites: list[list[dict[str, Any]]] = [[], [], []]
+    for row in rows:
+        sites[rng.randrange(3)].append(row)  # a scan's ports spread over three files
+    for index, site in enumerate(sites):
+        if index == shuffled_site:
+            rng.shuffle(site)
+        else:
+            site.sort(key=lambda r: r["TimeGenerated"])
+        lines: list[str] = []
+        for number, row in enumerate(site):
+            if number % rng.randint(1, 8) == 0:
+                lines += [
+                    "#Software: Microsoft Internet Information Services 10.0",
+                    f"#Date: {row['TimeGenerated'][:10]} 00:00:00",
+                ]
+                lines.append(f"#Fields: {IIS_FIELDS_A}")
+            lines.append(_iis_line(row, IIS_FIELDS_A))
+        folder = tmp_path / f"W3SVC{index + 1}"
+        folder.mkdir()
+        (folder / "u_ex261126.log").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    plain_rows, fast_rows = _assert_same(IisLogSource(tmp_path, "web01"))
+    assert fast_rows < plain_rows
+    assert bool(two_pass) == (shuffled_site is not None)

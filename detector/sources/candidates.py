@@ -35,6 +35,7 @@ polars is imported lazily: only a run over a file pays for it, `import function_
 
 from __future__ import annotations
 
+import heapq
 import importlib.util
 from abc import ABC, abstractmethod
 from collections import deque
@@ -62,6 +63,7 @@ _HASH_SEED = 0x5EED  # any fixed seed: hashes are only compared within one proce
 # Analytics exports sort them) never go back; logs merged from a few servers may go back a little.
 SLACK_BINS = 2
 BOM = b"\xef\xbb\xbf"
+NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
 PLAIN_INTEGER = r"^[0-9]{1,18}$"  # digits that fit an Int64, as W3C fields and digit strings write them
 
 
@@ -228,9 +230,14 @@ def rows_frame(rows: Sequence[Row], spec: CandidateSpec, window: Window) -> pl.D
 
 
 class KeyedBlock(ABC):
-    """One block of a file in the first pass: its key frame, and a way to the full rows of some records."""
+    """One block of a file in the first pass: its key frame, and a way to the full rows of some records.
+
+    `floor`, when set (by time_merged), is the smallest bin any later block starts at: the one-pass read
+    finishes the bins more than SLACK_BINS below it, instead of below the newest bin seen.
+    """
 
     keys: pl.DataFrame
+    floor: int | None = None
 
     @property
     def rows_read(self) -> int:
@@ -312,8 +319,9 @@ class CandidateFinder:
             self._found_frame = pl.concat(self._found) if self._found else _no_groups()
         return self._found_frame
 
-    def add(self, batch: pl.DataFrame) -> None:
-        """Add the kept rows of one block's key frame."""
+    def add(self, batch: pl.DataFrame, floor: int | None = None) -> None:
+        """Add the kept rows of one block's key frame; `floor`: the smallest bin later blocks start at
+        (None: the newest bin seen is taken for it; NO_BIN: nothing can be finished yet)."""
         import polars as pl
 
         if self.distinct:
@@ -322,6 +330,8 @@ class CandidateFinder:
         else:
             batch = batch.group_by(BIN, GROUP).agg(pl.len().cast(pl.Int64).alias("_n"))
         if batch.is_empty():
+            if floor is not None and floor > NO_BIN and self.finish_bins and self.bin_us is not None:
+                self._finish(floor - SLACK_BINS * self.bin_us)
             return
         low, high = batch[BIN].min(), batch[BIN].max()
         if not isinstance(low, int) or not isinstance(high, int):
@@ -331,8 +341,8 @@ class CandidateFinder:
         self._pending.append(batch)
         self._pending_rows += batch.height
         self._newest_bin = high if self._newest_bin is None else max(self._newest_bin, high)
-        if self.finish_bins and self.bin_us is not None:
-            self._finish(self._newest_bin - SLACK_BINS * self.bin_us)
+        if self.finish_bins and self.bin_us is not None and (floor is None or floor > NO_BIN):
+            self._finish((self._newest_bin if floor is None else floor) - SLACK_BINS * self.bin_us)
         elif self._pending_rows > self._compact_at:
             # Unordered input: keep distinct tuples (or per-group counts) so memory follows groups, not rows.
             merged = self._compact(pl.concat(self._pending))
@@ -350,6 +360,9 @@ class CandidateFinder:
         import polars as pl
 
         if self._finished_below is not None and below <= self._finished_below:
+            return
+        if not self._pending:
+            self._finished_below = below
             return
         pending = pl.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
         done = pending.filter(pl.col(BIN) < below)
@@ -468,7 +481,7 @@ def _one_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[R
     for block in blocks:
         read += block.rows_read
         kept = _kept(block)
-        finder.add(kept)
+        finder.add(kept, block.floor)
         high = kept[BIN].max() if not kept.is_empty() else None
         held.append((block, high))  # type: ignore[arg-type]
         while held and (held[0][1] is None or held[0][1] < finder.finished_below):
@@ -479,3 +492,27 @@ def _one_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[R
     for block, _ in held:
         taken.extend(_take(block, found))
     return taken, read
+
+
+def time_merged(streams: Sequence[Iterator[KeyedBlock]]) -> Iterator[KeyedBlock]:
+    """The blocks of several streams that each run in time order (one day's logs of several web sites),
+    merged by time: the block starting earliest comes next, and each block's `floor` says where the
+    others stand, so the one-pass read finishes bins as all streams move past them. A stream that goes
+    back in time makes the finder raise OutOfOrder (and the caller takes the exact two-pass read), as
+    for one stream. One block of each stream is read ahead."""
+    heap: list[tuple[int, int, KeyedBlock]] = []
+
+    def push(index: int) -> None:
+        block = next(streams[index], None)
+        if block is not None:
+            start = block.keys[BIN].min() if block.keys.height else None
+            heapq.heappush(heap, (start if isinstance(start, int) else NO_BIN, index, block))
+
+    for index in range(len(streams)):
+        push(index)
+    while heap:
+        _, index, block = heapq.heappop(heap)
+        push(index)
+        # No block after the last one: any bin may be finished (None: below the newest, as for one stream).
+        block.floor = heap[0][0] if heap else None
+        yield block

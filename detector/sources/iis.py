@@ -68,6 +68,7 @@ from detector.sources.candidates import (
     polars_lines,
     read_with_pushdown,
     skip_bom,
+    time_merged,
 )
 from detector.w3ciislog import COLUMN_TYPES
 
@@ -260,6 +261,7 @@ class W3cLayout:
     time_index: int | None = None
     directive_date: str = ""
     unusable: str = ""  # why entries under the current #Fields cannot be W3CIISLog rows (FTP, no time)
+    fields_text: str | None = None  # the #Fields value this layout was made from
     # #Fields values worked out so far (shared by the layouts of one file)
     fields_cache: dict[str, tuple[dict[str, object], tuple[tuple[str, bool, bool], ...]]] = field(
         default_factory=dict, compare=False, repr=False
@@ -304,9 +306,9 @@ class W3cLayout:
             where = f"{self.path}:{number}"
             for text, per_block, warning in notices:
                 self.report.notice(f"{where if per_block else self.path}: {text}", warning=warning)
-            if all(getattr(self, key) == change for key, change in changes.items()):
+            if value == self.fields_text:
                 return self  # the same #Fields again: the same layout
-            return self._with(changes)
+            return self._with({**changes, "fields_text": value})
         if name == "date":
             day = value.strip().split(" ")[0]
             return self if day == self.directive_date else self._with({"directive_date": day})
@@ -435,8 +437,24 @@ def _read_candidates(
 def _all_blocks(
     files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> Iterator[KeyedBlock]:
+    for group in _same_period(files):
+        if len(group) == 1:
+            yield from _file_blocks(group[0], computer, request, spec, report)
+        else:
+            yield from time_merged([_file_blocks(path, computer, request, spec, report) for path in group])
+
+
+MERGED_FILES = 16  # most files of one period read side by side (each has a reader thread and a block in flight)
+
+
+def _same_period(files: list[Path]) -> list[list[Path]]:
+    """The files in groups read side by side, merged by time: IIS names a log after its period
+    (u_exYYMMDD.log), so files of the same name in several site folders cover the same hours, and one
+    after the other each would start back at midnight. Groups come in name order (time order)."""
+    groups: dict[str, list[Path]] = {}
     for path in files:
-        yield from _file_blocks(path, computer, request, spec, report)
+        groups.setdefault(path.name.lower(), []).append(path)
+    return [group[i : i + MERGED_FILES] for _, group in sorted(groups.items()) for i in range(0, len(group), MERGED_FILES)]
 
 
 def _file_blocks(
