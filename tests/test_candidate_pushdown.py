@@ -531,3 +531,52 @@ def test_iis_sites_of_one_day_are_merged_by_time(
     plain_rows, fast_rows = _assert_same(IisLogSource(tmp_path, "web01"))
     assert fast_rows < plain_rows
     assert bool(two_pass) == (shuffled_site is not None)
+
+
+RESPONSE_COLUMNS = ["TenantId", "TimeGenerated", "sSiteName", "csMethod", "csUriQuery", "sIP", "sPort", "cIP",
+                    "csUserName", "csUserAgent", "scStatus", "scSubStatus", "scWin32Status", "Computer"]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_saved_response_gives_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """A saved Log Analytics response, read as a stream in small chunks and small blocks (so block starts
+    fall anywhere in a chunk), in time order or not, with odd rows: not a list, a number where an
+    address belongs, a lone surrogate escape in a key, a port as a digit string, rows outside the window."""
+    monkeypatch.setattr(jsonl_module, "RESPONSE_BLOCK_ROWS", 97)
+    monkeypatch.setattr(jsonl_module, "STREAM_CHUNK", 61 if seed % 2 else 4096)
+    rng = _rng(20 + seed)
+    rows = _random_rows(rng, 3000) + _scans(rng)
+    if seed < 2:
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    else:
+        rng.shuffle(rows)
+    values = [[row.get(c) for c in RESPONSE_COLUMNS] for row in rows]
+    if seed >= 1:
+        values[10] = "not a row"
+        values[20] = values[20][:-1]  # a value short
+        values[30][RESPONSE_COLUMNS.index("cIP")] = 7  # a number: the plain code makes it "7"
+        values[40][RESPONSE_COLUMNS.index("sPort")] = "0042"
+        values[50][RESPONSE_COLUMNS.index("cIP")] = "198.51.100.\ud800"
+        values[60][RESPONSE_COLUMNS.index("TimeGenerated")] = "2026-11-25T23:59:59.9999999Z"
+    body = {"tables": [{"name": "PrimaryResult", "columns": [{"name": c, "type": "string"} for c in RESPONSE_COLUMNS],
+                        "rows": values}]}  # fmt: skip
+    path = tmp_path / "response.json"
+    path.write_text(json.dumps(body, separators=(",", ":") if seed % 2 else (", ", ": ")), encoding="utf-8")
+    source = FileSource(path)
+    plain_rows, fast_rows = _assert_same(source)
+    assert fast_rows < plain_rows
+    assert source.read_stats()["skippedLines"] == (2 if seed >= 1 else 0)
+
+
+def test_a_response_key_the_plain_code_refuses_takes_the_plain_read(tmp_path: Path) -> None:
+    rng = _rng(24)
+    rows = _random_rows(rng, 500) + _scans(rng)
+    values = [[row.get(c) for c in RESPONSE_COLUMNS] for row in rows]
+    values[5][RESPONSE_COLUMNS.index("sPort")] = "eighty"  # the plain read skips the row and says why
+    body = {"tables": [{"name": "PrimaryResult", "columns": [{"name": c} for c in RESPONSE_COLUMNS], "rows": values}]}
+    path = tmp_path / "response.json"
+    path.write_text(json.dumps(body), encoding="utf-8")
+    source = FileSource(path)
+    plain_rows, fast_rows = _assert_same(source)
+    assert fast_rows == plain_rows  # the plain read ran: every row of the window, less the skipped one
+    assert source.read_stats()["skippedLines"] == 1

@@ -56,6 +56,7 @@ from detector.sources import (
     Source,
     files_changed_after,
     register_source,
+    representable,
     typed,
 )
 from detector.sources.candidates import (
@@ -70,11 +71,12 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     line_blocks,
+    microseconds,
     polars_lines,
     read_with_pushdown,
     skip_bom,
 )
-from detector.w3ciislog import COLUMN_TYPES
+from detector.w3ciislog import COLUMN_TYPES, coerce_value
 
 if TYPE_CHECKING:
     import polars as pl
@@ -131,10 +133,12 @@ class FileSource(Source):
         self._report = report = LineReport(self.strict)
         spec = request.candidates
         # Strict reading must see every line's every column, which is the plain read's work.
-        if columnar_applies(spec) and spec is not None and not self.strict and self._is_json_lines():
+        kind = self._columnar_kind() if columnar_applies(spec) and spec is not None and not self.strict else ""
+        if kind and spec is not None:
+            read_candidates = _read_candidates if kind == "jsonl" else _read_response_candidates
 
             def fast() -> Iterator[Row]:
-                found = _read_candidates(self.path, request, spec, report)
+                found = read_candidates(self.path, request, spec, report)
                 report.rows_read = found.rows_read
                 return found.rows
 
@@ -154,18 +158,21 @@ class FileSource(Source):
                 if spec is None or spec.admits(row):
                     yield row
 
-    def _is_json_lines(self) -> bool:
-        """True when the first line is one JSON object that is not a Log Analytics response."""
+    def _columnar_kind(self) -> str:
+        """ "jsonl" when the first line is one JSON object that is not a Log Analytics response, "response"
+        for a saved response the stream reader reads ({"tables": first), else "" (the plain read decides)."""
         try:
             with self._open() as handle:
                 first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
         except InputError:
-            return False  # the plain path reports it
+            return ""  # the plain path reports it
+        if _LA_RESPONSE_START.match(first_line):
+            return "response"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
         except (ValueError, RecursionError):
-            return False
-        return isinstance(head, dict) and "tables" not in head
+            return ""
+        return "jsonl" if isinstance(head, dict) and "tables" not in head else ""
 
     def _open(self) -> Any:
         where = str(self.path)
@@ -408,6 +415,11 @@ class _JsonStream:
             self.expect("}")
             return
 
+    def byte_position(self) -> int:
+        """The file offset of the stream's position (where the next value, or the comma before it, starts)."""
+        undecoded = self.decoder.getstate()[0]
+        return self.offset - len(undecoded) - len(self.text[self.pos :].encode("utf-8"))
+
     def la_tables(self) -> Iterator[tuple[str, Any]]:
         """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one)."""
         streamed = False
@@ -463,6 +475,180 @@ class _JsonStream:
                 self.value()
         if not columns:
             raise InputError(self.where, "each table needs 'columns' (with 'name') and 'rows'")
+
+
+# -- the columnar first pass over a saved Log Analytics response ----------------------------------------
+
+RESPONSE_BLOCK_ROWS = 20_000  # rows per key frame: as many as a JSON Lines block holds
+
+
+def _read_response_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
+    """Rows of candidate groups of a saved response; raises Unavailable before returning any row."""
+    return candidate_rows(lambda: _response_blocks(path, request, spec, report), spec)
+
+
+def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+    """The response's rows in blocks: each row is parsed by json's decoder (as the plain stream does), the
+    key columns of a block are typed by the plain code once per distinct value, and a block keeps only its
+    key frame and where its rows start in the file (taking rows parses that stretch again)."""
+    where = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    wanted = list(spec.columns())
+    with handle:
+        start = skip_bom(handle)
+        stream = _JsonStream(handle, start, where)
+        names: list[str] = []
+        positions: list[int] = []
+        raw: list[list[Any]] = [[] for _ in wanted]
+        index = first_index = 0
+        block_start = -1  # the first block is found again by reading from the top
+        try:
+            for event, payload in stream.la_tables():
+                if event == "columns":
+                    try:
+                        names = [c["name"] for c in payload]
+                    except (KeyError, TypeError):
+                        raise Unavailable from None  # the plain read reports it
+                    if any(c not in names for c in request.required):
+                        raise Unavailable
+                    positions = [names.index(c) if c in names else -1 for c in wanted]
+                    continue
+                label = f"row {index}"
+                index += 1
+                if isinstance(payload, list) and len(payload) == len(names):
+                    for values, position in zip(raw, positions, strict=True):
+                        values.append(payload[position] if position >= 0 else None)
+                else:
+                    report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
+                    for values in raw:
+                        values.append(_MALFORMED)
+                if index - first_index == RESPONSE_BLOCK_ROWS:
+                    yield _response_block(raw, wanted, names, path, block_start, first_index, request, spec, report)
+                    raw = [[] for _ in wanted]
+                    block_start, first_index = stream.byte_position(), index
+        except _NotStreamable:
+            raise Unavailable from None
+        if index > first_index:
+            yield _response_block(raw, wanted, names, path, block_start, first_index, request, spec, report)
+
+
+_MALFORMED = object()  # a row the plain read skips (not a list of the columns)
+_FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
+
+
+def _response_block(
+    raw: list[list[Any]],
+    wanted: list[str],
+    names: list[str],
+    path: Path,
+    offset: int,
+    first_index: int,
+    request: ReadRequest,
+    spec: CandidateSpec,
+    report: LineReport,
+) -> KeyedBlock:
+    """A block's key frame: every key value typed by coerce_value (the plain code), once per distinct value.
+    A key value the plain code refuses (rare) sends the file to the plain read, which reports the row."""
+    import polars as pl
+
+    where = str(path)
+    count = len(raw[0])
+    bad = [value is _MALFORMED for value in raw[0]]
+    columns: dict[str, list[Any]] = {}
+    for column, values in zip(wanted, raw, strict=True):
+        typed_of: dict[tuple[type, Any], Any] = {}
+        out: list[Any] = []
+        for record, value in enumerate(values):
+            if bad[record]:
+                out.append(None)
+                continue
+            try:
+                key = (type(value), value)
+                result = typed_of.get(key, _MALFORMED)
+            except TypeError:  # a list or object: unhashable, and refused below
+                key, result = None, _MALFORMED
+            if result is _MALFORMED:
+                try:
+                    result = coerce_value(column, value, where)
+                    if isinstance(result, str):
+                        result = representable({column: result})[column]
+                    elif isinstance(result, datetime):
+                        result = microseconds(result)
+                except (InputError, OverflowError):
+                    result = _MALFORMED
+                if key is not None:
+                    typed_of[key] = result
+            if result is _MALFORMED:
+                raise Unavailable  # the plain read skips and reports the row, with its own message
+            out.append(result)
+        columns[column] = out
+    times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
+    schema: dict[str, Any] = {"_t": pl.Int64}
+    data: dict[str, list[Any]] = {"_t": times}
+    for column in wanted:
+        if column == TIME:
+            continue
+        string = COLUMN_TYPES[column] == "string"
+        schema[column] = pl.String if string else pl.Int64
+        data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
+    frame = pl.DataFrame(data, schema=schema)
+    return _ResponseBlock(keys_frame(frame, spec, request.window), path, offset, first_index, count, names, request, report)
+
+
+class _ResponseBlock(KeyedBlock):
+    """`count` rows of a saved response from row `first_index`, whose comma before the first row is at
+    `offset` (-1: the first block, read from the top of the file)."""
+
+    def __init__(
+        self,
+        keys: pl.DataFrame,
+        path: Path,
+        offset: int,
+        first_index: int,
+        count: int,
+        names: list[str],
+        request: ReadRequest,
+        report: LineReport,
+    ) -> None:
+        self.keys, self.path, self.offset, self.first_index, self.count = keys, path, offset, first_index, count
+        self.names, self.request, self.report = names, request, report
+
+    def _raw_rows(self, handle: Any, last: int) -> Iterator[Any]:
+        where = str(self.path)
+        if self.offset < 0:
+            stream = _JsonStream(handle, skip_bom(handle), where)
+            rows = (payload for event, payload in stream.la_tables() if event == "row")
+            for _ in range(last + 1):
+                yield next(rows)
+            return
+        handle.seek(self.offset)
+        stream = _JsonStream(handle, self.offset, where)
+        for _ in range(last + 1):
+            stream.expect(",")
+            yield stream.value()
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        where = str(self.path)
+        wanted = set(records)
+        taken: list[Row] = []
+        with self.path.open("rb") as handle:
+            for record, payload in enumerate(self._raw_rows(handle, records[-1])):
+                if record not in wanted:
+                    continue
+                label = f"row {self.first_index + record}"
+                if not isinstance(payload, list) or len(payload) != len(self.names):
+                    raise InputError(where, "changed while it was read; run again")
+                try:
+                    row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, label)
+                except MalformedLine as exc:
+                    self.report.skip(exc)
+                    continue
+                if self.request.window.contains(row[TIME]):
+                    taken.append(row)
+        return iter(taken)
 
 
 # -- the columnar first pass over JSON Lines -------------------------------------------------------------
