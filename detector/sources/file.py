@@ -41,6 +41,7 @@ import io
 import json
 import re
 import stat
+from array import array
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -350,6 +351,8 @@ class _JsonStream:
     def __init__(self, handle: Any, start: int, where: str) -> None:
         self.handle, self.where, self.offset = handle, where, start
         self.text, self.pos, self.eof = "", 0, False
+        self.base = 0  # characters dropped from the front of text so far
+        self.value_start = 0  # where the last value() began, in characters from the start
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.json = json.JSONDecoder()
 
@@ -365,12 +368,15 @@ class _JsonStream:
         self.offset += len(chunk)
         self.eof = not chunk
         if self.pos > STREAM_CHUNK:
+            self.base += self.pos
             self.text, self.pos = self.text[self.pos :], 0
         self.text += text
         return True
 
     def peek(self) -> str:
         """The next non-whitespace character ("" at the end)."""
+        if self.pos < len(self.text) and self.text[self.pos] not in " \t\r\n":
+            return self.text[self.pos]  # the usual case, once per value: no regex call
         while True:
             self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
             if self.pos < len(self.text) or not self._more():
@@ -396,6 +402,7 @@ class _JsonStream:
                 raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
             if end == len(self.text) and self._more():
                 continue  # a number may continue in the next chunk
+            self.value_start = self.base + self.pos
             self.pos = end
             return value
 
@@ -415,10 +422,10 @@ class _JsonStream:
             self.expect("}")
             return
 
-    def byte_position(self) -> int:
-        """The file offset of the stream's position (where the next value, or the comma before it, starts)."""
+    def byte_at(self, character: int) -> int:
+        """The file offset of a character still in the buffer (counted from the start, as value_start)."""
         undecoded = self.decoder.getstate()[0]
-        return self.offset - len(undecoded) - len(self.text[self.pos :].encode("utf-8"))
+        return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
 
     def la_tables(self) -> Iterator[tuple[str, Any]]:
         """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one)."""
@@ -503,8 +510,8 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
         names: list[str] = []
         positions: list[int] = []
         raw: list[list[Any]] = [[] for _ in wanted]
-        index = first_index = 0
-        block_start = -1  # the first block is found again by reading from the top
+        starts = array("q")  # where each row of the block starts, in characters from the block's start
+        index = first_index = first_byte = first_character = 0
         try:
             for event, payload in stream.la_tables():
                 if event == "columns":
@@ -516,6 +523,10 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
                         raise Unavailable
                     positions = [names.index(c) if c in names else -1 for c in wanted]
                     continue
+                if index == first_index:
+                    first_character = stream.value_start
+                    first_byte = stream.byte_at(first_character)
+                starts.append(stream.value_start - first_character)
                 label = f"row {index}"
                 index += 1
                 if isinstance(payload, list) and len(payload) == len(names):
@@ -526,13 +537,14 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
                     for values in raw:
                         values.append(_MALFORMED)
                 if index - first_index == RESPONSE_BLOCK_ROWS:
-                    yield _response_block(raw, wanted, names, path, block_start, first_index, request, spec, report)
-                    raw = [[] for _ in wanted]
-                    block_start, first_index = stream.byte_position(), index
+                    span = (first_byte, stream.byte_at(stream.base + stream.pos))
+                    yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
+                    raw, starts, first_index = [[] for _ in wanted], array("q"), index
         except _NotStreamable:
             raise Unavailable from None
         if index > first_index:
-            yield _response_block(raw, wanted, names, path, block_start, first_index, request, spec, report)
+            span = (first_byte, stream.byte_at(stream.base + stream.pos))
+            yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
 
 
 _MALFORMED = object()  # a row the plain read skips (not a list of the columns)
@@ -544,7 +556,8 @@ def _response_block(
     wanted: list[str],
     names: list[str],
     path: Path,
-    offset: int,
+    span: tuple[int, int],
+    starts: array[int],
     first_index: int,
     request: ReadRequest,
     spec: CandidateSpec,
@@ -595,59 +608,47 @@ def _response_block(
         schema[column] = pl.String if string else pl.Int64
         data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
     frame = pl.DataFrame(data, schema=schema)
-    return _ResponseBlock(keys_frame(frame, spec, request.window), path, offset, first_index, count, names, request, report)
+    keys = keys_frame(frame, spec, request.window)
+    return _ResponseBlock(keys, path, span, starts, first_index, names, request, report)
 
 
 class _ResponseBlock(KeyedBlock):
-    """`count` rows of a saved response from row `first_index`, whose comma before the first row is at
-    `offset` (-1: the first block, read from the top of the file)."""
+    """Rows of a saved response from row `first_index`: their bytes are span (start, end) of the file,
+    and row r starts at character starts[r] of that text, so taking a row parses that row alone."""
 
     def __init__(
         self,
         keys: pl.DataFrame,
         path: Path,
-        offset: int,
+        span: tuple[int, int],
+        starts: array[int],
         first_index: int,
-        count: int,
         names: list[str],
         request: ReadRequest,
         report: LineReport,
     ) -> None:
-        self.keys, self.path, self.offset, self.first_index, self.count = keys, path, offset, first_index, count
+        self.keys, self.path, self.span, self.starts, self.first_index = keys, path, span, starts, first_index
         self.names, self.request, self.report = names, request, report
-
-    def _raw_rows(self, handle: Any, last: int) -> Iterator[Any]:
-        where = str(self.path)
-        if self.offset < 0:
-            stream = _JsonStream(handle, skip_bom(handle), where)
-            rows = (payload for event, payload in stream.la_tables() if event == "row")
-            for _ in range(last + 1):
-                yield next(rows)
-            return
-        handle.seek(self.offset)
-        stream = _JsonStream(handle, self.offset, where)
-        for _ in range(last + 1):
-            stream.expect(",")
-            yield stream.value()
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)
-        wanted = set(records)
+        text = _read_range(self.path, self.span[0], self.span[1] - self.span[0]).decode("utf-8", errors="replace")
+        decoder = json.JSONDecoder()
         taken: list[Row] = []
-        with self.path.open("rb") as handle:
-            for record, payload in enumerate(self._raw_rows(handle, records[-1])):
-                if record not in wanted:
-                    continue
-                label = f"row {self.first_index + record}"
-                if not isinstance(payload, list) or len(payload) != len(self.names):
-                    raise InputError(where, "changed while it was read; run again")
-                try:
-                    row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, label)
-                except MalformedLine as exc:
-                    self.report.skip(exc)
-                    continue
-                if self.request.window.contains(row[TIME]):
-                    taken.append(row)
+        for record in records:
+            try:
+                payload, _ = decoder.raw_decode(text, self.starts[record])
+            except (json.JSONDecodeError, RecursionError):
+                payload = None
+            if not isinstance(payload, list) or len(payload) != len(self.names):
+                raise InputError(where, "changed while it was read; run again")
+            try:
+                row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, f"row {self.first_index + record}")
+            except MalformedLine as exc:
+                self.report.skip(exc)
+                continue
+            if self.request.window.contains(row[TIME]):
+                taken.append(row)
         return iter(taken)
 
 
