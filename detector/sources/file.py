@@ -1,10 +1,15 @@
 """`file:<path>`: W3CIISLog rows as JSON Lines, a JSON array, or a saved Log Analytics query response.
 
-The format is recognised by content. JSON Lines is streamed line by line (memory does not grow with the
-file); the two whole-document formats are parsed at once. The rule's pushdown description is applied:
-rows its filter rejects are never returned, and when it prunes groups a JSON Lines file is read through
-the pushdown layer (candidates.py): polars parses only the columns the description reads, block by block,
-and only rows of groups that can fire are typed and returned. The rule's results are the same.
+The format is recognised by content. JSON Lines is streamed line by line and a saved response value by
+value (memory does not grow with the file); a JSON array is parsed at once. The rule's pushdown
+description is applied: rows its filter rejects are never returned, and when it prunes groups the file
+is read through the pushdown layer (candidates.py), and only rows of groups that can fire are typed and
+returned. The rule's results are the same. JSON Lines: polars parses only the columns the description
+reads, block by block. A saved response: each row is parsed by json's decoder as the plain stream does,
+and the description's columns of a block of rows are typed by coerce_value (the plain code) once per
+distinct value; a block remembers its byte span and where each row starts, so taking a candidate parses
+that row alone. A key value the plain code refuses, or a layout the stream cannot follow (rows before
+columns), sends the whole response to the plain read.
 
 Malformed lines (not JSON, not an object, a column of the wrong type, a missing required column, a
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
