@@ -755,20 +755,28 @@ def _each_key_once(data: bytes, columns: list[str], lines: int) -> bool | None:
     names it at least once) exactly once per line; None when the block is not valid UTF-8 (the plain
     code reports it).
 
-    One Aho-Corasick pass in native code counts all the quoted names together: every line names each
-    at least once, so a total of len(columns) x lines means exactly once each. (A quoted name ends with
-    an unescaped quote, which ends a string, so two matches cannot overlap and none is missed.)
+    One regex pass in native code counts every `name"` together: a literal alternation, which the
+    regex engine's SIMD prefilter finds several times faster than the quoted `"name"` (every quote
+    would be a candidate). A match ends at a string's closing quote (an escaped quote follows a
+    backslash, not a letter), so matches cannot overlap and every quoted name is among them, with
+    perhaps other strings ending in a name; so a total of len(columns) x lines means each column is
+    named exactly once per line (more, and the block is read row by row: only slower).
     """
     import polars as pl
 
     if not columns:
         return True
+    if not all(_PLAIN_NAME.fullmatch(c) for c in columns):
+        return False
     try:
         text = pl.Series([data]).cast(pl.String)
     except pl.exceptions.PolarsError:
         return None
-    found = text.str.extract_many([f'"{c}"' for c in columns]).list.len()[0]
+    found = text.str.count_matches("(?:" + "|".join(columns) + ')"')[0]
     return bool(found == len(columns) * lines)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 # What polars makes of a JSON number, boolean, object or array read as a string (str() of the same value
