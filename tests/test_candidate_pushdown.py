@@ -456,7 +456,7 @@ def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.M
     _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))
 
 
-@pytest.mark.parametrize("column", ["cIP", "sPort", "TimeGenerated"])
+@pytest.mark.parametrize("column", ["cIP", "sPort", "TimeGenerated", "escaped cIP"])
 def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, column: str) -> None:
     """json.loads keeps the last of a repeated key, polars the first: a block repeating a column the
     pushdown reads must not be pruned on polars' values (here a scan would drop below the threshold)."""
@@ -471,6 +471,7 @@ def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, co
         "cIP": lambda i: f'"cIP":"203.0.113.{i}",',
         "sPort": lambda i: '"sPort":80,',  # polars sees port 80 on 10 lines: 25 distinct ports, below 30
         "TimeGenerated": lambda i: '"TimeGenerated":"2026-11-20T00:00:00Z",',  # another day: outside the window
+        "escaped cIP": lambda i: f'"c\\u0049P":"203.0.113.{i}",',  # the same name to both parsers, not to a byte count
     }
     lines = [json.dumps(r, separators=(",", ":")) for r in _random_rows(rng, 200)]
     for i, row in enumerate(scan):
