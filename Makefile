@@ -8,7 +8,7 @@ END ?= 2026-11-27T00:00:00Z
 AZURITE := .tools/azurite/node_modules/.bin/azurite-table
 CHECKOV := .tools/checkov/bin/checkov
 
-.PHONY: setup demo test lint azurite checkov requirements
+.PHONY: setup demo test test-fast lint azurite checkov requirements
 
 setup: $(VENV)/.installed
 
@@ -51,4 +51,8 @@ $(CHECKOV): requirements-infra.txt
 
 # Lint, type-check and run every test (pytest).
 test: lint azurite checkov
-	CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=ci CHECKOV=$(CURDIR)/$(CHECKOV) $(BIN)/python -m pytest -q
+
+# The developer's loop: no npm, no checkov venv, no child processes (markers: pyproject.toml, tests/conftest.py).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not azurite and not checkov and not subprocess"

@@ -1,4 +1,7 @@
-"""Azure Functions entry point: a daily timer that runs the detector. Trigger only; the work is in detector/."""
+"""Azure Functions entry point: a timer (its schedule is DETECTOR_SCHEDULE) that runs the detector.
+
+Trigger only; the work is in detector/.
+"""
 
 import json
 import logging
@@ -14,7 +17,7 @@ logging.getLogger("urllib3").setLevel(logging.WARNING)  # its DEBUG lines carry 
 
 @app.timer_trigger(schedule="%DETECTOR_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 def detect(timer: func.TimerRequest) -> None:
-    """Run every configured rule over its latest whole window and deliver the findings."""
+    """Run every configured rule over each whole window since its checkpoint and deliver the findings."""
     # Imported here, not at module level, to keep the host's indexing of this file fast.
     from detector.config import Settings
     from detector.runner import run_scheduled

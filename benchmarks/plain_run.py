@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detector import runner
-from detector.config import settings_or_env
+from detector.config import Settings
 from detector.kql import parse_datetime
 from detector.models import Row, Window
 from detector.rules import DEFAULT_RULES_DIR, load_rules
@@ -57,8 +57,7 @@ def main() -> int:
     parser.add_argument("--sink", action="append", required=True)
     args = parser.parse_args()
     window = Window(parse_datetime(args.start), parse_datetime(args.end))
-    settings = settings_or_env(None)
-    settings = replace(settings, computer=args.computer or settings.computer)
+    settings = replace(Settings.from_env({"DETECTOR_SOURCE": args.source}), computer=args.computer)
     source = WithoutCandidates(open_source(args.source, settings))
     summary = runner.run([(rule, window) for rule in load_rules(args.rule)], source, [open_sink(s) for s in args.sink])
     for rule, error in summary.errors.items():

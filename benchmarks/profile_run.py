@@ -33,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from generate import END, START  # noqa: E402
+from benchmarks.generate import END, START  # noqa: E402
 
 _FRAME = re.compile(r"^(?P<name>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
@@ -98,7 +98,7 @@ def _stack(frame: FrameType | None) -> list[str]:
 
 def profile_memory(args: argparse.Namespace) -> None:
     if args.plain:
-        import plain_run
+        from benchmarks import plain_run
 
         def main(argv: list[str]) -> int:
             sys.argv = ["plain_run.py", *argv]
@@ -134,13 +134,13 @@ def profile_memory(args: argparse.Namespace) -> None:
     print(f"peak RSS {peak[1]:.0f} MB at {peak[0] - started:.1f} s, main thread in:")
     for name in peak[2][-args.top :]:
         print(f"    {name}")
-    grown: collections.Counter[str] = collections.Counter()
+    grown: collections.defaultdict[str, float] = collections.defaultdict(float)
     for (_, before, _stack_before), (_, after, stack) in itertools.pairwise(samples):
         if after > before:
             ours = [f for f in stack if any(f" ({m}" in f for m in ("file.py", "iis.py", "candidates", "runner.py", "high_port"))]
             grown[(ours or stack or ["?"])[-1].rsplit(":", 1)[0] + ")"] += after - before
     print("RSS growth by innermost detector frame (MB, summed over samples where RSS rose):")
-    for name, mb in grown.most_common(args.top):
+    for name, mb in sorted(grown.items(), key=lambda item: -item[1])[: args.top]:
         print(f"  {mb:8.0f}  {name}")
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # or inconsistent state (one `error:` line says what to fix). 3: nothing failed, but part of the work was
 # left to another run: a live run held a lease (steppedAside) or the run deadline came (deadlineReached).
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
-log = logging.getLogger("detector")
+log = logging.getLogger(__name__)
 
 EXIT_CODES = f"""exit status:
   {EXIT_OK}  the command completed, findings or not
@@ -63,6 +63,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m detector` argument parser, with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="python -m detector",
         description="Sentinel scheduled rules over W3CIISLog, in Python.",
@@ -209,14 +210,14 @@ def backfill_progress(stream: TextIO, piece: timedelta) -> Callable[[int, int], 
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sources import open_source
     from detector.state import open_state_store
 
     window = _window(args)
     rules = load_rules(args.rule)
     source = open_source(args.source, _source_settings(args))
-    sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
+    sinks = open_sinks(args.sink or ["stdout"])
     store = open_state_store(None, args.state)
     progress = backfill_progress(sys.stderr, runner.BACKFILL_PIECE) if not args.quiet else (lambda done, total: None)
     summary = runner.run_backfill(rules, source, sinks, store, window, progress)
@@ -258,7 +259,7 @@ def _scheduled(args: argparse.Namespace) -> int:
 
 def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
     from detector.dryrun import OverlayStore, RecordingSink, dry_store
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sinks.stdout import StdoutSink
     from detector.sources import open_source
     from detector.state import open_state_store
@@ -266,7 +267,7 @@ def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
     now = settings.now_override or datetime.now(UTC)
     rules = load_rules(settings.rules)
     source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
-    sinks = [RecordingSink(open_sink(spec, settings, setting="DETECTOR_SINKS")) for spec in settings.sinks]
+    sinks = [RecordingSink(sink) for sink in open_sinks(settings.sinks, settings, setting="DETECTOR_SINKS")]
     real_store = open_state_store(settings)
     with dry_store(real_store) as store:
         summary = runner.run_incremental(rules, source, sinks, store, now, settings)
@@ -288,16 +289,17 @@ def _dry_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sources import open_source
     from detector.windows import is_aligned
 
     window = _window(args)
     rules = load_rules(args.rule)
     source = open_source(args.source, _source_settings(args))
-    sinks = [open_sink(spec) for spec in (args.sink or ["stdout"])]
+    sinks = open_sinks(args.sink or ["stdout"])
     for rule in rules:
-        if not is_aligned(window, rule.logic.time_bin) and not args.quiet:
+        # A rule without a bin has no partial bins: an unaligned window is its query over that range.
+        if not rule.logic.whole_window and not is_aligned(window, rule.logic.time_bin) and not args.quiet:
             print(
                 f"warning: window {window} does not fall on {format_timespan(rule.logic.time_bin)} bin edges; "
                 "its first and last bins are partial, exactly as in Sentinel",
@@ -385,6 +387,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCOMPLETE)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     try:

@@ -145,9 +145,11 @@ _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9](
 
 
 def _check_text(name: str, value: str) -> None:
-    """Every value: bounded text on one line. NUL and lone surrogates reach us from settings files and
-    from environment bytes that are not UTF-8 (Python keeps them as surrogates); they break paths,
-    HTTP headers and every message that would show them."""
+    """Every value: bounded text on one line.
+
+    NUL and lone surrogates reach us from settings files and from environment bytes that are not UTF-8
+    (Python keeps them as surrogates); they break paths, HTTP headers and every message that would show them.
+    """
     if len(value) > MAX_VALUE_LENGTH:
         raise ConfigError(name, f"is {len(value):,} characters long; a value holds at most {MAX_VALUE_LENGTH}")
     for index, char in enumerate(value):
@@ -529,8 +531,11 @@ MAX_SETTINGS_FILE_NESTING = 32
 
 
 class SettingValues(dict[str, str]):
-    """Setting values merged from a settings file and the environment; `origins` names the file of each
-    value taken from it, so Settings.from_env can say which copy of a bad value to fix."""
+    """Setting values merged from a settings file and the environment.
+
+    `origins` names the file of each value taken from it, so Settings.from_env can say which copy of a
+    bad value to fix.
+    """
 
     def __init__(self, values: Mapping[str, str], origins: Mapping[str, str]) -> None:
         super().__init__(values)
@@ -538,8 +543,11 @@ class SettingValues(dict[str, str]):
 
 
 def environment() -> Mapping[str, str]:
-    """The process environment. Read only through here: settings, and other tools' conventions the detector
-    honours (COLUMNS for the table width, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE checked before the SDK uses them)."""
+    """The process environment.
+
+    Read only through here: settings, and other tools' conventions the detector honours (COLUMNS for
+    the table width, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE checked before the SDK uses them).
+    """
     return os.environ
 
 

@@ -19,7 +19,7 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]
 
 
 def printable(text: str) -> str:
-    """Text safe to write to a terminal: unsafe characters become \\xNN or \\uNNNN escapes."""
+    r"""Text safe to write to a terminal: unsafe characters become \xNN or \uNNNN escapes."""
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 

@@ -19,12 +19,14 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
     for rank, result in enumerate(results):
         entities = []
         for mapping in rule.entity_mappings:
-            fields = {identifier: str(result[column]) for identifier, column in mapping.fields if result.get(column)}
+            fields = {
+                identifier: str(result[column]) for identifier, column in mapping.fields if _entity_value(result.get(column))
+            }
             if fields:
                 entities.append(Entity(mapping.entity_type, fields))
         findings.append(
             Finding(
-                id=finding_id(rule.id, *rule.logic.group_key(result)),
+                id=finding_id(rule.id, *rule.logic.finding_key(result, window)),
                 rule_id=rule.id,
                 rule_name=rule.name,
                 rule_version=rule.version,
@@ -43,6 +45,11 @@ def evaluate(rule: Rule, rows: Iterable[Row], window: Window) -> list[Finding]:
             )
         )
     return findings
+
+
+def _entity_value(value: Any) -> bool:
+    """Whether a column value names an entity: not empty, and not the "-" IIS writes for "none"."""
+    return bool(value) and value != "-"
 
 
 def _clip(moment: Any, window: Window) -> datetime | None:

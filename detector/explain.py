@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from detector.kql import format_datetime, format_timespan
 from detector.models import Window
 from detector.rules import Rule
-from detector.windows import plan_windows
+from detector.windows import evaluation_period, plan_windows
 
 if TYPE_CHECKING:
     from detector.config import Settings
@@ -33,6 +33,7 @@ def explain(rules: list[Rule], settings: Settings, now: datetime, window: Window
 
 
 def explain_rule(rule: Rule, settings: Settings, store: object, now: datetime, window: Window | None) -> str:
+    """The `explain` text: the rule's parameters, the windows the next run would evaluate, and its KQL."""
     from detector.state import StateStore
 
     assert isinstance(store, StateStore)  # noqa: S101 - typed loosely to keep the state package import lazy
@@ -47,7 +48,8 @@ def explain_rule(rule: Rule, settings: Settings, store: object, now: datetime, w
 
     time_bin = rule.logic.time_bin
     state = store.load_rule_state(rule.id, time_bin)
-    plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, rule.query_period, settings.catchup_limit)
+    period = evaluation_period(time_bin, rule.query_period, rule.logic.whole_window)
+    plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, period, settings.catchup_limit)
     checkpoint = format_datetime(state.checkpoint) if state.checkpoint else "none (a first run covers queryPeriod)"
     lines.append(f"  state {store.describe()}: checkpoint {checkpoint}")
     lines.append(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from detector.config import Settings
 
-log = logging.getLogger("detector.identity")
+log = logging.getLogger(__name__)
 
 # requests (under every azure-core client) reads these for the CA bundle to trust; a wrong path is an
 # OSError deep inside the first request otherwise.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -214,11 +214,6 @@ class CappedSet(Generic[T]):
         self._values.add(value)
         if len(self._values) > 2 * self._cap:
             self._trim()
-
-    def update(self, values: Iterable[T | None]) -> None:
-        """Add many values."""
-        for value in values:
-            self.add(value)
 
     def _trim(self) -> None:
         self._values = set(sorted(self._values)[: self._cap])  # type: ignore[type-var]

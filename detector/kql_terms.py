@@ -55,7 +55,7 @@ def fold(text: str) -> str:
 
 
 def is_term_char(char: str) -> bool:
-    """A character that belongs to a Kusto term: a Unicode letter or number (RE2's [\\pL\\pN]).
+    r"""A character that belongs to a Kusto term: a Unicode letter or number (RE2's [\pL\pN]).
 
     The docs say terms are "maximal sequences of alphanumeric characters" (older revisions: "ASCII
     alphanumeric"); duckdb-kql measured letters and numbers of any script on the emulator. The
@@ -161,10 +161,10 @@ def _compiled(pattern: str) -> Any:
 
 
 def matches_regex(source: str, pattern: str) -> bool:
-    """KQL `source matches regex pattern`: RE2 finds a match anywhere in source, case-sensitively.
+    r"""KQL `source matches regex pattern`: RE2 finds a match anywhere in source, case-sensitively.
 
     Kusto's regexes are RE2 (learn.microsoft.com kusto/query/re2), run here by Google's RE2 itself
-    (the google-re2 package), not by Python's `re`, whose `$`, `\\d`, `\\w` and lookarounds differ.
+    (the google-re2 package), not by Python's `re`, whose `$`, `\d`, `\w` and lookarounds differ.
     RE2 works on UTF-8; a lone surrogate (possible in Python text, not in UTF-8) becomes U+FFFD first,
     as .NET's UTF-8 encoder writes it. A pattern RE2 rejects raises ValueError naming it.
     """

@@ -16,7 +16,8 @@ Analytics KQL, the JSON Lines and IIS first passes, the plain readers) reads tha
 Fields (all keyword-only):
 - `filter`: a `Predicate` over W3CIISLog columns, or None for every row. Nodes: `Compare` (==, !=, =~,
   !~), `InSet` (in, !in, in~, !in~), `StartsWith` (startswith, !startswith: case-insensitive as in KQL;
-  startswith_cs, !startswith_cs), `And`, `Or`, `Not`, and `Opaque(reason)` for a condition the rule
+  startswith_cs, !startswith_cs), `Term` (has, hasprefix, contains and their negations, with Kusto's
+  term rules; `has_any` is an `Or` of `has`), `And`, `Or`, `Not`, and `Opaque(reason)` for a condition the rule
   applies itself that no source can push down. Build them with `column(name)` and `&`, `|`, `~`.
   String columns compare with strings (a missing string is "" as KQL has no null string); int/long
   columns compare with integers, only with ==, != and (!)in, and a null there is never equal to a value
@@ -26,6 +27,8 @@ Fields (all keyword-only):
 - `time_bin`: bin(TimeGenerated, time_bin) is part of the group; None means the whole window.
 - `measure`: `Count()` (rows of the group that pass the filter), `DistinctCount(column)` (distinct
   non-null values), or `Opaque(reason)` when the rule measures something a source cannot compute.
+- `first_phase`: `FirstPhase(key, filter, recent)` for a two-phase query (`key in (<first query>)`), which
+  Log Analytics runs as two small queries instead of reading the whole window (see FirstPhase).
 - `threshold`: `Threshold(op, value)` with op one of >=, >, <, <=, ==, !=. Only the monotonic >= and >
   allow pruning (a group below them stays below on any subset of its rows); with any other operator,
   an Opaque measure or no threshold, a source may filter rows but never drops a group.
@@ -65,9 +68,18 @@ if TYPE_CHECKING:
 TIME = "TimeGenerated"
 CompareOp = Literal["==", "!=", "=~", "!~"]
 InOp = Literal["in", "!in", "in~", "!in~"]
+TermOp = Literal["has", "!has", "hasprefix", "!hasprefix", "contains", "!contains"]
 ThresholdOp = Literal[">=", ">", "<", "<=", "==", "!="]
 _NEGATED_COMPARE: dict[str, CompareOp] = {"==": "!=", "!=": "==", "=~": "!~", "!~": "=~"}
 _NEGATED_IN: dict[str, InOp] = {"in": "!in", "!in": "in", "in~": "!in~", "!in~": "in~"}
+_NEGATED_TERM: dict[str, TermOp] = {
+    "has": "!has",
+    "!has": "has",
+    "hasprefix": "!hasprefix",
+    "!hasprefix": "hasprefix",
+    "contains": "!contains",
+    "!contains": "contains",
+}
 _NON_ASCII = r"[^\x00-\x7F]"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -322,6 +334,62 @@ class StartsWith(Predicate):
 
 
 @dataclass(frozen=True)
+class Term(Predicate):
+    """column op needle, op one of has, hasprefix, contains and their negations (case-insensitive, as in KQL).
+
+    `has` and `hasprefix` follow Kusto's term rules (detector.kql_terms): a term boundary is needed at an
+    edge of the needle only where the needle's own character is a letter or digit. polars checks the same
+    boundaries with a regular expression; on non-ASCII values (where case folding may differ) it admits.
+    """
+
+    column: str
+    op: TermOp
+    needle: str
+
+    def __post_init__(self) -> None:
+        if self.op not in _NEGATED_TERM:
+            raise ValueError(f"unknown term operator {self.op!r}; use one of {', '.join(_NEGATED_TERM)}")
+        if COLUMN_TYPES.get(self.column) != "string":
+            raise ValueError(f"{self.op} needs a string column, not {self.column!r}")
+        _check_literal(self.column, self.needle, True, self.op)
+
+    def columns(self) -> frozenset[str]:
+        return frozenset((self.column,))
+
+    def negated(self) -> Predicate:
+        return Term(self.column, _NEGATED_TERM[self.op], self.needle)
+
+    def normal(self) -> Predicate:
+        return self
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        from detector import kql_terms
+
+        value = str(row.get(self.column) or "")
+        test = {"has": kql_terms.has, "hasprefix": kql_terms.hasprefix, "contains": kql_terms.contains}
+        return test[self.op.lstrip("!")](value, self.needle) != self.op.startswith("!")
+
+    def _admits(self, row: Mapping[str, Any]) -> bool:
+        return self.matches(row)
+
+    def _polars(self) -> pl.Expr:
+        import polars as pl
+
+        from detector.kql_terms import is_term_char
+
+        base, needle = self.op.lstrip("!"), self.needle
+        body = "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):X}}}" for c in needle)
+        lead = "(?:^|[^\\pL\\pN])" if base in ("has", "hasprefix") and needle and is_term_char(needle[0]) else ""
+        trail = "(?:[^\\pL\\pN]|$)" if base == "has" and needle and is_term_char(needle[-1]) else ""
+        found = pl.col(self.column).str.contains(f"(?i){lead}{body}{trail}")
+        exact = ~found if self.op.startswith("!") else found
+        return exact | pl.col(self.column).str.contains(_NON_ASCII) | pl.lit(not needle.isascii())
+
+    def _kql(self) -> str:
+        return f"{self.column} {self.op} {string_literal(self.needle)}"
+
+
+@dataclass(frozen=True)
 class _Junction(Predicate):
     """And / Or: parts joined by one operator."""
 
@@ -510,6 +578,28 @@ class ColumnRef:
         """startswith_cs (case-sensitive)."""
         return StartsWith(self.name, prefix, case_sensitive=True)
 
+    def has(self, needle: str) -> Predicate:
+        """has (a whole term, case-insensitive)."""
+        return Term(self.name, "has", needle)
+
+    def not_has(self, needle: str) -> Predicate:
+        """!has."""
+        return Term(self.name, "!has", needle)
+
+    def has_any(self, *needles: str | int) -> Predicate:
+        """has_any (values): `has` for any of them; a number is its text, as KQL's tostring gives it."""
+        if not needles:
+            raise ValueError(f"{self.name} has_any (): the list of values is empty")
+        return Or(tuple(Term(self.name, "has", str(n)) for n in needles))
+
+    def hasprefix(self, prefix: str) -> Predicate:
+        """hasprefix (a term starts with it, case-insensitive)."""
+        return Term(self.name, "hasprefix", prefix)
+
+    def contains(self, needle: str) -> Predicate:
+        """contains (case-insensitive substring)."""
+        return Term(self.name, "contains", needle)
+
 
 def column(name: str) -> ColumnRef:
     """A column to build filter leaves from."""
@@ -607,6 +697,31 @@ class Plan:
     reasons: tuple[str, ...] = ()  # why a part is not pushed down (for logs)
 
 
+@dataclass(frozen=True)
+class FirstPhase:
+    """A first query whose distinct `key` values select the rows of the second (`key in (first phase)`).
+
+    `let keys = T | where <filter> | summarize by <key>; T | where TimeGenerated > ago(recent) | where
+    <key> in (keys) | ...`: of the read window, the rule needs every row of its last `recent` whose key
+    has a row passing `filter` anywhere in the window, and, for each such key, one row passing `filter`
+    (any one) so that the rule sees the key qualify. The spec's own `filter` must admit every row that
+    `filter` here admits (the rule derives the keys from those rows). A source that cannot run two
+    phases ignores this and reads the window with the spec's filter, which is always a superset.
+    """
+
+    key: str
+    filter: Predicate
+    recent: timedelta
+
+    def __post_init__(self) -> None:
+        if _column_kind(self.key) != "string":
+            raise ValueError(f"a first phase's key must be a string column, not {self.key!r}")
+        if self.recent <= timedelta(0):
+            raise ValueError("a first phase's recent period must be a positive timespan")
+        if not self.filter.pushable():
+            raise ValueError("a first phase's filter must be pushable (no Opaque part)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CandidateSpec:
     """A rule's pushdown description (see the module docstring for the contract)."""
@@ -616,8 +731,11 @@ class CandidateSpec:
     time_bin: timedelta | None = None
     measure: Measure = field(default_factory=Count)
     threshold: Threshold | None = None
+    first_phase: FirstPhase | None = None
 
     def __post_init__(self) -> None:
+        if self.first_phase is not None and (self.prunes or self.filter is None):
+            raise ValueError("a first phase needs a filter (a superset of its own) and no pruning threshold")
         for key in self.keys:
             _column_kind(key)
         if len(set(self.keys)) != len(self.keys):
@@ -642,6 +760,8 @@ class CandidateSpec:
         wanted = [TIME, *self.keys, *sorted(self.measure.columns())]
         if self.filter is not None:
             wanted += sorted(self.filter.columns())
+        if self.first_phase is not None:
+            wanted += [self.first_phase.key, *sorted(self.first_phase.filter.columns())]
         return tuple(dict.fromkeys(wanted))
 
     def admits(self, row: Mapping[str, Any]) -> bool:
@@ -677,6 +797,8 @@ class CandidateSpec:
 
     def describe(self) -> str:
         """One line for logs: the spec in KQL-like words."""
+        if isinstance(self, SharedSpec):
+            return " ; ".join(spec.describe() for spec in self.specs)
         parts = []
         if self.filter is not None:
             parts.append(f"where {self.filter.kql_admits() or 'true'}")
@@ -686,7 +808,46 @@ class CandidateSpec:
             if isinstance(self.measure, Opaque)
             else ("count()" if isinstance(self.measure, Count) else f"dcount({self.measure.column})")
         )
+        if self.first_phase is not None:
+            first = self.first_phase
+            parts.insert(
+                0,
+                f"{first.key} in (where {first.filter.kql_admits()} | summarize by {first.key}) "
+                f"over the last {format_timespan(first.recent)}",
+            )
         parts.append(f"{measure} by {', '.join([*bin_part, *self.keys]) or 'window'}")
         if self.threshold is not None:
             parts.append(f"{self.threshold.op} {self.threshold.value}")
         return " | ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedSpec(CandidateSpec):
+    """Several rules' descriptions answered by one read of the rows (`SharedSpec.of(specs)`).
+
+    A source that knows it (the file first passes, detector/sources/candidates.py) returns every row
+    that is a candidate of any of `specs`, each spec pruned exactly as alone: every rule then gets a
+    superset of its own candidate rows, which by the contract above leaves its result unchanged. Read
+    as a plain CandidateSpec by a source that does not know it, it is the union of the filters with no
+    pruning (an opaque measure), which is still a superset for every rule.
+    """
+
+    specs: tuple[CandidateSpec, ...] = ()
+
+    @classmethod
+    def of(cls, specs: Iterable[CandidateSpec]) -> SharedSpec:
+        """The shared description of these specs (a SharedSpec among them is flattened)."""
+        flat: list[CandidateSpec] = []
+        for spec in specs:
+            flat.extend(spec.specs if isinstance(spec, SharedSpec) else (spec,))
+        if not flat:
+            raise ValueError("a shared description needs at least one spec")
+        filters = [spec.filter for spec in flat]
+        union: Predicate | None = None
+        if all(f is not None for f in filters):
+            union = filters[0] if len(filters) == 1 else Or(tuple(f for f in filters if f is not None))
+        return cls(filter=union, measure=Opaque("the measures of several rules"), specs=tuple(flat))
+
+    def columns(self) -> tuple[str, ...]:
+        """Every column any of the specs reads."""
+        return tuple(dict.fromkeys(column for spec in self.specs for column in spec.columns()))

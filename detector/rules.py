@@ -178,9 +178,11 @@ class _Fields:
 
 
 def _node_lines(root: yaml.Node, where: str) -> dict[str, int]:
-    """Line (1-based) of every key and item, by path (`examples[0].rows[2].sIP`); a key given twice in any
-    mapping is an error. Iterative, and each node once: an alias is the node it refers to, so a
-    "billion laughs" file costs no more than its own text."""
+    """Line (1-based) of every key and item, by path (`examples[0].rows[2].sIP`).
+
+    A key given twice in any mapping is an error. Iterative, and each node once: an alias is the node
+    it refers to, so a "billion laughs" file costs no more than its own text.
+    """
     lines: dict[str, int] = {}
     stack: list[tuple[yaml.Node, str]] = [(root, "")]
     visited: set[int] = set()
@@ -302,6 +304,9 @@ def load_rule(path: str | Path) -> Rule:
     frequency, period = f.timespan("queryFrequency"), f.timespan("queryPeriod")
     if frequency > period:
         raise f.error("queryFrequency", "must not be longer than queryPeriod")
+    if logic.whole_window:
+        # Without a bin, windows are whole queryFrequency steps (detector.windows).
+        logic.time_bin = frequency
     threshold = f.get("triggerThreshold", int)
     if not 0 <= threshold <= 10000:
         raise f.error("triggerThreshold", "must be between 0 and 10000")
@@ -453,8 +458,10 @@ def _examples(f: _Fields, logic: RuleLogic) -> tuple[RuleExample, ...]:
 
 
 def load_rules(spec: str | Path) -> list[Rule]:
-    """Rules from a file, a folder of *.yaml files, a rule id looked up in the bundled rules/ folder, or a
-    comma-separated list of those (DETECTOR_RULES=<id>,<id> selects any subset)."""
+    """Rules from a file, a folder of *.yaml files, a bundled rule's id, or a comma-separated list of those.
+
+    A rule id is looked up in the bundled rules/ folder; DETECTOR_RULES=<id>,<id> selects any subset.
+    """
     text = str(spec)
     if "," in text:
         parts = [part.strip() for part in text.split(",")]

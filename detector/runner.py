@@ -5,6 +5,14 @@ Two ways to run:
 - `run_incremental` / `run_backfill`: windows planned from a durable checkpoint, findings through the outbox.
   Order of work per window: evaluate -> stage in the outbox -> advance the checkpoint; then deliver the
   outbox -> mark delivered. A crash anywhere loses no finding and duplicates none (see detector/state).
+
+Planning, one function per concern:
+- `rule_step` and `due_windows`: which windows one rule evaluates now (whole steps from its checkpoint);
+  a rule with no whole step since its checkpoint is not due and is not read.
+- `read_groups`: which of the due evaluations one read serves. A source that `shares_reads` (files)
+  reads overlapping windows of several rules once, with every rule's pushdown (a SharedSpec); any other
+  source gets one request per rule and window.
+- `evaluate_together`: the read(s) of one group and each rule's evaluation of its own window.
 """
 
 from __future__ import annotations
@@ -15,23 +23,33 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from detector.deadline import Deadline, current_deadline, running_until
-from detector.errors import ConfigError, DeadlineReachedError, SinkError, SourceError
+from detector.errors import ConfigError, DeadlineReachedError, DetectorError, SinkError, SourceError
 from detector.evaluate import evaluate
 from detector.kql import format_datetime
 from detector.models import Finding, Row, Window
+from detector.pushdown import TIME, CandidateSpec, SharedSpec
 from detector.rules import Rule, load_rules
 from detector.sinks import Sink
 from detector.sources import ReadRequest, Source
 from detector.state import MAX_REJECTIONS, LeaseLostError, OutboxEntry, RuleState, StateStore, new_owner
-from detector.windows import bins_of, is_aligned, merge_bins, plan_windows, split_window
+from detector.windows import (
+    WindowPlan,
+    bins_of,
+    evaluation_period,
+    is_aligned,
+    merge_bins,
+    plan_windows,
+    read_windows,
+    split_window,
+)
 
 if TYPE_CHECKING:
     from detector.config import Settings
 
-log = logging.getLogger("detector")
+log = logging.getLogger(__name__)
 
 # A run holds its leases this long and a heartbeat thread renews them every HEARTBEAT while it works (and
 # every window renews too), so a run that died blocks the next for at most LEASE_TTL; on the file store a
@@ -48,17 +66,21 @@ BACKFILL_PIECE = timedelta(hours=1)
 OUTBOX_LEASE = "outbox"
 
 
+RunKind = Literal["window", "recheck", "backfill"]
+
+
 @dataclass
 class RuleRun:
     """What one evaluation of one window did."""
 
     rule_id: str
     window: Window
-    kind: str = "window"  # window | recheck | backfill
+    kind: RunKind = "window"
     rows_evaluated: int = 0
     findings: list[Finding] = field(default_factory=list)
     staged: int = 0
     source_stats: dict[str, Any] = field(default_factory=dict)  # Source.read_stats(): rowsRead, skippedLines...
+    shared_read: int = 0  # rules evaluated from the same read share its number (0: a read of its own)
 
 
 @dataclass
@@ -92,6 +114,18 @@ class RunSummary:
     def findings(self) -> list[Finding]:
         return [f for r in self.rules for f in r.findings]
 
+    def _per_read(self, figure: str) -> int:
+        """A read figure summed over the reads (a read shared by several rules counts once)."""
+        seen: set[int] = set()
+        total = 0
+        for r in self.rules:
+            if r.shared_read:
+                if r.shared_read in seen:
+                    continue
+                seen.add(r.shared_read)
+            total += int(r.source_stats.get(figure, 0))
+        return total
+
     def to_json(self) -> dict[str, Any]:
         """Structured form for logs (query it in Application Insights) and the CLI."""
         return {
@@ -106,12 +140,13 @@ class RunSummary:
                     "findings": len(r.findings),
                     "staged": r.staged,
                     **r.source_stats,
+                    **({"sharedRead": r.shared_read} if r.shared_read else {}),
                 }
                 for r in self.rules
             ],
-            "rowsRead": sum(int(r.source_stats.get("rowsRead", 0)) for r in self.rules),
+            "rowsRead": self._per_read("rowsRead"),
             "rowsEvaluated": sum(r.rows_evaluated for r in self.rules),
-            "skippedLines": sum(int(r.source_stats.get("skippedLines", 0)) for r in self.rules),
+            "skippedLines": self._per_read("skippedLines"),
             "findings": len(self.findings),
             "deliveries": self.deliveries,
             "deliveryErrors": self.delivery_errors,
@@ -135,15 +170,136 @@ def _counted(rows: Iterator[Row], run: RuleRun) -> Iterator[Row]:
         yield row
 
 
-def evaluate_window(rule: Rule, source: Source, window: Window, kind: str = "window") -> RuleRun:
+def _request(rule: Rule, window: Window) -> ReadRequest:
+    logic = rule.logic
+    return ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())
+
+
+def evaluate_window(rule: Rule, source: Source, window: Window, kind: RunKind = "window") -> RuleRun:
     """Read the rows one rule needs for a window and evaluate it. Raises if the source cannot answer whole."""
     run = RuleRun(rule.id, window, kind)
-    logic = rule.logic
-    request = ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())
-    run.findings = evaluate(rule, _counted(source.read(request), run), window)
-    run.source_stats = dict(source.read_stats())
+    # A binned rule reads the window itself; a rule without a bin reads each step's query period.
+    for read in read_windows(window, rule.logic.time_bin, rule.query_period, rule.logic.whole_window):
+        run.findings += evaluate(rule, _counted(source.read(_request(rule, read)), run), read)
+        stats = source.read_stats()
+        run.source_stats = {
+            k: run.source_stats.get(k, 0) + v if isinstance(v, int) and not isinstance(v, bool) else v for k, v in stats.items()
+        }
     log.info("rule %s %s %s: %d rows, %d findings", rule.id, kind, window, run.rows_evaluated, len(run.findings))
     return run
+
+
+# -- planning -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation to do: a rule over one window."""
+
+    rule: Rule
+    window: Window
+    kind: RunKind = "window"
+
+
+def rule_step(rule: Rule) -> timedelta:
+    """What a rule's windows are whole multiples of: its time bin (each bin's results are final once it closed)."""
+    return rule.logic.time_bin
+
+
+def due_windows(rule: Rule, checkpoint: datetime | None, now: datetime, settings: Settings) -> WindowPlan:
+    """The windows a rule evaluates now: whole steps from its checkpoint to now minus the ingestion delay
+    (none when no whole step has closed since: the timer may fire more often than the rule's step).
+    """
+    step = rule_step(rule)
+    period = evaluation_period(step, rule.query_period, rule.logic.whole_window)
+    return plan_windows(checkpoint, now, settings.ingestion_delay, step, period, settings.catchup_limit)
+
+
+def _shareable(task: Task) -> bool:
+    """A rule whose description filters or prunes: its share of a read is a small part of the rows.
+
+    A rule without a bin reads its whole query period for each step, not its window: it reads alone.
+    """
+    if task.rule.logic.whole_window:
+        return False
+    spec = task.rule.logic.candidate_spec()
+    return spec is not None and (spec.prunes or spec.filters)
+
+
+def _joins(group: Sequence[Task], span: Window, task: Task) -> bool:
+    """Whether one more rule's window may be read with the group's: it overlaps the span, and the span
+    grows by at most one step of the group's rules beyond its longest window (a read of a few extra
+    rows, never of another day).
+    """
+    if not (task.window.start < span.end and span.start < task.window.end):
+        return False
+    merged = Window(min(span.start, task.window.start), max(span.end, task.window.end))
+    members = [*group, task]
+    longest = max(t.window.end - t.window.start for t in members)
+    return merged.end - merged.start <= longest + max(rule_step(t.rule) for t in members)
+
+
+def read_groups(queues: Sequence[Sequence[Task]], shares_reads: bool) -> Iterator[list[Task]]:
+    """The evaluations one read serves, oldest first: at most one task per queue (a rule's windows, in
+    order), each queue's order kept. Without `shares_reads` every group is one task.
+    """
+    pending = [list(queue) for queue in queues if queue]
+    while pending:
+        heads = [queue[0] for queue in pending]
+        first = min(heads, key=lambda t: (t.window.start, t.window.end))
+        group, span = [first], first.window
+        if shares_reads and _shareable(first):
+            for task in heads:
+                if task is not first and _shareable(task) and _joins(group, span, task):
+                    group.append(task)
+                    span = Window(min(span.start, task.window.start), max(span.end, task.window.end))
+        for queue in pending:
+            if queue[0] in group:
+                queue.pop(0)
+        pending = [queue for queue in pending if queue]
+        yield group
+
+
+_SHARED_READS = iter(range(1, 2**62))
+
+
+def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
+    """Evaluate each task of a group; several tasks are read once, over the span of their windows.
+
+    The shared read asks for every rule's columns and pushdown (SharedSpec), so each rule gets a
+    superset of its own candidate rows and its result is the one its own read gives. One exception is
+    checked: a line that read skipped may be one that a rule reading fewer columns (or requiring fewer)
+    would have used; when the shared read skipped lines, such rules are read again on their own.
+    """
+    if len(group) == 1:
+        task = group[0]
+        return [evaluate_window(task.rule, source, task.window, task.kind)]
+    requests = [_request(t.rule, t.window) for t in group]
+    specs = [r.candidates for r in requests]
+    span = Window(min(t.window.start for t in group), max(t.window.end for t in group))
+    shared = ReadRequest(
+        span,
+        tuple(dict.fromkeys(c for r in requests for c in r.read_columns())),
+        tuple(dict.fromkeys(c for r in requests for c in r.required)),
+        SharedSpec.of(s for s in specs if isinstance(s, CandidateSpec)),
+    )
+    rows = list(source.read(shared))
+    stats = dict(source.read_stats())
+    number = next(_SHARED_READS)
+    log.info("one read of %s for %d rules: %d rows", span, len(group), len(rows))
+    runs = []
+    for task, request in zip(group, requests, strict=True):
+        same_read = set(request.read_columns()) == set(shared.read_columns()) and set(request.required) == set(shared.required)
+        if int(stats.get("skippedLines", 0)) and not same_read:
+            runs.append(evaluate_window(task.rule, source, task.window, task.kind))
+            continue
+        run = RuleRun(task.rule.id, task.window, task.kind, source_stats=stats, shared_read=number)
+        window = task.window
+        mine = rows if window == span else [row for row in rows if window.contains(row[TIME])]
+        run.findings = evaluate(task.rule, _counted(iter(mine), run), window)
+        log.info("rule %s %s %s: %d rows, %d findings", task.rule.id, task.kind, window, run.rows_evaluated, len(run.findings))
+        runs.append(run)
+    return runs
 
 
 def printable(text: str, limit: int = 2000) -> str:
@@ -169,8 +325,11 @@ def run(plan: Sequence[tuple[Rule, Window]], source: Source, sinks: Sequence[Sin
     """Evaluate each (rule, window) of the plan, then deliver all findings to every sink. No state."""
     started = time.monotonic()
     summary = RunSummary(source=source.describe())
+    queues: dict[str, list[Task]] = {}
     for rule, window in plan:
-        summary.rules.append(evaluate_window(rule, source, window))
+        queues.setdefault(rule.id, []).append(Task(rule, window))
+    for group in read_groups(list(queues.values()), source.shares_reads):
+        summary.rules.extend(evaluate_together(group, source))
     deliver(summary.findings, sinks, summary)
     summary.seconds = time.monotonic() - started
     return summary
@@ -443,6 +602,8 @@ def _deliver_even_if(
         try:
             with running_until(deadline):
                 deliver_outbox(store, sinks, summary, clock, keeper)
+        except DetectorError as exc:  # an error we can name (bad state, a lease lost): one line, no stack
+            log.error("delivering the outbox after a failed run failed too: %s", exc)  # noqa: TRY400
         except Exception:
             log.exception("delivering the outbox after a failed run failed too")
         raise
@@ -513,43 +674,96 @@ def _deadline_passed(summary: RunSummary, what: str) -> bool:
     return False
 
 
-def _advance_rule(progress: _RuleProgress, source: Source, now: datetime, settings: Settings, summary: RunSummary) -> None:
-    rule, state, time_bin = progress.rule, progress.state, progress.rule.logic.time_bin
-    state.check_against(now, f"{progress.name} in {progress.store.describe()}")
-    started_at = progress.clock()
-    # The horizon is measured from the checkpoint the run starts from: measured from the advanced one, a run
-    # that moves the checkpoint by the horizon or more (the default daily schedule and 1d horizon) would
-    # drop every earlier bin before looking at it, and late rows would never be re-checked.
-    previous_checkpoint = state.checkpoint
-    plan = plan_windows(state.checkpoint, now, settings.ingestion_delay, time_bin, rule.query_period, settings.catchup_limit)
-    if plan.skipped:
-        message = (
-            f"rule {rule.id}: {plan.skipped} is older than DETECTOR_CATCHUP_LIMIT and was NOT evaluated; "
-            f"run `python -m detector backfill --start {format_datetime(plan.skipped.start)} "
-            f"--end {format_datetime(plan.skipped.end)}` to cover it"
-        )
-        summary.skipped.append(message)
-        log.error(message)
-    if state.checkpoint is None and plan.windows:
-        # The schedule's origin is recorded before any work: a first run that fails must not let the next
-        # first run start later and leave a slice of the first period unevaluated.
-        state.checkpoint = plan.windows[0].start
-        progress.save()
-    for index, window in enumerate(plan.windows):
-        if _deadline_passed(
-            summary, f"rule {rule.id}: windows {Window(window.start, plan.windows[-1].end)} ({len(plan.windows) - index})"
-        ):
-            break
-        read_from = progress.clock()
-        run_ = evaluate_window(rule, source, window)
-        summary.rules.append(run_)
-        progress.commit(run_, advance=True, read_from=read_from)
+# The failures that stop one rule for this run (reported in the summary; the next run carries on).
+_RULE_FAILURES = (DeadlineReachedError, SourceError, LeaseLostError)
 
-    # Late data: bins within the re-check horizon that received rows after they were evaluated.
-    horizon_start = (previous_checkpoint or state.checkpoint or now) - settings.recheck_horizon
+
+def _record_failure(name: str, summary: RunSummary, exc: Exception) -> None:
+    if isinstance(exc, DeadlineReachedError):
+        _reach_deadline(summary, f"{name}: {exc}; the window stays behind the checkpoint for the next run")
+    else:
+        summary.errors[name] = str(exc)
+        log.error("%s: %s", name, exc)
+
+
+class _RuleWork:
+    """One rule in a scheduled run: its progress, the windows due, and whether it failed this run."""
+
+    def __init__(self, progress: _RuleProgress, now: datetime, settings: Settings, summary: RunSummary) -> None:
+        self.progress, self.rule, self.state = progress, progress.rule, progress.state
+        self.state.check_against(now, f"{progress.name} in {progress.store.describe()}")
+        self.started_at = progress.clock()
+        # The horizon is measured from the checkpoint the run starts from: measured from the advanced one, a
+        # run that moves the checkpoint by the horizon or more (the default daily schedule and 1d horizon)
+        # would drop every earlier bin before looking at it, and late rows would never be re-checked.
+        self.previous_checkpoint = self.state.checkpoint
+        plan = due_windows(self.rule, self.state.checkpoint, now, settings)
+        if plan.skipped:
+            message = (
+                f"rule {self.rule.id}: {plan.skipped} is older than DETECTOR_CATCHUP_LIMIT and was NOT evaluated; "
+                f"run `python -m detector backfill --start {format_datetime(plan.skipped.start)} "
+                f"--end {format_datetime(plan.skipped.end)}` to cover it"
+            )
+            summary.skipped.append(message)
+            log.error(message)
+        if self.state.checkpoint is None and plan.windows:
+            # The schedule's origin is recorded before any work: a first run that fails must not let the next
+            # first run start later and leave a slice of the first period unevaluated.
+            self.state.checkpoint = plan.windows[0].start
+            progress.save()
+        self.windows = plan.windows
+        self.done = 0
+        self.failed = False
+
+    def tasks(self) -> list[Task]:
+        return [Task(self.rule, window) for window in self.windows]
+
+    def left(self) -> str:
+        """The windows not evaluated yet, for the deadline's message."""
+        rest = self.windows[self.done :]
+        return f"rule {self.rule.id}: windows {Window(rest[0].start, rest[-1].end)} ({len(rest)})"
+
+
+def _evaluate_due(works: Sequence[_RuleWork], source: Source, summary: RunSummary) -> None:
+    """Every due window of every rule, read once per group (read_groups), committed rule by rule."""
+    by_rule = {work.rule.id: work for work in works}
+    for group in read_groups([work.tasks() for work in works], source.shares_reads):
+        live = [task for task in group if not by_rule[task.rule.id].failed]
+        if not live:
+            continue
+        deadline = current_deadline()
+        if deadline is not None and deadline.reached():
+            for work in works:
+                if not work.failed and work.done < len(work.windows):
+                    _reach_deadline(summary, f"{work.left()}: run deadline reached; left for the next run")
+            return
+        read_from = by_rule[live[0].rule.id].progress.clock()
+        try:
+            runs = evaluate_together(live, source)
+        except _RULE_FAILURES as exc:
+            for task in live:
+                by_rule[task.rule.id].failed = True
+                _record_failure(task.rule.id, summary, exc)
+            continue
+        for task, run_ in zip(live, runs, strict=True):
+            work = by_rule[task.rule.id]
+            summary.rules.append(run_)
+            try:
+                work.progress.commit(run_, advance=True, read_from=read_from)
+            except _RULE_FAILURES as exc:
+                work.failed = True
+                _record_failure(task.rule.id, summary, exc)
+                continue
+            work.done += 1
+
+
+def _recheck_late(work: _RuleWork, source: Source, now: datetime, settings: Settings, summary: RunSummary) -> None:
+    """Late data: bins within the re-check horizon that received rows after they were evaluated."""
+    rule, state, progress, time_bin = work.rule, work.state, work.progress, work.rule.logic.time_bin
+    horizon_start = (work.previous_checkpoint or state.checkpoint or now) - settings.recheck_horizon
     for bin_start in [b for b in state.evaluated if b < horizon_start]:
         del state.evaluated[bin_start]
-    earlier = [(b, at) for b, at in state.evaluated.items() if at < started_at]
+    earlier = [(b, at) for b, at in state.evaluated.items() if at < work.started_at]
     late: set[datetime] = set()
     if not summary.deadline_reached:
         for at in sorted({at for _, at in earlier}):
@@ -575,13 +789,51 @@ def _under_lease(name: str, summary: RunSummary, keeper: LeaseKeeper, work: Call
         return
     try:
         work()
-    except DeadlineReachedError as exc:
-        _reach_deadline(summary, f"{name}: {exc}; the window stays behind the checkpoint for the next run")
-    except (SourceError, LeaseLostError) as exc:
-        summary.errors[name] = str(exc)
-        log.error("%s: %s", name, exc)  # noqa: TRY400 - expected failure, the message says what to do
+    except _RULE_FAILURES as exc:
+        _record_failure(name, summary, exc)
     finally:
         keeper.release(name)
+
+
+def _advance_rules(
+    rules: Sequence[Rule],
+    source: Source,
+    sinks: Sequence[Sink],
+    store: StateStore,
+    now: datetime,
+    settings: Settings,
+    clock: Clock,
+    keeper: LeaseKeeper,
+    summary: RunSummary,
+) -> None:
+    """Every due window of every rule (under each rule's lease, all held at once, so that rules due for
+    the same window share its read), then each rule's late-data re-checks.
+    """
+    held: list[str] = []
+    works: list[_RuleWork] = []
+    try:
+        for rule in rules:
+            if _deadline_passed(summary, f"rule {rule.id}"):
+                continue
+            if not keeper.acquire(rule.id):
+                _step_aside(keeper.store, rule.id, "that run evaluates it, this one did not", summary)
+                continue
+            held.append(rule.id)
+            try:
+                works.append(_RuleWork(_RuleProgress(store, rule.id, rule, sinks, keeper, clock), now, settings, summary))
+            except _RULE_FAILURES as exc:
+                _record_failure(rule.id, summary, exc)
+        _evaluate_due(works, source, summary)
+        for work in works:
+            if work.failed:
+                continue
+            try:
+                _recheck_late(work, source, now, settings, summary)
+            except _RULE_FAILURES as exc:
+                _record_failure(work.rule.id, summary, exc)
+    finally:
+        for name in held:
+            keeper.release(name)
 
 
 def run_incremental(
@@ -604,17 +856,7 @@ def run_incremental(
     with LeaseKeeper(store, clock) as keeper:
 
         def every_rule() -> None:
-            for rule in rules:
-                if _deadline_passed(summary, f"rule {rule.id}"):
-                    continue
-                _under_lease(
-                    rule.id,
-                    summary,
-                    keeper,
-                    lambda rule=rule: _advance_rule(  # type: ignore[misc]
-                        _RuleProgress(store, rule.id, rule, sinks, keeper, clock), source, now, settings, summary
-                    ),
-                )
+            _advance_rules(rules, source, sinks, store, now, settings, clock, keeper, summary)
 
         _deliver_even_if(every_rule, store, sinks, summary, clock, keeper, deadline)
     summary.seconds = time.monotonic() - started
@@ -658,7 +900,7 @@ def run_backfill(
                     f"backfill progress {format_datetime(checkpoint)} lies outside the range {window}",
                     "delete that record to run the backfill from its start",
                 )
-            pieces = split_window(window, BACKFILL_PIECE)
+            pieces = split_window(window, max(BACKFILL_PIECE, rule.logic.time_bin))  # whole windows of the rule
             done = [p for p in pieces if checkpoint and p.end <= checkpoint]
             progress(len(done), len(pieces))
             for index, piece in enumerate(pieces[len(done) :], start=len(done) + 1):
@@ -685,7 +927,7 @@ def run_backfill(
 
 def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock, deadline: Deadline | None = None) -> RunSummary:
     """The timer's run: every configured rule, incrementally from its checkpoint, through the outbox, by RUN_DEADLINE."""
-    from detector.sinks import open_sink
+    from detector.sinks import open_sinks
     from detector.sources import open_source
     from detector.state import open_state_store
 
@@ -694,6 +936,6 @@ def run_scheduled(settings: Settings, now: datetime, clock: Clock = wall_clock, 
         now = settings.now_override
     rules = load_rules(settings.rules)
     source = open_source(settings.source, settings, setting="DETECTOR_SOURCE")
-    sinks = [open_sink(spec, settings, setting="DETECTOR_SINKS") for spec in settings.sinks]
+    sinks = open_sinks(settings.sinks, settings, setting="DETECTOR_SINKS")
     store = open_state_store(settings)
     return run_incremental(rules, source, sinks, store, now, settings, clock, deadline)

@@ -11,8 +11,6 @@ from detector.errors import InputError
 from detector.kql import parse_datetime, strcat, tohex, tolong, url_decode
 from detector.models import Row
 
-TABLE = "W3CIISLog"
-
 # Types from the table reference (learn.microsoft.com/azure/azure-monitor/reference/tables/w3ciislog).
 # The status columns are strings, not ints.
 COLUMN_TYPES: dict[str, str] = {
@@ -38,6 +36,10 @@ COLUMN_TYPES: dict[str, str] = {
     "scBytes": "long",
     "csBytes": "long",
     "TimeTaken": "long",
+    # Added by Azure Monitor, not logged by IIS: the machine's Azure resource id and the log file's path.
+    # Log Analytics carries them; IIS files do not, so they are "" there (as any absent string).
+    "_ResourceId": "string",
+    "FileUri": "string",
 }
 
 

@@ -56,8 +56,7 @@ def parse(path: Path) -> dict[str, Any]:
     """The pycep-parser model of one .bicep file (parameters, variables, resources, modules, outputs)."""
     from pycep import BicepParser
 
-    parsed: dict[str, Any] = BicepParser().parse(text=path.read_text(encoding="utf-8"))
-    return parsed
+    return dict(BicepParser().parse(text=path.read_text(encoding="utf-8")))
 
 
 def resource_body(resource: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

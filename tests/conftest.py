@@ -3,16 +3,43 @@ environment variables production code reads (REQUESTS_CA_BUNDLE, IDENTITY_ENDPOI
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ast
+import inspect
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.fakes.identity import IDENTITY_HEADER, IdentityHandler
 from tests.fakes.server import FakeServer, serve
 from tests.fakes.tls import TestPki, make_pki
+from tests.helpers import FILES
 
-FILES = Path(__file__).resolve().parent / "files"
+# CI runs the property tests on a fixed sequence of examples (HYPOTHESIS_PROFILE=ci, set by `make test`), so a
+# landing never depends on luck; a developer's runs draw new examples and keep what fails in .hypothesis/.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# When the fixture files "arrived": the morning after their day. A file source's late-data re-check compares
+# a file's modification time with when a bin was evaluated (less a 5-minute margin); right after a git clone
+# or checkout the fixtures' mtimes are "now", so a scheduled run in the first minutes would re-check bins
+# that no row reached late. Tests that exercise late data copy and touch their own files.
+FIXTURES_ARRIVED = datetime(2026, 11, 27, 0, 30, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def settled_fixture_files() -> None:
+    """Fixture files carry the time they arrived, whenever the checkout was made."""
+    for path in FILES.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, (FIXTURES_ARRIVED, FIXTURES_ARRIVED))
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +63,7 @@ def azure_env(monkeypatch: pytest.MonkeyPatch, pki: TestPki, identity_server: Fa
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca_cert))
     for name in ("MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"):
         monkeypatch.delenv(name, raising=False)
-    identity_server.server.state.clear()  # type: ignore[attr-defined]
+    identity_server.state.clear()
     return identity_server
 
 
@@ -111,3 +138,46 @@ def create_state_table(endpoint: str, name: str) -> None:
     from azure.identity import ManagedIdentityCredential
 
     TableServiceClient(endpoint=endpoint, credential=ManagedIdentityCredential()).create_table_if_not_exists(name)
+
+
+# -- markers for the fast loop (`make test-fast`): applied here, from what a test uses ---------------------
+
+# A fixture that needs a tool outside the venv marks every test that uses it, directly or through another fixture.
+_FIXTURE_MARKERS = {"azurite_table": "azurite", "checkov": "checkov"}
+_SPAWNS = {("subprocess", "run"), ("subprocess", "Popen"), ("subprocess", "check_output"), ("subprocess", "check_call")}
+_SPAWNS |= {("sys", "executable")}
+
+
+def _spawns(function: Callable[..., Any], module: ModuleType | None, seen: set[object]) -> bool:
+    """Whether `function`, or a function of its own module that it names, starts a process."""
+    if function in seen or module is None:
+        return False
+    seen.add(function)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (node.value.id, node.attr) in _SPAWNS:
+            return True
+        if isinstance(node, ast.Name):
+            named = getattr(module, node.id, None)
+            if inspect.isfunction(named) and named.__module__ == module.__name__ and _spawns(named, module, seen):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests `azurite`, `checkov` and `subprocess` from the fixtures they use and the code they run."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        names = set(item.fixturenames)
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in names:
+                item.add_marker(marker)
+        functions: list[Callable[..., Any]] = [item.function]
+        for definitions in item._fixtureinfo.name2fixturedefs.values():
+            functions.extend(definition.func for definition in definitions)
+        if any(_spawns(f, sys.modules.get(f.__module__), set()) for f in functions):
+            item.add_marker("subprocess")

@@ -13,7 +13,8 @@ from detector.models import Finding, Window
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rule
 from detector.sources import Source, open_source
 
-FILES = Path(__file__).resolve().parent / "files"
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+FILES = ROOT / "tests" / "files"
 DAY = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
 RULE: Rule = load_rule(DEFAULT_RULES_DIR / "high_port_count_by_client_ip.yaml")
 

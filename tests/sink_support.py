@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from detector.evaluate import evaluate
-from detector.models import Finding, Row, Window
+from detector.models import Finding, Row
 from detector.rules import Rule, load_rules
 from detector.sources import ReadRequest, open_source
-from tests.conftest import FILES
+from tests.helpers import DAY, FILES
 
 FIXTURE = FILES / "w3ciislog.jsonl"
-DAY = Window(datetime(2026, 11, 26, tzinfo=UTC), datetime(2026, 11, 27, tzinfo=UTC))
 WORKSPACE = (
     "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg-soc"
     "/providers/Microsoft.OperationalInsights/workspaces/law-soc"

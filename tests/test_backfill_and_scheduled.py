@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from detector.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from detector.config import Settings
 from detector.errors import SourceError
 from detector.kql import parse_datetime
+from detector.models import Row
 from detector.runner import run_scheduled
 from detector.sources import ReadRequest
 from detector.sources.file import FileSource
@@ -54,7 +56,7 @@ def test_interrupted_backfill_resumes_where_it_stopped(
     failed: list[bool] = []
     original = FileSource.read
 
-    def failing_read(self: FileSource, request: ReadRequest):  # type: ignore[no-untyped-def]
+    def failing_read(self: FileSource, request: ReadRequest) -> Iterator[Row]:
         reads.append(str(request.window))
         if len(reads) == 11 and not failed:
             failed.append(True)

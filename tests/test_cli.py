@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from detector.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from tests.helpers import FILES, expected_findings
+from tests.helpers import FILES, ROOT, expected_findings
 
-ROOT = Path(__file__).resolve().parent.parent
 DAY_ARGS = ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
 PORT_RULE_ID = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 
@@ -192,10 +192,10 @@ def _bad_rule(tmp_path: Path) -> str:
     ],
 )
 def test_bad_input_exits_non_zero_with_one_clear_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_args: object, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_args: Callable[[Path], list[str]], message: str
 ) -> None:
     out_file = tmp_path / "out" / "findings.jsonl"
-    code, out, err = run_cli(["run", *make_args(tmp_path), "--sink", f"jsonl:{out_file}"], capsys)  # type: ignore[operator]
+    code, out, err = run_cli(["run", *make_args(tmp_path), "--sink", f"jsonl:{out_file}"], capsys)
     assert code == EXIT_BAD_INPUT
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -435,12 +435,24 @@ def test_explain_shows_parameters_plan_and_the_exact_kql(
         "evaluate [2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z)",
         "evaluate [2026-11-27T00:00:00Z, 2026-11-28T00:00:00Z)",
     ]
-    expected = candidates_query(
-        "W3CIISLog", parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"), RULE.logic.candidate_spec()
-    )
+    spec = RULE.logic.candidate_spec()
+    assert spec is not None
+    expected = candidates_query("W3CIISLog", parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"), spec)
     assert "\n".join("    " + line for line in expected.splitlines()) in out
     assert "| project " + ", ".join(RULE.logic.columns) in out  # the details step
     code, out, _ = run_cli(["explain", "--start", "2026-11-20T00:00:00Z", "--end", "2026-11-20T01:00:00Z"], capsys)
     assert code == EXIT_OK and "KQL for [2026-11-20T00:00:00Z, 2026-11-20T01:00:00Z)" in out
     code, _, err = run_cli(["explain", "--start", "2026-11-20T00:00:00Z"], capsys)
     assert code == EXIT_BAD_INPUT and err.startswith("error: setting --end: give both")
+
+
+@pytest.mark.parametrize("json_sink", ["jsonl:-", "jsonl:/dev/stdout"])
+def test_two_sinks_on_standard_output_are_refused(json_sink: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(
+        ["run", "--source", f"file:{FILES / 'w3ciislog.jsonl'}", *DAY_ARGS, "--sink", "stdout", "--sink", json_sink], capsys
+    )
+    assert code == EXIT_BAD_INPUT and out == ""
+    assert err.strip() == (
+        f"error: setting --sink: stdout and {json_sink} would both write to standard output; keep one "
+        "(for JSON Lines on standard output, drop stdout: --sink jsonl:- alone)"
+    )

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from detector.config import DURATION_BOUNDS, SETTINGS, Settings, load_settings_file
 from detector.errors import ConfigError, shown
 from detector.kql import format_timespan
+from tests.helpers import ROOT
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 URL_SETTINGS = (
     "DETECTOR_ARM_ENDPOINT",
     "DETECTOR_INGESTION_ENDPOINT",
@@ -305,7 +306,7 @@ def test_local_settings_json_in_the_working_folder_is_the_default(tmp_path: Path
 
 
 def test_the_template_is_a_valid_settings_file() -> None:
-    template = Path(__file__).resolve().parent.parent / "local.settings.json.template"
+    template = ROOT / "local.settings.json.template"
     values = load_settings_file(template, {})
     assert {s.name for s in SETTINGS} <= set(values)
     Settings.from_env(values)
@@ -372,7 +373,7 @@ def test_a_missing_or_unreadable_settings_file_is_named(tmp_path: Path) -> None:
 
 
 def test_nothing_but_config_reads_the_environment() -> None:
-    package = Path(__file__).resolve().parent.parent / "detector"
+    package = ROOT / "detector"
     readers = sorted(
         str(p.relative_to(package))
         for p in package.rglob("*.py")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,8 @@ from detector.cli import build_parser
 from detector.config import SETTING_NAMES, SETTINGS, Setting
 from detector.runner import RunSummary, evaluate_window, run
 from detector.sources import open_source
-from tests.helpers import DAY, FILES, RULE
+from tests.helpers import DAY, FILES, ROOT, RULE
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DOCS = {
     p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")
@@ -37,7 +35,8 @@ REPO_DIRS = ("tests/", "docs/", "benchmarks/", "rules/", "infra/", "detector/")
 
 def fenced_blocks(text: str) -> list[tuple[str, list[str]]]:
     """(language, lines) of every fenced block, indented ones included."""
-    blocks, language, lines, inside = [], "", [], False
+    blocks: list[tuple[str, list[str]]] = []
+    language, lines, inside = "", list[str](), False
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("```"):
@@ -169,7 +168,10 @@ def test_every_readme_performance_figure_is_in_the_performance_docs() -> None:
     missing = [
         f
         for f in figures
-        if len(number.match(f).group()) > 1 and f.replace("×", "x") not in measured and f not in measured  # type: ignore[union-attr]
+        if (digits := number.match(f)) is not None
+        and len(digits.group()) > 1
+        and f.replace("×", "x") not in measured
+        and f not in measured
     ]
     assert missing == [], "README figures not in docs/performance.md or docs/loganalytics.md"
 

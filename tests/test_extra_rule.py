@@ -18,11 +18,11 @@ from detector.cli import EXIT_OK, main
 from detector.errors import RuleError
 from detector.kql import bin_datetime, format_datetime, parse_datetime
 from detector.rules import DEFAULT_RULES_DIR, load_rules
-from tests.helpers import FILES
+from tests.helpers import FILES, ROOT
 
 EXTRA = FILES / "extra_rule"
 RULE_ID = "6b1d2f0e-4c3a-4e59-9a77-0d5e2c1f9a10"
-ENGINE = Path(__file__).resolve().parent.parent / "detector"
+ENGINE = ROOT / "detector"
 DAY_ARGS = ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
 
 

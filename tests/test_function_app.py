@@ -15,16 +15,16 @@ from azure.functions.timer import TimerRequest
 
 import function_app
 from detector.config import SETTINGS
-from tests.helpers import FILES, RULE, expected_findings
+from detector.errors import ConfigError
+from tests.helpers import FILES, ROOT, RULE, expected_findings
 
-ROOT = Path(__file__).resolve().parent.parent
 SetEnv = Callable[..., None]
 
 
 @pytest.fixture(scope="module")
 def indexed() -> dict[str, Any]:
     # get_functions() may be called once per app (it remembers names); do it once for the module.
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+    return {str(f.get_function_name()): f for f in function_app.app.get_functions()}
 
 
 @pytest.fixture
@@ -133,10 +133,10 @@ def test_local_settings_template_runs_on_fixture_data(
 
 def test_bad_setting_fails_the_invocation_with_its_name(indexed: dict[str, Any], set_env: SetEnv) -> None:
     set_env(DETECTOR_SOURCE=f"file:{FILES / 'w3ciislog.jsonl'}", DETECTOR_INGESTION_DELAY="soon")
-    with pytest.raises(Exception, match="DETECTOR_INGESTION_DELAY"):
+    with pytest.raises(ConfigError, match="DETECTOR_INGESTION_DELAY"):
         call(indexed)
     set_env()
-    with pytest.raises(Exception, match="DETECTOR_SOURCE: is required"):
+    with pytest.raises(ConfigError, match="DETECTOR_SOURCE: is required"):
         call(indexed)
 
 

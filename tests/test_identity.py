@@ -18,11 +18,10 @@ from detector.identity import CredentialError, ExplainedCredential, credential_f
 from detector.models import Window
 from detector.runner import evaluate_window
 from detector.sources.loganalytics import LogAnalyticsSource
-from tests.conftest import FILES
 from tests.fakes import tls
 from tests.fakes.loganalytics import LogAnalyticsFake, serve_log_analytics
 from tests.fakes.server import FakeServer
-from tests.helpers import RULE
+from tests.helpers import FILES, RULE
 
 WS = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

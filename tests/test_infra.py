@@ -504,7 +504,7 @@ def test_column_validator_rejects_bad_schemas(columns: Any, expected: str) -> No
 
 def _load_function_path(variable: str) -> Path:
     function = parse(MAIN)["variables"][variable]["value"]["function"]
-    return INFRA / function["parameters"]["file_path"]
+    return INFRA / str(function["parameters"]["file_path"])
 
 
 def test_findings_schema_files_exist_and_are_valid() -> None:
@@ -671,7 +671,9 @@ def vnet_rendered_copy(target: Path) -> Path:
     return copy
 
 
-def _checkov_executable() -> str:
+@pytest.fixture(scope="module")
+def checkov() -> str:
+    """The checkov executable (a test using this fixture is marked `checkov`: see conftest.py)."""
     executable = os.environ.get("CHECKOV") or shutil.which("checkov")
     if not executable:
         pytest.fail(
@@ -682,10 +684,10 @@ def _checkov_executable() -> str:
     return executable
 
 
-def run_checkov(directory: Path, cwd: Path) -> dict[str, Any]:
+def run_checkov(checkov: str, directory: Path, cwd: Path) -> dict[str, Any]:
     """checkov -d directory, run from cwd (where it looks for .checkov.yaml); its bicep report."""
     result = subprocess.run(
-        [_checkov_executable(), "-d", str(directory), "-o", "json"],
+        [checkov, "-d", str(directory), "-o", "json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -701,16 +703,17 @@ def run_checkov(directory: Path, cwd: Path) -> dict[str, Any]:
     assert summary["parsing_errors"] == 0, f"checkov could not parse {summary['parsing_errors']} file(s): {result.stderr[-2000:]}"
     assert summary["resource_count"] >= 20
     assert summary["passed"] > 0
-    return bicep  # type: ignore[no-any-return]
+    assert isinstance(bicep, dict)
+    return bicep
 
 
 def _failed(report: dict[str, Any]) -> set[str]:
     return {c["check_id"] for c in report["results"].get("failed_checks", [])}
 
 
-def test_standalone_checkov_reports_nothing_failed() -> None:
+def test_standalone_checkov_reports_nothing_failed(checkov: str) -> None:
     """What a pipeline runs: `checkov -d infra` from the repository root, which reads .checkov.yaml."""
-    report = run_checkov(Path("infra"), ROOT)
+    report = run_checkov(checkov, Path("infra"), ROOT)
     failed = sorted(
         f"{c['check_id']} {c['check_name']} ({c['file_path']}: {c['resource']})"
         for c in report["results"].get("failed_checks", [])
@@ -718,13 +721,13 @@ def test_standalone_checkov_reports_nothing_failed() -> None:
     assert not failed, "checkov failures (fix them, or skip in .checkov.yaml with a reason):\n" + "\n".join(failed)
 
 
-def test_network_skips_apply_only_without_a_vnet(tmp_path: Path) -> None:
+def test_network_skips_apply_only_without_a_vnet(checkov: str, tmp_path: Path) -> None:
     """With vnetEnabled=true and no skips at all, exactly the non-network skips fail: the [network] checks
     pass there, and every other skip is still needed."""
     skips = checkov_skips()
     network = {check for check, reason in skips.items() if reason.startswith("[network]")}
     assert network, "the skip list marks its network skips"
-    report = run_checkov(vnet_rendered_copy(tmp_path), tmp_path)  # no .checkov.yaml in tmp_path: no skips
+    report = run_checkov(checkov, vnet_rendered_copy(tmp_path), tmp_path)  # no .checkov.yaml in tmp_path: no skips
     assert _failed(report) == set(skips) - network
     passed = {c["check_id"] for c in report["results"].get("passed_checks", [])}
     assert network <= passed, f"network checks not passing with vnetEnabled=true: {sorted(network - passed)}"
@@ -756,7 +759,7 @@ def _run_health_query(name: str, traces: list[tuple[Any, str]]) -> list[tuple[An
     trace_rows = pa.table({"timestamp": [t for t, _ in traces], "message": [m for _, m in traces]}, schema=schema)  # noqa: F841
     con = duckdb_kql.connect()
     con.execute("CREATE TABLE traces AS SELECT * FROM trace_rows")
-    return duckdb_kql.kql(con, (HEALTH / f"{name}.kql").read_text(encoding="utf-8")).fetchall()  # type: ignore[no-any-return]
+    return duckdb_kql.kql(con, (HEALTH / f"{name}.kql").read_text(encoding="utf-8")).fetchall()
 
 
 def test_health_queries_read_only_keys_the_summary_has() -> None:

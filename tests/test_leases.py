@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_INCOMPLETE, EXIT_OK, main
+from detector.errors import StateError
 from detector.runner import LEASE_TTL, LeaseKeeper
 from detector.state import LeaseLostError, StateStore, holder_is_dead, new_owner
 from detector.state.file import FileStateStore
-from tests.helpers import FILES, RULE, expected_findings
+from tests.helpers import FILES, ROOT, RULE, expected_findings
 from tests.test_state_stores import store  # noqa: F401 - the file and Azurite table store fixture
 
-ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
 
 
@@ -91,8 +91,8 @@ def test_the_folder_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> 
     )
     process = subprocess.Popen([sys.executable, "-c", code, str(state)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == "locked"
-    with pytest.raises(Exception, match="held by pid"):
-        FileStateStore(state, mutex_wait=0.2).acquire_lease("rule", "a", LEASE_TTL, T0)  # a live holder: waited for
+    with pytest.raises(StateError, match="held by pid"):
+        FileStateStore(state, mutex_wait=0).acquire_lease("rule", "a", LEASE_TTL, T0)  # a live holder is not taken over
     process.kill()
     process.wait()
     assert FileStateStore(state, mutex_wait=0.2).acquire_lease("rule", "a", LEASE_TTL, T0)

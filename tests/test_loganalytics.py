@@ -23,10 +23,10 @@ from detector.sources import open_source
 from detector.sources.file import FileSource
 from detector.sources.kql_query import datetime_literal
 from detector.sources.loganalytics import LogAnalyticsSource, QueryLimits, RequestPacer, _table_rows
-from tests.conftest import FILES
 from tests.fakes import tls
 from tests.fakes.loganalytics import INGESTION_COLUMN, Fault, LogAnalyticsFake, serve_log_analytics
 from tests.fakes.server import FakeServer
+from tests.helpers import FILES
 
 WS = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -170,7 +170,7 @@ def test_hostile_group_keys_are_fetched_exactly(workspace: Workspace, rule: Rule
 
 def test_managed_identity_with_the_configured_client_id(workspace: Workspace, rule: Rule) -> None:
     findings_of(rule, workspace.source())
-    asked = workspace.identity.server.state["requests"]  # type: ignore[attr-defined]
+    asked = workspace.identity.state["requests"]
     assert asked
     assert {a["client_id"] for a in asked} == {CLIENT_ID}
     assert {a["resource"] for a in asked} == {workspace.server.url}  # the SDK's audience: its endpoint
@@ -179,7 +179,7 @@ def test_managed_identity_with_the_configured_client_id(workspace: Workspace, ru
 def test_developer_credential_when_no_client_id(workspace: Workspace, rule: Rule) -> None:
     # DefaultAzureCredential: here its managed-identity step answers (system-assigned: no client id sent).
     assert findings_of(rule, workspace.source(client_id="")) == workspace.expected
-    asked = workspace.identity.server.state["requests"]  # type: ignore[attr-defined]
+    asked = workspace.identity.state["requests"]
     assert {a["client_id"] for a in asked} == {""}
 
 
@@ -260,12 +260,15 @@ def test_partial_answer_without_data_is_split_not_trusted(workspace: Workspace, 
 
 
 def test_a_hung_request_times_out_and_is_retried(workspace: Workspace, rule: Rule) -> None:
-    # Server timeout 1 s, so the client's read timeout is 2.1 s; the fake answers the first request after 3 s.
-    workspace.fake.script(Fault("delay", seconds=3))
-    source = workspace.source(server_timeout=timedelta(seconds=1))
+    # The fake holds the first answer until the client asks again. The client's read timeout is cut from
+    # its default (the server timeout plus 10 % and a second) to 1 s: what the hang costs the test, and
+    # several times what the fake takes to answer a query here.
+    workspace.fake.script(Fault("hang", seconds=60))
+    source = workspace.source(limits=QueryLimits(read_timeout_seconds=1.0), server_timeout=timedelta(seconds=1))
     assert findings_of(rule, source) == workspace.expected
     assert source.stats.retries == 1
     assert workspace.fake.requests[0].prefer == "wait=1"
+    assert workspace.fake.requests[0].fault == "hang"
 
 
 def test_a_slow_query_past_its_server_timeout_is_retried(workspace: Workspace, rule: Rule) -> None:
@@ -336,7 +339,7 @@ def test_workspace_id_must_be_a_guid(workspace: Workspace) -> None:
 
 def test_dynamic_columns_and_seven_digit_datetimes(workspace: Workspace) -> None:
     from azure.identity import ManagedIdentityCredential
-    from azure.monitor.query import LogsQueryClient
+    from azure.monitor.query import LogsQueryClient, LogsQueryResult
 
     with LogsQueryClient(ManagedIdentityCredential(client_id=CLIENT_ID), endpoint=workspace.server.url) as client:
         result = client.query_workspace(
@@ -344,6 +347,7 @@ def test_dynamic_columns_and_seven_digit_datetimes(workspace: Workspace) -> None
             'print d = pack_array(1, "a"), t = datetime(2026-11-26T00:00:00.1234567Z), n = int(null)',
             timespan=(WINDOW.start, WINDOW.end),
         )
+    assert isinstance(result, LogsQueryResult)
     [row] = _table_rows(result.tables[0], WINDOW)
     assert row == {"d": [1, "a"], "t": DAY.replace(microsecond=123456), "n": None}
 
@@ -456,3 +460,35 @@ def test_scheduled_runs_find_the_same_and_pick_up_late_rows_once(workspace: Work
     ips = [r["cIP"] for r in records(out)]
     assert ips.count("203.0.113.200") == 1
     assert len(ips) == len(workspace.expected) + 1
+
+
+LOGON_ROWS = FILES / "w3ciislog_logons.jsonl"
+
+
+@pytest.mark.parametrize("rule_id", ["19e01883-15d8-4eb6-a7a5-3276cd668388", "884c4957-70ea-4f57-80b9-1bca3890315b"])
+def test_failed_logon_rules_are_pushed_down_not_pulled_raw(azure_env: FakeServer, pki: tls.TestPki, rule_id: str) -> None:
+    """Each failed-logon rule's description runs server-side: the candidates query counts failed logons
+    per bin and keys, and only the candidate groups' failed logons come back, never the day's raw rows."""
+    rule = load_rules(rule_id)[0]
+    expected = as_json(evaluate_window(rule, FileSource(LOGON_ROWS), WINDOW).findings)
+    assert expected
+    fake = LogAnalyticsFake(WS)
+    total = fake.load_jsonl(LOGON_ROWS)
+    with serve_log_analytics(pki, fake) as server:
+        workspace = Workspace(fake, server, azure_env, expected)
+        source = workspace.source()
+        run = evaluate_window(rule, source, WINDOW)
+        assert as_json(run.findings) == expected
+        queries = [r.query for r in fake.requests]
+        assert len(queries) == 3  # candidates, rows read, details
+        assert "summarize rows = count() by TimeGenerated = bin(TimeGenerated" in queries[0]
+        assert '| where (scStatus in ("401", "403") and csUserName != "-")' in queries[0]
+        assert '| where (scStatus in ("401", "403") and csUserName != "-")' in queries[2]
+        returned = sum(r.rows for r in fake.requests[2:])
+        in_window = run.source_stats["rowsRead"]
+        assert returned == run.rows_evaluated
+        # Only rows of groups at the threshold came back: a small part of the day (the fake counted them).
+        assert returned < in_window / 4 < total
+        rule_rows = [json.loads(line) for line in LOGON_ROWS.read_text(encoding="utf-8").splitlines()]
+        failed = [r for r in rule_rows if r.get("scStatus") in ("401", "403") and r.get("csUserName") != "-"]
+        assert returned <= len(failed)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from detector.config import LogAnalyticsSettings, Settings
 from detector.errors import ConfigError
+from detector.kql import string_literal
 from detector.logic import CandidateSpec, DistinctCount, Threshold
 from detector.sources.kql_query import (
     GroupRange,
@@ -16,7 +18,6 @@ from detector.sources.kql_query import (
     details_query,
     identifier,
     raw_query,
-    string_literal,
 )
 from detector.sources.loganalytics import RequestPacer, _middle_boundary, _time_split
 from tests.fakes.loganalytics import LogAnalyticsFake
@@ -99,10 +100,11 @@ def test_details_query_selects_exactly_the_group_ranges() -> None:
 
 
 def test_table_injection_is_rejected_by_every_builder() -> None:
-    for build in (
+    builders: list[Callable[[str], str]] = [
         lambda t: candidates_query(t, DAY, DAY + timedelta(days=1), SPEC),
         lambda t: raw_query(t, DAY, DAY + timedelta(days=1), ["cIP"]),
-    ):
+    ]
+    for build in builders:
         with pytest.raises(ValueError, match="not a KQL identifier"):
             build("W3CIISLog | union SecurityEvent")
 

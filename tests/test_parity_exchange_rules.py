@@ -1,4 +1,4 @@
-"""The three staged rules (rules/pending/): their files, their examples, and parity with an independent KQL engine.
+"""The three Exchange and user-agent rules (rules/): their files, their examples, and parity with an independent KQL engine.
 
 Each rule's own query text, from its YAML file, runs through duckdb-kql over the same rows as the Python
 logic (the fixture of tests/files/generate_exchange.py, and every inline example), and every output
@@ -13,7 +13,7 @@ Both kql_terms functions are unit-tested against the docs in test_kql_terms.py. 
 `hasprefix`, `contains`, `startswith`, `in~`, `=~`, `matches regex` (DuckDB's RE2), `split`, `indexof`,
 `substring`, `min`, `max` and `count` are duckdb-kql's own. The window becomes a `where` on
 TimeGenerated (Sentinel applies it as the query's time range); `ago(14d)` and `ago(1d)` become the
-window's bounds, the reading documented in detector/logic_pending/silk_typhoon.py.
+window's bounds, the reading documented in detector/logic/silk_typhoon.py.
 """
 
 from __future__ import annotations
@@ -33,15 +33,14 @@ import yaml
 
 from detector.kql import format_datetime, parse_datetime
 from detector.kql_terms import ipv4_is_private, string_size
-from detector.logic_pending.anomalous_user_agent import AnomalousUserAgent
-from detector.logic_pending.proxyshell import ProxyShell
-from detector.logic_pending.silk_typhoon import REORDERED_FIRST, TABLE_COLUMNS, SilkTyphoon
+from detector.logic.anomalous_user_agent import AnomalousUserAgent
+from detector.logic.proxyshell import ProxyShell
+from detector.logic.silk_typhoon import REORDERED_FIRST, TABLE_COLUMNS, SilkTyphoon
 from detector.models import Row, Window
 from detector.rules import DEFAULT_RULES_DIR, load_rules
 from detector.w3ciislog import coerce_row
 from tests.helpers import FILES
 
-PENDING = DEFAULT_RULES_DIR / "pending"
 END = parse_datetime("2026-11-27T00:00:00Z")
 ARROW_TYPES = {
     "TimeGenerated": pa.timestamp("us", tz="UTC"),
@@ -57,7 +56,7 @@ SQL_TYPES = {"TimeGenerated": "TIMESTAMPTZ", "sPort": "INTEGER", "scBytes": "BIG
 
 @dataclass(frozen=True)
 class PendingRule:
-    """A staged rule: its file, parsed YAML, Python logic and how its query is adapted for duckdb-kql."""
+    """A rule: its file, parsed YAML, Python logic and how its query is adapted for duckdb-kql."""
 
     file: str
     logic_class: Any
@@ -67,7 +66,7 @@ class PendingRule:
 
     @property
     def data(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = yaml.safe_load((PENDING / self.file).read_text(encoding="utf-8"))
+        loaded: dict[str, Any] = yaml.safe_load((DEFAULT_RULES_DIR / self.file).read_text(encoding="utf-8"))
         return loaded
 
     def logic(self) -> Any:
@@ -158,8 +157,14 @@ def rows() -> list[Row]:
     return fixture_rows()
 
 
-def test_the_engine_does_not_load_the_staged_rules() -> None:
-    assert {r.id for r in load_rules(DEFAULT_RULES_DIR)}.isdisjoint(RULE_IDS.values())
+def test_the_engine_loads_the_three_rules_with_their_windows() -> None:
+    loaded = {r.id: r for r in load_rules(DEFAULT_RULES_DIR)}
+    assert set(RULE_IDS.values()) <= set(loaded)
+    for name, rule_id in RULE_IDS.items():
+        rule = loaded[rule_id]
+        assert rule.logic.whole_window, name
+        assert rule.logic.time_bin == rule.query_frequency, name  # windows are whole queryFrequency steps
+        assert rule.query_period == RULES[name].period, name
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -181,7 +186,7 @@ def test_sentinel_fields_are_kept(name: str) -> None:
 
 def _output_columns(name: str) -> tuple[str, ...]:
     module = {"anomalous_user_agent": "anomalous_user_agent", "proxyshell": "proxyshell", "silk_typhoon": "silk_typhoon"}[name]
-    imported = __import__(f"detector.logic_pending.{module}", fromlist=["OUTPUT_COLUMNS"])
+    imported = __import__(f"detector.logic.{module}", fromlist=["OUTPUT_COLUMNS"])
     columns: tuple[str, ...] = imported.OUTPUT_COLUMNS
     return columns
 
@@ -274,17 +279,17 @@ def test_row_level_ids_name_the_request_and_whole_window_ids_name_the_window(row
     proxyshell, silk = RULES["proxyshell"].logic(), RULES["silk_typhoon"].logic()
     day, earlier = Window(END - timedelta(hours=12), END), Window(END - timedelta(hours=13), END)
     # A request seen by two different windows (say, a catch-up and a re-check) has one identity.
-    keys = {proxyshell.group_key(r, day) for r in proxyshell.evaluate(rows, day)}
+    keys = {proxyshell.finding_key(r, day) for r in proxyshell.evaluate(rows, day)}
     assert keys == {
-        proxyshell.group_key(r, earlier) for r in proxyshell.evaluate(rows, earlier) if r["TimeGenerated"] >= day.start
+        proxyshell.finding_key(r, earlier) for r in proxyshell.evaluate(rows, earlier) if r["TimeGenerated"] >= day.start
     }
     assert len(keys) == len(proxyshell.evaluate(rows, day))
     two_weeks = Window(END - timedelta(days=14), END)
-    assert len({silk.group_key(r, two_weeks) for r in silk.evaluate(rows, two_weeks)}) == len(silk.evaluate(rows, two_weeks))
+    assert len({silk.finding_key(r, two_weeks) for r in silk.evaluate(rows, two_weeks)}) == len(silk.evaluate(rows, two_weeks))
     agents = RULES["anomalous_user_agent"].logic()
     today, yesterday = Window(END - timedelta(days=1), END), Window(END - timedelta(days=2), END - timedelta(days=1))
     result = agents.evaluate(rows, today)[0]
-    assert agents.group_key(result, today) != agents.group_key(result, yesterday)
+    assert agents.finding_key(result, today) != agents.finding_key(result, yesterday)
 
 
 def test_fixture_is_what_the_generator_writes(tmp_path: Path) -> None:
@@ -295,7 +300,7 @@ def test_fixture_is_what_the_generator_writes(tmp_path: Path) -> None:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.HERE = tmp_path
+    setattr(module, "HERE", tmp_path)  # noqa: B010 - the generator writes next to HERE; a module built at run time
     module.main()
     for name in ("exchange_w3ciislog.jsonl", "exchange_expected.json"):
         assert (tmp_path / name).read_bytes() == (FILES / name).read_bytes(), name

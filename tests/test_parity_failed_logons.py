@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ from hypothesis import strategies as st
 
 from detector.evaluate import evaluate
 from detector.kql import CappedSet, format_datetime, tohex, tolong, url_decode
+from detector.logic.failed_logons import FailedLogonCount
 from detector.models import Row, Window
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rule
 from detector.sources import ReadRequest, open_source
@@ -114,10 +116,12 @@ def _moment(value: datetime) -> str:
     return format_datetime(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
 
 
-def assert_same_results(rule: Rule, ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+def assert_same_results(rule: Rule, ours: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, Any]]) -> None:
     actor = rule.logic.output_columns[1]  # cIP or csUserName: the first group key after the bin
+    assert isinstance(rule.logic, FailedLogonCount)
+    max_set_size = rule.logic.max_set_size
 
-    def key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    def key(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
         return (_moment(row["TimeGenerated"]), row[actor], row["Computer"], row["sIP"])
 
     skips_empty = _make_set_skips_empty()
@@ -135,10 +139,10 @@ def assert_same_results(rule: Rule, ours: list[dict[str, Any]], theirs: list[dic
                     values = list(dict.fromkeys(url_decode(v) for v in values))
                 if skips_empty:
                     values = [v for v in values if v != ""]
-                if len(values) <= rule.logic.max_set_size:  # type: ignore[attr-defined]
+                if len(values) <= max_set_size:
                     assert sorted(value, key=str) == sorted(values, key=str), column
                 else:
-                    assert len(value) == rule.logic.max_set_size, column  # type: ignore[attr-defined]
+                    assert len(value) == max_set_size, column
                     assert set(value) <= set(values), column
             elif isinstance(value, datetime):
                 assert _moment(value) == _moment(their_value), column

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC
 from typing import Any
 
@@ -86,7 +87,7 @@ def test_same_groups_counts_and_sets_as_the_kql_engine() -> None:
     ours = [f.columns for f in evaluate(RULE, rows, DAY)]
     assert len(ours) == len(theirs) > 0
 
-    def key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    def key(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
         moment = row["TimeGenerated"]
         moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
         return (format_datetime(moment), row["cIP"], row["Computer"], row["sIP"])

@@ -9,7 +9,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +29,8 @@ from detector.sinks.sentinel import (
 )
 from detector.sinks.webhook import finding_payload, finding_text, run_payload
 from detector.w3ciislog import COLUMN_TYPES as W3CIISLOG_TYPES
-from tests.sink_support import DAY, findings, the_rule
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import DAY, ROOT
+from tests.sink_support import findings, the_rule
 
 # What scanners and attackers really put in user agents, user names and query strings.
 HOSTILE = (
@@ -240,7 +238,7 @@ def test_escaping_is_reversible_for_what_a_reader_sees(escape: Any) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400))
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=400))
 def test_any_text_renders_inert(value: str) -> None:
     assert_inert(chat_text(value), "chat_text")
     assert_inert(markdown_text(value), "markdown_text")

@@ -79,7 +79,9 @@ def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
 
 
 def _base() -> dict[str, Any]:
-    return yaml.safe_load(RULE_FILE.read_text(encoding="utf-8"))
+    data = yaml.safe_load(RULE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
 
 
 @pytest.mark.parametrize(
@@ -168,7 +170,9 @@ def test_the_libyaml_loader_reads_every_rule_like_the_pure_python_one() -> None:
         text = path.read_text(encoding="utf-8")
         assert yaml.load(text, Loader=rules._YAML_LOADER) == yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        lines = rules._node_lines(yaml.compose(text, Loader=rules._YAML_LOADER), str(path))
+        fast = yaml.compose(text, Loader=rules._YAML_LOADER)
+        assert node is not None and fast is not None, f"{path} is empty"
+        lines = rules._node_lines(fast, str(path))
         assert {k: v for k, v in lines.items() if "." not in k and "[" not in k} == {
             key.value: key.start_mark.line + 1 for key, _ in node.value
         }

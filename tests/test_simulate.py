@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,14 +14,13 @@ import pytest
 
 from detector.cli import main
 from detector.kql import bin_datetime, format_datetime, parse_datetime
-from detector.models import Window
+from detector.models import Row, Window
 from detector.report import render_html
 from detector.simulate import counts_by_label, simulate
 from detector.sources import ReadRequest
 from detector.sources.file import FileSource
-from tests.helpers import DAY, FILES, RULE, expected_findings
+from tests.helpers import DAY, FILES, ROOT, RULE, expected_findings
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "simulation-example.html"
 PORT_RULE_ID = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 EXAMPLE_ARGS = [
@@ -57,7 +57,7 @@ def independent_counts(window: Window, bucket: timedelta) -> dict[int, Counter[s
 class CountingSource(FileSource):
     reads: int = 0
 
-    def read(self, request: ReadRequest):  # type: ignore[no-untyped-def]
+    def read(self, request: ReadRequest) -> Iterator[Row]:
         type(self).reads += 1
         return super().read(request)
 

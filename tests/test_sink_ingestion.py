@@ -8,7 +8,6 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb_kql
@@ -38,7 +37,8 @@ from detector.sinks.ingestion import (
 )
 from tests.fakes.ingestion import IngestionHandler, row_problems, stream_columns
 from tests.fakes.server import FakeServer, serve
-from tests.sink_support import CLIENT_ID, DAY, DCR_ID, findings, the_rule
+from tests.helpers import DAY, ROOT
+from tests.sink_support import CLIENT_ID, DCR_ID, findings, the_rule
 
 if TYPE_CHECKING:
     from tests.fakes.tls import TestPki
@@ -54,7 +54,7 @@ def ingestion(pki: TestPki, azure_env: FakeServer) -> Iterator[FakeServer]:
 
 
 def state(server: FakeServer) -> dict[str, Any]:
-    return server.server.state  # type: ignore[no-any-return, attr-defined]
+    return server.state
 
 
 def settings_for(server: FakeServer, dcr: str = DCR_ID) -> Settings:
@@ -192,7 +192,7 @@ def test_rows_arrive_gzip_compressed_and_match_the_findings(ingestion: FakeServe
         assert (result["portCount"], result["ConnectionsCount"]) == (c["portCount"], c["ConnectionsCount"])
         assert sorted(result["set_sPort"]) == sorted(c["set_sPort"])
         assert row["BinStart"] == c["TimeGenerated"].strftime("%Y-%m-%dT%H:%M:%SZ") == result["TimeGenerated"]
-    asked = azure_env.server.state["requests"]  # type: ignore[attr-defined]
+    asked = azure_env.state["requests"]
     assert {"resource": "https://monitor.azure.com", "client_id": CLIENT_ID} in asked
 
 
@@ -346,7 +346,7 @@ def test_one_alert_rule_per_rule_consistent_with_its_query_and_the_table() -> No
 
 
 def alert_query() -> str:
-    return alert_rule_template(the_rule())["query"]
+    return str(alert_rule_template(the_rule())["query"])
 
 
 def load_rows_into_duckdb(rows: list[dict[str, Any]]) -> Any:
@@ -397,7 +397,7 @@ def test_alert_query_alerts_once_per_new_finding_with_its_latest_row(ingestion: 
 
 def test_docs_example_row_is_current() -> None:
     """docs/sinks.md shows a real row; it must be what the code produces for the first fixture finding."""
-    docs = Path(__file__).resolve().parents[1] / "docs" / "sinks.md"
+    docs = ROOT / "docs" / "sinks.md"
     example = docs.read_text(encoding="utf-8").split("<!-- example-row -->", 2)[1]
     shown = json.loads(example.strip().removeprefix("```json").removesuffix("```"))
     expected = finding_row(findings()[2], datetime(2026, 11, 27, 0, 31, 2, tzinfo=UTC))

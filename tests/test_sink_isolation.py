@@ -20,12 +20,13 @@ from tests.fakes.arm import ArmHandler
 from tests.fakes.ingestion import IngestionHandler, stream_columns
 from tests.fakes.server import FakeServer, serve
 from tests.fakes.webhook import WebhookHandler
-from tests.sink_support import CLIENT_ID, DAY, DCR_ID, FIXTURE, WORKSPACE, the_rule
+from tests.helpers import DAY, ROOT
+from tests.sink_support import CLIENT_ID, DCR_ID, FIXTURE, WORKSPACE, the_rule
 
 if TYPE_CHECKING:
     from tests.fakes.tls import TestPki
 
-SCHEMA = Path(__file__).resolve().parents[1] / "infra" / "schema" / "findings-columns.json"
+SCHEMA = ROOT / "infra" / "schema" / "findings-columns.json"
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def services(pki: TestPki, azure_env: FakeServer) -> Iterator[dict[str, FakeServ
 
 
 def state(server: FakeServer) -> dict[str, Any]:
-    return server.server.state  # type: ignore[no-any-return, attr-defined]
+    return server.state
 
 
 def test_a_failing_sink_leaves_the_others_delivered_and_is_reported(services: dict[str, FakeServer], tmp_path: Path) -> None:

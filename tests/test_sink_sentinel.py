@@ -25,12 +25,12 @@ if TYPE_CHECKING:
 @pytest.fixture
 def arm(pki: TestPki, azure_env: FakeServer) -> Iterator[FakeServer]:
     with serve(ArmHandler, pki, workspaces={WORKSPACE.lower()}) as server:
-        server.server.state["audience"] = server.url  # type: ignore[attr-defined]
+        server.state["audience"] = server.url
         yield server
 
 
 def state(server: FakeServer) -> dict[str, Any]:
-    return server.server.state  # type: ignore[no-any-return, attr-defined]
+    return server.state
 
 
 def settings_for(arm: FakeServer, workspace: str = WORKSPACE) -> Settings:
@@ -45,7 +45,8 @@ def settings_for(arm: FakeServer, workspace: str = WORKSPACE) -> Settings:
 
 
 def incident(arm: FakeServer, finding_id: str) -> dict[str, Any]:
-    return state(arm)["incidents"][(WORKSPACE.lower(), finding_id)]  # type: ignore[no-any-return]
+    found: dict[str, Any] = state(arm)["incidents"][(WORKSPACE.lower(), finding_id)]
+    return found
 
 
 def writes(arm: FakeServer) -> list[dict[str, Any]]:
@@ -72,7 +73,7 @@ def test_one_incident_per_finding_with_the_evidence(arm: FakeServer, azure_env: 
         assert f"in {c['ConnectionsCount']} connections" in props["description"]
         assert evidence_query(finding) in props["description"]
     # The real credential asked the identity endpoint for our user-assigned identity and the ARM scope.
-    asked = azure_env.server.state["requests"]  # type: ignore[attr-defined]
+    asked = azure_env.state["requests"]
     assert {"resource": arm.url, "client_id": CLIENT_ID} in asked  # scope <ARM endpoint>/.default, as a resource
 
 
@@ -90,9 +91,9 @@ def test_evidence_query_returns_exactly_the_rows_of_the_finding() -> None:
         "NULL::VARCHAR AS scSubStatus, NULL::VARCHAR AS scWin32Status FROM iis_rows"
     )
     for finding in findings():
-        rows = duckdb_kql.kql(con, evidence_query(finding)).fetchall()
-        assert len(rows) == finding.columns["ConnectionsCount"]
-        ports = {r[4] for r in rows if r[4] is not None}  # makeset skips nulls and keeps at most 128
+        evidence = duckdb_kql.kql(con, evidence_query(finding)).fetchall()
+        assert len(evidence) == finding.columns["ConnectionsCount"]
+        ports = {r[4] for r in evidence if r[4] is not None}  # makeset skips nulls and keeps at most 128
         assert min(len(ports), 128) == finding.columns["portCount"]
 
 

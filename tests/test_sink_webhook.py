@@ -31,7 +31,7 @@ def receiver(pki: TestPki, azure_env: FakeServer) -> Iterator[FakeServer]:
 
 
 def state(server: FakeServer) -> dict[str, Any]:
-    return server.server.state  # type: ignore[no-any-return, attr-defined]
+    return server.state
 
 
 def url_of(server: FakeServer) -> str:

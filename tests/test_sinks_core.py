@@ -21,7 +21,7 @@ from detector.models import Finding
 from detector.sinks import open_sink
 from detector.sinks.jsonl import JsonlSink
 from detector.sources import ReadRequest, open_source
-from tests.helpers import DAY, FILES, RULE
+from tests.helpers import DAY, FILES, ROOT, RULE
 
 FINDINGS = evaluate(
     RULE,
@@ -79,10 +79,9 @@ for i in range(int(sys.argv[4])):
 
 def test_two_processes_writing_one_file_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
     target, go = tmp_path / "findings.jsonl", tmp_path / "go"
-    root = Path(__file__).resolve().parent.parent
     count = 40
     writers = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(target), name, str(go), str(count)], cwd=root) for name in ("a", "b")
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(target), name, str(go), str(count)], cwd=ROOT) for name in ("a", "b")
     ]
     go.touch()  # both start together, so their read-merge-replace cycles interleave
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
@@ -189,9 +188,8 @@ def test_a_folder_as_target_is_a_sink_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("target", ["-", "/dev/stdout"])
 def test_the_cli_pipes_json_lines_to_standard_output(target: str) -> None:
-    root = Path(__file__).resolve().parent.parent
     command = [sys.executable, "-m", "detector", "run", "--source", f"file:{FILES / 'w3ciislog.jsonl'}"]
     command += ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z", "--sink", f"jsonl:{target}"]
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["FindingId"] for line in done.stdout.splitlines()] == [f.id for f in FINDINGS]

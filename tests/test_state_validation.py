@@ -168,6 +168,18 @@ def _merge(table: TableClient, entity: dict[str, Any], **values: Any) -> None:
     table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], **values}, mode=UpdateMode.MERGE)
 
 
+def _merge_all(table: TableClient, query: str, **values: Any) -> None:
+    for entity in table.query_entities(query):
+        _merge(table, entity, **values)
+
+
+def _delete_all(table: TableClient, query: str) -> None:
+    for entity in table.query_entities(query):
+        table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+
+OUTBOX_ENTRIES = "PartitionKey ne 'rule' and PartitionKey ne 'outboxes'"
+
 TABLE_CASES: dict[str, tuple[Callable[[TableClient], None], str]] = {
     "State not JSON": (lambda t: _merge(t, _rule_entity(t), State="{garbage"), "State is not valid JSON"),
     "State a number": (lambda t: _merge(t, _rule_entity(t), State=5), "State is int"),
@@ -185,17 +197,15 @@ TABLE_CASES: dict[str, tuple[Callable[[TableClient], None], str]] = {
         "LeaseExpires is not a DateTime",
     ),
     "outbox deleted": (
-        lambda t: [t.delete_entity(e["PartitionKey"], e["RowKey"]) for e in t.query_entities("PartitionKey ne 'rule'")],
+        lambda t: _delete_all(t, "PartitionKey ne 'rule'"),
         "is missing or was replaced",
     ),
     "outbox entry malformed": (
-        lambda t: [_merge(t, e, Chunks="x") for e in t.query_entities("PartitionKey ne 'rule' and PartitionKey ne 'outboxes'")],
+        lambda t: _merge_all(t, OUTBOX_ENTRIES, Chunks="x"),
         "is not an outbox entry",
     ),
     "stored finding not JSON": (
-        lambda t: [
-            _merge(t, e, Finding0="{x") for e in t.query_entities("PartitionKey ne 'rule' and PartitionKey ne 'outboxes'")
-        ],
+        lambda t: _merge_all(t, OUTBOX_ENTRIES, Finding0="{x"),
         "stored finding is not valid JSON",
     ),
 }

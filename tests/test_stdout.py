@@ -13,14 +13,14 @@ from detector.evaluate import evaluate
 from detector.sinks.stdout import StdoutSink, in_rule_order, render
 from detector.sources import ReadRequest, open_source
 from detector.state.file import FileStateStore
-from tests.helpers import DAY, FILES, RULE
+from tests.helpers import DAY, FILES, ROOT, RULE
 
 FINDINGS = evaluate(
     RULE,
     open_source(f"file:{FILES / 'w3ciislog.jsonl'}").read(ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns)),
     DAY,
 )
-SOURCE = (Path(__file__).resolve().parent.parent / "detector" / "sinks" / "stdout.py").read_text(encoding="utf-8")
+SOURCE = (ROOT / "detector" / "sinks" / "stdout.py").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("width", [40, 60, 80, 120, 200, 400])

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from detector.kql import parse_datetime
 from detector.models import Window
-from detector.windows import bins_of, is_aligned, latest_window, merge_bins, plan_windows
+from detector.windows import bins_of, is_aligned, merge_bins, plan_windows
 
 BIN, DAY, DELAY, CAP = timedelta(minutes=10), timedelta(days=1), timedelta(minutes=30), timedelta(days=7)
 
 
-def t(text: str):  # type: ignore[no-untyped-def]
+def t(text: str) -> datetime:
     return parse_datetime(text)
 
 
@@ -58,12 +58,6 @@ def test_catch_up_limit_never_shortens_the_first_run_below_the_period() -> None:
 def test_an_unaligned_checkpoint_re_evaluates_its_whole_bin() -> None:
     plan = plan_windows(t("2026-11-27T00:15:00Z"), t("2026-11-27T01:30:00Z"), DELAY, BIN, DAY, CAP)
     assert plan.windows == [Window(t("2026-11-27T00:10:00Z"), t("2026-11-27T01:00:00Z"))]
-
-
-def test_latest_window() -> None:
-    assert latest_window(t("2026-11-27T00:39:59Z"), DELAY, DAY, BIN) == Window(
-        t("2026-11-26T00:00:00Z"), t("2026-11-27T00:00:00Z")
-    )
 
 
 def test_bins_and_merging() -> None:

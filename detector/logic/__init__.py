@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from detector.kql import format_datetime
+from detector.kql import format_datetime, parse_timespan
 from detector.models import Row, Window
 from detector.pushdown import (
     And,
@@ -21,12 +21,14 @@ from detector.pushdown import (
     Compare,
     Count,
     DistinctCount,
+    FirstPhase,
     InSet,
     Not,
     Opaque,
     Or,
     Predicate,
     StartsWith,
+    Term,
     Threshold,
     column,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "Compare",
     "Count",
     "DistinctCount",
+    "FirstPhase",
     "InSet",
     "Not",
     "Opaque",
@@ -46,11 +49,14 @@ __all__ = [
     "Predicate",
     "RuleLogic",
     "StartsWith",
+    "Term",
     "Threshold",
+    "bin_parameter",
+    "check_parameters",
     "column",
     "logic_class",
+    "positive_int_parameter",
     "register",
-    "registered_ids",
 ]
 
 
@@ -65,6 +71,11 @@ class RuleLogic(ABC):
     output_columns: ClassVar[tuple[str, ...]]
     # Windows are whole multiples of this, aligned to the UTC clock, so no bin is ever split.
     time_bin: timedelta
+    # True for a rule without a time bin (one group per key over its whole window, or one result per
+    # row): each evaluation covers one queryFrequency step and reads queryPeriod back from the step's
+    # end (detector.windows). The rule loader then sets `time_bin` to queryFrequency, the unit windows
+    # are made of, so checkpoints, re-checks and backfills step by whole windows.
+    whole_window: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -77,7 +88,18 @@ class RuleLogic(ABC):
 
     @abstractmethod
     def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The values that identify a result row across runs (its stable id is derived from them)."""
+        """The values that identify a result row within its window (a binned group, or a request)."""
+
+    def finding_key(self, result: Mapping[str, Any], window: Window) -> tuple[Any, ...]:
+        """The values a finding's stable id is derived from; the group key by default.
+
+        A binned group's key holds its bin and a request's key holds the request, so neither needs the
+        window (any run, window or source that sees it gives the same id). A group counted over a whole
+        window is another group in another window: such a rule puts the window in (see
+        anomalous_user_agent.py).
+        """
+        del window
+        return self.group_key(result)
 
     def candidate_spec(self) -> CandidateSpec | None:
         """What a source may push down (filter, groups, measure, threshold; see detector.pushdown).
@@ -111,6 +133,35 @@ class RuleLogic(ABC):
         return tuple((column, column) for column in self.output_columns)
 
 
+def check_parameters(parameters: Mapping[str, Any], expected: set[str]) -> None:
+    """Raise ValueError naming unknown and missing parameters (what every rule's from_parameters checks first)."""
+    unknown = set(parameters) - expected
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; expected {sorted(expected)}")
+    missing = expected - set(parameters)
+    if missing:
+        raise ValueError(f"missing parameter(s) {sorted(missing)}")
+
+
+def bin_parameter(parameters: Mapping[str, Any], name: str, example: str) -> timedelta:
+    """A time-bin parameter: a positive KQL timespan that divides a day (so bins align with UTC days)."""
+    try:
+        time_bin = parse_timespan(str(parameters[name]))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if time_bin <= timedelta(0) or timedelta(days=1) % time_bin:
+        raise ValueError(f"{name} must be a positive timespan that divides a day, e.g. {example}")
+    return time_bin
+
+
+def positive_int_parameter(parameters: Mapping[str, Any], name: str, hint: str = "") -> int:
+    """A parameter that must be a positive integer."""
+    value = parameters[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{hint}")
+    return value
+
+
 def _plain(value: Any) -> str:
     """A result value as text: datetimes in KQL's ISO 8601 form, the rest with str()."""
     return format_datetime(value) if isinstance(value, datetime) else str(value)
@@ -138,9 +189,3 @@ def logic_class(rule_id: str) -> type[RuleLogic] | None:
             importlib.import_module(f"{__name__}.{module.name}")
         _loaded = True
     return _REGISTRY.get(rule_id.lower())
-
-
-def registered_ids() -> list[str]:
-    """Rule ids that have logic."""
-    logic_class("")
-    return sorted(_REGISTRY)

@@ -21,15 +21,26 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self
 
-from detector.kql import CappedSet, bin_datetime, format_timespan, parse_timespan
-from detector.logic import RuleLogic
+from detector.kql import CappedSet, bin_datetime, format_timespan
+from detector.logic import (
+    CandidateSpec,
+    Count,
+    RuleLogic,
+    Threshold,
+    bin_parameter,
+    check_parameters,
+    positive_int_parameter,
+)
 from detector.models import Row, Window
+from detector.pushdown import column as pushdown_column
 from detector.w3ciislog import decoded_query, status_full, win32_status
 
 # `scStatus in ("401","403")`: `in` is case-sensitive, exact equality on the string column.
 FAILED_STATUSES = frozenset(("401", "403"))
 # `csUserName != "-"`: IIS writes "-" when the request carried no user name.
 NO_USER = "-"
+# The same two `where`s as a pushdown filter (what sources apply where the rows are read).
+FAILED_LOGON_FILTER = pushdown_column("scStatus").in_(*sorted(FAILED_STATUSES)) & pushdown_column("csUserName").ne(NO_USER)
 COUNT_COLUMN = "FailedConnectionsCount"
 # Derived columns a set may be built from, and the raw columns each needs.
 _DERIVED_SOURCES: dict[str, tuple[str, ...]] = {
@@ -47,18 +58,14 @@ def is_failed_logon(row: Row) -> bool:
     return row.get("scStatus") in FAILED_STATUSES and row.get("csUserName") != NO_USER
 
 
-def _positive_int(parameters: Mapping[str, Any], name: str, hint: str) -> int:
-    value = parameters[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{hint}")
-    return value
-
-
 class FailedLogonCount(RuleLogic):
     """Count of failed logons per time bin by an actor (client IP or user name), Computer and sIP."""
 
-    # The column that names who failed: "cIP" or "csUserName".
+    # The column that names who failed: "cIP" or "csUserName", and its label for people.
     actor: ClassVar[str]
+    actor_label: ClassVar[str]
+    # The set an analyst reads right after the count: (label, column), e.g. the user names a client tried.
+    companions: ClassVar[tuple[str, str]]
     # The query's `project` list, in order: TimeGenerated, the group keys, set_<column> for each
     # makeset(<column>) kept, and FailedConnectionsCount.
     projection: ClassVar[tuple[str, ...]]
@@ -90,22 +97,22 @@ class FailedLogonCount(RuleLogic):
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> Self:
-        expected = {"timeBin", "failedThreshold", "maxSetSize"}
-        unknown = set(parameters) - expected
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; expected {sorted(expected)}")
-        missing = expected - set(parameters)
-        if missing:
-            raise ValueError(f"missing parameter(s) {sorted(missing)}")
-        try:
-            time_bin = parse_timespan(str(parameters["timeBin"]))
-        except ValueError as exc:
-            raise ValueError(f"timeBin: {exc}") from None
-        if time_bin <= timedelta(0) or timedelta(days=1) % time_bin:
-            raise ValueError("timeBin must be a positive timespan that divides a day, e.g. 1m or 10m")
-        threshold = _positive_int(parameters, "failedThreshold", "")
-        cap = _positive_int(parameters, "maxSetSize", " (128 for the legacy makeset)")
+        check_parameters(parameters, {"timeBin", "failedThreshold", "maxSetSize"})
+        time_bin = bin_parameter(parameters, "timeBin", "1m or 10m")
+        threshold = positive_int_parameter(parameters, "failedThreshold")
+        cap = positive_int_parameter(parameters, "maxSetSize", " (128 for the legacy makeset)")
         return cls(time_bin, threshold, cap)
+
+    def candidate_spec(self) -> CandidateSpec:
+        # where <failed logon> | summarize count() by bin(TimeGenerated, timeBin), <actor>, Computer, sIP
+        # | where FailedConnectionsCount >= failedThreshold: a count over the filtered rows, monotonic.
+        return CandidateSpec(
+            filter=FAILED_LOGON_FILTER,
+            keys=(self.actor, "Computer", "sIP"),
+            time_bin=self.time_bin,
+            measure=Count(),
+            threshold=Threshold(">=", self.failed_threshold),
+        )
 
     def uri_query(self, cs_uri_query: str) -> str:
         """csUriQuery as the query sees it after its own rewrites (none by default)."""
@@ -174,6 +181,24 @@ class FailedLogonCount(RuleLogic):
 
     def last_activity(self, result: Mapping[str, Any]) -> Any:
         return result["TimeGenerated"] + self.time_bin
+
+    def title(self, result: Mapping[str, Any]) -> str:
+        """e.g. `203.0.113.7 on web01.contoso.com (25 failed logons)`."""
+        return f"{result[self.actor]} on {result['Computer']} ({result[COUNT_COLUMN]} failed logons)"
+
+    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        """The fields an analyst reads first."""
+        return (
+            (self.actor_label, self.actor),
+            ("Server", "Computer"),
+            ("Server IP", "sIP"),
+            ("Failed attempts", COUNT_COLUMN),
+            self.companions,
+            ("IIS status", "set_scStatusFull_Friendly"),
+            ("Win32 status", "set_scWin32Status_Friendly"),
+            ("User agents", "set_csUserAgent"),
+            ("Query strings", "set_decodedUriQuery"),
+        )
 
     def describe_bin(self) -> str:
         """The bin in words for summaries: "1m", "10m"."""

@@ -20,6 +20,8 @@ class HighFailedLogonCountByClientIP(FailedLogonCount):
 
     rule_id = "19e01883-15d8-4eb6-a7a5-3276cd668388"
     actor = "cIP"
+    actor_label = "Client IP"
+    companions = ("User names", "set_csUserName")
     required_columns = ("TimeGenerated", "cIP", "Computer", "sIP")
     projection = (
         "TimeGenerated",
@@ -45,28 +47,10 @@ class HighFailedLogonCountByClientIP(FailedLogonCount):
         result["HostCustomEntity"] = result["Computer"]
         result["IPCustomEntity"] = result["cIP"]
 
-    def title(self, result: Mapping[str, Any]) -> str:
-        """e.g. `203.0.113.7 on web01.contoso.com (25 failed logons)`."""
-        return f"{result['cIP']} on {result['Computer']} ({result[COUNT_COLUMN]} failed logons)"
-
     def summary(self, result: Mapping[str, Any]) -> str:
         """One sentence: who failed how often, where, within which bin."""
         users = ", ".join(result["set_csUserName"]) or "no user name"
         return (
             f"Client {result['cIP']} failed to log on {result[COUNT_COLUMN]} times within {self.describe_bin()} "
             f"on {result['Computer']} ({result['sIP']}), as {users}."
-        )
-
-    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        """The fields an analyst reads first."""
-        return (
-            ("Client IP", "cIP"),
-            ("Server", "Computer"),
-            ("Server IP", "sIP"),
-            ("Failed attempts", COUNT_COLUMN),
-            ("User names", "set_csUserName"),
-            ("IIS status", "set_scStatusFull_Friendly"),
-            ("Win32 status", "set_scWin32Status_Friendly"),
-            ("User agents", "set_csUserAgent"),
-            ("Query strings", "set_decodedUriQuery"),
         )

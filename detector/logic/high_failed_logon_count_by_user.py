@@ -62,6 +62,8 @@ class HighFailedLogonCountByUser(FailedLogonCount):
 
     rule_id = "884c4957-70ea-4f57-80b9-1bca3890315b"
     actor = "csUserName"
+    actor_label = "User"
+    companions = ("Client IPs", "set_cIP")
     projection = (
         "TimeGenerated",
         "csUserName",
@@ -88,28 +90,10 @@ class HighFailedLogonCountByUser(FailedLogonCount):
         result["HostName"], result["DomainIndex"], result["HostNameDomain"] = host_fields(result["Computer"])
         result["AccountName"], result["AccountUPNSuffix"] = account_fields(result["csUserName"])
 
-    def title(self, result: Mapping[str, Any]) -> str:
-        """e.g. `alice@contoso.com on mail01.contoso.com (120 failed logons)`."""
-        return f"{result['csUserName']} on {result['Computer']} ({result[COUNT_COLUMN]} failed logons)"
-
     def summary(self, result: Mapping[str, Any]) -> str:
         """One sentence: which user failed how often, where, from which clients."""
         clients = ", ".join(result["set_cIP"]) or "no client IP"
         return (
             f"User {result['csUserName']} failed to log on {result[COUNT_COLUMN]} times within {self.describe_bin()} "
             f"on {result['Computer']} ({result['sIP']}), from {clients}."
-        )
-
-    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        """The fields an analyst reads first."""
-        return (
-            ("User", "csUserName"),
-            ("Server", "Computer"),
-            ("Server IP", "sIP"),
-            ("Failed attempts", COUNT_COLUMN),
-            ("Client IPs", "set_cIP"),
-            ("IIS status", "set_scStatusFull_Friendly"),
-            ("Win32 status", "set_scWin32Status_Friendly"),
-            ("User agents", "set_csUserAgent"),
-            ("Query strings", "set_decodedUriQuery"),
         )

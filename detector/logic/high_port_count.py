@@ -12,8 +12,17 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from detector.kql import CappedSet, bin_datetime, parse_timespan
-from detector.logic import CandidateSpec, DistinctCount, RuleLogic, Threshold, register
+from detector.kql import CappedSet, bin_datetime
+from detector.logic import (
+    CandidateSpec,
+    DistinctCount,
+    RuleLogic,
+    Threshold,
+    bin_parameter,
+    check_parameters,
+    positive_int_parameter,
+    register,
+)
 from detector.models import Row, Window
 from detector.w3ciislog import decoded_query, status_full, win32_status
 
@@ -115,21 +124,10 @@ class HighPortCountByClientIP(RuleLogic):
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> HighPortCountByClientIP:
-        expected = {"timeBin", "portThreshold", "maxSetSize"}
-        unknown = set(parameters) - expected
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; expected {sorted(expected)}")
-        missing = expected - set(parameters)
-        if missing:
-            raise ValueError(f"missing parameter(s) {sorted(missing)}")
-        time_bin = parse_timespan(str(parameters["timeBin"]))
-        if time_bin <= timedelta(0) or timedelta(days=1) % time_bin:
-            raise ValueError("timeBin must be a positive timespan that divides a day, e.g. 10m")
-        threshold, cap = parameters["portThreshold"], parameters["maxSetSize"]
-        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
-            raise ValueError("portThreshold must be a positive integer")
-        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
-            raise ValueError("maxSetSize must be a positive integer (128 for the legacy makeset)")
+        check_parameters(parameters, {"timeBin", "portThreshold", "maxSetSize"})
+        time_bin = bin_parameter(parameters, "timeBin", "10m")
+        threshold = positive_int_parameter(parameters, "portThreshold")
+        cap = positive_int_parameter(parameters, "maxSetSize", " (128 for the legacy makeset)")
         if threshold > cap:
             raise ValueError("portThreshold above maxSetSize can never fire (portCount is capped)")
         return cls(time_bin, threshold, cap)

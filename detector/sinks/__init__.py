@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 
 class Sink(ABC):
-    """Delivers findings. Must be idempotent on Finding.id: delivering the same finding twice leaves one
-    copy (upsert, or remember what was delivered). Raise SinkError when delivery failed."""
+    """Delivers findings.
+
+    Must be idempotent on Finding.id: delivering the same finding twice leaves one copy (upsert, or
+    remember what was delivered). Raise SinkError when delivery failed.
+    """
 
     name: ClassVar[str]
 
@@ -52,6 +55,23 @@ def open_sink(spec: str, settings: Settings | None = None, setting: str = "--sin
     if name not in _FACTORIES:
         raise ConfigError(setting, f"unknown sink '{spec}'; use one of {', '.join(sorted(set(_FACTORIES) | set(_BUILTIN)))}")
     return _FACTORIES[name](argument, settings)
+
+
+# Specs of sinks that write to this process's standard output: two of them would interleave a table and
+# JSON Lines in one stream, which no reader (jq, a person) can take apart.
+_STANDARD_OUTPUT = {"stdout", "jsonl:-", "jsonl:/dev/stdout", "jsonl:/dev/fd/1", "jsonl:/proc/self/fd/1"}
+
+
+def open_sinks(specs: Sequence[str], settings: Settings | None = None, setting: str = "--sink") -> list[Sink]:
+    """Build every sink of a run; refuses two sinks that would both write to standard output."""
+    on_stdout = [spec for spec in specs if spec.strip() in _STANDARD_OUTPUT]
+    if len(on_stdout) > 1:
+        raise ConfigError(
+            setting,
+            f"{' and '.join(on_stdout)} would both write to standard output; keep one (for JSON Lines on standard "
+            "output, drop stdout: --sink jsonl:- alone)",
+        )
+    return [open_sink(spec, settings, setting) for spec in specs]
 
 
 # The built-in sinks, each registering itself when imported; only the ones a run names are imported.

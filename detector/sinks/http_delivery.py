@@ -1,5 +1,7 @@
-"""HTTP plumbing shared by the sinks that call web services: retries with backoff that honour Retry-After
-within a bound and within the run's deadline, and error texts that say what went wrong and what to do.
+"""HTTP plumbing shared by the sinks that call web services.
+
+Retries with backoff that honour Retry-After within a bound and within the run's deadline, and error
+texts that say what went wrong and what to do.
 
 Imports azure-core at module level: import this module only from inside the sinks that need it, never
 from detector/sinks/__init__.py, so `import function_app` stays fast.
@@ -40,12 +42,14 @@ class RetrySettings:
 
 
 class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]  # generic only in azure-core's stubs
-    """azure-core's RetryPolicy (Retry-After first, else exponential backoff), with four changes:
-    a Retry-After longer than `max_wait` ends the retries instead of blocking the run; waits go through a
+    """azure-core's RetryPolicy (Retry-After first, else exponential backoff), with four changes.
+
+    A Retry-After longer than `max_wait` ends the retries instead of blocking the run; waits go through a
     replaceable `sleep` (tests record them instead of sleeping); POST may be made retryable; and every
     attempt, wait and socket timeout ends by the run's deadline (detector.deadline), so a hung or
     throttling service costs at most the time the run has left: the call then fails, and the findings
-    stay pending for the next run."""
+    stay pending for the next run.
+    """
 
     def __init__(self, settings: RetrySettings, *, retry_post: bool = False) -> None:
         retries = max(settings.attempts - 1, 0)

@@ -1,5 +1,7 @@
-"""`loganalytics-table`: one row per finding in the custom table IISPortScanFindings_CL, through the Logs
-Ingestion API (azure-monitor-ingestion), for a Sentinel analytics rule to turn into alerts with entities.
+"""`loganalytics-table`: one row per finding in the custom table IISPortScanFindings_CL.
+
+Rows go through the Logs Ingestion API (azure-monitor-ingestion), for a Sentinel analytics rule to turn
+into alerts with entities.
 
 The columns are declared once, in COLUMNS: the columns every rule has (ids, times, the rule's title and
 summary, entities) plus one dynamic column, Result, that holds the rule's own result row. A new rule
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from detector.rules import Rule
     from detector.sinks.http_delivery import RetrySettings
 
-log = logging.getLogger("detector.sinks.ingestion")
+log = logging.getLogger(__name__)
 
 TABLE_NAME = "IISPortScanFindings_CL"
 STREAM_NAME = f"Custom-{TABLE_NAME}"
@@ -308,8 +310,10 @@ def alert_rule_template(rule: Rule) -> dict[str, Any]:
 
 
 def alert_rules_document(rules: Sequence[Rule]) -> dict[str, Any]:
-    """infra/schema/findings-alert-rules.json: the alert rules' properties as the Bicep deploys them
-    (Microsoft.SecurityInsights/alertRules, kind Scheduled: durations in ISO 8601)."""
+    """infra/schema/findings-alert-rules.json: the alert rules' properties as the Bicep deploys them.
+
+    Microsoft.SecurityInsights/alertRules, kind Scheduled: durations in ISO 8601.
+    """
     deployed = []
     for rule in rules:
         template = alert_rule_template(rule)

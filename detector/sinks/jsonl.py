@@ -27,8 +27,11 @@ _LOCK_POLL_SECONDS = 0.05
 
 
 def _line(record: dict[str, Any]) -> str:
-    """One JSON line. A value UTF-8 cannot carry (a lone surrogate) is written as a JSON escape, so the
-    line stays valid UTF-8 JSON and reads back to the same value; it never blocks the other findings."""
+    """One JSON line.
+
+    A value UTF-8 cannot carry (a lone surrogate) is written as a JSON escape, so the line stays valid
+    UTF-8 JSON and reads back to the same value; it never blocks the other findings.
+    """
     text = json.dumps(record, ensure_ascii=False)
     try:
         text.encode("utf-8")
@@ -79,8 +82,10 @@ class JsonlSink(Sink):
             ) from None
 
     def _is_stream(self) -> bool:
-        """Devices and /proc entries are streams even when they resolve to a regular file (/dev/stdout
-        redirected to a file must be appended to, not replaced)."""
+        """Devices and /proc entries are streams even when they resolve to a regular file.
+
+        /dev/stdout redirected to a file must be appended to, not replaced.
+        """
         if str(self.path).startswith(("/dev/", "/proc/")):
             return True
         try:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from detector.config import Settings
     from detector.sinks.http_delivery import RetrySettings
 
-log = logging.getLogger("detector.sinks.sentinel")
+log = logging.getLogger(__name__)
 
 API_VERSION = "2025-09-01"  # stable (Incidents.json 2025-09-01); 2024-09-01 is the previous stable
 # The custom role infra/app/rbac-workspace.bicep defines: exactly the calls this sink makes.
@@ -99,8 +99,11 @@ def kql_table(name: str) -> str:
 
 
 def inert_literal(value: str) -> str:
-    """A KQL expression for `value` that holds no markup character: values with `<`, `>`, `&` or a
-    backtick are written as their code points, so the query can be shown verbatim in any message."""
+    """A KQL expression for `value` that holds no markup character.
+
+    Values with `<`, `>`, `&` or a backtick are written as their code points, so the query can be shown
+    verbatim in any message.
+    """
     if _MARKUP.search(value):
         return f"unicode_codepoints_to_string(dynamic([{', '.join(str(ord(c)) for c in value)}]))"
     return string_literal(value)
@@ -114,8 +117,11 @@ def activity_span(finding: Finding) -> tuple[datetime, datetime]:
 
 
 def evidence_keys(finding: Finding) -> list[tuple[str, str]]:
-    """(column, value) of the finding's single text values that are W3CIISLog columns: its group's actors
-    (client, server, user...), whatever the rule, on which the raw rows can be filtered."""
+    """(column, value) of the finding's single text values that are W3CIISLog columns.
+
+    These are its group's actors (client, server, user...), whatever the rule, on which the raw rows can
+    be filtered.
+    """
     return [
         (column, value)
         for column, value in finding.columns.items()
@@ -145,8 +151,10 @@ def incident_title(finding: Finding) -> str:
 
 
 def incident_description(finding: Finding, table: str = "W3CIISLog") -> str:
-    """The evidence, as markdown whose every value is escaped: summary, activity, the query for the raw
-    rows (in a code block), then the rule's evidence fields."""
+    """The evidence, as markdown whose every value is escaped.
+
+    Summary, activity, the query for the raw rows (in a code block), then the rule's evidence fields.
+    """
     first, last = activity_span(finding)
     lines = [
         f"{markdown_text(finding.rule_name)} (rule {finding.rule_id}, version {markdown_text(finding.rule_version)})",
@@ -239,8 +247,11 @@ def updated_incident(current: Mapping[str, Any], owned: Mapping[str, Any]) -> di
 
 
 def update_comment(finding: Finding, owned: Mapping[str, Any]) -> tuple[str, str]:
-    """(comment id, message) recording that the evidence changed. The id depends on the finding and the
-    new evidence, so a retried delivery writes the same comment again instead of a second one."""
+    """(comment id, message) recording that the evidence changed.
+
+    The id depends on the finding and the new evidence, so a retried delivery writes the same comment
+    again instead of a second one.
+    """
     digest = hashlib.sha256(str(owned["description"]).encode()).hexdigest()
     comment_id = str(uuid.uuid5(FINDING_NAMESPACE, f"{finding.id}/evidence/{digest}"))
     first, last = activity_span(finding)

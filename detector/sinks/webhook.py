@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from detector.config import Settings
     from detector.sinks.http_delivery import RetrySettings
 
-log = logging.getLogger("detector.sinks.webhook")
+log = logging.getLogger(__name__)
 
 RUN_BATCH = 50  # findings per POST in per-run mode: keeps bodies well below receivers' limits (Slack: 40k chars of text)
 TEXT_LINES = 20  # findings listed in a per-run text before "... and N more"

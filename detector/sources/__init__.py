@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from detector.errors import ConfigError, InputError
 from detector.models import Row, Window
@@ -51,7 +51,14 @@ class Source(ABC):
 
     A source either returns every row the rule needs for the window or raises: a partial answer is never
     returned as complete.
+
+    `shares_reads`: True when one read with a SharedSpec (detector.pushdown) answers several rules in the
+    passes of one (the file readers: the runner then reads each window once for every rule due); False
+    when each rule is better served by its own pushed-down request (a Log Analytics workspace, where
+    every rule's queries run server-side).
     """
+
+    shares_reads: ClassVar[bool] = False
 
     @abstractmethod
     def read(self, request: ReadRequest) -> Iterator[Row]:
@@ -86,7 +93,7 @@ class MalformedLine(InputError):  # noqa: N818 - a skipped line, an error only w
         super().__init__(where, reason)
 
 
-log = logging.getLogger("detector.sources")
+log = logging.getLogger(__name__)
 WARNINGS_PER_FILE = 10  # then one line with the count, so a broken file cannot flood the log
 
 

@@ -40,13 +40,14 @@ import importlib.util
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from io import BufferedIOBase, RawIOBase
 from typing import TYPE_CHECKING, Any
 
 from detector.kql import EPOCH
 from detector.models import Row, Window
-from detector.pushdown import TIME, CandidateSpec, DistinctCount
+from detector.pushdown import TIME, CandidateSpec, DistinctCount, SharedSpec
 from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ def span_microseconds(span: timedelta) -> int:
 
 def columnar_applies(spec: CandidateSpec | None) -> bool:
     """The columnar first pass handles string keys, when polars is installed and there is something to push."""
+    if isinstance(spec, SharedSpec):
+        return all(columnar_applies(part) for part in spec.specs)
     if spec is None or not (spec.prunes or spec.filter is not None):
         return False
     if any(COLUMN_TYPES[key] != "string" for key in spec.keys):
@@ -198,6 +201,37 @@ def _polars_type(column: str) -> Any:
     return pl.String if COLUMN_TYPES[column] == "string" else pl.Int64
 
 
+@dataclass(frozen=True)
+class SpecColumns:
+    """Where one spec's columns are in a key frame: BIN, GROUP, VALUE, KEEP for a lone spec; suffixed by
+    the spec's index for each part of a SharedSpec (whose KEEP is then "kept by any part")."""
+
+    spec: CandidateSpec
+    bin: str = BIN
+    group: str = GROUP
+    value: str = VALUE
+    keep: str = KEEP
+
+    def renamed(self, kept: pl.DataFrame) -> pl.DataFrame:
+        """This spec's kept rows of a key frame, with its columns under the lone-spec names."""
+        import polars as pl
+
+        if self.keep == KEEP:
+            return kept
+        names = {self.bin: BIN, self.group: GROUP, self.value: VALUE}
+        wanted = [self.bin, self.group, RECORD] + ([self.value] if isinstance(self.spec.measure, DistinctCount) else [])
+        return kept.filter(pl.col(self.keep)).select(wanted).rename({k: v for k, v in names.items() if k in wanted})
+
+
+def spec_columns(spec: CandidateSpec) -> tuple[SpecColumns, ...]:
+    """The parts of a description and their key frame columns (one part unless it is a SharedSpec)."""
+    if not isinstance(spec, SharedSpec):
+        return (SpecColumns(spec),)
+    return tuple(
+        SpecColumns(part, f"{BIN}_{i}", f"{GROUP}_{i}", f"{VALUE}_{i}", f"{KEEP}_{i}") for i, part in enumerate(spec.specs)
+    )
+
+
 def keys_frame(typed: pl.DataFrame, spec: CandidateSpec, window: Window) -> pl.DataFrame:
     """A KeyedBlock.keys frame from a frame typed like rows: `_t` (epoch microseconds) and every column
     spec.columns() names but TimeGenerated (strings "" when missing, integers null), one row per record."""
@@ -205,17 +239,24 @@ def keys_frame(typed: pl.DataFrame, spec: CandidateSpec, window: Window) -> pl.D
 
     t = pl.col("_t")
     low, high = microseconds(window.start), microseconds(window.end)
-    if spec.time_bin is None:
-        bin_expr = pl.lit(low, dtype=pl.Int64)
-    else:
-        bin_us = span_microseconds(spec.time_bin)
-        bin_expr = t // bin_us * bin_us
     in_window = (t >= low) & (t < high)
-    keep = in_window if spec.filter is None else in_window & spec.filter.polars_admits()
-    columns = [bin_expr.alias(BIN), group_hash(list(spec.keys))]
-    if isinstance(spec.measure, DistinctCount):
-        columns.append(pl.col(spec.measure.column).alias(VALUE))
-    columns += [in_window.alias(IN_WINDOW), keep.alias(KEEP), pl.int_range(pl.len(), dtype=pl.UInt32).alias(RECORD)]
+    columns: list[pl.Expr] = []
+    keeps: list[pl.Expr] = []
+    for part in spec_columns(spec):
+        if part.spec.time_bin is None:
+            bin_expr = pl.lit(low, dtype=pl.Int64)
+        else:
+            bin_us = span_microseconds(part.spec.time_bin)
+            bin_expr = t // bin_us * bin_us
+        keep = in_window if part.spec.filter is None else in_window & part.spec.filter.polars_admits()
+        columns += [bin_expr.alias(part.bin), group_hash(list(part.spec.keys)).alias(part.group)]
+        if isinstance(part.spec.measure, DistinctCount):
+            columns.append(pl.col(part.spec.measure.column).alias(part.value))
+        if part.keep != KEEP:
+            columns.append(keep.alias(part.keep))
+        keeps.append(keep)
+    any_keep = keeps[0] if len(keeps) == 1 else pl.any_horizontal(keeps)
+    columns += [in_window.alias(IN_WINDOW), any_keep.alias(KEEP), pl.int_range(pl.len(), dtype=pl.UInt32).alias(RECORD)]
     return typed.select(columns)
 
 
@@ -418,19 +459,27 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
     block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one more
     pass finds every candidate while holding each block's kept keys, then the candidates' rows are
     taken. Every row is taken before this returns, so a caller may still fall back when it raises.
+
+    A SharedSpec is answered in the same passes: each part has its own finder (or none, when it does not
+    prune), and a row is taken when any part takes it.
     """
-    if not spec.prunes:
+    parts = spec_columns(spec)
+    if not any(part.spec.prunes for part in parts):
         taken: list[Row] = []
         read = 0
         for block in blocks():
             read += block.rows_read
-            taken.extend(_take(block, None))
+            taken.extend(_take(block, parts, [None] * len(parts)))
         return CandidateRead(iter(taken), read)
     try:
-        rows, read = _one_pass(blocks(), spec)
+        rows, read = _one_pass(blocks(), parts)
     except OutOfOrder:
-        rows, read = _two_pass(blocks(), spec)
+        rows, read = _two_pass(blocks(), parts)
     return CandidateRead(iter(rows), read)
+
+
+def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateFinder | None]:
+    return [CandidateFinder(part.spec, finish_bins) if part.spec.prunes else None for part in parts]
 
 
 def _kept(block: KeyedBlock) -> pl.DataFrame:
@@ -439,58 +488,86 @@ def _kept(block: KeyedBlock) -> pl.DataFrame:
     return block.keys.filter(pl.col(KEEP))
 
 
-def _take(block: KeyedBlock, found: pl.DataFrame | None, kept: pl.DataFrame | None = None) -> Iterator[Row]:
-    """The block's kept rows (`kept`: its kept records' keys, when already filtered), of the found groups
-    only unless `found` is None."""
-    if kept is None:
-        kept = _kept(block)
-    if found is not None:
-        if found.is_empty():
-            return iter(())
-        kept = kept.join(found, on=[BIN, GROUP], how="semi")
-    records = kept[RECORD].to_list()
+def _take(block: KeyedBlock, parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
+    """The block's kept rows: for each part, of its found groups only (all it keeps where `found` is None)."""
+    kept = _kept(block)
+    return _take_kept(block, [part.renamed(kept) for part in parts], found)
+
+
+def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
+    """The rows of the block's records that each part keeps (`kept`: the part's kept keys, BIN, GROUP
+    and RECORD at least), of the part's found groups only where `found` is not None."""
+    import polars as pl
+
+    chosen: list[pl.Series] = []
+    for own, groups in zip(kept, found, strict=True):
+        if groups is not None:
+            if groups.is_empty():
+                continue
+            own = own.join(groups, on=[BIN, GROUP], how="semi")  # noqa: PLW2901 - the part's chosen records
+        chosen.append(own[RECORD])
+    if not chosen:
+        return iter(())
+    records = (chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list()
     return block.rows(records) if records else iter(())
 
 
-def _two_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[Row], int]:
-    """The always-exact strategy for input in any order: every block's keys go to the finder, and each
-    block is held (detached, with only its kept records' bin, group and record) until every candidate is
+def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
+    """The always-exact strategy for input in any order: every block's keys go to the finders, and each
+    block is held (detached, with only each part's kept bin, group and record) until every candidate is
     known; then the candidates' rows are taken. The input is parsed once."""
-    finder = CandidateFinder(spec, finish_bins=False)
-    held: list[tuple[KeyedBlock, pl.DataFrame]] = []
+    finders = _finders(parts, finish_bins=False)
+    held: list[tuple[KeyedBlock, list[pl.DataFrame]]] = []
     read = 0
     for block in blocks:
         read += block.rows_read
         kept = _kept(block)
-        finder.add(kept)
-        held.append((block, kept.select(BIN, GROUP, RECORD)))
+        mine: list[pl.DataFrame] = []
+        for part, finder in zip(parts, finders, strict=True):
+            own = part.renamed(kept)
+            if finder is not None:
+                finder.add(own)
+            mine.append(own.select(BIN, GROUP, RECORD))
+        held.append((block, mine))
         block.detach()
         del block.keys
-    found = finder.result()
+    found = [None if finder is None else finder.result() for finder in finders]
     taken: list[Row] = []
-    for block, kept in held:
-        taken.extend(_take(block, found, kept))
+    for block, mine in held:
+        taken.extend(_take_kept(block, mine, found))
     return taken, read
 
 
-def _one_pass(blocks: Iterator[KeyedBlock], spec: CandidateSpec) -> tuple[list[Row], int]:
-    finder = CandidateFinder(spec, finish_bins=True)
-    held: deque[tuple[KeyedBlock, int | None]] = deque()
+def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
+    finders = _finders(parts, finish_bins=True)
+    # A block is held until every finder has decided the newest bin it holds for that finder's part.
+    held: deque[tuple[KeyedBlock, list[int | None]]] = deque()
     taken: list[Row] = []
     read = 0
+
+    def decided(highs: list[int | None]) -> bool:
+        return all(
+            finder is None or high is None or high < finder.finished_below for finder, high in zip(finders, highs, strict=True)
+        )
+
     for block in blocks:
         read += block.rows_read
         kept = _kept(block)
-        finder.add(kept, block.floor)
-        high = kept[BIN].max() if not kept.is_empty() else None
-        held.append((block, high))  # type: ignore[arg-type]
-        while held and (held[0][1] is None or held[0][1] < finder.finished_below):
-            done, high = held.popleft()
-            if high is not None:
-                taken.extend(_take(done, finder.found()))
-    found = finder.result()
+        highs: list[int | None] = []
+        for part, finder in zip(parts, finders, strict=True):
+            if finder is None:
+                highs.append(None)
+                continue
+            mine = part.renamed(kept)
+            finder.add(mine, block.floor)
+            highs.append(mine[BIN].max() if not mine.is_empty() else None)  # type: ignore[arg-type]
+        held.append((block, highs))
+        while held and decided(held[0][1]):
+            done, _ = held.popleft()
+            taken.extend(_take(done, parts, [None if f is None else f.found() for f in finders]))
+    found = [None if finder is None else finder.result() for finder in finders]
     for block, _ in held:
-        taken.extend(_take(block, found))
+        taken.extend(_take(block, parts, found))
     return taken, read
 
 

@@ -120,6 +120,8 @@ def _not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
 class FileSource(Source):
     """Rows from one JSON file."""
 
+    shares_reads = True  # the first pass answers a SharedSpec for every rule at once
+
     def __init__(self, path: Path, strict: bool = False) -> None:
         self.path = path
         self.strict = strict
@@ -165,8 +167,8 @@ class FileSource(Source):
                     yield row
 
     def _columnar_kind(self) -> str:
-        """ "jsonl" when the first line is one JSON object that is not a Log Analytics response, "response"
-        for a saved response the stream reader reads ({"tables": first), else "" (the plain read decides)."""
+        """Which columnar read applies: jsonl (the first line is one JSON object that is not a Log
+        Analytics response), response (a saved response, "tables" first), or "" (the plain read decides)."""
         try:
             with self._open() as handle:
                 first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row

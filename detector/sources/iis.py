@@ -118,6 +118,8 @@ def _field_of(column: str) -> str:
 class IisLogSource(Source):
     """Rows from IIS W3C log files."""
 
+    shares_reads = True  # the first pass answers a SharedSpec for every rule at once
+
     def __init__(self, path: Path, computer: str = "", strict: bool = False) -> None:
         self.path = path
         self.computer = computer or socket.gethostname()
@@ -332,7 +334,8 @@ class W3cLayout:
             notice = ("#Fields has no 'time' field; its entries are skipped (TimeGenerated cannot be known)", True, True)
             return {"fields": tuple(fields), "unusable": "#Fields has no 'time' field"}, (notice,)
         index_of = {FIELD_TO_COLUMN[f]: i for i, f in enumerate(lowered) if f in FIELD_TO_COLUMN}
-        missing = [c for c in self.wanted if c not in index_of]
+        # Columns Azure Monitor adds (_ResourceId, FileUri) are never logged fields: "" without a notice.
+        missing = [c for c in self.wanted if c not in index_of and c in _COLUMN_TO_FIELD]
         # A column the rule groups, filters or must have: a WARNING for each block. A detail column
         # (IIS does not log s-sitename by default, and logs write a header block every few entries):
         # said once per file, at INFO.

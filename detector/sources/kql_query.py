@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from detector.kql import format_timespan, string_literal
-from detector.pushdown import CandidateSpec, DistinctCount, Predicate
+from detector.pushdown import CandidateSpec, DistinctCount, FirstPhase, InSet, Predicate
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -148,4 +148,44 @@ def late_bins_query(table: str, start: datetime, end: datetime, ingested_after: 
         f"| where {time_filter(start, end)}\n"
         f"| where ingestion_time() > {datetime_literal(ingested_after)}\n"
         f"| summarize rows = count() by TimeGenerated = bin(TimeGenerated, {format_timespan(time_bin)})"
+    )
+
+
+def first_phase_query(table: str, start: datetime, end: datetime, first: FirstPhase, columns: Iterable[str]) -> str:
+    """One row (the earliest) per key value that has a row passing the first phase's filter in the window.
+
+    A handful of rows, whatever the window's length: what the rule needs to see each key qualify.
+    """
+    condition = first.filter.kql_admits()
+    if condition is None:
+        raise ValueError("a first phase's filter must be pushable")
+    wanted = [identifier(c) for c in columns]
+    others = [c for c in wanted if c not in ("TimeGenerated", first.key)]
+    return (
+        f"{identifier(table)}\n"
+        f"| where {time_filter(start, end)}\n"
+        f"| where {condition}\n"
+        f"| summarize arg_min({', '.join(['TimeGenerated', *others])}) by {identifier(first.key)}\n"
+        f"| project {', '.join(wanted)}"
+    )
+
+
+def second_phase_query(
+    table: str,
+    start: datetime,
+    end: datetime,
+    key: str,
+    values: Sequence[str],
+    columns: Iterable[str],
+    row_filter: Predicate | None,
+) -> str:
+    """The rows of [start, end) whose key is one of `values` (names the workspace gave: escaped literals)."""
+    if not values:
+        raise ValueError("second_phase_query needs at least one key value")
+    return (
+        f"{identifier(table)}\n"
+        f"| where {time_filter(start, end)}\n"
+        f"| where {InSet(identifier(key), 'in', tuple(values))._kql()}\n"
+        f"{filter_clause(row_filter)}"
+        f"| project {', '.join(identifier(c) for c in columns)}"
     )

@@ -43,8 +43,10 @@ from detector.sources.kql_query import (
     bin_counts_query,
     candidates_query,
     details_query,
+    first_phase_query,
     late_bins_query,
     raw_query,
+    second_phase_query,
     total_rows_query,
 )
 from detector.w3ciislog import COLUMN_TYPES
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
     from detector.config import LogAnalyticsSettings, Settings
 
-log = logging.getLogger("detector.loganalytics")
+log = logging.getLogger(__name__)
 
 # Statuses worth asking again: throttling (the SDK never retries a POST that got 429), gateway and
 # service hiccups, and a server-side timeout (504), which a smaller or later query often avoids.
@@ -74,6 +76,7 @@ class QueryLimits:
     max_attempts: int = 6  # tries of one query before giving up
     max_backoff_seconds: float = 30.0
     max_wait_seconds: float = 180.0  # total sleep on retries of one query (Retry-After included)
+    read_timeout_seconds: float | None = None  # the socket's wait for an answer; None: a little above the server timeout
     max_requests: int = 2_000  # per read(): bounds splitting, so a failing workspace cannot loop
 
 
@@ -151,7 +154,7 @@ def _time_split(start: datetime, end: datetime, size: timedelta) -> datetime | N
 
 @dataclass(frozen=True)
 class _Piece:
-    """One query's worth of a read. `split` returns the halves to ask instead when its answer is cut."""
+    """One query's worth of a read. `halves` returns the pieces to ask instead when its answer is cut."""
 
     kind: str  # candidates | details | raw | bin counts | late bins
     start: datetime
@@ -225,7 +228,9 @@ class LogAnalyticsSource(Source):
         self._report = LineReport(self.strict)
         spec = request.candidates
         with self._session():
-            if self.settings.mode == "raw" or spec is None or not spec.prunes:
+            if self.settings.mode != "raw" and spec is not None and spec.first_phase is not None:
+                rows = self._read_two_phase(request, spec)
+            elif self.settings.mode == "raw" or spec is None or not spec.prunes:
                 if spec is not None:
                     for reason in spec.plan(_KQL_CAPABILITIES).reasons:
                         log.info("%s: pushdown: %s", where, reason)
@@ -336,6 +341,58 @@ class LogAnalyticsSource(Source):
             self._check_count(rows, expected, label, window)
             yield from rows
 
+    def _read_two_phase(self, request: ReadRequest, spec: CandidateSpec) -> Iterator[dict[str, Any]]:
+        """A first phase's keys server-side (one row per key over the window), then the recent rows of those keys.
+
+        Never the window's rows: Silk Typhoon's 14-day first phase comes back as a few rows (one per
+        Exchange server), and only the last day's requests of those servers are fetched.
+        """
+        first = spec.first_phase
+        assert first is not None  # noqa: S101 - the caller checked
+        window, table, columns = request.window, self.settings.table, request.read_columns()
+        recent = Window(max(window.start, window.end - first.recent), window.end)
+        size = timedelta(hours=1)
+
+        def keys(start: datetime, end: datetime) -> _Piece:
+            return _Piece(
+                "first phase",
+                start,
+                end,
+                first_phase_query(table, start, end, first, columns),
+                lambda: self._split_anywhere(start, end, size, keys),
+            )
+
+        def rows(names: tuple[str, ...]) -> Callable[[datetime, datetime], _Piece]:
+            def make(start: datetime, end: datetime) -> _Piece:
+                query = second_phase_query(table, start, end, first.key, names, columns, spec.filter)
+                return _Piece("second phase", start, end, query, lambda: self._split_anywhere(start, end, size, make))
+
+            return make
+
+        def total(start: datetime, end: datetime) -> _Piece:
+            return _Piece(
+                "rows read",
+                start,
+                end,
+                total_rows_query(table, start, end),
+                lambda: self._split_anywhere(start, end, size, total),
+            )
+
+        self.stats.rows_read = sum(int(row["total"]) for row in self._fetch_whole(total(window.start, window.end), window))
+        found: dict[str, dict[str, Any]] = {}
+        for row in self._fetch_whole(keys(window.start, window.end), window):
+            name = "" if row.get(first.key) is None else str(row[first.key])
+            moment = self._datetime(row["TimeGenerated"], window)
+            if name not in found or moment < self._datetime(found[name]["TimeGenerated"], window):
+                found[name] = row  # halves of a split first phase may both name a key: keep one row
+        names = tuple(sorted(found))
+        log.info("%s window %s: first phase found %d %s value(s)", self.describe(), window, len(names), first.key)
+        # A key's row from the recent part also comes with the second phase (the spec's filter admits it).
+        yield from (row for row in found.values() if not recent.contains(self._datetime(row["TimeGenerated"], window)))
+        for index in range(0, len(names), self.limits.ranges_per_request):
+            batch = names[index : index + self.limits.ranges_per_request]
+            yield from self._fetch_whole(rows(batch)(recent.start, recent.end), window)
+
     def _details_piece(self, request: ReadRequest, batch: Sequence[_Candidate], size: timedelta) -> _Piece:
         ranges = [GroupRange(c.key, c.start, c.end) for c in batch]
 
@@ -437,7 +494,7 @@ class LogAnalyticsSource(Source):
         assert client is not None, "queries run inside _session()"  # noqa: S101 - internal invariant
         server_timeout = int(self.settings.server_timeout.total_seconds())
         # Above the server's own timeout, so the server (not the socket) decides; 10 % plus a second of slack.
-        read_timeout = server_timeout * 1.1 + 1
+        read_timeout = self.limits.read_timeout_seconds or server_timeout * 1.1 + 1
         waited, attempt = 0.0, 0
         while True:
             if self.stats.requests - self._requests_at_read_start >= self.limits.max_requests:

@@ -79,8 +79,10 @@ class FileStateStore(StateStore):
     # -- plumbing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _mutex(self) -> Iterator[None]:
-        """A short critical section across processes and threads: flock on `.lock` (released by the kernel
-        when its holder dies, so a killed run never blocks the next)."""
+        """A short critical section across processes and threads: flock on `.lock`.
+
+        The kernel releases it when its holder dies, so a killed run never blocks the next.
+        """
         lock = self.folder / ".lock"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ class FileStateStore(StateStore):
         with handle:
             deadline = time.monotonic() + self.mutex_wait
             while not _lock(handle, blocking=False):
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:  # >=: a mutex_wait of 0 gives up at once
                     handle.seek(0)
                     holder = handle.read(200).strip() or "another process"
                     raise StateError(

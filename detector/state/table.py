@@ -67,7 +67,7 @@ _OUTBOX_HINT = "restore the entity from a backup; deleting it drops that finding
 
 
 def _key(name: str) -> str:
-    """A RowKey/PartitionKey-safe key for any name (keys may not hold / \\ # ? or control characters)."""
+    r"""A RowKey/PartitionKey-safe key for any name (keys may not hold / \ # ? or control characters)."""
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
     return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
@@ -77,8 +77,11 @@ def _utc(value: datetime) -> datetime:
 
 
 def _stored_text(finding: Finding) -> str:
-    """The finding as stored JSON; if it would not fit in one entity, long set values are shortened
-    (halving their kept length until it fits), keeping their start and a marker."""
+    """The finding as stored JSON, shortened to fit one entity.
+
+    If it would not fit, long set values are shortened (halving their kept length until it fits),
+    keeping their start and a marker.
+    """
     state = finding.to_state()
     text = json.dumps(state)
     keep = _SHORTENED_VALUE_CHARS
@@ -102,7 +105,6 @@ class TableStateStore(StateStore):
     @classmethod
     def from_settings(cls, settings: Settings) -> TableStateStore:
         """Connect with the app's managed identity to DETECTOR_STATE_TABLE_ENDPOINT / _NAME, creating the table."""
-
         name = settings.state_table_name
         if not _TABLE_NAME.match(name):
             raise ConfigError("DETECTOR_STATE_TABLE_NAME", f"'{name}' is not a table name (3-63 letters and digits)")
@@ -124,7 +126,8 @@ class TableStateStore(StateStore):
             if exc.status_code == 403:
                 raise DetectorError(
                     f"state table {name} at {settings.state_table_endpoint}: access denied; grant the Function App's "
-                    "identity 'Storage Table Data Contributor' on the table"
+                    "identity the custom role 'IIS detector state table entities' on this table (infra/app/rbac.bicep does; "
+                    "docs/deploy.md lists every role and why)"
                 ) from None
             raise DetectorError(f"state table {name}: {exc.message}") from None
         return cls(table, f"table:{settings.state_table_endpoint}/{name}")

@@ -1,4 +1,4 @@
-"""Rewrite the generated files of infra/schema/ from the code and the rules (their single sources):
+"""Rewrite the generated files of infra/schema/ from the code and the rules (their single sources).
 
 * findings-columns.json: the findings table and DCR stream, from detector/sinks/ingestion.py COLUMNS;
 * findings-alert-rules.json: one Sentinel scheduled rule per rule in rules/, as the Bicep deploys them;
@@ -54,6 +54,7 @@ def generated() -> dict[Path, str]:
 
 
 def main() -> None:
+    """Write every generated file."""
     ALERT_RULE_DIR.mkdir(exist_ok=True)
     files = generated()
     for stale in ALERT_RULE_DIR.glob("*.yaml"):

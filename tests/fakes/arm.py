@@ -14,7 +14,7 @@ Failure modes for tests: `forbidden` (403 AuthorizationFailed), unknown workspac
 `throttle` (that many 429s with Retry-After), `before_update` (a callback run before an update PUT is
 handled, e.g. an analyst editing the incident in between).
 
-State (server.state): workspaces (set of lower-case resource ids), incidents, comments, requests.
+State (`FakeServer.state`, `JsonHandler.state`): workspaces (set of lower-case resource ids), incidents, comments, requests.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class ArmHandler(JsonHandler):
     """Security Insights incidents and comments over HTTPS."""
 
     def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.server.state  # type: ignore[attr-defined]
+        state: dict[str, Any] = self.state
         for key, default in (("incidents", {}), ("comments", {}), ("requests", []), ("workspaces", set())):
             state.setdefault(key, default)
         return state
@@ -231,7 +231,7 @@ class ArmHandler(JsonHandler):
             )
             return
         now = _now()
-        stored = {name: value for name, value in props.items() if name in WRITABLE}
+        stored: dict[str, Any] = {name: value for name, value in props.items() if name in WRITABLE}
         stored["labels"] = [{"labelName": label["labelName"], "labelType": "User"} for label in props.get("labels") or []]
         stored.setdefault(
             "owner", {"objectId": None, "email": None, "assignedTo": None, "userPrincipalName": None, "ownerType": "Unknown"}
@@ -260,7 +260,7 @@ class ArmHandler(JsonHandler):
                 },
             }
         )
-        incident = {
+        incident: dict[str, Any] = {
             "id": f"{workspace}/providers/Microsoft.SecurityInsights/Incidents/{key[1]}",
             "name": key[1],
             "type": "Microsoft.SecurityInsights/Incidents",

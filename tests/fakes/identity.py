@@ -40,7 +40,7 @@ class IdentityHandler(JsonHandler):
     """GET /msi/token: the App Service managed identity protocol (api-version 2019-08-01)."""
 
     def do_GET(self) -> None:
-        state = self.server.state  # type: ignore[attr-defined]
+        state = self.state
         if self.headers.get("X-IDENTITY-HEADER") != IDENTITY_HEADER:
             self.send_json(401, {"error": "invalid X-IDENTITY-HEADER"})
             return

@@ -11,7 +11,7 @@ Stricter than the service, on purpose: every row must match the stream declarati
 types that fit the declared type; datetimes ISO 8601). The service silently drops unknown columns and
 nulls mistyped values; the fake answers 400 so a test sees the drift.
 
-State (server.state): streams {dcr id: {stream: {column: type}}}, rows (accepted), calls (one per POST:
+State (`FakeServer.state`, `JsonHandler.state`): streams {dcr id: {stream: {column: type}}}, rows (accepted), calls (one per POST:
 compressed/uncompressed sizes, row count, status).
 """
 
@@ -85,7 +85,7 @@ class IngestionHandler(JsonHandler):
         )
 
     def do_POST(self) -> None:
-        state: dict[str, Any] = self.server.state  # type: ignore[attr-defined]
+        state: dict[str, Any] = self.state
         state.setdefault("rows", [])
         calls: list[dict[str, Any]] = state.setdefault("calls", [])
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))

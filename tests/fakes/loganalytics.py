@@ -49,7 +49,9 @@ class Fault:
     """One scripted misbehaviour.
 
     kind: "status" (answer `status` with an OneAPI error, and Retry-After when `retry_after` is set),
-    "no_content" (204), "delay" (sleep `seconds`, then answer normally), "partial_without_data"
+    "no_content" (204), "hang" (hold the answer until the client asks again, `seconds` at most, then
+    answer normally), "slow_query" (a query that takes `seconds`: past the request's `Prefer: wait` it is
+    the service's 504, at once, since waiting would only slow the test), "partial_without_data"
     (200 + PartialError and no tables), "no_tables" (200 with an empty tables list), "cut_body" (send
     half of the body, then close the connection).
     """
@@ -93,6 +95,7 @@ class LogAnalyticsFake:
     def __post_init__(self) -> None:
         self.con = duckdb_kql.connect()
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)  # notified on every request (a hung answer waits for the retry)
         self._base = f"fake_rows_{self.table}"
         columns = ", ".join(f'"{name}" {_DUCKDB_TYPES[kind]}' for name, kind in COLUMN_TYPES.items())
         self.con.sql(f'CREATE TABLE "{self._base}" ({columns}, "{INGESTION_COLUMN}" TIMESTAMPTZ)')
@@ -337,7 +340,7 @@ class LogAnalyticsHandler(JsonHandler):
     """The query endpoint."""
 
     def do_POST(self) -> None:
-        fake: LogAnalyticsFake = self.server.state["fake"]  # type: ignore[attr-defined]
+        fake: LogAnalyticsFake = self.state["fake"]
         body = self.read_body()
         match = _PATH.match(self.path)
         try:
@@ -350,9 +353,10 @@ class LogAnalyticsHandler(JsonHandler):
             timespan=request.get("timespan"),
             prefer=self.headers.get("Prefer", ""),
         )
-        with fake.lock:
+        with fake.arrived:
             fake.requests.append(record)
             number = len(fake.requests)
+            fake.arrived.notify_all()
         if not match:
             self._answer(record, 404, _error("PathNotFoundError", f"no such path {self.path}"))
             return
@@ -366,15 +370,14 @@ class LogAnalyticsHandler(JsonHandler):
         fault = fake.next_fault(number)
         if fault is not None:
             record.fault = fault.kind
-            if fault.kind == "delay":
-                time.sleep(fault.seconds)
+            if fault.kind == "hang":
+                with fake.arrived:
+                    fake.arrived.wait_for(lambda: len(fake.requests) > number, timeout=fault.seconds)
             elif fault.kind == "slow_query":
                 wait = _prefer_wait(record.prefer)
                 if wait is not None and fault.seconds > wait:
-                    time.sleep(wait)
                     self._answer(record, 504, _error(*_STATUS_CODES[504]))
                     return
-                time.sleep(fault.seconds)
             elif self._fault(record, fault):
                 return
         try:
@@ -414,7 +417,7 @@ class LogAnalyticsHandler(JsonHandler):
         elif fault.kind == "no_tables":
             self._answer(record, 200, {"tables": []})
         elif fault.kind == "cut_body":
-            columns, rows = self.server.state["fake"].run_json(record.query, record.timespan)  # type: ignore[attr-defined]
+            columns, rows = self.state["fake"].run_json(record.query, record.timespan)
             data = _body(columns, rows, None)
             self.send_response(200)
             self.send_header("Content-Type", "application/json; charset=utf-8")

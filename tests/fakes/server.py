@@ -13,10 +13,22 @@ from typing import Any
 from tests.fakes.tls import TestPki
 
 
+class StateServer(ThreadingHTTPServer):
+    """A threaded server carrying `state`: whatever its handlers share with the test."""
+
+    state: dict[str, Any]
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Base handler with helpers to read a (possibly gzip) body and answer JSON. Quiet by default."""
 
     protocol_version = "HTTP/1.1"
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The state the server shares with the test."""
+        assert isinstance(self.server, StateServer)
+        return self.server.state
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -46,18 +58,19 @@ class JsonHandler(BaseHTTPRequestHandler):
 class FakeServer:
     """A running server: `url` is its base address, `state` whatever the handler shares with tests."""
 
-    def __init__(self, server: ThreadingHTTPServer, scheme: str) -> None:
+    def __init__(self, server: StateServer, scheme: str) -> None:
         self.server = server
-        host, port = server.server_address[:2]
-        self.url = f"{scheme}://{host}:{port}"
+        self.state = server.state
+        port = server.server_address[1]
+        self.url = f"{scheme}://127.0.0.1:{port}"  # serve() binds loopback only
 
 
 @contextmanager
 def serve(handler: type[BaseHTTPRequestHandler], pki: TestPki | None = None, **state: Any) -> Iterator[FakeServer]:
-    """Run handler on 127.0.0.1 (HTTPS when pki is given); handler instances see `self.server.state`."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    """Run handler on 127.0.0.1 (HTTPS when pki is given); handler instances see it as `self.state`."""
+    server = StateServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    server.state = state  # type: ignore[attr-defined]
+    server.state = state
     scheme = "http"
     if pki is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

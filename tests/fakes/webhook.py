@@ -1,6 +1,6 @@
 """A local webhook receiver (HTTPS): records every POST, answers with scripted statuses first.
 
-State (server.state): `script` a list of (status, headers) answered to the next POSTs in order, then
+State (`FakeServer.state`, `JsonHandler.state`): `script` a list of (status, headers) answered to the next POSTs in order, then
 200; `received` every POST (path, headers, JSON body); `accepted` bodies by Idempotency-Key, keeping
 the first (what a receiver that honours the header keeps).
 """
@@ -15,7 +15,7 @@ from tests.fakes.server import JsonHandler
 
 class WebhookHandler(JsonHandler):
     def do_POST(self) -> None:
-        state: dict[str, Any] = self.server.state  # type: ignore[attr-defined]
+        state: dict[str, Any] = self.state
         body = self.read_body()
         try:
             payload = json.loads(body)

@@ -185,5 +185,76 @@ def main() -> None:
     (HERE / "exchange_expected.json").write_text(json.dumps(expected, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+# -- the same rows as IIS W3C logs ---------------------------------------------------------------------
+
+# The W3C fields IIS writes, in its default order, and the W3CIISLog column each becomes.
+IIS_FIELDS = (
+    ("date", ""),
+    ("time", ""),
+    ("s-sitename", "sSiteName"),
+    ("s-computername", "sComputerName"),
+    ("s-ip", "sIP"),
+    ("cs-method", "csMethod"),
+    ("cs-uri-stem", "csUriStem"),
+    ("cs-uri-query", "csUriQuery"),
+    ("s-port", "sPort"),
+    ("cs-username", "csUserName"),
+    ("c-ip", "cIP"),
+    ("cs-version", "csVersion"),
+    ("cs(User-Agent)", "csUserAgent"),
+    ("cs(Cookie)", "csCookie"),
+    ("cs(Referer)", "csReferer"),
+    ("cs-host", "csHost"),
+    ("sc-status", "scStatus"),
+    ("sc-substatus", "scSubStatus"),
+    ("sc-win32-status", "scWin32Status"),
+    ("sc-bytes", "scBytes"),
+    ("cs-bytes", "csBytes"),
+    ("time-taken", "TimeTaken"),
+)
+
+
+def iis_value(value: Any) -> str:
+    """A value as IIS writes a field: spaces as '+', nothing as '-'."""
+    if value is None or value == "":
+        return "-"
+    return str(value).replace(" ", "+")
+
+
+def as_iis_row(item: dict[str, Any]) -> dict[str, Any]:
+    """The row an IIS source reads back for `item`: fields as IIS writes them, Azure Monitor's columns empty."""
+    out = dict(item)
+    for _, column in IIS_FIELDS[2:]:
+        text = iis_value(item.get(column))
+        out[column] = (None if text == "-" else int(text)) if column in ("sPort", "scBytes", "csBytes", "TimeTaken") else text
+    out["_ResourceId"] = out["FileUri"] = ""
+    return out
+
+
+def write_iis(rows: list[dict[str, Any]], folder: Path) -> dict[str, Path]:
+    """The rows as IIS logs, one folder per Computer (an IIS source reads one machine), a file per day,
+    several #Fields blocks per file (IIS starts one at each restart), rows in time order; returns the folders."""
+    by_computer: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for item in sorted(rows, key=lambda r: r["TimeGenerated"]):
+        day = item["TimeGenerated"][:10]
+        by_computer.setdefault(item["Computer"], {}).setdefault(day, []).append(item)
+    folders = {}
+    for computer, days in by_computer.items():
+        target = folder / computer / "W3SVC1"
+        target.mkdir(parents=True)
+        folders[computer] = folder / computer
+        for day, items in days.items():
+            lines = []
+            for index, item in enumerate(items):
+                if index % 50 == 0:
+                    lines += ["#Software: Microsoft Internet Information Services 10.0", "#Version: 1.0"]
+                    lines += [f"#Date: {day} 00:00:00", "#Fields: " + " ".join(name for name, _ in IIS_FIELDS)]
+                date, time = item["TimeGenerated"][:10], item["TimeGenerated"][11:19]
+                lines.append(" ".join([date, time, *(iis_value(item.get(column)) for _, column in IIS_FIELDS[2:])]))
+            name = f"u_ex{day[2:4]}{day[5:7]}{day[8:10]}.log"
+            (target / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folders
+
+
 if __name__ == "__main__":
     main()

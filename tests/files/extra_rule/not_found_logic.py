@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from detector.kql import CappedSet, bin_datetime
-from detector.logic import RuleLogic, register
+from detector.logic import CandidateSpec, Count, RuleLogic, Threshold, column, register
 from detector.models import Row, Window
 
 
@@ -28,6 +28,16 @@ class NotFoundByClientIP(RuleLogic):
         if set(parameters) != {"threshold"} or not isinstance(threshold, int) or threshold < 1:
             raise ValueError("expected one parameter, threshold, a positive integer")
         return cls(threshold)
+
+    def candidate_spec(self) -> CandidateSpec:
+        # where scStatus == "404" | summarize count() by bin(TimeGenerated, 10m), cIP, Computer, sIP | where >= threshold
+        return CandidateSpec(
+            filter=column("scStatus").eq("404"),
+            keys=("cIP", "Computer", "sIP"),
+            time_bin=self.time_bin,
+            measure=Count(),
+            threshold=Threshold(">=", self.threshold),
+        )
 
     def evaluate(self, rows: Iterable[Row], window: Window) -> list[dict[str, Any]]:
         groups: dict[tuple[Any, ...], tuple[CappedSet[str], list[int]]] = {}

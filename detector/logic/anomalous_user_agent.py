@@ -12,18 +12,21 @@ The query, step by step:
   extend timestamp = StartTimeUtc, AccountCustomEntity = csUserName, HostCustomEntity = Computer,
          IPCustomEntity = cIP
 No time bin: one group per distinct key over the whole window. `< 100` is non-monotonic: a group can
-stop qualifying when more rows of the same window arrive (docs/rule-engine-notes.md).
+stop qualifying when more rows of the same window arrive. Sources therefore prune no group (the
+threshold does not prune) and only filter rows. A finding is never retracted: when the late-data
+re-check finds a reported group at 100 or more, the re-check has no result for it, so nothing is staged
+and the finding stays as it was delivered (README, "Rules").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from detector.kql_terms import not_in_ci, not_startswith, string_size
-from detector.logic_pending import positive_int, rows_in
+from detector.logic import CandidateSpec, Count, Opaque, RuleLogic, Threshold, column, register
+from detector.logic.window_rows import positive_int, rows_in
 from detector.models import Row, Window
 
 RULE_ID = "f845881e-2500-44dc-8ed7-b372af3e1e25"
@@ -57,13 +60,21 @@ REQUIRED_COLUMNS = ("TimeGenerated", "cIP", "Computer", "sIP", "sPort")
 IGNORED_AGENTS = ("-", "MSRPC")
 
 
-@dataclass(frozen=True)
-class AnomalousUserAgent:
+@register
+class AnomalousUserAgent(RuleLogic):
     """Parameters: the query's `let` values."""
 
-    short_ua_length: int = 5
-    long_ua_length: int = 1000
-    connection_threshold: int = 100
+    rule_id = RULE_ID
+    columns = COLUMNS
+    required_columns = REQUIRED_COLUMNS
+    output_columns = OUTPUT_COLUMNS
+    whole_window = True
+
+    def __init__(self, short_ua_length: int = 5, long_ua_length: int = 1000, connection_threshold: int = 100) -> None:
+        self.short_ua_length = short_ua_length
+        self.long_ua_length = long_ua_length
+        self.connection_threshold = connection_threshold
+        self.time_bin = timedelta(days=1)  # the rule loader sets queryFrequency
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> AnomalousUserAgent:
@@ -76,6 +87,19 @@ class AnomalousUserAgent:
         if logic.short_ua_length >= logic.long_ua_length:
             raise ValueError("shortUaLength must be less than longUaLength")
         return logic
+
+    def candidate_spec(self) -> CandidateSpec:
+        # The two `where` lines, string_size left to the rule; `ConnectionCount < 100` prunes nothing.
+        return CandidateSpec(
+            filter=column("cIP").not_startswith("192.168.")
+            & column("cIP").ne("::1")
+            & column("csUserAgent").ne("")
+            & column("csUserAgent").not_in_ci(*IGNORED_AGENTS)
+            & Opaque("string_size(csUserAgent) <= short or >= long", reads=("csUserAgent",)),
+            keys=tuple(c for c in GROUP_KEYS if c != "csUserAgent_size"),
+            measure=Count(),
+            threshold=Threshold("<", self.connection_threshold),
+        )
 
     def selects(self, row: Row) -> bool:
         """The query's two `where` lines for one row (what a source may push down)."""
@@ -116,6 +140,47 @@ class AnomalousUserAgent:
         results.sort(key=lambda r: (r["StartTimeUtc"], tuple(str(r[c]) for c in GROUP_KEYS)))
         return results
 
-    def group_key(self, result: Mapping[str, Any], window: Window) -> tuple[Any, ...]:
-        """Identity of a whole-window group: the window it was counted over and its 13 keys."""
-        return (window.start, window.end, *(result[c] for c in GROUP_KEYS))
+    def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
+        """A group within its window: its 13 keys."""
+        return tuple(result[c] for c in GROUP_KEYS)
+
+    def finding_key(self, result: Mapping[str, Any], window: Window) -> tuple[Any, ...]:
+        """Identity of a whole-window group: the window it was counted over and its 13 keys.
+
+        Never its count, so a re-check that counts more updates the same finding.
+        """
+        return (window.start, window.end, *self.group_key(result))
+
+    def first_activity(self, result: Mapping[str, Any]) -> Any:
+        return result["StartTimeUtc"]
+
+    def last_activity(self, result: Mapping[str, Any]) -> Any:
+        return result["EndTimeUtc"]
+
+    def title(self, result: Mapping[str, Any]) -> str:
+        return (
+            f"{result['cIP']} on {result['Computer']}: user agent of {result['csUserAgent_size']} bytes "
+            f"({result['ConnectionCount']} connections)"
+        )
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        return (
+            f"Client {result['cIP']} sent {result['ConnectionCount']} request(s) to {result['csMethod']} "
+            f"{result['csUriStem']} on {result['Computer']} with a user agent of {result['csUserAgent_size']} bytes, "
+            f"answered {result['scStatus']}."
+        )
+
+    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        return (
+            ("User agent", "csUserAgent"),
+            ("User agent bytes", "csUserAgent_size"),
+            ("Connections", "ConnectionCount"),
+            ("First", "StartTimeUtc"),
+            ("Last", "EndTimeUtc"),
+            ("Request", "csUriStem"),
+            ("Method", "csMethod"),
+            ("Status", "scStatus"),
+            ("User", "csUserName"),
+            ("Site", "sSiteName"),
+            ("Port", "sPort"),
+        )

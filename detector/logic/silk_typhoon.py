@@ -17,13 +17,13 @@ the others "as the last columns of the output table" in table order (project-reo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from detector.kql import parse_timespan
 from detector.kql_terms import fold, startswith
-from detector.logic_pending import rows_in
+from detector.logic import CandidateSpec, FirstPhase, RuleLogic, column, register
+from detector.logic.window_rows import rows_in
 from detector.models import Row, Window
 
 RULE_ID = "23005e87-2d3a-482b-b03d-edbebd1ae151"
@@ -72,14 +72,28 @@ COLUMNS = TABLE_COLUMNS
 REQUIRED_COLUMNS = ("TimeGenerated", "Computer")
 
 
-@dataclass(frozen=True)
-class SilkTyphoon:
+@register
+class SilkTyphoon(RuleLogic):
     """Parameters: the site name that marks an Exchange server, the two periods, the query prefix."""
 
-    exchange_site: str = "Exchange Back End"
-    server_lookback: timedelta = timedelta(days=14)
-    request_period: timedelta = timedelta(days=1)
-    query_prefix: str = "t="
+    rule_id = RULE_ID
+    columns = COLUMNS
+    required_columns = REQUIRED_COLUMNS
+    output_columns = OUTPUT_COLUMNS
+    whole_window = True
+
+    def __init__(
+        self,
+        exchange_site: str = "Exchange Back End",
+        server_lookback: timedelta = timedelta(days=14),
+        request_period: timedelta = timedelta(days=1),
+        query_prefix: str = "t=",
+    ) -> None:
+        self.exchange_site = exchange_site
+        self.server_lookback = server_lookback
+        self.request_period = request_period
+        self.query_prefix = query_prefix
+        self.time_bin = request_period  # the rule loader sets queryFrequency
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> SilkTyphoon:
@@ -98,6 +112,15 @@ class SilkTyphoon:
         if spans[1] > spans[0]:
             raise ValueError("requestPeriod must not be longer than serverLookback")
         return cls(site, spans[0], spans[1], prefix)
+
+    def candidate_spec(self) -> CandidateSpec:
+        # Phase one on its own (a handful of Computer names), then the recent requests of those servers;
+        # the filter admits the rows of both, for a source that reads the window in one go.
+        servers = column("sSiteName").eq_ci(self.exchange_site)
+        return CandidateSpec(
+            filter=column("csUriQuery").startswith(self.query_prefix) | servers,
+            first_phase=FirstPhase("Computer", servers, self.request_period),
+        )
 
     def exchange_servers(self, rows: Iterable[Row], window: Window) -> set[str]:
         """Phase one: Computers that served the Exchange back-end site in the last serverLookback of the window."""
@@ -128,7 +151,30 @@ class SilkTyphoon:
         results.sort(key=lambda r: (r["TimeGenerated"], tuple(str(r[c]) for c in TABLE_COLUMNS[1:])))
         return results
 
-    def group_key(self, result: Mapping[str, Any], window: Window) -> tuple[Any, ...]:
-        """Identity of a request: every table column of it, never the window."""
-        del window
-        return tuple(result[c] for c in TABLE_COLUMNS)
+    def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Identity of a request: every column IIS logged of it.
+
+        Never the window, nor what Azure Monitor adds (_ResourceId, FileUri: an IIS source does not carry
+        them), so the same request gives one id whichever source saw it.
+        """
+        return tuple(result[c] for c in TABLE_COLUMNS if c not in ("_ResourceId", "FileUri"))
+
+    def title(self, result: Mapping[str, Any]) -> str:
+        return f"{result['cIP']} to {result['Computer']}: {result['csUriStem']}?{result['csUriQuery']}"
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        return (
+            f"Client {result['cIP']} sent a request with a query starting {self.query_prefix!r} to Exchange server "
+            f"{result['Computer']} ({result['csUriStem']}), as user {result['csUserName']}."
+        )
+
+    def evidence(self, result: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        return (
+            ("Query", "csUriQuery"),
+            ("Path", "csUriStem"),
+            ("Time", "TimeGenerated"),
+            ("User", "csUserName"),
+            ("User agent", "csUserAgent"),
+            ("Method", "csMethod"),
+            ("Status", "scStatus"),
+        )

@@ -1,9 +1,8 @@
-"""Logic of the three rules that need a whole-window, row-level and two-phase engine (staged).
+"""What the rules without a time bin share (anomalous_user_agent, proxyshell, silk_typhoon).
 
-Each module is pure: W3CIISLog rows and the rule's window in, the query's result rows out, with KQL's
-column names and order. The registry in detector/logic/ does not import this package, and their rule
-files sit in rules/pending/, which the loader does not read (it lists one folder, not recursively), so
-the engine runs as before until it supports these rules; docs/rule-engine-notes.md says what it needs.
+Each such rule is evaluated over its own window (one queryFrequency step, read over queryPeriod: see
+detector.windows), and each module is pure: W3CIISLog rows and the window in, the query's result rows
+out, with KQL's column names and order.
 """
 
 from __future__ import annotations

@@ -1,0 +1,162 @@
+"""Many rules, one read: rules due for the same window are evaluated from one read of a file source, with
+every rule's pushdown (a SharedSpec), and find exactly what each finds from its own read; a rule whose
+step has not closed is not due and not read; Log Analytics gets each rule's own requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector.config import Settings
+from detector.kql import parse_datetime
+from detector.models import Row, Window
+from detector.pushdown import SharedSpec
+from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
+from detector.runner import RunSummary, Task, read_groups, run, run_incremental
+from detector.sources import ReadRequest
+from detector.sources.file import FileSource
+from detector.state.file import FileStateStore
+from tests.helpers import FILES
+
+RULES = [r for r in load_rules(DEFAULT_RULES_DIR) if not r.logic.whole_window]
+# The binned-threshold rules (those that prune and share reads); the whole-window rules read alone and have
+# their own tests (tests/test_window_rules_engine.py).
+BY_CLIENT, BY_USER, PORTS = (next(r for r in RULES if r.id.startswith(p)) for p in ("19e01883", "884c4957", "44a555d8"))
+NOW = parse_datetime("2026-11-27T00:35:00Z")
+SETTINGS = Settings.from_env({"DETECTOR_SOURCE": "file:unused", "DETECTOR_INGESTION_DELAY": "30m"})
+
+
+class CountingFileSource(FileSource):
+    """The file source, recording every request it answers."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.requests: list[ReadRequest] = []
+
+    def read(self, request: ReadRequest) -> Iterator[Row]:
+        self.requests.append(request)
+        yield from super().read(request)
+
+
+class OwnReadsFileSource(CountingFileSource):
+    """The same, answering each rule's request on its own (as the Log Analytics source does)."""
+
+    shares_reads = False
+
+
+def _day(tmp_path: Path) -> Path:
+    """The port-scan and the failed-logon fixture days as one time-ordered file."""
+    lines = []
+    for name in ("w3ciislog.jsonl", "w3ciislog_logons.jsonl"):
+        lines += (FILES / name).read_text(encoding="utf-8").splitlines()
+    lines.sort(key=lambda line: json.loads(line)["TimeGenerated"])
+    path = tmp_path / "day.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    an_hour_ago = time.time() - 3600  # written long before the runs: no late-data re-check
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    return path
+
+
+def _findings(summary: RunSummary) -> list[dict[str, Any]]:
+    return sorted((f.to_json() for f in summary.findings), key=lambda f: f["FindingId"])
+
+
+def _scheduled(source: CountingFileSource, state: Path, now: Any = NOW) -> RunSummary:
+    return run_incremental(RULES, source, [], FileStateStore(state), now, SETTINGS)
+
+
+def test_three_rules_due_together_are_read_once_and_find_what_each_finds_alone(tmp_path: Path) -> None:
+    path = _day(tmp_path)
+    shared, alone = CountingFileSource(path), OwnReadsFileSource(path)
+    together = _scheduled(shared, tmp_path / "shared")
+    apart = _scheduled(alone, tmp_path / "apart")
+    assert together.ok and apart.ok
+    assert {f["RuleId"] for f in _findings(together)} == {r.id for r in RULES}
+    assert _findings(together) == _findings(apart)
+    assert len(alone.requests) == 3
+    (request,) = shared.requests
+    assert isinstance(request.candidates, SharedSpec) and len(request.candidates.specs) == 3
+    # The 1-minute rule's window ends at 00:05, the 10-minute rules' at 00:00: one read covers both.
+    assert request.window == Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:05:00Z"))
+    data = together.to_json()
+    assert {w["sharedRead"] for w in data["windows"]} == {data["windows"][0]["sharedRead"]}
+    assert data["rowsRead"] > 0
+    assert data["rowsRead"] == data["windows"][0]["rowsRead"]  # the one read counted once
+    assert data["rowsEvaluated"] < data["rowsRead"]  # every rule's pushdown kept
+
+
+def test_a_rule_is_read_only_when_its_own_step_is_due(tmp_path: Path) -> None:
+    """The timer fires every 5 minutes: the 1-minute rule is due every time, the 10-minute rules only
+    when a 10-minute bin has closed, and then all three share the read."""
+    source = CountingFileSource(_day(tmp_path))
+    state = tmp_path / "state"
+    _scheduled(source, state)
+    seen = []
+    for minutes in (5, 10, 15, 20):
+        source.requests.clear()
+        summary = _scheduled(source, state, NOW + timedelta(minutes=minutes))
+        assert summary.ok
+        seen.append(sorted({w["ruleId"][:8] for w in summary.to_json()["windows"]}))
+        assert len(source.requests) == 1
+    all_three, one_minute = ["19e01883", "44a555d8", "884c4957"], ["19e01883"]
+    assert seen == [all_three, one_minute, all_three, one_minute]  # now - delay: 00:10, 00:15, 00:20, 00:25
+
+
+def test_a_line_the_shared_read_skips_is_read_again_by_the_rules_that_can_use_it(tmp_path: Path) -> None:
+    """Twenty failed logons in one minute, one of them without sPort: the port rule requires sPort, so the
+    shared read skips that line, but the client-IP rule (which does not) counts it and fires at 20."""
+    rows = [
+        {
+            "TimeGenerated": f"2026-11-26T10:00:{second:02d}Z",
+            "cIP": "192.0.2.7",
+            "Computer": "web01",
+            "sIP": "10.0.0.4",
+            "sPort": 443,
+            "scStatus": "401",
+            "csUserName": "bob",
+        }
+        for second in range(20)
+    ]
+    del rows[7]["sPort"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    window = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
+    shared, alone = CountingFileSource(path), OwnReadsFileSource(path)
+    together = run([(rule, window) for rule in RULES], shared, [])
+    apart = run([(rule, window) for rule in RULES], alone, [])
+    assert [f["RuleId"] for f in _findings(together)] == [BY_CLIENT.id]
+    assert _findings(together) == _findings(apart)
+    # One shared read, then the two rules that do not require sPort on their own.
+    assert len(shared.requests) == 3
+    assert isinstance(shared.requests[0].candidates, SharedSpec)
+
+
+def _task(rule: Rule, start: str, end: str) -> Task:
+    return Task(rule, Window(parse_datetime(start), parse_datetime(end)))
+
+
+def test_read_groups_join_overlapping_windows_and_keep_each_rules_order() -> None:
+    a1 = _task(BY_CLIENT, "2026-11-26T00:05:00Z", "2026-11-27T00:05:00Z")
+    a2 = _task(BY_CLIENT, "2026-11-27T00:05:00Z", "2026-11-27T00:06:00Z")
+    b1 = _task(PORTS, "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z")
+    c1 = _task(BY_USER, "2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z")  # catching up: another day
+    c2 = _task(BY_USER, "2026-11-21T00:00:00Z", "2026-11-22T00:00:00Z")
+    groups = list(read_groups([[a1, a2], [b1], [c1, c2]], shares_reads=True))
+    assert groups == [[c1], [c2], [b1, a1], [a2]]
+    assert list(read_groups([[a1, a2], [b1]], shares_reads=False)) == [[b1], [a1], [a2]]
+    # A window a day apart from another is never read with it, even when they touch.
+    d1 = _task(PORTS, "2026-11-27T00:00:00Z", "2026-11-28T00:00:00Z")
+    assert list(read_groups([[c2], [d1]], shares_reads=True)) == [[c2], [d1]]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id[:8])
+def test_every_rule_in_rules_takes_part_in_shared_reads(rule: Rule) -> None:
+    spec = rule.logic.candidate_spec()
+    assert spec is not None and (spec.prunes or spec.filters)
