@@ -594,7 +594,7 @@ def test_iis_sites_of_one_day_are_merged_by_time(
     and header blocks come every few entries."""
     two_pass = _two_pass_spy(monkeypatch)
     rng = _rng(17)
-    rows = _random_rows(rng, 4000) + _scans(rng) + _scans(rng)
+    rows = _random_rows(rng, 4000) + _scans(rng) + _scans(rng) + _logon_bursts(rng)
     sites: list[list[dict[str, Any]]] = [[], [], []]
     for row in rows:
         sites[rng.randrange(3)].append(row)  # a scan's ports spread over three files
@@ -615,7 +615,13 @@ def test_iis_sites_of_one_day_are_merged_by_time(
         folder = tmp_path / f"W3SVC{index + 1}"
         folder.mkdir()
         (folder / "u_ex261126.log").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
-    assert _assert_same(IisLogSource(tmp_path, "web01"), rules=[HIGH_PORT]).pruned()
+    source = IisLogSource(tmp_path, "web01")
+    assert _assert_same(source, rules=[HIGH_PORT]).pruned()
+    assert bool(two_pass) == (shuffled_site is not None)
+    two_pass.clear()
+    shared, shared_rows = _shared_results(source)  # every rule in one read: each part's bins finished alike
+    assert shared == _own_results(source)[0]
+    assert shared_rows < int(str(source.read_stats()["rowsRead"]))  # pruned: the pushdown ran, not the plain read
     assert bool(two_pass) == (shuffled_site is not None)
 
 

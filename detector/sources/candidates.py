@@ -273,8 +273,9 @@ def rows_frame(rows: Sequence[Row], spec: CandidateSpec, window: Window) -> pl.D
 class KeyedBlock(ABC):
     """One block of a file in the first pass: its key frame, and a way to the full rows of some records.
 
-    `floor`, when set (by time_merged), is the smallest bin any later block starts at: the one-pass read
-    finishes the bins more than SLACK_BINS below it, instead of below the newest bin seen.
+    `floor`, when set (by time_merged), is a time (epoch microseconds) no later block starts before: the
+    one-pass read finishes the bins more than SLACK_BINS below the floor's bin, instead of below the
+    newest bin seen.
     """
 
     keys: pl.DataFrame
@@ -361,7 +362,7 @@ class CandidateFinder:
         return self._found_frame
 
     def add(self, batch: pl.DataFrame, floor: int | None = None) -> None:
-        """Add the kept rows of one block's key frame; `floor`: the smallest bin later blocks start at
+        """Add the kept rows of one block's key frame; `floor`: a time no later block starts before
         (None: the newest bin seen is taken for it; NO_BIN: nothing can be finished yet)."""
         import polars as pl
 
@@ -372,7 +373,7 @@ class CandidateFinder:
             batch = batch.group_by(BIN, GROUP).agg(pl.len().cast(pl.Int64).alias("_n"))
         if batch.is_empty():
             if floor is not None and floor > NO_BIN and self.finish_bins and self.bin_us is not None:
-                self._finish(floor - SLACK_BINS * self.bin_us)
+                self._finish(floor // self.bin_us * self.bin_us - SLACK_BINS * self.bin_us)
             return
         low, high = batch[BIN].min(), batch[BIN].max()
         if not isinstance(low, int) or not isinstance(high, int):
@@ -383,7 +384,8 @@ class CandidateFinder:
         self._pending_rows += batch.height
         self._newest_bin = high if self._newest_bin is None else max(self._newest_bin, high)
         if self.finish_bins and self.bin_us is not None and (floor is None or floor > NO_BIN):
-            self._finish((self._newest_bin if floor is None else floor) - SLACK_BINS * self.bin_us)
+            newest = self._newest_bin if floor is None else floor // self.bin_us * self.bin_us
+            self._finish(newest - SLACK_BINS * self.bin_us)
         elif self._pending_rows > self._compact_at:
             # Unordered input: keep distinct tuples (or per-group counts) so memory follows groups, not rows.
             merged = self._compact(pl.concat(self._pending))
@@ -582,8 +584,7 @@ def time_merged(streams: Sequence[Iterator[KeyedBlock]]) -> Iterator[KeyedBlock]
     def push(index: int) -> None:
         block = next(streams[index], None)
         if block is not None:
-            start = block.keys[BIN].min() if block.keys.height else None
-            heapq.heappush(heap, (start if isinstance(start, int) else NO_BIN, index, block))
+            heapq.heappush(heap, (_earliest(block.keys), index, block))
 
     for index in range(len(streams)):
         push(index)
@@ -593,3 +594,15 @@ def time_merged(streams: Sequence[Iterator[KeyedBlock]]) -> Iterator[KeyedBlock]
         # No block after the last one: any bin may be finished (None: below the newest, as for one stream).
         block.floor = heap[0][0] if heap else None
         yield block
+
+
+def _earliest(keys: pl.DataFrame) -> int:
+    """A time no record of the key frame is earlier than: its smallest bin start over every part's bin
+    column (a bin starts at or before each of its records), or NO_BIN for an empty frame."""
+    import polars as pl
+
+    bins = [name for name in keys.columns if name == BIN or name.startswith(f"{BIN}_")]
+    if not keys.height or not bins:
+        return NO_BIN
+    start = keys.select(pl.min_horizontal(pl.col(bins).min())).item()
+    return start if isinstance(start, int) else NO_BIN
