@@ -27,13 +27,15 @@ rows merely come along too, and the rule, which applies the threshold itself on 
 
 Memory follows the work in flight: bins are finished and freed as time moves on (about two bins of
 tuples for time-ordered logs); when a row arrives for a finished bin, the always-exact two-pass
-strategy runs instead.
+strategy runs instead (the input is parsed once more; each block's kept keys are held, its rows read
+again only if it holds candidates).
 
 polars is imported lazily: only a run over a file pays for it, `import function_app` does not.
 """
 
 from __future__ import annotations
 
+import heapq
 import importlib.util
 from abc import ABC, abstractmethod
 from collections import deque
@@ -62,6 +64,7 @@ _HASH_SEED = 0x5EED  # any fixed seed: hashes are only compared within one proce
 # Analytics exports sort them) never go back; logs merged from a few servers may go back a little.
 SLACK_BINS = 2
 BOM = b"\xef\xbb\xbf"
+NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
 PLAIN_INTEGER = r"^[0-9]{1,18}$"  # digits that fit an Int64, as W3C fields and digit strings write them
 
 
@@ -268,9 +271,15 @@ def rows_frame(rows: Sequence[Row], spec: CandidateSpec, window: Window) -> pl.D
 
 
 class KeyedBlock(ABC):
-    """One block of a file in the first pass: its key frame, and a way to the full rows of some records."""
+    """One block of a file in the first pass: its key frame, and a way to the full rows of some records.
+
+    `floor`, when set (by time_merged), is a time (epoch microseconds) no later block starts before: the
+    one-pass read finishes the bins more than SLACK_BINS below the floor's bin, instead of below the
+    newest bin seen.
+    """
 
     keys: pl.DataFrame
+    floor: int | None = None
 
     @property
     def rows_read(self) -> int:
@@ -282,16 +291,37 @@ class KeyedBlock(ABC):
     def rows(self, records: list[int]) -> Iterator[Row]:
         """The typed rows of these records (in window), exactly as the reader's plain code reads them."""
 
+    def detach(self) -> None:  # noqa: B027 - most blocks hold nothing more than their keys
+        """Free what rows() can get again (bytes, typed rows): the two-pass read holds every block until
+        the end, so a held block must cost little more than its kept records' keys."""
+
 
 class RowsBlock(KeyedBlock):
-    """A block its reader typed row by row (odd lines, a block the columnar parse cannot read exactly)."""
+    """A block its reader typed row by row (odd lines, a block the columnar parse cannot read exactly).
 
-    def __init__(self, rows: list[Row], spec: CandidateSpec, window: Window) -> None:
-        self._rows = [row for row in rows if window.contains(row[TIME])]
+    `again`, when given, types the same rows again (the same list, in the same order), so a detached
+    block keeps no rows.
+    """
+
+    def __init__(
+        self, rows: list[Row], spec: CandidateSpec, window: Window, again: Callable[[], list[Row]] | None = None
+    ) -> None:
+        self.window, self.again = window, again
+        self._rows: list[Row] | None = self._in_window(rows)
         self.keys = rows_frame(self._rows, spec, window)
 
+    def _in_window(self, rows: list[Row]) -> list[Row]:
+        return [row for row in rows if self.window.contains(row[TIME])]
+
+    def detach(self) -> None:
+        if self.again is not None:
+            self._rows = None
+
     def rows(self, records: list[int]) -> Iterator[Row]:
-        return (self._rows[i] for i in records)
+        rows = self._rows
+        if rows is None:
+            rows = self._in_window(self.again())  # type: ignore[misc]
+        return (rows[i] for i in records)
 
 
 class CandidateFinder:
@@ -331,8 +361,9 @@ class CandidateFinder:
             self._found_frame = pl.concat(self._found) if self._found else _no_groups()
         return self._found_frame
 
-    def add(self, batch: pl.DataFrame) -> None:
-        """Add the kept rows of one block's key frame."""
+    def add(self, batch: pl.DataFrame, floor: int | None = None) -> None:
+        """Add the kept rows of one block's key frame; `floor`: a time no later block starts before
+        (None: the newest bin seen is taken for it; NO_BIN: nothing can be finished yet)."""
         import polars as pl
 
         if self.distinct:
@@ -341,6 +372,8 @@ class CandidateFinder:
         else:
             batch = batch.group_by(BIN, GROUP).agg(pl.len().cast(pl.Int64).alias("_n"))
         if batch.is_empty():
+            if floor is not None and floor > NO_BIN and self.finish_bins and self.bin_us is not None:
+                self._finish(floor // self.bin_us * self.bin_us - SLACK_BINS * self.bin_us)
             return
         low, high = batch[BIN].min(), batch[BIN].max()
         if not isinstance(low, int) or not isinstance(high, int):
@@ -350,8 +383,9 @@ class CandidateFinder:
         self._pending.append(batch)
         self._pending_rows += batch.height
         self._newest_bin = high if self._newest_bin is None else max(self._newest_bin, high)
-        if self.finish_bins and self.bin_us is not None:
-            self._finish(self._newest_bin - SLACK_BINS * self.bin_us)
+        if self.finish_bins and self.bin_us is not None and (floor is None or floor > NO_BIN):
+            newest = self._newest_bin if floor is None else floor // self.bin_us * self.bin_us
+            self._finish(newest - SLACK_BINS * self.bin_us)
         elif self._pending_rows > self._compact_at:
             # Unordered input: keep distinct tuples (or per-group counts) so memory follows groups, not rows.
             merged = self._compact(pl.concat(self._pending))
@@ -369,6 +403,9 @@ class CandidateFinder:
         import polars as pl
 
         if self._finished_below is not None and below <= self._finished_below:
+            return
+        if not self._pending:
+            self._finished_below = below
             return
         pending = pl.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
         done = pending.filter(pl.col(BIN) < below)
@@ -421,9 +458,9 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
 
     A spec that does not prune takes one pass and keeps the admitted rows. Time-ordered input takes one
     pass: blocks are held until their bins are finished, then their candidate rows are taken and the
-    block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one pass
-    to find every candidate, another to take their rows. Only the finding pass is done before this returns
-    (a caller may fall back when it raises); rows are taken as they are iterated: an error there is not caught.
+    block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one more
+    pass finds every candidate while holding each block's kept keys, then the candidates' rows are
+    taken. Every row is taken before this returns, so a caller may still fall back when it raises.
 
     A SharedSpec is answered in the same passes: each part has its own finder (or none, when it does not
     prune), and a row is taken when any part takes it.
@@ -438,18 +475,9 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
         return CandidateRead(iter(taken), read)
     try:
         rows, read = _one_pass(blocks(), parts)
-        return CandidateRead(iter(rows), read)
     except OutOfOrder:
-        finders = _finders(parts, finish_bins=False)
-        read = 0
-        for block in blocks():
-            read += block.rows_read
-            kept = _kept(block)
-            for part, finder in zip(parts, finders, strict=True):
-                if finder is not None:
-                    finder.add(part.renamed(kept))
-        found = [None if finder is None else finder.result() for finder in finders]
-        return CandidateRead(_take_all(blocks(), parts, found), read)
+        rows, read = _two_pass(blocks(), parts)
+    return CandidateRead(iter(rows), read)
 
 
 def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateFinder | None]:
@@ -464,26 +492,52 @@ def _kept(block: KeyedBlock) -> pl.DataFrame:
 
 def _take(block: KeyedBlock, parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
     """The block's kept rows: for each part, of its found groups only (all it keeps where `found` is None)."""
+    kept = _kept(block)
+    return _take_kept(block, [part.renamed(kept) for part in parts], found)
+
+
+def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
+    """The rows of the block's records that each part keeps (`kept`: the part's kept keys, BIN, GROUP
+    and RECORD at least), of the part's found groups only where `found` is not None."""
     import polars as pl
 
-    kept = _kept(block)
     chosen: list[pl.Series] = []
-    for part, groups in zip(parts, found, strict=True):
-        mine = part.renamed(kept)
+    for own, groups in zip(kept, found, strict=True):
         if groups is not None:
             if groups.is_empty():
                 continue
-            mine = mine.join(groups, on=[BIN, GROUP], how="semi")
-        chosen.append(mine[RECORD])
+            own = own.join(groups, on=[BIN, GROUP], how="semi")  # noqa: PLW2901 - the part's chosen records
+        chosen.append(own[RECORD])
     if not chosen:
         return iter(())
     records = (chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list()
     return block.rows(records) if records else iter(())
 
 
-def _take_all(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
+def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
+    """The always-exact strategy for input in any order: every block's keys go to the finders, and each
+    block is held (detached, with only each part's kept bin, group and record) until every candidate is
+    known; then the candidates' rows are taken. The input is parsed once."""
+    finders = _finders(parts, finish_bins=False)
+    held: list[tuple[KeyedBlock, list[pl.DataFrame]]] = []
+    read = 0
     for block in blocks:
-        yield from _take(block, parts, found)
+        read += block.rows_read
+        kept = _kept(block)
+        mine: list[pl.DataFrame] = []
+        for part, finder in zip(parts, finders, strict=True):
+            own = part.renamed(kept)
+            if finder is not None:
+                finder.add(own)
+            mine.append(own.select(BIN, GROUP, RECORD))
+        held.append((block, mine))
+        block.detach()
+        del block.keys
+    found = [None if finder is None else finder.result() for finder in finders]
+    taken: list[Row] = []
+    for block, mine in held:
+        taken.extend(_take_kept(block, mine, found))
+    return taken, read
 
 
 def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
@@ -507,7 +561,7 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
                 highs.append(None)
                 continue
             mine = part.renamed(kept)
-            finder.add(mine)
+            finder.add(mine, block.floor)
             highs.append(mine[BIN].max() if not mine.is_empty() else None)  # type: ignore[arg-type]
         held.append((block, highs))
         while held and decided(held[0][1]):
@@ -517,3 +571,38 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
     for block, _ in held:
         taken.extend(_take(block, parts, found))
     return taken, read
+
+
+def time_merged(streams: Sequence[Iterator[KeyedBlock]]) -> Iterator[KeyedBlock]:
+    """The blocks of several streams that each run in time order (one day's logs of several web sites),
+    merged by time: the block starting earliest comes next, and each block's `floor` says where the
+    others stand, so the one-pass read finishes bins as all streams move past them. A stream that goes
+    back in time makes the finder raise OutOfOrder (and the caller takes the exact two-pass read), as
+    for one stream. One block of each stream is read ahead."""
+    heap: list[tuple[int, int, KeyedBlock]] = []
+
+    def push(index: int) -> None:
+        block = next(streams[index], None)
+        if block is not None:
+            heapq.heappush(heap, (_earliest(block.keys), index, block))
+
+    for index in range(len(streams)):
+        push(index)
+    while heap:
+        _, index, block = heapq.heappop(heap)
+        push(index)
+        # No block after the last one: any bin may be finished (None: below the newest, as for one stream).
+        block.floor = heap[0][0] if heap else None
+        yield block
+
+
+def _earliest(keys: pl.DataFrame) -> int:
+    """A time no record of the key frame is earlier than: its smallest bin start over every part's bin
+    column (a bin starts at or before each of its records), or NO_BIN for an empty frame."""
+    import polars as pl
+
+    bins = [name for name in keys.columns if name == BIN or name.startswith(f"{BIN}_")]
+    if not keys.height or not bins:
+        return NO_BIN
+    start = keys.select(pl.min_horizontal(pl.col(bins).min())).item()
+    return start if isinstance(start, int) else NO_BIN

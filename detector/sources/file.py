@@ -1,10 +1,15 @@
 """`file:<path>`: W3CIISLog rows as JSON Lines, a JSON array, or a saved Log Analytics query response.
 
-The format is recognised by content. JSON Lines is streamed line by line (memory does not grow with the
-file); the two whole-document formats are parsed at once. The rule's pushdown description is applied:
-rows its filter rejects are never returned, and when it prunes groups a JSON Lines file is read through
-the pushdown layer (candidates.py): polars parses only the columns the description reads, block by block,
-and only rows of groups that can fire are typed and returned. The rule's results are the same.
+The format is recognised by content. JSON Lines is streamed line by line and a saved response value by
+value (memory does not grow with the file); a JSON array is parsed at once. The rule's pushdown
+description is applied: rows its filter rejects are never returned, and when it prunes groups the file
+is read through the pushdown layer (candidates.py), and only rows of groups that can fire are typed and
+returned. The rule's results are the same. JSON Lines: polars parses only the columns the description
+reads, block by block. A saved response: each row is parsed by json's decoder as the plain stream does,
+and the description's columns of a block of rows are typed by coerce_value (the plain code) once per
+distinct value; a block remembers its byte span and where each row starts, so taking a candidate parses
+that row alone. A key value the plain code refuses, or a layout the stream cannot follow (rows before
+columns), sends the whole response to the plain read.
 
 Malformed lines (not JSON, not an object, a column of the wrong type, a missing required column, a
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
@@ -41,6 +46,7 @@ import io
 import json
 import re
 import stat
+from array import array
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -56,6 +62,7 @@ from detector.sources import (
     Source,
     files_changed_after,
     register_source,
+    representable,
     typed,
 )
 from detector.sources.candidates import (
@@ -70,11 +77,12 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     line_blocks,
+    microseconds,
     polars_lines,
     read_with_pushdown,
     skip_bom,
 )
-from detector.w3ciislog import COLUMN_TYPES
+from detector.w3ciislog import COLUMN_TYPES, coerce_value
 
 if TYPE_CHECKING:
     import polars as pl
@@ -133,10 +141,12 @@ class FileSource(Source):
         self._report = report = LineReport(self.strict)
         spec = request.candidates
         # Strict reading must see every line's every column, which is the plain read's work.
-        if columnar_applies(spec) and spec is not None and not self.strict and self._is_json_lines():
+        kind = self._columnar_kind() if columnar_applies(spec) and spec is not None and not self.strict else ""
+        if kind and spec is not None:
+            read_candidates = _read_candidates if kind == "jsonl" else _read_response_candidates
 
             def fast() -> Iterator[Row]:
-                found = _read_candidates(self.path, request, spec, report)
+                found = read_candidates(self.path, request, spec, report)
                 report.rows_read = found.rows_read
                 return found.rows
 
@@ -156,18 +166,21 @@ class FileSource(Source):
                 if spec is None or spec.admits(row):
                     yield row
 
-    def _is_json_lines(self) -> bool:
-        """True when the first line is one JSON object that is not a Log Analytics response."""
+    def _columnar_kind(self) -> str:
+        """Which columnar read applies: jsonl (the first line is one JSON object that is not a Log
+        Analytics response), response (a saved response, "tables" first), or "" (the plain read decides)."""
         try:
             with self._open() as handle:
                 first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
         except InputError:
-            return False  # the plain path reports it
+            return ""  # the plain path reports it
+        if _LA_RESPONSE_START.match(first_line):
+            return "response"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
         except (ValueError, RecursionError):
-            return False
-        return isinstance(head, dict) and "tables" not in head
+            return ""
+        return "jsonl" if isinstance(head, dict) and "tables" not in head else ""
 
     def _open(self) -> Any:
         where = str(self.path)
@@ -345,6 +358,8 @@ class _JsonStream:
     def __init__(self, handle: Any, start: int, where: str) -> None:
         self.handle, self.where, self.offset = handle, where, start
         self.text, self.pos, self.eof = "", 0, False
+        self.base = 0  # characters dropped from the front of text so far
+        self.value_start = 0  # where the last value() began, in characters from the start
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.json = json.JSONDecoder()
 
@@ -360,12 +375,15 @@ class _JsonStream:
         self.offset += len(chunk)
         self.eof = not chunk
         if self.pos > STREAM_CHUNK:
+            self.base += self.pos
             self.text, self.pos = self.text[self.pos :], 0
         self.text += text
         return True
 
     def peek(self) -> str:
         """The next non-whitespace character ("" at the end)."""
+        if self.pos < len(self.text) and self.text[self.pos] not in " \t\r\n":
+            return self.text[self.pos]  # the usual case, once per value: no regex call
         while True:
             self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
             if self.pos < len(self.text) or not self._more():
@@ -391,6 +409,7 @@ class _JsonStream:
                 raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
             if end == len(self.text) and self._more():
                 continue  # a number may continue in the next chunk
+            self.value_start = self.base + self.pos
             self.pos = end
             return value
 
@@ -409,6 +428,11 @@ class _JsonStream:
                 continue
             self.expect("}")
             return
+
+    def byte_at(self, character: int) -> int:
+        """The file offset of a character still in the buffer (counted from the start, as value_start)."""
+        undecoded = self.decoder.getstate()[0]
+        return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
 
     def la_tables(self) -> Iterator[tuple[str, Any]]:
         """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one)."""
@@ -467,6 +491,174 @@ class _JsonStream:
             raise InputError(self.where, "each table needs 'columns' (with 'name') and 'rows'")
 
 
+# -- the columnar first pass over a saved Log Analytics response ----------------------------------------
+
+RESPONSE_BLOCK_ROWS = 20_000  # rows per key frame: as many as a JSON Lines block holds
+
+
+def _read_response_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
+    """Rows of candidate groups of a saved response; raises Unavailable before returning any row."""
+    return candidate_rows(lambda: _response_blocks(path, request, spec, report), spec)
+
+
+def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+    """The response's rows in blocks: each row is parsed by json's decoder (as the plain stream does), the
+    key columns of a block are typed by the plain code once per distinct value, and a block keeps only its
+    key frame and where its rows start in the file (taking rows parses that stretch again)."""
+    where = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    wanted = list(spec.columns())
+    with handle:
+        start = skip_bom(handle)
+        stream = _JsonStream(handle, start, where)
+        names: list[str] = []
+        positions: list[int] = []
+        raw: list[list[Any]] = [[] for _ in wanted]
+        starts = array("q")  # where each row of the block starts, in characters from the block's start
+        index = first_index = first_byte = first_character = 0
+        try:
+            for event, payload in stream.la_tables():
+                if event == "columns":
+                    try:
+                        names = [c["name"] for c in payload]
+                    except (KeyError, TypeError):
+                        raise Unavailable from None  # the plain read reports it
+                    if any(c not in names for c in request.required):
+                        raise Unavailable
+                    positions = [names.index(c) if c in names else -1 for c in wanted]
+                    continue
+                if index == first_index:
+                    first_character = stream.value_start
+                    first_byte = stream.byte_at(first_character)
+                starts.append(stream.value_start - first_character)
+                label = f"row {index}"
+                index += 1
+                if isinstance(payload, list) and len(payload) == len(names):
+                    for values, position in zip(raw, positions, strict=True):
+                        values.append(payload[position] if position >= 0 else None)
+                else:
+                    report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
+                    for values in raw:
+                        values.append(_MALFORMED)
+                if index - first_index == RESPONSE_BLOCK_ROWS:
+                    span = (first_byte, stream.byte_at(stream.base + stream.pos))
+                    yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
+                    raw, starts, first_index = [[] for _ in wanted], array("q"), index
+        except _NotStreamable:
+            raise Unavailable from None
+        if index > first_index:
+            span = (first_byte, stream.byte_at(stream.base + stream.pos))
+            yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
+
+
+_MALFORMED = object()  # a row the plain read skips (not a list of the columns)
+_FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
+
+
+def _response_block(
+    raw: list[list[Any]],
+    wanted: list[str],
+    names: list[str],
+    path: Path,
+    span: tuple[int, int],
+    starts: array[int],
+    first_index: int,
+    request: ReadRequest,
+    spec: CandidateSpec,
+    report: LineReport,
+) -> KeyedBlock:
+    """A block's key frame: every key value typed by coerce_value (the plain code), once per distinct value.
+    A key value the plain code refuses (rare) sends the file to the plain read, which reports the row."""
+    import polars as pl
+
+    where = str(path)
+    count = len(raw[0])
+    bad = [value is _MALFORMED for value in raw[0]]
+    columns: dict[str, list[Any]] = {}
+    for column, values in zip(wanted, raw, strict=True):
+        typed_of: dict[tuple[type, Any], Any] = {}
+        out: list[Any] = []
+        for record, value in enumerate(values):
+            if bad[record]:
+                out.append(None)
+                continue
+            try:
+                key = (type(value), value)
+                result = typed_of.get(key, _MALFORMED)
+            except TypeError:  # a list or object: unhashable, and refused below
+                key, result = None, _MALFORMED
+            if result is _MALFORMED:
+                try:
+                    result = coerce_value(column, value, where)
+                    if isinstance(result, str):
+                        result = representable({column: result})[column]
+                    elif isinstance(result, datetime):
+                        result = microseconds(result)
+                except (InputError, OverflowError):
+                    result = _MALFORMED
+                if key is not None:
+                    typed_of[key] = result
+            if result is _MALFORMED:
+                raise Unavailable  # the plain read skips and reports the row, with its own message
+            out.append(result)
+        columns[column] = out
+    times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
+    schema: dict[str, Any] = {"_t": pl.Int64}
+    data: dict[str, list[Any]] = {"_t": times}
+    for column in wanted:
+        if column == TIME:
+            continue
+        string = COLUMN_TYPES[column] == "string"
+        schema[column] = pl.String if string else pl.Int64
+        data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
+    frame = pl.DataFrame(data, schema=schema)
+    keys = keys_frame(frame, spec, request.window)
+    return _ResponseBlock(keys, path, span, starts, first_index, names, request, report)
+
+
+class _ResponseBlock(KeyedBlock):
+    """Rows of a saved response from row `first_index`: their bytes are span (start, end) of the file,
+    and row r starts at character starts[r] of that text, so taking a row parses that row alone."""
+
+    def __init__(
+        self,
+        keys: pl.DataFrame,
+        path: Path,
+        span: tuple[int, int],
+        starts: array[int],
+        first_index: int,
+        names: list[str],
+        request: ReadRequest,
+        report: LineReport,
+    ) -> None:
+        self.keys, self.path, self.span, self.starts, self.first_index = keys, path, span, starts, first_index
+        self.names, self.request, self.report = names, request, report
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        where = str(self.path)
+        text = _read_range(self.path, self.span[0], self.span[1] - self.span[0]).decode("utf-8", errors="replace")
+        decoder = json.JSONDecoder()
+        taken: list[Row] = []
+        for record in records:
+            try:
+                payload, _ = decoder.raw_decode(text, self.starts[record])
+            except (json.JSONDecodeError, RecursionError):
+                payload = None
+            if not isinstance(payload, list) or len(payload) != len(self.names):
+                raise InputError(where, "changed while it was read; run again")
+            try:
+                row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, f"row {self.first_index + record}")
+            except MalformedLine as exc:
+                self.report.skip(exc)
+                continue
+            if self.request.window.contains(row[TIME]):
+                taken.append(row)
+        return iter(taken)
+
+
 # -- the columnar first pass over JSON Lines -------------------------------------------------------------
 
 
@@ -488,8 +680,23 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             if keys is not None:
                 yield _ColumnarBlock(keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report)
             else:
-                yield RowsBlock(_plain_rows(data, line, request, str(path), report), spec, request.window)
-            line += data.count(b"\n")
+
+                def again(offset: int = offset, length: int = len(data), first: int = line) -> list[Row]:
+                    return _plain_rows(_read_range(path, offset, length), first, request, str(path), report)
+
+                rows = _plain_rows(data, line, request, str(path), report)
+                yield RowsBlock(rows, spec, request.window, again)
+            line += keys.height if keys is not None else data.count(b"\n")  # a columnar block: one record per line
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    """Bytes of the file read before (a block read again to take its candidates' rows)."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
+    return data
 
 
 def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, report: LineReport) -> list[Row]:
@@ -532,9 +739,7 @@ class _ColumnarBlock(KeyedBlock):
         self.first_line, self.request, self.report = first_line, request, report
 
     def rows(self, records: list[int]) -> Iterator[Row]:
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            lines = handle.read(self.length).split(b"\n")
+        lines = _read_range(self.path, self.offset, self.length).split(b"\n")
         where = str(self.path)
         for index in records:
             # The columns the first pass read are known good; the others are typed (and may be bad) here.
@@ -547,17 +752,40 @@ class _ColumnarBlock(KeyedBlock):
                 yield row
 
 
-def _key_occurrences(data: bytes, columns: tuple[str, ...]) -> dict[str, int] | None:
-    """How often each column's quoted name occurs in the block (one Aho-Corasick pass in native code),
-    or None when the block is not valid UTF-8 (the plain code reports it)."""
+def _each_key_once(data: bytes, columns: list[str], lines: int) -> bool | None:
+    """True when the block names each of these columns (each has a value in every line, so each line
+    names it at least once) exactly once per line and writes no key with a \\u escape; None when the
+    block is not valid UTF-8 (the plain code reports it).
+
+    One regex pass in native code counts every `name"` together: a literal alternation, which the
+    regex engine's SIMD prefilter finds several times faster than the quoted `"name"` (every quote
+    would be a candidate). A match ends at a string's closing quote (an escaped quote follows a
+    backslash, not a letter), so matches cannot overlap and every quoted name is among them, with
+    perhaps other strings ending in a name; so a total of len(columns) x lines means each column is
+    named exactly once per line (more, and the block is read row by row: only slower).
+    """
     import polars as pl
 
+    if not all(_PLAIN_NAME.fullmatch(c) for c in columns):
+        return False
     try:
         text = pl.Series([data]).cast(pl.String)
     except pl.exceptions.PolarsError:
         return None
-    found = text.str.extract_many([f'"{c}"' for c in columns]).explode().drop_nulls().value_counts()
-    return {name[1:-1]: count for name, count in zip(found[found.columns[0]].to_list(), found["count"].to_list(), strict=True)}
+    found, escape = (
+        text.to_frame("text")
+        .select(
+            pl.col("text").str.count_matches("(?:" + "|".join(columns) + ')"').alias("found") if columns else pl.lit(0),
+            pl.col("text").str.contains("\\u", literal=True).alias("escape"),  # memmem: most blocks hold none
+        )
+        .row(0)
+    )
+    if escape and _escaped_key(data):
+        return False  # a key written with an escape: polars and json.loads may see a name twice, or not
+    return bool(found == len(columns) * lines)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 # What polars makes of a JSON number, boolean, object or array read as a string (str() of the same value
@@ -597,21 +825,15 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         return None
     if frame.height != lines:
         return None  # blank lines: the plain code decides
-    if b"\\" in data and b"\\u" in data and _escaped_key(data):  # memchr first: most blocks hold no backslash
-        return None
-    occurrences = _key_occurrences(data, wanted)
-    if occurrences is None:
+    nulls_of = {column: frame[column].null_count() for column in wanted}
+    if not _each_key_once(data, [c for c in wanted if not nulls_of[c]], lines):
         return None
     required = set(request.required) | {TIME}
     lines_frame: pl.Series | None = None
     for column in wanted:
-        nulls = frame[column].null_count()
+        nulls = nulls_of[column]
         string = COLUMN_TYPES[column] == "string" and column != TIME
-        if not nulls:
-            # Every line has a value, so names the key at least once: exactly once when the counts agree.
-            if occurrences.get(column, 0) != lines:
-                return None
-        else:
+        if nulls:
             if column in required and (string or column == TIME):
                 return None  # polars reads a missing key and a null alike; the plain code tells them apart
             if lines_frame is None:
@@ -628,9 +850,10 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
 
 def _escaped_key(data: bytes) -> bool:
     """True when some key holds a \\u escape (json.loads and polars could then see the same key twice)."""
-    import re
+    return _ESCAPED_KEY.search(data) is not None
 
-    return re.search(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:', data) is not None
+
+_ESCAPED_KEY = re.compile(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:')
 
 
 def _lines(data: bytes, lines: int) -> pl.Series | None:

@@ -40,9 +40,10 @@ from __future__ import annotations
 import re
 import socket
 import stat
+from bisect import bisect_right
 from collections.abc import Generator, Iterator
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import FileIO
 from pathlib import Path
@@ -67,6 +68,7 @@ from detector.sources.candidates import (
     polars_lines,
     read_with_pushdown,
     skip_bom,
+    time_merged,
 )
 from detector.w3ciislog import COLUMN_TYPES
 
@@ -261,6 +263,11 @@ class W3cLayout:
     time_index: int | None = None
     directive_date: str = ""
     unusable: str = ""  # why entries under the current #Fields cannot be W3CIISLog rows (FTP, no time)
+    fields_text: str | None = None  # the #Fields value this layout was made from
+    # #Fields values worked out so far (shared by the layouts of one file)
+    fields_cache: dict[str, tuple[dict[str, object], tuple[tuple[str, bool, bool], ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def initial(cls, path: Path, request: ReadRequest, computer: str, report: LineReport) -> W3cLayout:
@@ -293,48 +300,65 @@ class W3cLayout:
         name, _, value = line[1:].partition(":")
         name = name.strip().lower()
         if name == "fields":
-            fields = value.split()
-            lowered = [f.lower() for f in fields]
+            # Low-traffic servers repeat the same #Fields every few entries: work it out once per read.
+            known = self.fields_cache.get(value)
+            if known is None:
+                known = self.fields_cache[value] = self._fields(value)
+            changes, notices = known
             where = f"{self.path}:{number}"
-            if _FTP_FIELDS & set(lowered):
-                self.report.notice(f"{where}: FTP log entries skipped (only web server logs are W3CIISLog)", warning=False)
-                return replace(self, fields=tuple(fields), unusable="an FTP log entry")
-            if "time" not in lowered:
-                self.report.notice(
-                    f"{where}: #Fields has no 'time' field; its entries are skipped (TimeGenerated cannot be known)"
-                )
-                return replace(self, fields=tuple(fields), unusable="#Fields has no 'time' field")
-            index_of = {FIELD_TO_COLUMN[f]: i for i, f in enumerate(lowered) if f in FIELD_TO_COLUMN}
-            # Columns Azure Monitor adds (_ResourceId, FileUri) are never logged fields: "" without a notice.
-            missing = [c for c in self.wanted if c not in index_of and c in _COLUMN_TO_FIELD]
-            # A column the rule groups, filters or must have: a WARNING for each block. A detail column
-            # (IIS does not log s-sitename by default, and logs write a header block every few entries):
-            # said once per file, at INFO.
-            keys = set(self.request.required) | set(self.request.candidates.columns() if self.request.candidates else ())
-            for important in (True, False):
-                columns = [c for c in missing if (c in keys) == important]
-                if not columns:
-                    continue
-                names = ", ".join(_field_of(c) for c in columns if c in _COLUMN_TO_FIELD)
-                text = (
-                    f"#Fields lacks {names}; its entries are read with {', '.join(columns)} empty "
-                    "(enable the field(s) in IIS logging)"
-                )
-                if important:
-                    self.report.notice(f"{where}: {text}")
-                else:
-                    self.report.notice(f"{self.path}: {text}", warning=False)
-            return replace(
-                self,
-                fields=tuple(fields),
-                plan=tuple((c, index_of.get(c)) for c in self.wanted),
-                time_index=lowered.index("time"),
-                date_index=lowered.index("date") if "date" in lowered else None,
-                unusable="",
-            )
+            for text, per_block, warning in notices:
+                self.report.notice(f"{where if per_block else self.path}: {text}", warning=warning)
+            if value == self.fields_text:
+                return self  # the same #Fields again: the same layout
+            return self._with({**changes, "fields_text": value})
         if name == "date":
-            return replace(self, directive_date=value.strip().split(" ")[0])
+            day = value.strip().split(" ")[0]
+            return self if day == self.directive_date else self._with({"directive_date": day})
         return self
+
+    def _with(self, changes: dict[str, object]) -> W3cLayout:
+        """dataclasses.replace without its per-field work (a directive block every few entries makes it hot)."""
+        layout = object.__new__(W3cLayout)
+        layout.__dict__.update(self.__dict__)
+        layout.__dict__.update(changes)
+        return layout
+
+    def _fields(self, value: str) -> tuple[dict[str, object], tuple[tuple[str, bool, bool], ...]]:
+        """What a `#Fields: value` directive changes, and its notices: (text, said per block, as a WARNING)."""
+        fields = value.split()
+        lowered = [f.lower() for f in fields]
+        if _FTP_FIELDS & set(lowered):
+            notice = ("FTP log entries skipped (only web server logs are W3CIISLog)", True, False)
+            return {"fields": tuple(fields), "unusable": "an FTP log entry"}, (notice,)
+        if "time" not in lowered:
+            notice = ("#Fields has no 'time' field; its entries are skipped (TimeGenerated cannot be known)", True, True)
+            return {"fields": tuple(fields), "unusable": "#Fields has no 'time' field"}, (notice,)
+        index_of = {FIELD_TO_COLUMN[f]: i for i, f in enumerate(lowered) if f in FIELD_TO_COLUMN}
+        # Columns Azure Monitor adds (_ResourceId, FileUri) are never logged fields: "" without a notice.
+        missing = [c for c in self.wanted if c not in index_of and c in _COLUMN_TO_FIELD]
+        # A column the rule groups, filters or must have: a WARNING for each block. A detail column
+        # (IIS does not log s-sitename by default, and logs write a header block every few entries):
+        # said once per file, at INFO.
+        keys = set(self.request.required) | set(self.request.candidates.columns() if self.request.candidates else ())
+        notices = []
+        for important in (True, False):
+            columns = [c for c in missing if (c in keys) == important]
+            if not columns:
+                continue
+            names = ", ".join(_field_of(c) for c in columns if c in _COLUMN_TO_FIELD)
+            text = (
+                f"#Fields lacks {names}; its entries are read with {', '.join(columns)} empty "
+                "(enable the field(s) in IIS logging)"
+            )
+            notices.append((text, important, important))
+        changes: dict[str, object] = {
+            "fields": tuple(fields),
+            "plan": tuple((c, index_of.get(c)) for c in self.wanted),
+            "time_index": lowered.index("time"),
+            "date_index": lowered.index("date") if "date" in lowered else None,
+            "unusable": "",
+        }
+        return changes, tuple(notices)
 
     def entry(self, line: str, number: int, times: dict[str, datetime]) -> Row | None:
         """One log entry as a typed row, or None when it falls outside the window (or is not a web entry)."""
@@ -416,8 +440,24 @@ def _read_candidates(
 def _all_blocks(
     files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> Iterator[KeyedBlock]:
+    for group in _same_period(files):
+        if len(group) == 1:
+            yield from _file_blocks(group[0], computer, request, spec, report)
+        else:
+            yield from time_merged([_file_blocks(path, computer, request, spec, report) for path in group])
+
+
+MERGED_FILES = 16  # most files of one period read side by side (each has a reader thread and a block in flight)
+
+
+def _same_period(files: list[Path]) -> list[list[Path]]:
+    """The files in groups read side by side, merged by time: IIS names a log after its period
+    (u_exYYMMDD.log), so files of the same name in several site folders cover the same hours, and one
+    after the other each would start back at midnight. Groups come in name order (time order)."""
+    groups: dict[str, list[Path]] = {}
     for path in files:
-        yield from _file_blocks(path, computer, request, spec, report)
+        groups.setdefault(path.name.lower(), []).append(path)
+    return [group[i : i + MERGED_FILES] for _, group in sorted(groups.items()) for i in range(0, len(group), MERGED_FILES)]
 
 
 def _file_blocks(
@@ -428,35 +468,148 @@ def _file_blocks(
         handle = path.open("rb", buffering=0)
     except OSError as exc:
         raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
-    layout = W3cLayout.initial(path, request, computer, report)
-    line = 1
+    at = _Position(W3cLayout.initial(path, request, computer, report), 1)
     with handle, closing(_scanned_blocks(handle)) as blocks:
         for block in blocks:
             if block.lone_cr:
                 raise Unavailable
-            data = block.data
-            for start, end, spaces in block.parts:
-                if spaces < 0:
-                    text = data[start:end].decode("utf-8", errors="replace")
-                    if not text.endswith("\n"):
-                        report.skip(MalformedLine(str(path), line, _unfinished(text) or "truncated last line"))
-                        continue
-                    changed = layout.line(text.rstrip("\r\n"), line, {})
-                    if isinstance(changed, W3cLayout):
-                        layout = changed
-                    line += 1
-                    continue
-                entries = data if start == 0 and end == len(data) else data[start:end]
-                keys = (
-                    None if block.nul or not entries.endswith(b"\n") else _columnar_keys(entries, spaces, layout, spec, request)
-                )
-                if keys is not None:
-                    yield _ColumnarRun(keys, entries, line, layout)
-                    line += keys.height  # one record per line: _columnar_keys checked it
-                else:
-                    rows, layout = _plain_run(entries, line, layout)
-                    yield RowsBlock(rows, spec, request.window)
-                    line += entries.count(b"\n")
+            yield from _block_runs(block, path, at, spec, request)
+
+
+@dataclass
+class _Position:
+    """Where the first pass is in a file: the layout in force and the next line's number."""
+
+    layout: W3cLayout
+    line: int
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """A run of entries between directive lines: data[start:end] (ending with a line break), its first
+    line, its space count, and its line count (-1: not counted, the block's last run)."""
+
+    start: int
+    end: int
+    first_line: int
+    spaces: int
+    lines: int
+
+
+def _block_runs(
+    block: _ScannedBlock, path: Path, at: _Position, spec: CandidateSpec, request: ReadRequest
+) -> Iterator[KeyedBlock]:
+    """The KeyedBlocks of one scanned block: runs of entries read as one frame while the directives
+    between them leave the layout as it was (low-traffic servers write a header block every few entries,
+    and polars' fixed cost per call would cost more than the entries), row by row where they must be.
+    `at` moves to the end of the block."""
+    data, report = block.data, at.layout.report
+    merged: list[_Segment] = []  # runs read with merged_layout
+    merged_layout = at.layout
+    for start, end, spaces in block.parts:
+        if spaces < 0:
+            text = data[start:end].decode("utf-8", errors="replace")
+            if not text.endswith("\n"):
+                report.skip(MalformedLine(str(path), at.line, _unfinished(text) or "truncated last line"))
+                continue
+            changed = at.layout.line(text.rstrip("\r\n"), at.line, {})
+            if isinstance(changed, W3cLayout):
+                at.layout = changed
+            at.line += 1
+            continue
+        if merged and not _reads_alike(merged_layout, at.layout):
+            yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+            merged = []
+        if block.nul or not data.endswith(b"\n", start, end):
+            # NUL bytes, a last line without its line break: the plain code decides.
+            yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+            merged = []
+            yield from _plain_block(data, _Segment(start, end, at.line, spaces, -1), at, path, block.offset, spec, request)
+            continue
+        if not merged:
+            merged_layout = at.layout
+        # Lines are counted only where a directive follows; the block's last run is the frame's height.
+        lines = data.count(b"\n", start, end) if end < len(data) else -1
+        merged.append(_Segment(start, end, at.line, spaces, lines))
+        if lines >= 0:
+            at.line += lines
+    yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+
+
+def _reads_alike(a: W3cLayout, b: W3cLayout) -> bool:
+    """Whether entries under layout b are read exactly as under layout a (only the directives' #Date,
+    #Software... differ, and #Date matters only to a log without a date field)."""
+    return (
+        a.fields == b.fields
+        and a.plan == b.plan
+        and a.time_index == b.time_index
+        and a.date_index == b.date_index
+        and a.unusable == b.unusable
+        and (a.date_index is not None or a.directive_date == b.directive_date)
+    )
+
+
+def _merged_runs(
+    data: bytes,
+    segments: list[_Segment],
+    layout: W3cLayout,
+    at: _Position,
+    path: Path,
+    offset: int,
+    spec: CandidateSpec,
+    request: ReadRequest,
+) -> Iterator[KeyedBlock]:
+    """One columnar frame for runs that read alike, or each run row by row when the frame cannot be
+    exact. A last run whose lines were not counted moves `at` past it."""
+    if not segments:
+        return
+    if len(segments) == 1:
+        first = segments[0]
+        entries = data if first.start == 0 and first.end == len(data) else data[first.start : first.end]
+    else:
+        entries = b"".join(data[segment.start : segment.end] for segment in segments)
+    keys = _columnar_keys(entries, sum(segment.spaces for segment in segments), layout, spec, request)
+    if keys is not None:
+        run = _ColumnarRun(keys, entries, layout, path, offset, segments)
+        if segments[-1].lines < 0:
+            at.line = segments[-1].first_line + keys.height - run.first_records[-1]  # one record per line
+        yield run
+        return
+    plain = _Position(layout, 0)
+    for segment in segments:
+        plain.line = segment.first_line
+        yield from _plain_block(data, segment, plain, path, offset, spec, request)
+    if segments[-1].lines < 0:
+        at.line = plain.line
+
+
+def _plain_block(
+    data: bytes, segment: _Segment, at: _Position, path: Path, offset: int, spec: CandidateSpec, request: ReadRequest
+) -> Iterator[KeyedBlock]:
+    """One run of entries typed by the plain code; `at` moves past it (its layout may change: a directive
+    behind NUL padding is one to the plain code)."""
+    where = (path, offset + segment.start, segment.end - segment.start)
+    before, first = at.layout, segment.first_line
+    rows, at.layout = _plain_run(data[segment.start : segment.end], first, before)
+
+    def again() -> list[Row]:
+        return _plain_run(_read_range(*where), first, before)[0]
+
+    at.line = first + (segment.lines if segment.lines >= 0 else data.count(b"\n", segment.start, segment.end))
+    yield RowsBlock(rows, spec, request.window, again)
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    """Bytes of the file read before (a run read again to take its candidates' entries)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
+    if len(data) != length:
+        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
+    return data
 
 
 def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> tuple[list[Row], W3cLayout]:
@@ -485,15 +638,16 @@ class _ScannedBlock:
     """A block of whole lines and what the byte scans found in it."""
 
     data: bytes
+    offset: int  # of data in the file
     lone_cr: bool  # a CR not followed by LF: a line break to the plain path's universal newlines, not to polars
     nul: bool  # a NUL byte somewhere: its runs are read entry by entry
     parts: list[tuple[int, int, int]]  # (start, end, spaces) of each run of entries; spaces -1: a directive line
 
 
-def _scan(data: bytes) -> _ScannedBlock:
+def _scan(offset: int, data: bytes) -> _ScannedBlock:
     """Find directive lines, count each run's spaces (for the field-count check), look for lone CRs and NULs."""
     if b"\r" in data and (_LONE_CR.search(data) or data.endswith(b"\r")):  # memchr first: LF files pay nothing
-        return _ScannedBlock(data, True, False, [])
+        return _ScannedBlock(data, offset, True, False, [])
     nul = b"\x00" in data
     parts = []
     position = 0
@@ -505,7 +659,7 @@ def _scan(data: bytes) -> _ScannedBlock:
             cut = _next_directive(data, position)
             parts.append((position, cut, data.count(b" ", position, cut)))
         position = cut
-    return _ScannedBlock(data, False, nul, parts)
+    return _ScannedBlock(data, offset, False, nul, parts)
 
 
 def _scanned_blocks(handle: FileIO) -> Generator[_ScannedBlock, None, None]:
@@ -522,7 +676,7 @@ def _scanned_blocks(handle: FileIO) -> Generator[_ScannedBlock, None, None]:
 
     def next_block() -> _ScannedBlock | None:
         item = next(blocks, None)
-        return None if item is None else _scan(item[1])
+        return None if item is None else _scan(*item)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iis-scan") as worker:
         pending = worker.submit(next_block)
@@ -542,13 +696,41 @@ def _next_directive(data: bytes, position: int) -> int:
 
 
 class _ColumnarRun(KeyedBlock):
-    def __init__(self, keys: pl.DataFrame, data: bytes, first_line: int, layout: W3cLayout) -> None:
-        self.keys, self.data, self.first_line, self.layout = keys, data, first_line, layout
+    """Runs of entries the columnar pass read as one frame (record = entry, in order); the segments say
+    where their bytes are in the block at `offset` of the file and which line each run starts at."""
+
+    def __init__(
+        self, keys: pl.DataFrame, data: bytes, layout: W3cLayout, path: Path, offset: int, segments: list[_Segment]
+    ) -> None:
+        self.keys, self.layout, self.path, self.offset = keys, layout, path, offset
+        self.height = keys.height
+        self._data: bytes | None = data
+        self._segments = segments
+        self.first_records = [0]  # of each segment (every segment but the last has its lines counted)
+        for segment in segments[:-1]:
+            self.first_records.append(self.first_records[-1] + segment.lines)
+
+    def detach(self) -> None:
+        self._data = None
+
+    def _bytes(self) -> bytes:
+        if self._data is not None:
+            return self._data
+        first, last = self._segments[0], self._segments[-1]
+        span = _read_range(self.path, self.offset + first.start, last.end - first.start)
+        if len(self._segments) == 1:
+            return span
+        return b"".join(span[s.start - first.start : s.end - first.start] for s in self._segments)
+
+    def _line_of(self, record: int) -> int:
+        index = bisect_right(self.first_records, record) - 1
+        return self._segments[index].first_line + record - self.first_records[index]
 
     def rows(self, records: list[int]) -> Iterator[Row]:
+        data = self._bytes()
         times: dict[str, datetime] = {}
-        for index, text in zip(records, _lines(self.data, records, self.keys.height), strict=True):
-            row = self.layout.line(text, self.first_line + index, times)
+        for index, text in zip(records, _lines(data, records, self.height), strict=True):
+            row = self.layout.line(text, self._line_of(index), times)
             if row is not None and not isinstance(row, W3cLayout):
                 yield row
 

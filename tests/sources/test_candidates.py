@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ def test_every_rule_in_rules_declares_a_description_that_prunes() -> None:
     for rule in RULES:
         spec = rule.logic.candidate_spec()
         assert spec is not None and spec.prunes, rule.id
+
+
+HIGH_PORT = next(r for r in RULES if r.id == "44a555d8-ecee-4a25-95ce-055879b4b14b")
 
 
 def _logic() -> HighPortCountByClientIP:
@@ -451,6 +455,28 @@ def test_iis_out_of_order_entries_take_the_two_pass_read(tmp_path: Path) -> None
     assert _assert_same(_write_iis(tmp_path, _iis_day(_rng(11), shuffle=True))).pruned()
 
 
+def test_unordered_input_with_odd_lines_reads_held_blocks_again_exactly(tmp_path: Path) -> None:
+    """The two-pass read holds blocks detached (no bytes, no typed rows) and reads again those holding
+    candidates: row-by-row blocks are typed again the same way, columnar ones re-read from their offset."""
+    rng = _rng(14)
+    rows = _random_rows(rng, 3000) + _scans(rng)
+    rng.shuffle(rows)
+    lines = [json.dumps(r, separators=(",", ":")) for r in rows]
+    for index in range(0, len(lines), 97):  # odd lines all over the file: many blocks read row by row
+        lines[index] = lines[index].replace('"TimeGenerated":"2026-11-26T', '"TimeGenerated":"2026-11-26 ')
+    lines.insert(500, "not json")
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    source = FileSource(path)
+    assert _assert_same(source).pruned()
+    assert source.read_stats()["skippedLines"] == 1
+
+    iis = _iis_day(_rng(15), shuffle=True)
+    for index in range(5, len(iis), 89):
+        iis[index] = iis[index] + " extra"  # a field too many: that run is read entry by entry
+    assert _assert_same(_write_iis(tmp_path, iis)).pruned()
+
+
 @pytest.mark.parametrize(
     ("times", "dates", "typed"),
     [
@@ -514,6 +540,141 @@ def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.M
     _assert_same(IisLogSource(FILES / "iis", "web01.contoso.com"))
     _assert_same(FileSource(FILES / "w3ciislog.jsonl"))
     _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))
+
+
+@pytest.mark.parametrize("column", ["cIP", "sPort", "TimeGenerated", "escaped cIP"])
+def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, column: str) -> None:
+    """json.loads keeps the last of a repeated key, polars the first: a block repeating a column the
+    pushdown reads must not be pruned on polars' values (here a scan would drop below the threshold)."""
+    rng = _rng(16)
+    start = DAY + timedelta(hours=5)
+    scan = [
+        {"TimeGenerated": (start + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ"), "Computer": "web01",
+         "sIP": "10.0.0.4", "sPort": 1000 + i, "cIP": "198.51.100.7"}
+        for i in range(35)
+    ]  # fmt: skip
+    decoys: dict[str, Callable[[int], str]] = {
+        "cIP": lambda i: f'"cIP":"203.0.113.{i}",',
+        "sPort": lambda i: '"sPort":80,',  # polars sees port 80 on 10 lines: 25 distinct ports, below 30
+        "TimeGenerated": lambda i: '"TimeGenerated":"2026-11-20T00:00:00Z",',  # another day: outside the window
+        "escaped cIP": lambda i: f'"c\\u0049P":"203.0.113.{i}",',  # the same name to both parsers, not to a byte count
+    }
+    lines = [json.dumps(r, separators=(",", ":")) for r in _random_rows(rng, 200)]
+    for i, row in enumerate(scan):
+        text = json.dumps(row, separators=(",", ":"))
+        lines.append("{" + decoys[column](i) + text[1:] if i < 10 else text)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, _ = _results(FileSource(path), WINDOW, pushdown=False, rule=HIGH_PORT)
+    assert any(result["cIP"] == "198.51.100.7" for result in plain)
+    _assert_same(FileSource(path))
+
+
+def _two_pass_spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    import detector.sources.candidates as candidates_module
+
+    calls: list[bool] = []
+    original = candidates_module._two_pass
+
+    def spy(*args: Any) -> Any:
+        calls.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(candidates_module, "_two_pass", spy)
+    return calls
+
+
+@pytest.mark.parametrize("shuffled_site", [None, 2])
+def test_iis_sites_of_one_day_are_merged_by_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffled_site: int | None
+) -> None:
+    """Each site's file of the day starts at midnight: read side by side, merged by time, bins are still
+    finished on the way (one pass); a site whose entries go back in time makes it the two-pass read.
+    Either way the results are the plain read's. Sites share addresses and scanners, so groups span files,
+    and header blocks come every few entries."""
+    two_pass = _two_pass_spy(monkeypatch)
+    rng = _rng(17)
+    rows = _random_rows(rng, 4000) + _scans(rng) + _scans(rng) + _logon_bursts(rng)
+    sites: list[list[dict[str, Any]]] = [[], [], []]
+    for row in rows:
+        sites[rng.randrange(3)].append(row)  # a scan's ports spread over three files
+    for index, site in enumerate(sites):
+        if index == shuffled_site:
+            rng.shuffle(site)
+        else:
+            site.sort(key=lambda r: r["TimeGenerated"])
+        lines: list[str] = []
+        for number, row in enumerate(site):
+            if number % rng.randint(1, 8) == 0:
+                lines += [
+                    "#Software: Microsoft Internet Information Services 10.0",
+                    f"#Date: {row['TimeGenerated'][:10]} 00:00:00",
+                ]
+                lines.append(f"#Fields: {IIS_FIELDS_A}")
+            lines.append(_iis_line(row, IIS_FIELDS_A))
+        folder = tmp_path / f"W3SVC{index + 1}"
+        folder.mkdir()
+        (folder / "u_ex261126.log").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    source = IisLogSource(tmp_path, "web01")
+    assert _assert_same(source, rules=[HIGH_PORT]).pruned()
+    assert bool(two_pass) == (shuffled_site is not None)
+    two_pass.clear()
+    shared, shared_rows = _shared_results(source)  # every rule in one read: each part's bins finished alike
+    assert shared == _own_results(source)[0]
+    assert shared_rows < int(str(source.read_stats()["rowsRead"]))  # pruned: the pushdown ran, not the plain read
+    assert bool(two_pass) == (shuffled_site is not None)
+
+
+RESPONSE_COLUMNS = ["TenantId", "TimeGenerated", "sSiteName", "csMethod", "csUriQuery", "sIP", "sPort", "cIP",
+                    "csUserName", "csUserAgent", "scStatus", "scSubStatus", "scWin32Status", "Computer"]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_saved_response_gives_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """A saved Log Analytics response, read as a stream in small chunks and small blocks (so block starts
+    fall anywhere in a chunk), in time order or not, with odd rows: not a list, a number where an
+    address belongs, a lone surrogate escape in a key, a port as a digit string, rows outside the window."""
+    monkeypatch.setattr(jsonl_module, "RESPONSE_BLOCK_ROWS", 97)
+    monkeypatch.setattr(jsonl_module, "STREAM_CHUNK", 61 if seed % 2 else 4096)
+    rng = _rng(20 + seed)
+    rows = _random_rows(rng, 3000) + _scans(rng)
+    if seed < 2:
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    else:
+        rng.shuffle(rows)
+    values: list[Any] = [[row.get(c) for c in RESPONSE_COLUMNS] for row in rows]
+    if seed >= 1:
+        values[10] = "not a row"
+        values[20] = values[20][:-1]  # a value short
+        values[30][RESPONSE_COLUMNS.index("cIP")] = 7  # a number: the plain code makes it "7"
+        values[40][RESPONSE_COLUMNS.index("sPort")] = "0042"
+        values[50][RESPONSE_COLUMNS.index("cIP")] = "198.51.100.\ud800" if seed % 2 else "198.51.100.9"
+        values[60][RESPONSE_COLUMNS.index("TimeGenerated")] = "2026-11-25T23:59:59.9999999Z"
+    body = {"tables": [{"name": "PrimaryResult", "columns": [{"name": c, "type": "string"} for c in RESPONSE_COLUMNS],
+                        "rows": values}]}  # fmt: skip
+    path = tmp_path / "response.json"
+    for index in range(0, len(values), 7):  # characters of 2, 3 and 4 bytes, written as themselves
+        if isinstance(values[index], list) and len(values[index]) == len(RESPONSE_COLUMNS):
+            values[index][RESPONSE_COLUMNS.index("csUserAgent")] = "Mozilla/5.0 (é; 中文; \U0001f600)"
+    text = json.dumps(body, separators=(",", ":") if seed % 2 else (", ", ": "), ensure_ascii=bool(seed % 2))
+    path.write_text(text, encoding="utf-8")
+    source = FileSource(path)
+    assert _assert_same(source).pruned()
+    assert source.read_stats()["skippedLines"] == (2 if seed >= 1 else 0)
+
+
+def test_a_response_key_the_plain_code_refuses_takes_the_plain_read(tmp_path: Path) -> None:
+    rng = _rng(24)
+    rows = _random_rows(rng, 500) + _scans(rng)
+    values = [[row.get(c) for c in RESPONSE_COLUMNS] for row in rows]
+    values[5][RESPONSE_COLUMNS.index("sPort")] = "eighty"  # the plain read skips the row and says why
+    body = {"tables": [{"name": "PrimaryResult", "columns": [{"name": c} for c in RESPONSE_COLUMNS], "rows": values}]}
+    path = tmp_path / "response.json"
+    path.write_text(json.dumps(body), encoding="utf-8")
+    source = FileSource(path)
+    compared = _assert_same(source, rules=[HIGH_PORT])
+    assert all(fast == plain for plain, fast, _ in compared.rows.values())  # the plain read ran
+    assert source.read_stats()["skippedLines"] == 1
 
 
 # --- one read for several rules: a SharedSpec answers every rule's description in the same passes
