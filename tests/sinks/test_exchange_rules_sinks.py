@@ -223,3 +223,17 @@ def test_the_alert_rule_over_the_findings_table_maps_the_rules_entities(rule_id:
         for entity in finding.entities:
             for identifier, value in entity.fields.items():
                 assert alerts[finding.id][mapped[(entity.type, identifier)]] == value
+
+
+def test_a_long_hostile_value_is_matched_by_its_digest_in_the_evidence_query() -> None:
+    from detector.kql import string_literal
+    from detector.sinks.sentinel import evidence_query
+
+    _, _, planted = findings_of("f845881e-2500-44dc-8ed7-b372af3e1e25")
+    query = evidence_query(planted)
+    (condition,) = [c for c in query.split(" and ") if "csUserAgent" in c]
+    digest = condition.split('"')[1]
+    value = planted.columns["csUserAgent"]
+    con = duckdb_kql.connect()
+    assert duckdb_kql.kql(con, f"print v = hash_sha256({string_literal(value)})").fetchall() == [(digest,)]
+    assert condition.startswith("hash_sha256(csUserAgent) == ") and len(query) < 2000
