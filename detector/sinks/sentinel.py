@@ -84,6 +84,9 @@ EVIDENCE_PROJECTION = (
     "TimeGenerated, cIP, Computer, sIP, sPort, csMethod, csUriStem, csUriQuery, csUserName, csUserAgent, "
     "scStatus, scSubStatus, scWin32Status"
 )
+# Longer literals are matched by their SHA-256 instead: a hostile user agent of a few thousand characters
+# written as code points would otherwise fill the description and cut the query in the middle.
+LITERAL_LIMIT = 256
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Characters that would be markup in the description's code block if a renderer took it for HTML.
 _MARKUP = re.compile(r"[<>&`]")
@@ -116,6 +119,15 @@ def activity_span(finding: Finding) -> tuple[datetime, datetime]:
     return first, max(first, last)
 
 
+def key_condition(column: str, value: str) -> str:
+    """`column == <value>`, or the same test on the value's SHA-256 when its literal would be long."""
+    literal = inert_literal(value)
+    if len(literal) <= LITERAL_LIMIT:
+        return f"{column} == {literal}"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f'hash_sha256({column}) == "{digest}"'
+
+
 def evidence_keys(finding: Finding) -> list[tuple[str, str]]:
     """(column, value) of the finding's single text values that are W3CIISLog columns.
 
@@ -136,7 +148,7 @@ def evidence_query(finding: Finding, table: str = "W3CIISLog") -> str:
         kql_table(table),
         f"| where TimeGenerated >= datetime({format_datetime(first)}) and TimeGenerated < datetime({format_datetime(last)})",
     ]
-    keys = [f"{column} == {inert_literal(value)}" for column, value in evidence_keys(finding)]
+    keys = [key_condition(column, value) for column, value in evidence_keys(finding)]
     if keys:
         lines.append("| where " + " and ".join(keys))
     lines += [f"| project {EVIDENCE_PROJECTION}", "| order by TimeGenerated asc"]

@@ -65,3 +65,12 @@ class NotFoundByClientIP(RuleLogic):
 
     def group_key(self, result: Mapping[str, Any]) -> tuple[Any, ...]:
         return (result["TimeGenerated"], result["cIP"], result["Computer"], result["sIP"])
+
+    def title(self, result: Mapping[str, Any]) -> str:
+        return f"{result['cIP']} on {result['Computer']} ({result['NotFoundCount']} not found)"
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        return (
+            f"Client {result['cIP']} received {result['NotFoundCount']} not-found responses from "
+            f"{result['Computer']} ({result['sIP']}) within 10 minutes."
+        )
