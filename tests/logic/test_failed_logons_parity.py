@@ -39,26 +39,12 @@ from detector.logic.failed_logons import FailedLogonCount
 from detector.models import Row, Window
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rule
 from detector.sources import ReadRequest, open_source
-from tests.helpers import DAY, FILES
+from tests.helpers import DAY, FILES, PARITY_INPUT_COLUMNS
 
 BY_CLIENT_IP = load_rule(DEFAULT_RULES_DIR / "high_failed_logon_count_by_client_ip.yaml")
 BY_USER = load_rule(DEFAULT_RULES_DIR / "high_failed_logon_count_by_user.yaml")
 FIXTURE = FILES / "w3ciislog_logons.jsonl"
-COLUMNS = (
-    "TimeGenerated",
-    "cIP",
-    "Computer",
-    "sIP",
-    "sPort",
-    "csUriQuery",
-    "csUserName",
-    "sSiteName",
-    "csUserAgent",
-    "csMethod",
-    "scStatus",
-    "scSubStatus",
-    "scWin32Status",
-)
+COLUMNS = PARITY_INPUT_COLUMNS
 
 
 def _make_set_skips_empty() -> bool:

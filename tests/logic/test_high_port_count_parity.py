@@ -26,23 +26,9 @@ import duckdb_kql
 from detector.evaluate import evaluate
 from detector.kql import format_datetime, tohex, tolong, url_decode
 from detector.sources import ReadRequest, open_source
-from tests.helpers import DAY, FILES, RULE
+from tests.helpers import DAY, FILES, PARITY_INPUT_COLUMNS, RULE
 
-COLUMNS = (
-    "TimeGenerated",
-    "cIP",
-    "Computer",
-    "sIP",
-    "sPort",
-    "csUriQuery",
-    "csUserName",
-    "sSiteName",
-    "csUserAgent",
-    "csMethod",
-    "scStatus",
-    "scSubStatus",
-    "scWin32Status",
-)
+COLUMNS = PARITY_INPUT_COLUMNS
 
 
 def rewritten_query() -> str:
