@@ -16,22 +16,6 @@ from detector.sources import Source, open_source
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 FILES = ROOT / "tests" / "files"
 DAY = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
-# The W3CIISLog columns the binned-threshold rules' queries read, handed to duckdb-kql by the parity tests.
-PARITY_INPUT_COLUMNS = (
-    "TimeGenerated",
-    "cIP",
-    "Computer",
-    "sIP",
-    "sPort",
-    "csUriQuery",
-    "csUserName",
-    "sSiteName",
-    "csUserAgent",
-    "csMethod",
-    "scStatus",
-    "scSubStatus",
-    "scWin32Status",
-)
 RULE: Rule = load_rule(DEFAULT_RULES_DIR / "high_port_count_by_client_ip.yaml")
 
 
