@@ -47,6 +47,7 @@ import json
 import re
 import stat
 from array import array
+from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -90,6 +91,8 @@ if TYPE_CHECKING:
     from detector.config import Settings
 
 BLOCK_BYTES = 8 << 20  # ~20k rows: big enough to amortise polars calls, small enough to keep memory flat
+KEY_WORKERS = 1  # threads parsing key frames: the machines Functions run on have 1 to 4 cores
+BLOCKS_AHEAD = 2  # blocks read and being parsed ahead of the finder (memory: ~3 blocks' bytes and frames)
 _CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 
 
@@ -668,25 +671,51 @@ def _read_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, repo
 
 
 def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+    """The file's blocks in order; the key frames of the next blocks are parsed on worker threads meanwhile.
+
+    A block's columnar parse is polars and regex work in native code that releases the GIL, so with
+    BLOCKS_AHEAD blocks in flight both cores parse while this thread feeds the finder. Order, results and
+    errors are those of parsing block after block (a worker's exception is raised here, for its block).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor  # polars imports it anyway
+
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise InputError(str(path), f"cannot open ({exc.strerror}); check the path after 'file:'") from None
-    with handle:
-        start = skip_bom(handle)
-        line = 1
-        for offset, data in line_blocks(handle, start, BLOCK_BYTES):
-            keys = _columnar_keys(data, spec, request)
-            if keys is not None:
-                yield _ColumnarBlock(keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report)
-            else:
+    pool = ThreadPoolExecutor(max_workers=KEY_WORKERS, thread_name_prefix="jsonl-keys")
+    try:
+        with handle:
+            start = skip_bom(handle)
+            read = line_blocks(handle, start, BLOCK_BYTES)
+            pending: deque[tuple[int, bytes, Future[pl.DataFrame | None]]] = deque()
+
+            def fill() -> None:
+                while len(pending) < BLOCKS_AHEAD and (item := next(read, None)) is not None:
+                    offset, data = item
+                    pending.append((offset, data, pool.submit(_columnar_keys, data, spec, request)))
+
+            line = 1
+            fill()
+            while pending:
+                offset, data, future = pending.popleft()
+                keys = future.result()
+                fill()
+                if keys is not None:
+                    yield _ColumnarBlock(
+                        keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report
+                    )
+                    line += keys.height  # a columnar block: one record per line
+                    continue
 
                 def again(offset: int = offset, length: int = len(data), first: int = line) -> list[Row]:
                     return _plain_rows(_read_range(path, offset, length), first, request, str(path), report)
 
                 rows = _plain_rows(data, line, request, str(path), report)
                 yield RowsBlock(rows, spec, request.window, again)
-            line += keys.height if keys is not None else data.count(b"\n")  # a columnar block: one record per line
+                line += data.count(b"\n")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a reader stopped early (OutOfOrder) waits for nothing new
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
@@ -752,37 +781,26 @@ class _ColumnarBlock(KeyedBlock):
                 yield row
 
 
-def _each_key_once(data: bytes, columns: list[str], lines: int) -> bool | None:
+def _each_key_once(data: bytes, lines: pl.Series, columns: list[str]) -> bool:
     """True when the block names each of these columns (each has a value in every line, so each line
-    names it at least once) exactly once per line and writes no key with a \\u escape; None when the
-    block is not valid UTF-8 (the plain code reports it).
+    names it at least once) exactly once per line and writes no key with a \\u escape.
 
-    One regex pass in native code counts every `name"` together: a literal alternation, which the
-    regex engine's SIMD prefilter finds several times faster than the quoted `"name"` (every quote
-    would be a candidate). A match ends at a string's closing quote (an escaped quote follows a
-    backslash, not a letter), so matches cannot overlap and every quoted name is among them, with
-    perhaps other strings ending in a name; so a total of len(columns) x lines means each column is
-    named exactly once per line (more, and the block is read row by row: only slower).
+    One regex pass in native code counts every `name"` together, line by line (several times faster
+    than one search over the whole block): a literal alternation, which the regex engine's SIMD
+    prefilter finds several times faster than the quoted `"name"` (every quote would be a candidate).
+    A match ends at a string's closing quote (an escaped quote follows a backslash, not a letter), so
+    matches cannot overlap and every quoted name is among them, with perhaps other strings ending in a
+    name; so a total of len(columns) x lines means each column is named exactly once per line (more,
+    and the block is read row by row: only slower).
     """
-    import polars as pl
-
     if not all(_PLAIN_NAME.fullmatch(c) for c in columns):
         return False
-    try:
-        text = pl.Series([data]).cast(pl.String)
-    except pl.exceptions.PolarsError:
-        return None
-    found, escape = (
-        text.to_frame("text")
-        .select(
-            pl.col("text").str.count_matches("(?:" + "|".join(columns) + ')"').alias("found") if columns else pl.lit(0),
-            pl.col("text").str.contains("\\u", literal=True).alias("escape"),  # memmem: most blocks hold none
-        )
-        .row(0)
-    )
-    if escape and _escaped_key(data):
+    if b"\\" in data and _escaped_key(data):  # memchr for a backslash first: most blocks hold none
         return False  # a key written with an escape: polars and json.loads may see a name twice, or not
-    return bool(found == len(columns) * lines)
+    if not columns:
+        return True
+    found = lines.str.count_matches("(?:" + "|".join(columns) + ')"').sum()
+    return bool(found == len(columns) * lines.len())
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -800,7 +818,7 @@ def _from_json_strings(data: bytes, values: pl.Series, column: str, expected: in
     names never do); otherwise the block's `"name":"` / `"name": "` keys are counted (such a pattern
     cannot occur inside a JSON string, where a quote is escaped).
     """
-    if not values.drop_nulls().unique().str.contains(_NOT_FROM_A_STRING).any():
+    if not values.str.contains(_NOT_FROM_A_STRING).any():
         return True
     name = b'"' + column.encode() + b'":'
     found = data.count(name + b'"')
@@ -826,20 +844,16 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
     if frame.height != lines:
         return None  # blank lines: the plain code decides
     nulls_of = {column: frame[column].null_count() for column in wanted}
-    if not _each_key_once(data, [c for c in wanted if not nulls_of[c]], lines):
+    lines_frame = _lines(data, lines)
+    if lines_frame is None or not _each_key_once(data, lines_frame, [c for c in wanted if not nulls_of[c]]):
         return None
     required = set(request.required) | {TIME}
-    lines_frame: pl.Series | None = None
     for column in wanted:
         nulls = nulls_of[column]
         string = COLUMN_TYPES[column] == "string" and column != TIME
         if nulls:
             if column in required and (string or column == TIME):
                 return None  # polars reads a missing key and a null alike; the plain code tells them apart
-            if lines_frame is None:
-                lines_frame = _lines(data, lines)
-                if lines_frame is None:
-                    return None
             if not _once_per_line(lines_frame, frame[column], column, null_required=column in required):
                 return None
         if string and not _from_json_strings(data, frame[column], column, lines - nulls):
@@ -881,41 +895,26 @@ def _typed(frame: pl.DataFrame, wanted: tuple[str, ...]) -> pl.DataFrame | None:
     """`_t` and the columns typed as coerce_row types them, or None when a value needs the plain code."""
     import polars as pl
 
-    # Scalar work once per distinct value: a block holds ~20k rows but only ~2k distinct timestamps
-    # (second precision) and a few hundred ports; the results are joined back to the rows.
+    # Vectorised over every row: cheaper than typing distinct values and joining them back.
     time = pl.col(TIME)
     fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
     seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
-    times = frame.select(time.unique()).select(
-        time, time.str.contains(_CANONICAL_TIME).alias("_time_ok"), (seconds + fraction).alias("_t")
-    )
-    if not times["_time_ok"].all() or times["_t"].null_count():
-        return None
-    typed = frame.join(times.select(TIME, "_t"), on=TIME, how="left", maintain_order="left")
-    out: list[pl.Expr] = [pl.col("_t")]
+    out: list[pl.Expr] = [(seconds + fraction).alias("_t")]
+    checks: list[pl.Expr] = [time.str.contains(_CANONICAL_TIME).all().alias(TIME)]
     for column in wanted:
         if column == TIME:
             continue
-        if COLUMN_TYPES[column] == "string":
-            out.append(pl.col(column).fill_null(""))
-            continue
         value = pl.col(column)
-        seen = frame.select(value.unique()).select(
-            value,
-            (value.is_null() | value.is_in(["", "-"]) | value.str.contains(PLAIN_INTEGER)).alias("_ok"),
-            pl.when(value.str.contains(PLAIN_INTEGER)).then(value).otherwise(None).cast(pl.Int64).alias("_int"),
-        )
-        if not seen["_ok"].all():
-            return None
-        typed = typed.join(
-            seen.select(column, pl.col("_int").alias(f"_int_{column}")),
-            on=column,
-            how="left",
-            nulls_equal=True,
-            maintain_order="left",
-        )
-        out.append(pl.col(f"_int_{column}").alias(column))
-    return typed.select(out)
+        if COLUMN_TYPES[column] == "string":
+            out.append(value.fill_null(""))
+            continue
+        digits = value.str.contains(PLAIN_INTEGER)
+        checks.append((value.is_null() | value.is_in(["", "-"]) | digits).all().alias(column))
+        out.append(pl.when(digits).then(value).otherwise(None).cast(pl.Int64).alias(column))
+    if not all(frame.select(checks).row(0)):
+        return None
+    typed = frame.select(out)
+    return None if typed["_t"].null_count() else typed
 
 
 @register_source("file")
