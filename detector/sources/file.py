@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from detector.errors import InputError
 from detector.models import Row, Window
@@ -688,7 +688,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
         with handle:
             start = skip_bom(handle)
             read = line_blocks(handle, start, BLOCK_BYTES)
-            pending: deque[tuple[int, bytes, Future[pl.DataFrame | None]]] = deque()
+            pending: deque[tuple[int, bytes, Future[_BlockKeys | None]]] = deque()
 
             def fill() -> None:
                 while len(pending) < BLOCKS_AHEAD and (item := next(read, None)) is not None:
@@ -699,13 +699,13 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             fill()
             while pending:
                 offset, data, future = pending.popleft()
-                keys = future.result()
+                parsed = future.result()
                 fill()
-                if keys is not None:
+                if parsed is not None:
                     yield _ColumnarBlock(
-                        keys, path, offset=offset, length=len(data), first_line=line, request=request, report=report
+                        parsed, path, offset=offset, length=len(data), first_line=line, request=request, report=report
                     )
-                    line += keys.height  # a columnar block: one record per line
+                    line += parsed.keys.height  # a columnar block: one record per line
                     continue
 
                 def again(offset: int = offset, length: int = len(data), first: int = line) -> list[Row]:
@@ -749,13 +749,24 @@ def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, 
     return rows
 
 
+class _BlockKeys(NamedTuple):
+    """What the columnar pass learns of a block: its key frame, and where each line ends (the byte offset
+    after its line break, from the block's start; None when that is not certain)."""
+
+    keys: pl.DataFrame
+    ends: pl.Series | None
+
+
+_FEW_RECORDS = 64  # up to this many candidate lines of a block are read alone, at their offsets
+
+
 class _ColumnarBlock(KeyedBlock):
-    """Keeps only the key frame and where the block is; its bytes are read again if it holds candidates
-    (few blocks do), so blocks waiting for their bins to finish cost little memory."""
+    """Keeps only the key frame, where the block is and where its lines end; the candidates' lines are
+    read again (alone, when they are few), so blocks waiting for their bins to finish cost little memory."""
 
     def __init__(
         self,
-        keys: pl.DataFrame,
+        parsed: _BlockKeys,
         path: Path,
         *,
         offset: int,
@@ -764,16 +775,31 @@ class _ColumnarBlock(KeyedBlock):
         request: ReadRequest,
         report: LineReport,
     ) -> None:
-        self.keys, self.path, self.offset, self.length = keys, path, offset, length
+        self.keys, self.ends = parsed
+        self.path, self.offset, self.length = path, offset, length
         self.first_line, self.request, self.report = first_line, request, report
 
-    def rows(self, records: list[int]) -> Iterator[Row]:
-        lines = _read_range(self.path, self.offset, self.length).split(b"\n")
-        where = str(self.path)
+    def _lines(self, records: list[int]) -> Iterator[bytes]:
+        """Each record's line, without its LF (a CRLF line keeps its CR, which JSON reads as whitespace)."""
+        if self.ends is None:
+            lines = _read_range(self.path, self.offset, self.length).split(b"\n")
+            yield from (lines[index] for index in records)
+            return
+        ends = self.ends.to_list()
+        if len(records) > _FEW_RECORDS:
+            data = _read_range(self.path, self.offset, self.length)
+            yield from (data[(ends[index - 1] if index else 0) : ends[index] - 1] for index in records)
+            return
         for index in records:
+            start = ends[index - 1] if index else 0
+            yield _read_range(self.path, self.offset + start, ends[index] - start)[:-1]
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        where = str(self.path)
+        for index, line in zip(records, self._lines(records), strict=True):
             # The columns the first pass read are known good; the others are typed (and may be bad) here.
             try:
-                row = typed_json_line(lines[index].decode("utf-8"), self.first_line + index, self.request, where)
+                row = typed_json_line(line.decode("utf-8"), self.first_line + index, self.request, where)
             except MalformedLine as exc:
                 self.report.skip(exc)
                 continue
@@ -827,8 +853,9 @@ def _from_json_strings(data: bytes, values: pl.Series, column: str, expected: in
     return found == expected
 
 
-def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl.DataFrame | None:
-    """The KeyedBlock.keys of one block (record = line), or None when it must be read row by row."""
+def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _BlockKeys | None:
+    """The KeyedBlock.keys of one block (record = line) and its line ends, or None when it must be read
+    row by row."""
     import polars as pl
 
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
@@ -859,7 +886,18 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> pl
         if string and not _from_json_strings(data, frame[column], column, lines - nulls):
             return None
     typed = _typed(frame, wanted)
-    return None if typed is None else keys_frame(typed, spec, request.window)
+    return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), _line_ends(data, lines_frame))
+
+
+def _line_ends(data: bytes, lines: pl.Series) -> pl.Series | None:
+    """Where each line ends (after its LF), in bytes from the block start, from the lines' lengths
+    (polars_lines drops the LF, and the CR of a CRLF); None unless every line ends alike and the
+    lengths add up to the block."""
+    crlf = data.count(b"\r\n") if b"\r" in data else 0
+    if crlf not in (0, lines.len()) or len(data) >= 2**32:
+        return None
+    ends = (lines.str.len_bytes() + (2 if crlf else 1)).cum_sum()
+    return ends if ends.len() and ends[-1] == len(data) else None
 
 
 def _escaped_key(data: bytes) -> bool:

@@ -241,6 +241,35 @@ def test_random_json_lines_give_the_same_results(tmp_path: Path, seed: int, monk
     assert not all(columnar) or seed not in (2, 4)  # ...and the odd ones were read row by row
 
 
+@pytest.mark.parametrize("endings", ["lf", "crlf", "mixed"])
+@pytest.mark.parametrize("few", [0, 1_000_000])
+def test_candidate_lines_are_taken_at_their_offsets(
+    tmp_path: Path, endings: str, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidate lines are read back at the byte offsets the first pass found (one by one, or sliced
+    from the block), for LF and CRLF files; mixed line ends leave the offsets unknown (re-split)."""
+    monkeypatch.setattr(jsonl_module, "_FEW_RECORDS", few)
+    known: list[bool] = []
+    original = jsonl_module._line_ends
+
+    def spy(*args: Any) -> Any:
+        ends = original(*args)
+        known.append(ends is not None)
+        return ends
+
+    monkeypatch.setattr(jsonl_module, "_line_ends", spy)
+    rng = _rng(11)
+    rows = _random_rows(rng, 2000) + _scans(rng)
+    rng.shuffle(rows)
+    lines = [json.dumps(r, separators=(",", ":")) for r in rows]
+    breaks = {"lf": ["\n"], "crlf": ["\r\n"], "mixed": ["\n", "\r\n"]}[endings]
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes("".join(line + rng.choice(breaks) for line in lines).encode("utf-8"))
+    compared = _assert_same(FileSource(path), rules=[r for r in RULES if r.id.startswith("44a555d8")])
+    assert compared.pruned() and compared.fired()
+    assert known and (all(known) if endings != "mixed" else not all(known))  # a block may happen to end alike
+
+
 def test_a_bad_key_value_is_reported_like_the_plain_path(tmp_path: Path) -> None:
     rows = _random_rows(_rng(9), 500)
     rows[321]["sPort"] = "eighty"
