@@ -63,6 +63,9 @@ _HASH_SEED = 0x5EED  # any fixed seed: hashes are only compared within one proce
 # Bins this far behind the newest one are finished. Time-ordered logs (IIS writes them so, Log
 # Analytics exports sort them) never go back; logs merged from a few servers may go back a little.
 SLACK_BINS = 2
+# Finished bins are decided in batches of at least this many waiting tuples (about 8 JSON Lines blocks,
+# one IIS block): one polars group-by per batch, while the blocks waiting for it stay few.
+FINISH_ROWS = 100_000
 BOM = b"\xef\xbb\xbf"
 NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
 PLAIN_INTEGER = r"^[0-9]{1,18}$"  # digits that fit an Int64, as W3C fields and digit strings write them
@@ -280,12 +283,34 @@ class KeyedBlock(ABC):
 
     keys: pl.DataFrame
     floor: int | None = None
+    _kept: pl.DataFrame | None = None
+    _read: int | None = None
+
+    def prepare(self) -> None:
+        """Work out what the finder asks of the block (its kept records, the rows read); a reader may
+        call this on a worker thread, so that the finder's thread does not have to."""
+        import polars as pl
+
+        if self._kept is None:
+            self._kept = self.keys.filter(pl.col(KEEP))
+            self._read = int(self.keys[IN_WINDOW].sum())
+
+    def kept(self) -> pl.DataFrame:
+        """The key frame's records to keep (in the window and admitted by the filter)."""
+        self.prepare()
+        assert self._kept is not None  # noqa: S101 - set by prepare()
+        return self._kept
 
     @property
     def rows_read(self) -> int:
         """Records of the block inside the window (what the source read, before any pushdown)."""
-        count = self.keys[IN_WINDOW].sum()
-        return int(count)
+        self.prepare()
+        return self._read or 0
+
+    def drop_keys(self) -> None:
+        """Free the key frame (the two-pass read keeps its own copy of the kept records' keys)."""
+        del self.keys
+        self._kept = None
 
     @abstractmethod
     def rows(self, records: list[int]) -> Iterator[Row]:
@@ -344,6 +369,7 @@ class CandidateFinder:
         self._pending_rows = 0
         self._compact_at = 1_000_000
         self._finished_below: int | None = None  # every bin < this is decided
+        self._finishable_below: int | None = None  # every bin < this may be decided: no row may come for it
         self._newest_bin: int | None = None
         self._found: list[pl.DataFrame] = []
         self._found_frame: pl.DataFrame | None = None
@@ -373,24 +399,32 @@ class CandidateFinder:
             batch = batch.group_by(BIN, GROUP).agg(pl.len().cast(pl.Int64).alias("_n"))
         if batch.is_empty():
             if floor is not None and floor > NO_BIN and self.finish_bins and self.bin_us is not None:
-                self._finish(floor // self.bin_us * self.bin_us - SLACK_BINS * self.bin_us)
+                self._may_finish(floor // self.bin_us * self.bin_us - SLACK_BINS * self.bin_us)
             return
         low, high = batch[BIN].min(), batch[BIN].max()
         if not isinstance(low, int) or not isinstance(high, int):
             raise TypeError("the bin column must be Int64")
-        if self._finished_below is not None and low < self._finished_below:
+        if self._finishable_below is not None and low < self._finishable_below:
             raise OutOfOrder
         self._pending.append(batch)
         self._pending_rows += batch.height
         self._newest_bin = high if self._newest_bin is None else max(self._newest_bin, high)
         if self.finish_bins and self.bin_us is not None and (floor is None or floor > NO_BIN):
             newest = self._newest_bin if floor is None else floor // self.bin_us * self.bin_us
-            self._finish(newest - SLACK_BINS * self.bin_us)
+            self._may_finish(newest - SLACK_BINS * self.bin_us)
         elif self._pending_rows > self._compact_at:
             # Unordered input: keep distinct tuples (or per-group counts) so memory follows groups, not rows.
             merged = self._compact(pl.concat(self._pending))
             self._pending, self._pending_rows = [merged], merged.height
             self._compact_at = max(1_000_000, 2 * merged.height)
+
+    def _may_finish(self, below: int) -> None:
+        """Bins below `below` may be finished from now on (a later row for one is out of order); they are
+        decided once FINISH_ROWS tuples wait, so a busy log pays one decision per many blocks, not per block."""
+        if self._finishable_below is None or below > self._finishable_below:
+            self._finishable_below = below
+        if self._pending_rows >= FINISH_ROWS or not self._pending:
+            self._finish(self._finishable_below)
 
     def _compact(self, frame: pl.DataFrame) -> pl.DataFrame:
         import polars as pl
@@ -484,15 +518,9 @@ def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateF
     return [CandidateFinder(part.spec, finish_bins) if part.spec.prunes else None for part in parts]
 
 
-def _kept(block: KeyedBlock) -> pl.DataFrame:
-    import polars as pl
-
-    return block.keys.filter(pl.col(KEEP))
-
-
 def _take(block: KeyedBlock, parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
     """The block's kept rows: for each part, of its found groups only (all it keeps where `found` is None)."""
-    kept = _kept(block)
+    kept = block.kept()
     return _take_kept(block, [part.renamed(kept) for part in parts], found)
 
 
@@ -523,7 +551,7 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
     read = 0
     for block in blocks:
         read += block.rows_read
-        kept = _kept(block)
+        kept = block.kept()
         mine: list[pl.DataFrame] = []
         for part, finder in zip(parts, finders, strict=True):
             own = part.renamed(kept)
@@ -532,7 +560,7 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
             mine.append(own.select(BIN, GROUP, RECORD))
         held.append((block, mine))
         block.detach()
-        del block.keys
+        block.drop_keys()
     found = [None if finder is None else finder.result() for finder in finders]
     taken: list[Row] = []
     for block, mine in held:
@@ -554,7 +582,7 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
 
     for block in blocks:
         read += block.rows_read
-        kept = _kept(block)
+        kept = block.kept()
         highs: list[int | None] = []
         for part, finder in zip(parts, finders, strict=True):
             if finder is None:

@@ -688,24 +688,23 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
         with handle:
             start = skip_bom(handle)
             read = line_blocks(handle, start, BLOCK_BYTES)
-            pending: deque[tuple[int, bytes, Future[_BlockKeys | None]]] = deque()
+            pending: deque[tuple[int, bytes, Future[_ColumnarBlock | None]]] = deque()
 
             def fill() -> None:
                 while len(pending) < BLOCKS_AHEAD and (item := next(read, None)) is not None:
                     offset, data = item
-                    pending.append((offset, data, pool.submit(_columnar_keys, data, spec, request)))
+                    pending.append((offset, data, pool.submit(_columnar_block, data, offset, path, spec, request, report)))
 
             line = 1
             fill()
             while pending:
                 offset, data, future = pending.popleft()
-                parsed = future.result()
+                block = future.result()
                 fill()
-                if parsed is not None:
-                    yield _ColumnarBlock(
-                        parsed, path, offset=offset, length=len(data), first_line=line, request=request, report=report
-                    )
-                    line += parsed.keys.height  # a columnar block: one record per line
+                if block is not None:
+                    block.first_line = line
+                    line += block.keys.height  # a columnar block: one record per line
+                    yield block
                     continue
 
                 def again(offset: int = offset, length: int = len(data), first: int = line) -> list[Row]:
@@ -716,6 +715,19 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                 line += data.count(b"\n")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a reader stopped early (OutOfOrder) waits for nothing new
+
+
+def _columnar_block(
+    data: bytes, offset: int, path: Path, spec: CandidateSpec, request: ReadRequest, report: LineReport
+) -> _ColumnarBlock | None:
+    """The block read the columnar way and prepared for the finder (on a worker thread), or None when it
+    must be read row by row. Its first line number is set by the caller, who counts the lines."""
+    parsed = _columnar_keys(data, spec, request)
+    if parsed is None:
+        return None
+    block = _ColumnarBlock(parsed, path, offset=offset, length=len(data), first_line=0, request=request, report=report)
+    block.prepare()
+    return block
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
