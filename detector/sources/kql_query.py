@@ -77,7 +77,8 @@ def candidates_query(table: str, start: datetime, end: datetime, spec: Candidate
 
     Exact, not an estimate: a distinct count is the length of make_set(x, minimum), which reaches the
     minimum exactly when the distinct count does (see DistinctCount.kql). `rows` counts every row of the
-    group the filter keeps (nulls included): the details step checks it gets at least that many.
+    group the filter keeps (nulls included): the details step checks it gets at least that many. The
+    answer also holds one row whose `total` is the rows of [start, end) before any filter (window_total).
     """
     if not spec.prunes or spec.threshold is None:
         raise ValueError("candidates_query needs a spec whose threshold prunes")
@@ -98,7 +99,8 @@ def candidates_query(table: str, start: datetime, end: datetime, spec: Candidate
         f"{filter_clause(spec.filter)}"
         f"| summarize {measure}rows = count(){by_clause}\n"
         f"| where {condition}\n"
-        f"| project {', '.join(projected)}"
+        f"| project {', '.join(projected)}\n"
+        f"{window_total(table, start, end, projected)}"
     )
 
 
@@ -136,9 +138,22 @@ def bin_counts_query(table: str, start: datetime, end: datetime, time_bin: timed
     )
 
 
-def total_rows_query(table: str, start: datetime, end: datetime) -> str:
-    """How many rows the window holds (what the source read, before any pushdown)."""
-    return f"{identifier(table)}\n| where {time_filter(start, end)}\n| summarize total = count()"
+TOTAL = "total"
+
+
+def window_total(table: str, start: datetime, end: datetime, columns: Iterable[str]) -> str:
+    """`| union (...)`: one more row, whose `total` is how many rows [start, end) holds before any filter.
+
+    What the run summary reports as rows read, carried by a query that runs anyway instead of a request of
+    its own (the API allows 200 requests per 30 s). The union is outer: every other row has a null
+    `total`, and count() is never null, which tells the count row apart (its other columns are null, or
+    empty for strings, which have no null in KQL). The count covers exactly [start, end), so the counts
+    of the pieces of a split read add up to the window's; an answer that comes back cut is dropped
+    whole, count included.
+    """
+    if TOTAL in columns:
+        raise ValueError(f"a query that carries the window's row count cannot also have a column named {TOTAL!r}")
+    return f"| union ({identifier(table)} | where {time_filter(start, end)} | summarize {TOTAL} = count())"
 
 
 def late_bins_query(table: str, start: datetime, end: datetime, ingested_after: datetime, time_bin: timedelta) -> str:
@@ -154,7 +169,8 @@ def late_bins_query(table: str, start: datetime, end: datetime, ingested_after: 
 def first_phase_query(table: str, start: datetime, end: datetime, first: FirstPhase, columns: Iterable[str]) -> str:
     """One row (the earliest) per key value that has a row passing the first phase's filter in the window.
 
-    A handful of rows, whatever the window's length: what the rule needs to see each key qualify.
+    A handful of rows, whatever the window's length: what the rule needs to see each key qualify. Plus
+    the window's row count (window_total).
     """
     condition = first.filter.kql_admits()
     if condition is None:
@@ -166,7 +182,8 @@ def first_phase_query(table: str, start: datetime, end: datetime, first: FirstPh
         f"| where {time_filter(start, end)}\n"
         f"| where {condition}\n"
         f"| summarize arg_min({', '.join(['TimeGenerated', *others])}) by {identifier(first.key)}\n"
-        f"| project {', '.join(wanted)}"
+        f"| project {', '.join(wanted)}\n"
+        f"{window_total(table, start, end, wanted)}"
     )
 
 

@@ -7,6 +7,8 @@ the threshold; then only the rule's columns of only those groups' filtered rows 
 rule is evaluated in Python exactly as for files. Raw mode, and any rule whose description does not
 prune, fetches the projected rows of the whole window that the filter keeps (for small workspaces and
 for cross-checking two-step); a rule with no description at all gets every row of the window.
+`rowsRead` (the window's rows before pushdown) costs no request of its own: the candidates and first
+phase queries carry it as one more row (kql_query.window_total), raw mode's per-bin counts as a column.
 
 Nothing is silently lost. Each query carries an explicit (start, end) timespan, the same half-open
 window in its KQL, a server timeout and a longer client read timeout. Reads are planned under the
@@ -39,6 +41,7 @@ from detector.models import Row, Window
 from detector.pushdown import CandidateSpec, Capabilities
 from detector.sources import LineReport, MalformedLine, ReadRequest, Source, register_source, typed
 from detector.sources.kql_query import (
+    TOTAL,
     GroupRange,
     bin_counts_query,
     candidates_query,
@@ -47,7 +50,6 @@ from detector.sources.kql_query import (
     late_bins_query,
     raw_query,
     second_phase_query,
-    total_rows_query,
 )
 from detector.w3ciislog import COLUMN_TYPES
 
@@ -156,11 +158,12 @@ def _time_split(start: datetime, end: datetime, size: timedelta) -> datetime | N
 class _Piece:
     """One query's worth of a read. `halves` returns the pieces to ask instead when its answer is cut."""
 
-    kind: str  # candidates | details | raw | bin counts | late bins
+    kind: str  # candidates | details | raw | bin counts | late bins | first phase | second phase
     start: datetime
     end: datetime
     query: str
     halves: Callable[[], tuple[_Piece, ...]]
+    counts_window: bool = False  # the query carries its range's row count (kql_query.window_total)
 
     def __str__(self) -> str:
         return f"{self.kind} [{format_datetime(self.start)}, {format_datetime(self.end)})"
@@ -308,23 +311,11 @@ class LogAnalyticsSource(Source):
                 cut = _middle_boundary(start, end, size) if size is not None else None
                 return () if cut is None else (candidates(start, cut), candidates(cut, end))
 
-            return _Piece("candidates", start, end, candidates_query(table, start, end, spec), halves)
-
-        def total(start: datetime, end: datetime) -> _Piece:
-            plan = size or timedelta(minutes=10)
-            return _Piece(
-                "rows read",
-                start,
-                end,
-                total_rows_query(table, start, end),
-                lambda: self._split_anywhere(start, end, plan, total),
-            )
+            query = candidates_query(table, start, end, spec)
+            return _Piece("candidates", start, end, query, halves, counts_window=True)
 
         found: list[_Candidate] = []
-        groups = self._fetch_whole(candidates(window.start, window.end), window)
-        # One more small query, so the summary can tell a window that held rows from one that held none.
-        self.stats.rows_read = sum(int(row["total"]) for row in self._fetch_whole(total(window.start, window.end), window))
-        for row in groups:
+        for row in self._fetch_whole(candidates(window.start, window.end), window):
             key = tuple((column, _key_value(column, row[column])) for column in spec.keys)
             if size is None:
                 start, end = window.start, window.end
@@ -360,6 +351,7 @@ class LogAnalyticsSource(Source):
                 end,
                 first_phase_query(table, start, end, first, columns),
                 lambda: self._split_anywhere(start, end, size, keys),
+                counts_window=True,
             )
 
         def rows(names: tuple[str, ...]) -> Callable[[datetime, datetime], _Piece]:
@@ -369,16 +361,6 @@ class LogAnalyticsSource(Source):
 
             return make
 
-        def total(start: datetime, end: datetime) -> _Piece:
-            return _Piece(
-                "rows read",
-                start,
-                end,
-                total_rows_query(table, start, end),
-                lambda: self._split_anywhere(start, end, size, total),
-            )
-
-        self.stats.rows_read = sum(int(row["total"]) for row in self._fetch_whole(total(window.start, window.end), window))
         found: dict[str, dict[str, Any]] = {}
         for row in self._fetch_whole(keys(window.start, window.end), window):
             name = "" if row.get(first.key) is None else str(row[first.key])
@@ -472,7 +454,7 @@ class LogAnalyticsSource(Source):
             current = pending.pop()
             answer = self._query(current, window)
             if answer is not None:
-                rows.extend(answer)
+                rows.extend(self._count_window(answer, current, window) if current.counts_window else answer)
                 continue
             halves = current.halves()
             if not halves:
@@ -484,6 +466,17 @@ class LogAnalyticsSource(Source):
             log.info("%s: answer to %s was cut; asking for %s and %s instead", self.describe(), current, *halves)
             pending.extend(reversed(halves))
         return rows
+
+    def _count_window(self, answer: list[dict[str, Any]], piece: _Piece, window: Window) -> list[dict[str, Any]]:
+        """The rows of a whole answer but its row-count row, whose count goes to rowsRead."""
+        counts = [row[TOTAL] for row in answer if row.get(TOTAL) is not None]
+        if len(counts) != 1:
+            raise SourceError(
+                f"{self.describe()} window {window}: the answer to {piece} holds {len(counts)} row counts where the "
+                "query asks for one; the answer is not what was asked, so the window is not evaluated"
+            )
+        self.stats.rows_read += int(counts[0])
+        return [row for row in answer if row.get(TOTAL) is None]
 
     def _query(self, piece: _Piece, window: Window) -> list[dict[str, Any]] | None:
         """The rows of one whole answer, or None when the answer was cut (the caller splits the piece)."""

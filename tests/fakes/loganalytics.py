@@ -6,7 +6,7 @@ gzip when asked). Like the service it checks the bearer token's audience, reads 
 intersects the body's `timespan` with the query (inclusive at both ends, the cautious reading), cuts an
 answer at a row or byte limit with a 200 + PartialError carrying the rows that fit, and records every
 request. Tests script faults: 429 with Retry-After, 5xx, 204, a delay past the client's timeout, a
-partial answer without tables, a body cut short.
+partial answer with or without its rows, a body cut short.
 
 Emulated narrowly, because duckdb-kql 1.1.2 lacks it: `ingestion_time()`. Each row carries a hidden
 `_IngestionTime` column (TimeGenerated + 5 min unless a test sets it) and the query text's
@@ -52,8 +52,9 @@ class Fault:
     "no_content" (204), "hang" (hold the answer until the client asks again, `seconds` at most, then
     answer normally), "slow_query" (a query that takes `seconds`: past the request's `Prefer: wait` it is
     the service's 504, at once, since waiting would only slow the test), "partial_without_data"
-    (200 + PartialError and no tables), "no_tables" (200 with an empty tables list), "cut_body" (send
-    half of the body, then close the connection).
+    (200 + PartialError and no tables), "partial_with_data" (200 + PartialError with every row of the
+    answer, as when a part of the service failed after the rows were sent), "no_tables" (200 with an
+    empty tables list), "cut_body" (send half of the body, then close the connection).
     """
 
     kind: str
@@ -202,7 +203,9 @@ class LogAnalyticsFake:
                 # Values we parsed ourselves, rendered by isoformat(): safe in SQL text (views take no parameters).
                 first, last = (b.astimezone(UTC).isoformat() for b in bounds)
                 where = f""" WHERE "TimeGenerated" >= TIMESTAMPTZ '{first}' AND "TimeGenerated" <= TIMESTAMPTZ '{last}'"""
-            self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{self.table}" AS SELECT * FROM "{self._base}"{where}')
+            # A view of the main database, not a TEMP one: duckdb-kql resolves a table named inside `union`
+            # or `let` through the schema, which gives bare names only to the current database's tables.
+            self.con.execute(f'CREATE OR REPLACE VIEW "{self.table}" AS SELECT * FROM "{self._base}"{where}')
             translated = str(duckdb_kql.to_sql(text, schema=kql_engine.schema(self.con)))
             self.con.execute("SET TimeZone = 'UTC'")
             shape = self.con.execute(f"SELECT * FROM ({translated}) LIMIT 0")
@@ -413,7 +416,12 @@ class LogAnalyticsHandler(JsonHandler):
         elif fault.kind == "no_content":
             self._send(record, 204, b"")
         elif fault.kind == "partial_without_data":
+            record.partial = True
             self._answer(record, 200, {"error": _partial_error("The query was cancelled before any result was produced.")})
+        elif fault.kind == "partial_with_data":
+            columns, rows = self.state["fake"].run_json(record.query, record.timespan)
+            record.rows, record.partial = len(rows), True
+            self._send(record, 200, _body(columns, rows, _partial_error("A part of the query failed after its rows were sent.")))
         elif fault.kind == "no_tables":
             self._answer(record, 200, {"tables": []})
         elif fault.kind == "cut_body":

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 from detector.kql import string_literal
-from detector.logic import CandidateSpec, DistinctCount, Threshold
+from detector.logic import CandidateSpec, Count, DistinctCount, FirstPhase, Threshold, column
 from detector.sources.kql_query import (
     GroupRange,
     candidates_query,
     datetime_literal,
     details_query,
+    first_phase_query,
     identifier,
     raw_query,
+    window_total,
 )
 from detector.sources.loganalytics import RequestPacer, _middle_boundary, _time_split
 from tests.fakes.loganalytics import LogAnalyticsFake
+from tests.helpers import FILES
 
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
 SPEC = CandidateSpec(
@@ -97,10 +102,85 @@ def test_details_query_selects_exactly_the_group_ranges() -> None:
         details_query("W3CIISLog", [], ["cIP"])
 
 
+def _window_fake() -> tuple[LogAnalyticsFake, int]:
+    """The fixture day in the fake, and how many of its rows fall in DAY (counted from the file, not by KQL)."""
+    fake = LogAnalyticsFake(WS)
+    fake.load_jsonl(FILES / "w3ciislog.jsonl")
+    lines = (FILES / "w3ciislog.jsonl").read_text(encoding="utf-8").splitlines()
+    moments = [datetime.fromisoformat(json.loads(line)["TimeGenerated"]) for line in lines]
+    return fake, sum(DAY <= m < DAY + timedelta(days=1) for m in moments)
+
+
+def _split_count(columns: list[dict[str, str]], rows: list[list[Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    named = [dict(zip([c["name"] for c in columns], row, strict=True)) for row in rows]
+    return [r for r in named if r["total"] is None], [r["total"] for r in named if r["total"] is not None]
+
+
+FAILED_LOGONS = CandidateSpec(
+    filter=column("scStatus").in_("401", "403") & column("csUserName").ne("-"),
+    keys=("cIP", "Computer", "sIP"),
+    time_bin=timedelta(minutes=1),
+    measure=Count(),
+    threshold=Threshold(">=", 20),
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "groups"),
+    [
+        pytest.param(SPEC, 7, id="distinct-ports"),
+        pytest.param(
+            CandidateSpec(keys=SPEC.keys, time_bin=SPEC.time_bin, measure=SPEC.measure, threshold=Threshold(">=", 10**6)),
+            0,
+            id="no-group",
+        ),
+        pytest.param(FAILED_LOGONS, None, id="filtered"),
+        pytest.param(CandidateSpec(keys=("cIP",), measure=Count(), threshold=Threshold(">=", 100)), None, id="whole-window"),
+    ],
+)
+def test_candidates_carry_the_windows_row_count(spec: CandidateSpec, groups: int | None) -> None:
+    # One row whose `total` counts every row of [start, end): not the groups' rows, not the filter's,
+    # and present when no group meets the threshold.
+    fake, in_window = _window_fake()
+    query = candidates_query("W3CIISLog", DAY, DAY + timedelta(days=1), spec)
+    bounds = f"where TimeGenerated >= {datetime_literal(DAY)} and TimeGenerated < {datetime_literal(DAY + timedelta(days=1))}"
+    assert query.count(bounds) == 2  # the groups and the count, over the same rows
+    found, counts = _split_count(*fake.run(query, "2026-11-26T00:00:00.000Z/2026-11-27T00:00:00.000Z"))
+    assert counts == [in_window] == [1333]
+    if groups is not None:
+        assert len(found) == groups
+    assert all(r["rows"] >= 1 for r in found)
+    # Two halves count what the whole does.
+    noon = DAY + timedelta(hours=12)
+    halves = [
+        _split_count(*fake.run(candidates_query("W3CIISLog", a, b, spec), None))[1]
+        for a, b in ((DAY, noon), (noon, DAY + timedelta(days=1)))
+    ]
+    assert sum(sum(h) for h in halves) == in_window and all(len(h) == 1 for h in halves)
+
+
+def test_first_phase_carries_the_windows_row_count() -> None:
+    fake, in_window = _window_fake()
+    first = FirstPhase("Computer", column("sSiteName").eq_ci("Default Web Site"), timedelta(hours=1))
+    query = first_phase_query("W3CIISLog", DAY, DAY + timedelta(days=1), first, ["TimeGenerated", "Computer", "cIP"])
+    found, counts = _split_count(*fake.run(query, None))
+    assert counts == [in_window]
+    assert all(r["Computer"] for r in found)
+
+
+def test_the_row_count_never_shares_a_column_name() -> None:
+    with pytest.raises(ValueError, match="column named 'total'"):
+        window_total("W3CIISLog", DAY, DAY + timedelta(days=1), ["cIP", "total"])
+    with pytest.raises(ValueError, match="not a KQL identifier"):
+        window_total("W3CIISLog | union SecurityEvent", DAY, DAY + timedelta(days=1), ["cIP"])
+
+
 def test_table_injection_is_rejected_by_every_builder() -> None:
+    first = FirstPhase("Computer", column("sSiteName").eq_ci("x"), timedelta(hours=1))
     builders: list[Callable[[str], str]] = [
         lambda t: candidates_query(t, DAY, DAY + timedelta(days=1), SPEC),
         lambda t: raw_query(t, DAY, DAY + timedelta(days=1), ["cIP"]),
+        lambda t: first_phase_query(t, DAY, DAY + timedelta(days=1), first, ["TimeGenerated", "Computer"]),
     ]
     for build in builders:
         with pytest.raises(ValueError, match="not a KQL identifier"):
