@@ -66,6 +66,7 @@ SLACK_BINS = 2
 # Finished bins are decided in batches of at least this many waiting tuples (about 8 JSON Lines blocks,
 # one IIS block): one polars group-by per batch, while the blocks waiting for it stay few.
 FINISH_ROWS = 100_000
+DECIDE_ROWS = 250_000  # tuples decided at once by the finder (more are decided in parts)
 BOM = b"\xef\xbb\xbf"
 NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
 PLAIN_INTEGER = r"^[0-9]{1,18}$"  # digits that fit an Int64, as W3C fields and digit strings write them
@@ -414,7 +415,7 @@ class CandidateFinder:
             self._may_finish(newest - SLACK_BINS * self.bin_us)
         elif self._pending_rows > self._compact_at:
             # Unordered input: keep distinct tuples (or per-group counts) so memory follows groups, not rows.
-            merged = self._compact(pl.concat(self._pending))
+            merged = self._compact(self._pending)
             self._pending, self._pending_rows = [merged], merged.height
             self._compact_at = max(1_000_000, 2 * merged.height)
 
@@ -426,12 +427,13 @@ class CandidateFinder:
         if self._pending_rows >= FINISH_ROWS or not self._pending:
             self._finish(self._finishable_below)
 
-    def _compact(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def _compact(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
         import polars as pl
 
+        lazy = pl.concat([frame.lazy() for frame in frames])
         if self.distinct:
-            return frame.unique()
-        return frame.group_by(BIN, GROUP).agg(pl.col("_n").sum())
+            return lazy.unique().collect()
+        return lazy.group_by(BIN, GROUP).agg(pl.col("_n").sum()).collect()
 
     def _finish(self, below: int) -> None:
         import polars as pl
@@ -444,7 +446,7 @@ class CandidateFinder:
         pending = pl.concat(self._pending) if len(self._pending) > 1 else self._pending[0]
         done = pending.filter(pl.col(BIN) < below)
         if not done.is_empty():
-            decided = self._decide(done)
+            decided = self._decide([done])
             if not decided.is_empty():
                 self._found.append(decided)
                 self._found_frame = None
@@ -453,13 +455,27 @@ class CandidateFinder:
         self._pending_rows = rest.height
         self._finished_below = below
 
-    def _decide(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def _decide(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """The (bin, group) pairs of these tuple frames that meet the threshold. Many tuples are decided
+        in parts by group hash (a group's tuples are all in one part), so the decision's own memory
+        stays that of DECIDE_ROWS tuples however long the day."""
         import polars as pl
 
         keys = [BIN, GROUP]
-        measure = pl.col(VALUE).n_unique() if self.distinct else pl.col("_n").sum()
-        counted = frame.group_by(keys).agg(measure.alias("_measure"))
-        return counted.filter(pl.col("_measure") >= self.minimum).select(keys)
+        parts = max(1, sum(frame.height for frame in frames) // DECIDE_ROWS)
+        found: list[pl.DataFrame] = []
+        for part in range(parts):
+            lazy = pl.concat([frame.lazy() for frame in frames])
+            if parts > 1:
+                lazy = lazy.filter(pl.col(GROUP) % parts == part)
+            # Distinct values: unique tuples, then a count per group (cheaper than n_unique per group).
+            counted = (
+                lazy.unique().group_by(keys).agg(pl.len().alias("_measure"))
+                if self.distinct
+                else lazy.group_by(keys).agg(pl.col("_n").sum().alias("_measure"))
+            )
+            found.append(counted.filter(pl.col("_measure") >= self.minimum).select(keys).collect())
+        return pl.concat(found) if len(found) > 1 else found[0]
 
     def result(self) -> pl.DataFrame:
         """The candidate groups: columns `bin`, `_group` (one row per group)."""
@@ -467,7 +483,7 @@ class CandidateFinder:
 
         found = list(self._found)
         if self._pending:
-            found.append(self._decide(pl.concat(self._pending)))
+            found.append(self._decide(self._pending))
         if not found:
             return _no_groups()
         return pl.concat(found).unique()

@@ -91,7 +91,7 @@ if TYPE_CHECKING:
     from detector.config import Settings
 
 BLOCK_BYTES = 8 << 20  # ~20k rows: big enough to amortise polars calls, small enough to keep memory flat
-KEY_WORKERS = 1  # threads parsing key frames: the machines Functions run on have 1 to 4 cores
+KEY_WORKERS = 2  # threads parsing key frames: the machines Functions run on have 1 to 4 cores
 BLOCKS_AHEAD = 2  # blocks read and being parsed ahead of the finder (memory: ~3 blocks' bytes and frames)
 _CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 

@@ -571,6 +571,38 @@ def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.M
     _assert_same(_write_iis(tmp_path, _iis_day(_rng(13))))
 
 
+@pytest.mark.parametrize("order", ["ordered", "shuffled"])
+def test_decisions_in_parts_and_in_batches_give_the_same_results(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, order: str
+) -> None:
+    """The finder decides many tuples in parts by group hash, and finished bins in batches: with tiny
+    parts and batches (many of each on a small day) the results are still exactly the plain read's."""
+    import detector.sources.candidates as candidates_module
+
+    monkeypatch.setattr(candidates_module, "DECIDE_ROWS", 40)
+    monkeypatch.setattr(candidates_module, "FINISH_ROWS", 30)
+    decided: list[int] = []
+    original = candidates_module.CandidateFinder._decide
+
+    def spy(self: Any, frames: list[Any]) -> Any:
+        decided.append(sum(frame.height for frame in frames))
+        return original(self, frames)
+
+    monkeypatch.setattr(candidates_module.CandidateFinder, "_decide", spy)
+    rng = _rng(21)
+    rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
+    if order == "ordered":
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    else:
+        rng.shuffle(rows)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    compared = _assert_same(FileSource(path))
+    assert compared.fired() == {r.id for r in RULES}
+    assert max(decided) > 40  # some decision was made in parts
+    _assert_same(_write_iis(tmp_path, _iis_day(_rng(22))))
+
+
 @pytest.mark.parametrize("column", ["cIP", "sPort", "TimeGenerated", "escaped cIP"])
 def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, column: str) -> None:
     """json.loads keeps the last of a repeated key, polars the first: a block repeating a column the
