@@ -870,11 +870,18 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _B
     row by row."""
     import polars as pl
 
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if not data.endswith(b"\n"):
         return None  # a last line without its line break: maybe truncated; the plain code decides
     if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
         return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
+    lines_frame = polars_lines(data)
+    if lines_frame is None:
+        return None  # a blank line, a NUL byte or invalid UTF-8: the plain code decides
+    # Line ends that add up to the block prove one polars line per line break; else the breaks are counted.
+    ends = _line_ends(data, lines_frame)
+    lines = lines_frame.len() if ends is not None else data.count(b"\n")
+    if lines_frame.len() != lines:
+        return None
     wanted = spec.columns()
     try:
         frame = pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(wanted, pl.String))
@@ -883,8 +890,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _B
     if frame.height != lines:
         return None  # blank lines: the plain code decides
     nulls_of = {column: frame[column].null_count() for column in wanted}
-    lines_frame = _lines(data, lines)
-    if lines_frame is None or not _each_key_once(data, lines_frame, [c for c in wanted if not nulls_of[c]]):
+    if not _each_key_once(data, lines_frame, [c for c in wanted if not nulls_of[c]]):
         return None
     required = set(request.required) | {TIME}
     for column in wanted:
@@ -898,7 +904,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _B
         if string and not _from_json_strings(data, frame[column], column, lines - nulls):
             return None
     typed = _typed(frame, wanted)
-    return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), _line_ends(data, lines_frame))
+    return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
 
 
 def _line_ends(data: bytes, lines: pl.Series) -> pl.Series | None:
@@ -918,11 +924,6 @@ def _escaped_key(data: bytes) -> bool:
 
 
 _ESCAPED_KEY = re.compile(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:')
-
-
-def _lines(data: bytes, lines: int) -> pl.Series | None:
-    series = polars_lines(data)
-    return series if series is not None and series.len() == lines else None
 
 
 def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_required: bool) -> bool:
