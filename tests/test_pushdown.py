@@ -306,6 +306,12 @@ SPECS: dict[str, tuple[CandidateSpec, Callable[[Row], bool]]] = {
         CandidateSpec(keys=("cIP",), measure=DistinctCount("sPort"), threshold=Threshold(">=", 12)),
         lambda row: True,
     ),
+    "distinct user names per client and hour": (  # a DistinctCount of strings: kept beside its cell
+        CandidateSpec(
+            keys=("cIP",), time_bin=timedelta(hours=1), measure=DistinctCount("csUserName"), threshold=Threshold(">=", 4)
+        ),
+        lambda row: True,
+    ),
     "few requests (not monotonic)": (
         CandidateSpec(filter=column("csUserAgent").startswith("curl"), keys=("cIP", "sIP"), threshold=Threshold("<", 3)),
         lambda row: row["csUserAgent"].lower().startswith("curl"),

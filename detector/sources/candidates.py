@@ -558,11 +558,105 @@ def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[
     return block.rows(records) if records else iter(())
 
 
+CELL = "_cell"  # the two-pass read's group key: a 32-bit hash of (bin, group)
+
+
+def _cell() -> pl.Expr:
+    """A 32-bit hash of (bin, group), the two-pass read's key for a group in a bin (4 bytes a record where
+    bin and group take 16). Cells sharing it are measured together, which can only raise a measure, and
+    their records are taken together; the rule, grouping on the real keys, drops what does not fire (a
+    subset of a group below the threshold is below it too)."""
+    import polars as pl
+
+    return (pl.struct(BIN, GROUP).hash(_HASH_SEED) // 2**32).cast(pl.UInt32).alias(CELL)
+
+
+class CellFinder:
+    """The two-pass read's finder: the kept records' (cell, value) tuples of every block, compact, then
+    the cells whose measure meets the threshold. A DistinctCount of values in [0, 2^32) (ports, status
+    codes) packs each tuple into one UInt64; other values are kept beside their cell; a Count keeps a
+    count per cell. Duplicate tuples are dropped as they pile up."""
+
+    def __init__(self, spec: CandidateSpec) -> None:
+        if not spec.prunes or spec.threshold is None:
+            raise ValueError("the finder needs a spec whose threshold prunes")
+        self.minimum = spec.threshold.minimum
+        self.distinct = isinstance(spec.measure, DistinctCount)
+        self._pending: list[pl.DataFrame] = []
+        self._rows = 0
+        self._compact_at = 1_000_000
+
+    def add(self, cells: pl.DataFrame) -> None:
+        """Add one block's kept records: CELL and, for a DistinctCount, VALUE."""
+        import polars as pl
+
+        if self.distinct:
+            batch = cells.select(CELL, VALUE).filter(pl.col(VALUE).is_not_null())
+            value = batch[VALUE]
+            low, high = (value.min(), value.max()) if batch.height else (0, 0)
+            if value.dtype.is_integer() and isinstance(low, int) and isinstance(high, int) and low >= 0 and high < 2**32:
+                packed = pl.col(CELL).cast(pl.UInt64) * 2**32 + pl.col(VALUE).cast(pl.UInt64)
+                batch = batch.select(packed.alias("_packed"))
+        else:
+            batch = cells.group_by(CELL).agg(pl.len().cast(pl.UInt32).alias("_n"))
+        if batch.is_empty():
+            return
+        self._pending.append(batch)
+        self._rows += batch.height
+        if self._rows > self._compact_at:
+            self._pending = [self._compact(kind) for kind in self._kinds()]
+            self._rows = sum(frame.height for frame in self._pending)
+            self._compact_at = max(1_000_000, 2 * self._rows)
+
+    def _kinds(self) -> list[list[pl.DataFrame]]:
+        """The pending frames by layout (packed tuples, cell and value, cell counts)."""
+        kinds: dict[tuple[str, ...], list[pl.DataFrame]] = {}
+        for frame in self._pending:
+            kinds.setdefault(tuple(frame.columns), []).append(frame)
+        return list(kinds.values())
+
+    def _compact(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        import polars as pl
+
+        lazy = pl.concat([frame.lazy() for frame in frames])
+        if "_n" in frames[0].columns:
+            return lazy.group_by(CELL).agg(pl.col("_n").sum()).collect()
+        return lazy.unique().collect()
+
+    def result(self) -> pl.Series:
+        """The cells that meet the threshold (UInt32, distinct). Many tuples are decided in parts by cell
+        (a cell's tuples are all in one part), so the decision's memory is that of DECIDE_ROWS tuples."""
+        import polars as pl
+
+        parts = max(1, self._rows // DECIDE_ROWS)
+        found: list[pl.Series] = []
+        for part in range(parts):
+            measured: list[pl.LazyFrame] = []
+            for frames in self._kinds():
+                lazy = pl.concat([frame.lazy() for frame in frames])
+                if "_packed" in frames[0].columns:
+                    lazy = lazy.select((pl.col("_packed") // 2**32).cast(pl.UInt32).alias(CELL), pl.col("_packed"))
+                cell = pl.col(CELL)
+                if parts > 1:
+                    lazy = lazy.filter(cell % parts == part)
+                if "_n" in frames[0].columns:
+                    measured.append(lazy.select(CELL, pl.col("_n").cast(pl.Int64).alias("_m")))
+                else:
+                    measured.append(lazy.unique().select(CELL, pl.lit(1, dtype=pl.Int64).alias("_m")))
+            if measured:
+                total = pl.concat(measured).group_by(CELL).agg(pl.col("_m").sum())
+                found.append(total.filter(pl.col("_m") >= self.minimum).collect()[CELL])
+        return pl.concat(found) if found else pl.Series(CELL, [], dtype=pl.UInt32)
+
+
 def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
-    """The always-exact strategy for input in any order: every block's keys go to the finders, and each
-    block is held (detached, with only each part's kept bin, group and record) until every candidate is
-    known; then the candidates' rows are taken. The input is parsed once."""
-    finders = _finders(parts, finish_bins=False)
+    """The always-exact strategy for input in any order: every block's kept records go to the finders
+    as (cell, value) tuples, and each block is held (detached, with only each part's kept records and
+    their cells) until every candidate cell is known; then the candidates' rows are taken. The input is
+    parsed once, and memory is a few bytes per record."""
+    import polars as pl
+
+    finders = [CellFinder(part.spec) if part.spec.prunes else None for part in parts]
     held: list[tuple[KeyedBlock, list[pl.DataFrame]]] = []
     read = 0
     for block in blocks:
@@ -571,16 +665,27 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
         mine: list[pl.DataFrame] = []
         for part, finder in zip(parts, finders, strict=True):
             own = part.renamed(kept)
-            if finder is not None:
-                finder.add(own)
-            mine.append(own.select(BIN, GROUP, RECORD))
+            if finder is None:
+                mine.append(own.select(RECORD))
+                continue
+            cells = own.select(_cell(), RECORD, *([VALUE] if finder.distinct else []))
+            finder.add(cells)
+            mine.append(cells.select(CELL, RECORD))
         held.append((block, mine))
         block.detach()
         block.drop_keys()
     found = [None if finder is None else finder.result() for finder in finders]
     taken: list[Row] = []
     for block, mine in held:
-        taken.extend(_take_kept(block, mine, found))
+        chosen = [
+            own[RECORD] if cells is None else own.filter(pl.col(CELL).is_in(cells.implode()))[RECORD]
+            for own, cells in zip(mine, found, strict=True)
+            if cells is None or cells.len()
+        ]
+        if chosen:
+            records = (chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list()
+            if records:
+                taken.extend(block.rows(records))
     return taken, read
 
 

@@ -581,14 +581,20 @@ def test_decisions_in_parts_and_in_batches_give_the_same_results(
 
     monkeypatch.setattr(candidates_module, "DECIDE_ROWS", 40)
     monkeypatch.setattr(candidates_module, "FINISH_ROWS", 30)
-    decided: list[int] = []
+    decided: list[int] = []  # tuples decided at once, by either finder
     original = candidates_module.CandidateFinder._decide
+    original_cells = candidates_module.CellFinder.result
 
     def spy(self: Any, frames: list[Any]) -> Any:
         decided.append(sum(frame.height for frame in frames))
         return original(self, frames)
 
+    def spy_cells(self: Any) -> Any:
+        decided.append(self._rows)
+        return original_cells(self)
+
     monkeypatch.setattr(candidates_module.CandidateFinder, "_decide", spy)
+    monkeypatch.setattr(candidates_module.CellFinder, "result", spy_cells)
     rng = _rng(21)
     rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
     if order == "ordered":
