@@ -670,7 +670,8 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
                 continue
             cells = own.select(_cell(), RECORD, *([VALUE] if finder.distinct else []))
             finder.add(cells)
-            mine.append(cells.select(CELL, RECORD))
+            # Every record kept (records are numbered 0..n-1 in order): the record is the row's index.
+            mine.append(cells.select(CELL) if own.height == block.keys.height else cells.select(CELL, RECORD))
         held.append((block, mine))
         block.detach()
         block.drop_keys()
@@ -678,7 +679,9 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
     taken: list[Row] = []
     for block, mine in held:
         chosen = [
-            own[RECORD] if cells is None else own.filter(pl.col(CELL).is_in(cells.implode()))[RECORD]
+            (own if RECORD in own.columns else own.with_row_index(RECORD))
+            .filter(pl.lit(True) if cells is None else pl.col(CELL).is_in(cells.implode()))[RECORD]
+            .cast(pl.UInt32)
             for own, cells in zip(mine, found, strict=True)
             if cells is None or cells.len()
         ]
