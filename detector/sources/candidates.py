@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import importlib.util
+import os
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ from datetime import datetime, timedelta
 from io import BufferedIOBase, RawIOBase
 from typing import TYPE_CHECKING, Any
 
+from detector.errors import InputError
 from detector.kql import EPOCH
 from detector.models import Row, Window
 from detector.pushdown import TIME, CandidateSpec, DistinctCount, SharedSpec
@@ -167,6 +169,61 @@ def line_blocks(handle: BufferedIOBase | RawIOBase, start: int, block_bytes: int
             continue
         yield offset, bytes(view[:cut])
         offset += cut
+
+
+_TAIL = 1 << 16  # bytes read at a time when looking for a block's last line break
+
+
+def line_spans(fd: int, start: int, size: int, block_bytes: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) spans of whole lines covering [start, size) of a file, ~block_bytes each (the last
+    may lack its line break; a line longer than a block is a span of its own). Only the bytes around each
+    cut are read here, so the blocks themselves can be read (read_span) on other threads, in parallel."""
+    offset = start
+    while offset < size:
+        end = offset + block_bytes
+        if end >= size:
+            yield offset, size - offset
+            return
+        cut = _last_break(fd, offset, end)
+        if cut < 0:
+            cut = _next_break(fd, end, size)
+        yield offset, cut - offset
+        offset = cut
+
+
+def _last_break(fd: int, low: int, high: int) -> int:
+    """The offset after the last LF in [low, high), or -1."""
+    while high > low:
+        size = min(_TAIL, high - low)
+        found = os.pread(fd, size, high - size).rfind(b"\n")
+        if found >= 0:
+            return high - size + found + 1
+        high -= size
+    return -1
+
+
+def _next_break(fd: int, position: int, size: int) -> int:
+    """The offset after the first LF at or after `position`, or the file's size."""
+    while position < size:
+        chunk = os.pread(fd, _TAIL, position)
+        if not chunk:
+            break
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(chunk)
+    return size
+
+
+def read_span(fd: int, offset: int, length: int, where: str) -> bytes:
+    """The span's bytes (os.pread: no shared file position, and the GIL is released while it reads)."""
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise InputError(where, "changed while it was read (it is shorter now); run again")
+        data += more
+    return data
 
 
 def polars_lines(data: bytes, n_rows: int | None = None) -> pl.Series | None:
@@ -395,7 +452,11 @@ class CandidateFinder:
 
         if self.distinct:
             # No per-batch unique(): nearly every row of a busy log is its own (bin, group, port) tuple.
-            batch = batch.select(BIN, GROUP, VALUE).filter(pl.col(VALUE).is_not_null())
+            # Columns taken as they are (no query for the thread pool the parsers keep busy).
+            value = batch.get_column(VALUE)
+            batch = pl.DataFrame([batch.get_column(BIN), batch.get_column(GROUP), value])
+            if value.null_count():
+                batch = batch.filter(pl.col(VALUE).is_not_null())
         else:
             batch = batch.group_by(BIN, GROUP).agg(pl.len().cast(pl.Int64).alias("_n"))
         if batch.is_empty():

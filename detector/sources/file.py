@@ -44,6 +44,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import os
 import re
 import stat
 from array import array
@@ -77,9 +78,10 @@ from detector.sources.candidates import (
     columnar_applies,
     describe_binary,
     keys_frame,
-    line_blocks,
+    line_spans,
     microseconds,
     polars_lines,
+    read_span,
     read_with_pushdown,
     skip_bom,
 )
@@ -684,21 +686,25 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
     except OSError as exc:
         raise InputError(str(path), f"cannot open ({exc.strerror}); check the path after 'file:'") from None
     pool = ThreadPoolExecutor(max_workers=KEY_WORKERS, thread_name_prefix="jsonl-keys")
+    where = str(path)
     try:
         with handle:
             start = skip_bom(handle)
-            read = line_blocks(handle, start, BLOCK_BYTES)
-            pending: deque[tuple[int, bytes, Future[_ColumnarBlock | None]]] = deque()
+            fd = handle.fileno()
+            spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
+            pending: deque[tuple[int, int, Future[_ColumnarBlock | None]]] = deque()
 
             def fill() -> None:
-                while len(pending) < BLOCKS_AHEAD and (item := next(read, None)) is not None:
-                    offset, data = item
-                    pending.append((offset, data, pool.submit(_columnar_block, data, offset, path, spec, request, report)))
+                while len(pending) < BLOCKS_AHEAD and (span := next(spans, None)) is not None:
+                    offset, length = span
+                    pending.append(
+                        (offset, length, pool.submit(_columnar_block, fd, offset, length, path, spec, request, report))
+                    )
 
             line = 1
             fill()
             while pending:
-                offset, data, future = pending.popleft()
+                offset, length, future = pending.popleft()
                 block = future.result()
                 fill()
                 if block is not None:
@@ -707,10 +713,11 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                     yield block
                     continue
 
-                def again(offset: int = offset, length: int = len(data), first: int = line) -> list[Row]:
-                    return _plain_rows(_read_range(path, offset, length), first, request, str(path), report)
+                def again(offset: int = offset, length: int = length, first: int = line) -> list[Row]:
+                    return _plain_rows(_read_range(path, offset, length), first, request, where, report)
 
-                rows = _plain_rows(data, line, request, str(path), report)
+                data = read_span(fd, offset, length, where)
+                rows = _plain_rows(data, line, request, where, report)
                 yield RowsBlock(rows, spec, request.window, again)
                 line += data.count(b"\n")
     finally:
@@ -718,14 +725,15 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
 
 
 def _columnar_block(
-    data: bytes, offset: int, path: Path, spec: CandidateSpec, request: ReadRequest, report: LineReport
+    fd: int, offset: int, length: int, path: Path, spec: CandidateSpec, request: ReadRequest, report: LineReport
 ) -> _ColumnarBlock | None:
-    """The block read the columnar way and prepared for the finder (on a worker thread), or None when it
-    must be read row by row. Its first line number is set by the caller, who counts the lines."""
+    """The block read and parsed the columnar way, prepared for the finder (on a worker thread), or None
+    when it must be read row by row. Its first line number is set by the caller, who counts the lines."""
+    data = read_span(fd, offset, length, str(path))
     parsed = _columnar_keys(data, spec, request)
     if parsed is None:
         return None
-    block = _ColumnarBlock(parsed, path, offset=offset, length=len(data), first_line=0, request=request, report=report)
+    block = _ColumnarBlock(parsed, path, offset=offset, length=length, first_line=0, request=request, report=report)
     block.prepare()
     return block
 

@@ -10,6 +10,7 @@ rule's threshold.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable
@@ -553,6 +554,31 @@ def test_line_blocks_cut_at_line_ends_and_grow_for_long_lines(tmp_path: Path) ->
     assert b"".join(blocks) == text
     assert all(block.endswith(b"\n") for block in blocks[:-1])
     assert blocks[-1].endswith(b"tail")
+
+
+@pytest.mark.parametrize("block", [1, 16, 40, 1 << 20])
+def test_line_spans_cover_the_file_in_whole_lines(tmp_path: Path, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans of whole lines, found by reading only around each cut (here 7 bytes at a time): lines
+    longer than a block or than the tail read, an empty file body, a last line without its break."""
+    import os
+
+    import detector.sources.candidates as candidates_module
+    from detector.sources.candidates import line_spans, read_span
+
+    monkeypatch.setattr(candidates_module, "_TAIL", 7)
+    rng = _rng(12)
+    for tail in (b"tail", b"", b"\n"):
+        text = b"".join(b"x" * rng.choice([0, 3, 15, 16, 17, 40, 100]) + b"\n" for _ in range(300)) + tail
+        path = tmp_path / "lines.log"
+        path.write_bytes(b"\xef\xbb\xbf" + text)
+        with path.open("rb", buffering=0) as handle:
+            fd = handle.fileno()
+            spans = list(line_spans(fd, 3, os.fstat(fd).st_size, block))
+            blocks = [read_span(fd, offset, length, "lines.log") for offset, length in spans]
+        assert b"".join(blocks) == text
+        assert all(offset + length == following for (offset, length), (following, _) in itertools.pairwise(spans))
+        assert all(data.endswith(b"\n") for data in blocks[:-1])
+        assert all(len(data) <= block or data.count(b"\n") == 1 for data in blocks[:-1])  # one long line alone
 
 
 def test_groups_sharing_a_hash_still_give_the_same_results(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
