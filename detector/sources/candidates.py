@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 import importlib.util
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -172,6 +173,17 @@ def line_blocks(handle: BufferedIOBase | RawIOBase, start: int, block_bytes: int
 
 
 _TAIL = 1 << 16  # bytes read at a time when looking for a block's last line break
+_SEEK_LOCK = threading.Lock()
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """os.pread where the platform has it (POSIX); elsewhere (Windows, for local runs) a seek and a read
+    under one lock, so threads reading the same descriptor never interleave."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    with _SEEK_LOCK:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, size)
 
 
 def line_spans(fd: int, start: int, size: int, block_bytes: int) -> Iterator[tuple[int, int]]:
@@ -195,7 +207,7 @@ def _last_break(fd: int, low: int, high: int) -> int:
     """The offset after the last LF in [low, high), or -1."""
     while high > low:
         size = min(_TAIL, high - low)
-        found = os.pread(fd, size, high - size).rfind(b"\n")
+        found = _pread(fd, size, high - size).rfind(b"\n")
         if found >= 0:
             return high - size + found + 1
         high -= size
@@ -205,7 +217,7 @@ def _last_break(fd: int, low: int, high: int) -> int:
 def _next_break(fd: int, position: int, size: int) -> int:
     """The offset after the first LF at or after `position`, or the file's size."""
     while position < size:
-        chunk = os.pread(fd, _TAIL, position)
+        chunk = _pread(fd, _TAIL, position)
         if not chunk:
             break
         found = chunk.find(b"\n")
@@ -217,9 +229,9 @@ def _next_break(fd: int, position: int, size: int) -> int:
 
 def read_span(fd: int, offset: int, length: int, where: str) -> bytes:
     """The span's bytes (os.pread: no shared file position, and the GIL is released while it reads)."""
-    data = os.pread(fd, length, offset)
+    data = _pread(fd, length, offset)
     while len(data) < length:
-        more = os.pread(fd, length - len(data), offset + len(data))
+        more = _pread(fd, length - len(data), offset + len(data))
         if not more:
             raise InputError(where, "changed while it was read (it is shorter now); run again")
         data += more

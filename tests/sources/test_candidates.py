@@ -556,16 +556,22 @@ def test_line_blocks_cut_at_line_ends_and_grow_for_long_lines(tmp_path: Path) ->
     assert blocks[-1].endswith(b"tail")
 
 
+@pytest.mark.parametrize("pread", [True, False])
 @pytest.mark.parametrize("block", [1, 16, 40, 1 << 20])
-def test_line_spans_cover_the_file_in_whole_lines(tmp_path: Path, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_line_spans_cover_the_file_in_whole_lines(
+    tmp_path: Path, block: int, pread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Spans of whole lines, found by reading only around each cut (here 7 bytes at a time): lines
-    longer than a block or than the tail read, an empty file body, a last line without its break."""
+    longer than a block or than the tail read, an empty file body, a last line without its break; with
+    os.pread and, as on Windows, without it."""
     import os
 
     import detector.sources.candidates as candidates_module
     from detector.sources.candidates import line_spans, read_span
 
     monkeypatch.setattr(candidates_module, "_TAIL", 7)
+    if not pread:
+        monkeypatch.delattr(os, "pread")
     rng = _rng(12)
     for tail in (b"tail", b"", b"\n"):
         text = b"".join(b"x" * rng.choice([0, 3, 15, 16, 17, 40, 100]) + b"\n" for _ in range(300)) + tail
