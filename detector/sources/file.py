@@ -841,7 +841,7 @@ def _each_key_once(data: bytes, lines: pl.Series, columns: list[str]) -> bool:
     """
     if not all(_PLAIN_NAME.fullmatch(c) for c in columns):
         return False
-    if b"\\" in data and _escaped_key(data):  # memchr for a backslash first: most blocks hold none
+    if b"\\" in data and lines.str.contains(_ESCAPED_KEY).any():  # memchr for a backslash first
         return False  # a key written with an escape: polars and json.loads may see a name twice, or not
     if not columns:
         return True
@@ -864,7 +864,7 @@ def _from_json_strings(data: bytes, values: pl.Series, column: str, expected: in
     names never do); otherwise the block's `"name":"` / `"name": "` keys are counted (such a pattern
     cannot occur inside a JSON string, where a quote is escaped).
     """
-    if not values.str.contains(_NOT_FROM_A_STRING).any():
+    if not values.unique().str.contains(_NOT_FROM_A_STRING).any():  # distinct values: few hosts and addresses
         return True
     name = b'"' + column.encode() + b'":'
     found = data.count(name + b'"')
@@ -926,12 +926,9 @@ def _line_ends(data: bytes, lines: pl.Series) -> pl.Series | None:
     return ends if ends.len() and ends[-1] == len(data) else None
 
 
-def _escaped_key(data: bytes) -> bool:
-    """True when some key holds a \\u escape (json.loads and polars could then see the same key twice)."""
-    return _ESCAPED_KEY.search(data) is not None
-
-
-_ESCAPED_KEY = re.compile(rb'\\u[0-9a-fA-F]{4}(?:[^"\\\n]|\\.)*"\s*:')
+# A string holding a \\u escape and then followed by a colon: a key written with an escape (json.loads and
+# polars could then see the same key twice). Matched line by line in polars (Rust regex, no GIL).
+_ESCAPED_KEY = r'\\u[0-9a-fA-F]{4}(?:[^"\\]|\\.)*"\s*:'
 
 
 def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_required: bool) -> bool:
