@@ -8,10 +8,13 @@ gives the pushdown layer (candidates.py) a key frame per block of rows.
 from __future__ import annotations
 
 import codecs
+import gc
 import json
+import operator
 import re
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,30 @@ def not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
     return f"is not UTF-8 at byte {position} ({exc.reason})" + (
         f"; it looks like {looks}" if looks else "; save the file as UTF-8"
     )
+
+
+@dataclass
+class ScannedRows:
+    """Rows read by JsonStream.array_rows: `keys` holds each row's kept values, row after row (None for a
+    row in `bad`, the rows that are not a list of the columns); row r starts at character starts[r] from
+    the first row's (a byte offset too, when `ascii_only`); `span` is the rows' bytes in the file."""
+
+    keys: list[Any]
+    starts: array[int]
+    bad: list[int]
+    span: tuple[int, int]
+    ascii_only: bool
+    closed: bool
+
+
+def _taker(kept: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """A function giving the values at positions `kept` of a list, as a tuple."""
+    if len(kept) > 1:
+        return operator.itemgetter(*kept)
+    if kept:
+        position = kept[0]
+        return lambda row: (row[position],)
+    return lambda row: ()
 
 
 class NotStreamable(Exception):  # noqa: N818 - a signal to load the document whole, never shown to a user
@@ -137,8 +164,101 @@ class JsonStream:
         undecoded = self.decoder.getstate()[0]
         return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
 
-    def la_tables(self) -> Iterator[tuple[str, Any]]:
-        """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one)."""
+    def array_rows(self, limit: int, width: int, kept: list[int]) -> ScannedRows:
+        """Up to `limit` rows of the rows array being read (the stream just after its '[' or a ','): of each
+        row that is a list of `width` values, the values at positions `kept`; where each row starts; and
+        whether the array's ']' was read.
+
+        The rows and errors are the value() loop's (json's scanner, from the same positions), without its
+        Python work per value: rows separated by ',' (whitespace allowed) are scanned in one tight loop
+        over the buffer, and a row's list is dropped as soon as its kept values are taken (a block of
+        rows held whole would cost a page fault per 4 KB). A row that may run past the buffer's end, or
+        anything else, goes through value(), peek() and expect() as the plain read's loop does.
+        """
+        origin = self.base + self.pos
+        first_byte = self.byte_at(origin)
+        take = _taker(kept)
+        blank = (None,) * len(kept)
+        keys: list[Any] = []
+        starts = array("q")
+        bad: list[int] = []
+        extend, mark = keys.extend, starts.append
+        scan = self.json.scan_once  # type: ignore[attr-defined]  # what raw_decode calls: json's C scanner
+        space = _WHITESPACE.match
+        ascii_only, closed = True, False
+        while len(starts) < limit:
+            text, pos = self.text, self.pos
+            size, shift = len(text), self.base - origin
+            ascii_only = ascii_only and text.isascii()
+            # The rows before the buffer's last "]," are whole (a hint: when it is wrong, a row's scan fails
+            # and that row is read the careful way).
+            stop = text.rfind("],", pos) + 1
+            count = len(starts)
+            collecting = gc.isenabled()
+            gc.disable()  # the scanner makes many small lists: the collector would walk them for nothing
+            try:
+                while pos < stop and count < limit:
+                    try:
+                        value, end = scan(text, pos)
+                    except StopIteration:
+                        if text[pos] in " \t\r\n":
+                            pos = space(text, pos).end()  # type: ignore[union-attr]
+                            continue
+                        break
+                    except (json.JSONDecodeError, RecursionError):
+                        break
+                    if end >= size:
+                        break  # a number may go on in the next chunk
+                    separator = text[end]
+                    if separator != ",":
+                        if separator in " \t\r\n":
+                            end = space(text, end).end()  # type: ignore[union-attr]
+                            separator = text[end : end + 1]
+                        if separator == "]":
+                            closed = True
+                        elif separator != ",":
+                            break  # the end of the buffer, or not JSON: the careful way says what the plain read says
+                    if type(value) is list and len(value) == width:
+                        extend(take(value))
+                    else:
+                        bad.append(count)
+                        extend(blank)
+                    mark(pos + shift)
+                    count += 1
+                    pos = end + 1
+                    if closed:
+                        break
+            finally:
+                if collecting:
+                    gc.enable()
+            self.pos = pos
+            if closed or count >= limit:
+                break
+            if pos >= stop and size - pos < STREAM_CHUNK and self._more():
+                continue  # the buffer's last row: read on (the buffer stays a chunk or two)
+            value = self.value()
+            ascii_only = ascii_only and self.text.isascii()
+            if type(value) is list and len(value) == width:
+                extend(take(value))
+            else:
+                bad.append(count)
+                extend(blank)
+            mark(self.value_start - origin)
+            if self.peek() == ",":
+                self.pos += 1
+            else:
+                self.expect("]")
+                closed = True
+                break
+        span = (first_byte, self.byte_at(self.base + self.pos))
+        return ScannedRows(keys, starts, bad, span, ascii_only=ascii_only, closed=closed)
+
+    def la_tables(self, bulk: bool = False) -> Iterator[tuple[str, Any]]:
+        """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one).
+
+        With `bulk`, one ("rows", None) instead of the rows, with the stream just inside the rows array:
+        the caller reads its values and its closing ']' (array_values) before asking for the next event.
+        """
         streamed = False
         for key in self.members():
             if key == "error":
@@ -151,7 +271,7 @@ class JsonStream:
                 if self.peek() == "]":
                     self.pos += 1
                     continue  # an "error" member may follow and say why
-                yield from self._table()
+                yield from self._table(bulk)
                 streamed = True
                 while self.peek() == ",":
                     self.pos += 1
@@ -162,7 +282,7 @@ class JsonStream:
         if not streamed:
             raise InputError(self.where, "a Log Analytics response needs a non-empty 'tables' list")
 
-    def _table(self) -> Iterator[tuple[str, Any]]:
+    def _table(self, bulk: bool) -> Iterator[tuple[str, Any]]:
         columns = rows = False
         for key in self.members():
             if key == "name":
@@ -178,6 +298,9 @@ class JsonStream:
                     raise NotStreamable
                 self.expect("[")
                 rows = True
+                if bulk:
+                    yield "rows", None
+                    continue
                 if self.peek() == "]":
                     self.pos += 1
                     continue
@@ -205,9 +328,11 @@ def read_response_candidates(path: Path, request: ReadRequest, spec: CandidateSp
 
 
 def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
-    """The response's rows in blocks: each row is parsed by json's decoder (as the plain stream does), the
-    key columns of a block are typed by the plain code once per distinct value, and a block keeps only its
-    key frame and where its rows start in the file (taking rows parses that stretch again)."""
+    """The response's rows in blocks of RESPONSE_BLOCK_ROWS: parsed by json's scanner as the plain read
+    parses them (JsonStream.array_rows), their key columns typed in polars (or, for odd values, by the
+    plain code), and each block keeps only its key frame and where its rows start in the file (taking
+    rows parses those rows again). Anything the plain read would report as an error (or a layout the
+    stream cannot follow) raises Unavailable: the plain read then reads the file and says what it says."""
     where = str(path)
     try:
         handle = path.open("rb")
@@ -215,15 +340,11 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
         raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
     wanted = list(spec.columns())
     with handle:
-        start = skip_bom(handle)
-        stream = JsonStream(handle, start, where)
+        stream = JsonStream(handle, skip_bom(handle), where)
         names: list[str] = []
         positions: list[int] = []
-        raw: list[list[Any]] = [[] for _ in wanted]
-        starts = array("q")  # where each row of the block starts, in characters from the block's start
-        index = first_index = first_byte = first_character = 0
         try:
-            for event, payload in stream.la_tables():
+            for event, payload in stream.la_tables(bulk=True):
                 if event == "columns":
                     try:
                         names = [c["name"] for c in payload]
@@ -233,121 +354,169 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
                         raise Unavailable
                     positions = [names.index(c) if c in names else -1 for c in wanted]
                     continue
-                if index == first_index:
-                    first_character = stream.value_start
-                    first_byte = stream.byte_at(first_character)
-                starts.append(stream.value_start - first_character)
-                label = f"row {index}"
-                index += 1
-                if isinstance(payload, list) and len(payload) == len(names):
-                    for values, position in zip(raw, positions, strict=True):
-                        values.append(payload[position] if position >= 0 else None)
-                else:
-                    report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
-                    for values in raw:
-                        values.append(_MALFORMED)
-                if index - first_index == RESPONSE_BLOCK_ROWS:
-                    span = (first_byte, stream.byte_at(stream.base + stream.pos))
-                    yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
-                    raw, starts, first_index = [[] for _ in wanted], array("q"), index
-        except NotStreamable:
+                index = 0
+                closed = stream.peek() == "]"
+                if closed:
+                    stream.pos += 1
+                kept = [position for position in positions if position >= 0]
+                while not closed:
+                    scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, len(names), kept)
+                    closed = scanned.closed
+                    keys = _Rows(scanned, names, positions, wanted, index).keys(spec, request, where, report)
+                    yield _ResponseBlock(keys, path, scanned, index, names, request, report)
+                    index += len(scanned.starts)
+        except (NotStreamable, InputError):
+            # The plain read follows this layout, or finds this error, in its own way (and words).
             raise Unavailable from None
-        if index > first_index:
-            span = (first_byte, stream.byte_at(stream.base + stream.pos))
-            yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
 
 
 _MALFORMED = object()  # a row the plain read skips (not a list of the columns)
 _FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
+_FIRST_MICROSECOND = -62135596800000000  # 0001-01-01T00:00:00Z: polars reads year 0, Python's datetime does not
+_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 
 
-def _response_block(
-    raw: list[list[Any]],
-    wanted: list[str],
-    names: list[str],
-    path: Path,
-    span: tuple[int, int],
-    starts: array[int],
-    first_index: int,
-    request: ReadRequest,
-    spec: CandidateSpec,
-    report: LineReport,
-) -> KeyedBlock:
-    """A block's key frame: every key value typed by coerce_value (the plain code), once per distinct value.
-    A key value the plain code refuses (rare) sends the file to the plain read, which reports the row."""
-    import polars as pl
+class _Rows:
+    """One block of scanned rows (row `first_index` of the response first) and the positions of the key
+    columns `wanted` in a row (-1: not a column of the table)."""
 
-    where = str(path)
-    count = len(raw[0])
-    bad = [value is _MALFORMED for value in raw[0]]
-    columns: dict[str, list[Any]] = {}
-    for column, values in zip(wanted, raw, strict=True):
-        typed_of: dict[tuple[type, Any], Any] = {}
-        out: list[Any] = []
-        for record, value in enumerate(values):
-            if bad[record]:
-                out.append(None)
-                continue
-            try:
-                key = (type(value), value)
-                result = typed_of.get(key, _MALFORMED)
-            except TypeError:  # a list or object: unhashable, and refused below
-                key, result = None, _MALFORMED
-            if result is _MALFORMED:
+    def __init__(self, scanned: ScannedRows, names: list[str], positions: list[int], wanted: list[str], first_index: int) -> None:
+        self.count, self.bad, self.width, self.first_index = len(scanned.starts), scanned.bad, len(names), first_index
+        present = [column for column, position in zip(wanted, positions, strict=True) if position >= 0]
+        step = len(present)
+        self.columns: dict[str, list[Any] | None] = dict.fromkeys(wanted)  # None: not a column of the table
+        for offset, column in enumerate(present):
+            self.columns[column] = scanned.keys[offset::step]
+
+    def keys(self, spec: CandidateSpec, request: ReadRequest, where: str, report: LineReport) -> pl.DataFrame:
+        """The block's key frame: typed in polars when every row is a list of the columns and every key
+        value is what polars types exactly as the plain code does, else by the plain code."""
+        frame = self._typed()
+        if frame is None:
+            frame = self._coerced(where, report)
+        return keys_frame(frame, spec, request.window)
+
+    def _typed(self) -> pl.DataFrame | None:
+        """`_t` and the key columns, as coerce_value types them, or None when a row or value needs the plain code.
+
+        Strings: Python str (or None: ""), which polars holds as they are (a lone surrogate, which the
+        plain code replaces, is refused by polars). Integers: Python int (not bool) or None, in Int64's
+        range. TimeGenerated: the canonical `yyyy-mm-ddThh:mm:ss[.f]Z` (datetime.fromisoformat reads it
+        to the same microsecond: the 7th digit is dropped), a real date from year 1 on.
+        """
+        import polars as pl
+
+        if self.bad:
+            return None
+        data: dict[str, pl.Series] = {}
+        try:
+            for column, items in self.columns.items():
+                kind = COLUMN_TYPES[column]
+                if items is None:  # not a column of the table: every value is null
+                    if kind not in ("string", "int", "long"):
+                        return None
+                    absent = ("", pl.String) if kind == "string" else (None, pl.Int64)
+                    data[column] = pl.repeat(absent[0], self.count, dtype=absent[1], eager=True)
+                elif kind == "string":  # polars refuses anything but str and None (and lone surrogates)
+                    data[column] = pl.Series(column, items, dtype=pl.String, strict=True).fill_null("")
+                elif column == TIME:
+                    data[column] = pl.Series(column, items, dtype=pl.String, strict=True)
+                elif kind in ("int", "long") and set(map(type, items)) <= {int, type(None)}:  # polars takes bool too
+                    data[column] = pl.Series(column, items, dtype=pl.Int64, strict=True)
+                else:
+                    return None
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # UnicodeError is a ValueError
+            return None
+        time = pl.col(TIME)
+        fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
+        seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
+        frame = pl.DataFrame(data).with_columns((seconds + fraction).alias("_t"))
+        checked = frame.select(
+            time.str.contains(_CANONICAL_TIME).all().alias("canonical"),
+            pl.col("_t").null_count().alias("nulls"),
+            pl.col("_t").min().alias("low"),
+        ).row(0)
+        canonical, nulls, low = checked
+        if not canonical or nulls or low < _FIRST_MICROSECOND:
+            return None
+        return frame.drop(TIME)
+
+    def _coerced(self, where: str, report: LineReport) -> pl.DataFrame:
+        """The key frame's input typed by coerce_value (the plain code), once per distinct value; a row that
+        is not a list of the columns is skipped and reported as the plain read does. A key value the plain
+        code refuses (rare) sends the file to the plain read, which reports the row."""
+        import polars as pl
+
+        count = self.count
+        bad = [False] * count
+        for record in self.bad:
+            bad[record] = True
+            report.skip(MalformedLine(where, f"row {self.first_index + record}", f"must be a list of {self.width} values"))
+        columns: dict[str, list[Any]] = {}
+        for column, items in self.columns.items():
+            typed_of: dict[tuple[type, Any], Any] = {}
+            out: list[Any] = []
+            for record, value in enumerate(items if items is not None else [None] * count):
+                if bad[record]:
+                    out.append(None)
+                    continue
                 try:
-                    result = coerce_value(column, value, where)
-                    if isinstance(result, str):
-                        result = representable({column: result})[column]
-                    elif isinstance(result, datetime):
-                        result = microseconds(result)
-                except (InputError, OverflowError):
-                    result = _MALFORMED
-                if key is not None:
-                    typed_of[key] = result
-            if result is _MALFORMED:
-                raise Unavailable  # the plain read skips and reports the row, with its own message
-            out.append(result)
-        columns[column] = out
-    times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
-    schema: dict[str, Any] = {"_t": pl.Int64}
-    data: dict[str, list[Any]] = {"_t": times}
-    for column in wanted:
-        if column == TIME:
-            continue
-        string = COLUMN_TYPES[column] == "string"
-        schema[column] = pl.String if string else pl.Int64
-        data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
-    frame = pl.DataFrame(data, schema=schema)
-    keys = keys_frame(frame, spec, request.window)
-    return _ResponseBlock(keys, path, span, starts, first_index, names, request, report)
+                    key = (type(value), value)
+                    result = typed_of.get(key, _MALFORMED)
+                except TypeError:  # a list or object: unhashable, and refused below
+                    key, result = None, _MALFORMED
+                if result is _MALFORMED:
+                    try:
+                        result = coerce_value(column, value, where)
+                        if isinstance(result, str):
+                            result = representable({column: result})[column]
+                        elif isinstance(result, datetime):
+                            result = microseconds(result)
+                    except (InputError, OverflowError):
+                        result = _MALFORMED
+                    if key is not None:
+                        typed_of[key] = result
+                if result is _MALFORMED:
+                    raise Unavailable  # the plain read skips and reports the row, with its own message
+                out.append(result)
+            columns[column] = out
+        times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
+        schema: dict[str, Any] = {"_t": pl.Int64}
+        data: dict[str, list[Any]] = {"_t": times}
+        for column in self.columns:
+            if column == TIME:
+                continue
+            string = COLUMN_TYPES[column] == "string"
+            schema[column] = pl.String if string else pl.Int64
+            data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
+        return pl.DataFrame(data, schema=schema)
 
 
 class _ResponseBlock(KeyedBlock):
-    """Rows of a saved response from row `first_index`: their bytes are span (start, end) of the file,
-    and row r starts at character starts[r] of that text, so taking a row parses that row alone."""
+    """Rows of a saved response from row `first_index`: where they are in the file (ScannedRows' span and
+    starts), so taking a row parses that row alone."""
 
     def __init__(
         self,
         keys: pl.DataFrame,
         path: Path,
-        span: tuple[int, int],
-        starts: array[int],
+        scanned: ScannedRows,
         first_index: int,
         names: list[str],
         request: ReadRequest,
         report: LineReport,
     ) -> None:
-        self.keys, self.path, self.span, self.starts, self.first_index = keys, path, span, starts, first_index
-        self.names, self.request, self.report = names, request, report
+        self.keys, self.path, self.first_index, self.names = keys, path, first_index, names
+        self.span, self.starts, self.ascii_only = scanned.span, scanned.starts, scanned.ascii_only
+        self.request, self.report = request, report
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)
-        text = _read_range(self.path, self.span[0], self.span[1] - self.span[0]).decode("utf-8", errors="replace")
         decoder = json.JSONDecoder()
         taken: list[Row] = []
-        for record in records:
+        for record, text, start in self._texts(records):
             try:
-                payload, _ = decoder.raw_decode(text, self.starts[record])
+                payload, _ = decoder.raw_decode(text, start)
             except (json.JSONDecodeError, RecursionError):
                 payload = None
             if not isinstance(payload, list) or len(payload) != len(self.names):
@@ -360,6 +529,23 @@ class _ResponseBlock(KeyedBlock):
             if self.request.window.contains(row[TIME]):
                 taken.append(row)
         return iter(taken)
+
+    def _texts(self, records: list[int]) -> Iterator[tuple[int, str, int]]:
+        """(record, text, where its row starts in text) for each record: ASCII rows (bytes are characters)
+        are read one by one, others from the block's text."""
+        first, end = self.span
+        if not self.ascii_only:
+            text = _read_range(self.path, first, end - first).decode("utf-8", errors="replace")
+            for record in records:
+                yield record, text, self.starts[record]
+            return
+        with self.path.open("rb") as handle:
+            for record in records:
+                start = first + self.starts[record]
+                stop = first + self.starts[record + 1] if record + 1 < len(self.starts) else end
+                handle.seek(start)
+                data = handle.read(stop - start)
+                yield record, data.decode("utf-8", errors="replace"), 0
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:
