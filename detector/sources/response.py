@@ -208,7 +208,7 @@ class JsonStream:
                     except (json.JSONDecodeError, RecursionError):
                         break
                     if end >= size:
-                        break  # a number may go on in the next chunk
+                        break  # a row holding a "]," (a wrong hint) may end just at the buffer's end
                     separator = text[end]
                     if separator != ",":
                         if separator in " \t\r\n":
@@ -251,6 +251,8 @@ class JsonStream:
                 closed = True
                 break
         span = (first_byte, self.byte_at(self.base + self.pos))
+        if starts and starts[-1] < 1 << 32:
+            starts = array("I", starts)  # half the memory of a block held until the end of the read
         return ScannedRows(keys, starts, bad, span, ascii_only=ascii_only, closed=closed)
 
     def la_tables(self, bulk: bool = False) -> Iterator[tuple[str, Any]]:
@@ -343,6 +345,7 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
         stream = JsonStream(handle, skip_bom(handle), where)
         names: list[str] = []
         positions: list[int] = []
+        index = 0  # rows are counted across the table's "rows" members, as the plain read counts them
         try:
             for event, payload in stream.la_tables(bulk=True):
                 if event == "columns":
@@ -352,9 +355,9 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
                         raise Unavailable from None  # the plain read reports it
                     if any(c not in names for c in request.required):
                         raise Unavailable
-                    positions = [names.index(c) if c in names else -1 for c in wanted]
+                    last = {name: position for position, name in enumerate(names)}  # dict(zip()) keeps the last
+                    positions = [last.get(column, -1) for column in wanted]
                     continue
-                index = 0
                 closed = stream.peek() == "]"
                 if closed:
                     stream.pos += 1
