@@ -5,11 +5,7 @@ value (memory does not grow with the file); a JSON array is parsed at once. The 
 description is applied: rows its filter rejects are never returned, and when it prunes groups the file
 is read through the pushdown layer (candidates.py), and only rows of groups that can fire are typed and
 returned. The rule's results are the same. JSON Lines: polars parses only the columns the description
-reads, block by block. A saved response: each row is parsed by json's decoder as the plain stream does,
-and the description's columns of a block of rows are typed by coerce_value (the plain code) once per
-distinct value; a block remembers its byte span and where each row starts, so taking a candidate parses
-that row alone. A key value the plain code refuses, or a layout the stream cannot follow (rows before
-columns), sends the whole response to the plain read.
+reads, block by block. A saved response: its stream reader and first pass are in response.py.
 
 Malformed lines (not JSON, not an object, a column of the wrong type, a missing required column, a
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
@@ -160,9 +156,10 @@ class FileSource(Source):
         try:
             with self._open() as handle:
                 first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
+                sniff = first_line + handle.read(SNIFF_BYTES)  # as the plain read sniffs: an indented body's "tables"
         except InputError:
             return ""  # the plain path reports it
-        if _LA_RESPONSE_START.match(first_line):
+        if _LA_RESPONSE_START.match(sniff):
             return "response"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not

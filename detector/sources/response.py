@@ -1,8 +1,18 @@
 """A saved Log Analytics query response body (`{"tables":[{"name","columns","rows"}]}`), read as a stream.
 
 JsonStream reads the document value by value with json's own decoder (memory: a chunk and one value);
-the plain read (file.py) types each row it yields. The columnar first pass (read_response_candidates)
-gives the pushdown layer (candidates.py) a key frame per block of rows.
+the plain read (file.py) types each row it yields. The first pass of the pushdown (read_response_candidates)
+gives the pushdown layer (candidates.py) a key frame per block of rows:
+
+- rows are scanned by json's C scanner from the positions the plain read's loop would parse them at, in
+  one tight loop over the buffer (JsonStream.array_rows), so values and errors are json.load's; a row's
+  list is dropped as soon as its key values are taken (memory: a chunk and a block's key values);
+- a block's key values are typed in polars when polars holds them exactly as coerce_value types them
+  (str, int, canonical TimeGenerated; see _Rows._typed), else by coerce_value itself;
+- a block keeps its key frame and where each row starts, so taking a candidate parses that row alone;
+- anything the plain read would report (invalid JSON, a truncated body, an error member, a missing
+  column), a layout the stream cannot follow (rows before columns) and a key value the plain code
+  refuses send the whole response to the plain read, which then says what it says.
 """
 
 from __future__ import annotations

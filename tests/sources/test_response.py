@@ -279,9 +279,12 @@ def test_a_bom_and_a_year_zero_time_are_read_as_the_plain_read_reads_them(tmp_pa
 # -- the fast first pass is the one that ran ------------------------------------------------------------------
 
 
-def test_a_compact_body_is_scanned_in_the_tight_loop_and_typed_in_polars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """value() (the plain read's Python work per row) is left for the rows at a buffer's end, and no block
-    needs the plain code's typing."""
+@pytest.mark.parametrize("layout", [{}, {"separators": (", ", ": ")}, {"indent": 2}])
+def test_a_body_is_scanned_in_the_tight_loop_and_typed_in_polars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]
+) -> None:
+    """Compact, spaced or indented: value() (the plain read's Python work per row) is left for the rows at
+    a buffer's end, and only the block with a row that is not a list needs the plain code's typing."""
     monkeypatch.setattr(response_module, "STREAM_CHUNK", 4096)
     monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 500)
     careful: list[int] = []
@@ -301,7 +304,7 @@ def test_a_compact_body_is_scanned_in_the_tight_loop_and_typed_in_polars(tmp_pat
     rows: list[Any] = [_row({"sPort": index % 20, "cIP": f"198.51.100.{index % 50}"}) for index in range(3000)] + _scan()
     rows[1234] = "not a row"
     path = tmp_path / "response.json"
-    path.write_text(_body(rows), encoding="utf-8")
+    path.write_text(_body(rows, **layout), encoding="utf-8")
     size = path.stat().st_size
     source = FileSource(path)
     found = list(source.read(_request(True)))
