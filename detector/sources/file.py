@@ -159,7 +159,7 @@ class FileSource(Source):
                 sniff = first_line + handle.read(SNIFF_BYTES)  # as the plain read sniffs: an indented body's "tables"
         except InputError:
             return ""  # the plain path reports it
-        if _LA_RESPONSE_START.match(sniff):
+        if first_line.strip() and _LA_RESPONSE_START.match(sniff):  # after a blank line, the plain read reads JSON Lines
             return "response"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not

@@ -268,6 +268,14 @@ def test_rows_are_counted_across_two_rows_members_as_the_plain_read_counts_them(
     assert outcome[2] == 1  # "row 40", not a second "row 0"
 
 
+@pytest.mark.parametrize("before", ["\n", " \r\n", "\t"])
+def test_whitespace_before_the_body_is_read_as_the_plain_read_reads_it(tmp_path: Path, before: str) -> None:
+    """A leading blank line makes the plain read take the file for JSON Lines: so does the fast read."""
+    path = tmp_path / "response.json"
+    path.write_text(before + _body(_scan(40), indent=1), encoding="utf-8")
+    _assert_same(path)
+
+
 def test_a_bom_and_a_year_zero_time_are_read_as_the_plain_read_reads_them(tmp_path: Path) -> None:
     rows = _scan(40)
     rows[3] = _row({"sPort": 3, "TimeGenerated": "0000-01-01T00:00:00Z"})  # polars would read it; Python does not
