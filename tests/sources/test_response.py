@@ -4,7 +4,9 @@ plain read's rows, findings, skipped rows and errors, on any rows, any layout an
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,13 @@ from hypothesis import strategies as st
 
 from detector.errors import InputError
 from detector.models import Row
+from detector.pushdown import SharedSpec
+from detector.rules import DEFAULT_RULES_DIR, load_rules
 from detector.sources import ReadRequest
 from detector.sources import response as response_module
+from detector.sources.candidates import read_with_pushdown
 from detector.sources.file import FileSource
-from tests.helpers import DAY, RULE
+from tests.helpers import DAY, FILES, RULE
 
 LOGIC = RULE.logic
 COLUMNS = ["TenantId", "TimeGenerated", "cIP", "Computer", "sIP", "sPort", "csUserAgent", "csUriQuery"]
@@ -53,6 +58,24 @@ def _body(
     document = {"tables": [table, *(tables_after or [])], **(members_after or {})}
     text = json.dumps(document, separators=separators, indent=indent, ensure_ascii=ensure_ascii)
     return text.replace(json.dumps(SURROGATE)[1:-1], "\\ud800")
+
+
+@pytest.fixture
+def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the reads whose fast read gave up and ran the plain read instead."""
+    import detector.sources.file as file_module
+
+    given_up: list[int] = []
+
+    def spied(fast: Callable[[], Iterator[Row]], plain: Callable[[], Iterator[Row]]) -> Iterator[Row]:
+        def counted() -> Iterator[Row]:
+            given_up.append(1)
+            return plain()
+
+        return read_with_pushdown(fast, counted)
+
+    monkeypatch.setattr(file_module, "read_with_pushdown", spied)
+    return given_up
 
 
 def _outcome(path: Path, pushdown: bool) -> tuple[Any, ...]:
@@ -159,7 +182,7 @@ STATISTICS = {"name": "Statistics", "columns": [{"name": "x"}], "rows": [[1], [2
 LAYOUTS = st.sampled_from(["compact", "spaced", "indented", "statistics after", "error after", "null error after"])
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     st.data(),
     LAYOUTS,
@@ -289,7 +312,7 @@ def test_a_bom_and_a_year_zero_time_are_read_as_the_plain_read_reads_them(tmp_pa
 
 @pytest.mark.parametrize("layout", [{}, {"separators": (", ", ": ")}, {"indent": 2}])
 def test_a_body_is_scanned_in_the_tight_loop_and_typed_in_polars(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: dict[str, Any]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: list[int], layout: dict[str, Any]
 ) -> None:
     """Compact, spaced or indented: value() (the plain read's Python work per row) is left for the rows at
     a buffer's end, and only the block with a row that is not a list needs the plain code's typing."""
@@ -316,7 +339,8 @@ def test_a_body_is_scanned_in_the_tight_loop_and_typed_in_polars(
     size = path.stat().st_size
     source = FileSource(path)
     found = list(source.read(_request(True)))
-    assert {row["cIP"] for row in found} == {SCANNER["cIP"]}  # pruned: the fast read answered
+    assert not fallbacks
+    assert {row["cIP"] for row in found} == {SCANNER["cIP"]}
     assert source.read_stats()["skippedLines"] == 1
     assert source.read_stats()["rowsRead"] == len(rows) - 1
     assert len(coerced) == 1  # the block with the row that is not a list
@@ -363,3 +387,33 @@ def test_the_fast_read_is_flat_as_the_body_grows(tmp_path: Path, monkeypatch: py
         assert len(found) == 30  # the scanner's rows only: groups of 20 ports cannot fire
         assert source.read_stats()["rowsRead"] == count + 30
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_one_shared_read_of_a_response_gives_every_rule_its_own_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: list[int], shuffled: bool
+) -> None:
+    """Every binned-threshold rule from one read (a SharedSpec: more key columns, filters on status and
+    user) gives what each rule's plain read gives."""
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 500)
+    lines = (FILES / "w3ciislog_logons.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    if shuffled:
+        random.Random(5).shuffle(records)
+    columns = sorted({name for record in records for name in record})
+    path = tmp_path / "response.json"
+    path.write_text(_body([[record.get(c) for c in columns] for record in records], columns=columns), encoding="utf-8")
+    rules = [rule for rule in load_rules(DEFAULT_RULES_DIR) if not rule.logic.whole_window]
+    specs = [spec for rule in rules if (spec := rule.logic.candidate_spec()) is not None]
+    columns_read = tuple(dict.fromkeys(c for rule in rules for c in rule.logic.columns))
+    required = tuple(dict.fromkeys(c for rule in rules for c in rule.logic.required_columns))
+    source = FileSource(path)
+    shared = list(source.read(ReadRequest(DAY, columns_read, required, SharedSpec.of(specs))))
+    assert not fallbacks  # the fast read answered
+    fired = 0
+    for rule in rules:
+        plain = list(FileSource(path).read(ReadRequest(DAY, rule.logic.columns, rule.logic.required_columns)))
+        expected = rule.logic.evaluate(plain, DAY)
+        assert rule.logic.evaluate(shared, DAY) == expected, rule.id
+        fired += bool(expected)
+    assert fired >= 2
