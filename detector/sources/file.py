@@ -5,11 +5,7 @@ value (memory does not grow with the file); a JSON array is parsed at once. The 
 description is applied: rows its filter rejects are never returned, and when it prunes groups the file
 is read through the pushdown layer (candidates.py), and only rows of groups that can fire are typed and
 returned. The rule's results are the same. JSON Lines: polars parses only the columns the description
-reads, block by block. A saved response: each row is parsed by json's decoder as the plain stream does,
-and the description's columns of a block of rows are typed by coerce_value (the plain code) once per
-distinct value; a block remembers its byte span and where each row starts, so taking a candidate parses
-that row alone. A key value the plain code refuses, or a layout the stream cannot follow (rows before
-columns), sends the whole response to the plain read.
+reads, block by block. A saved response: its stream reader and first pass are in response.py.
 
 Malformed lines (not JSON, not an object, a column of the wrong type, a missing required column, a
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
@@ -41,13 +37,11 @@ must see every column of every line, always takes the plain read.
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import os
 import re
 import stat
-from array import array
 from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
@@ -64,7 +58,6 @@ from detector.sources import (
     Source,
     files_changed_after,
     register_source,
-    representable,
     typed,
 )
 from detector.sources.candidates import (
@@ -79,13 +72,13 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     line_spans,
-    microseconds,
     polars_lines,
     read_span,
     read_with_pushdown,
     skip_bom,
 )
-from detector.w3ciislog import COLUMN_TYPES, coerce_value
+from detector.sources.response import JsonStream, NotStreamable, not_utf8, read_response_candidates
+from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
     import polars as pl
@@ -111,15 +104,6 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
     if not isinstance(raw, dict):
         raise MalformedLine(where, number, f"a JSON {type(raw).__name__} where an object of W3CIISLog columns belongs")
     return typed(raw, request, where, number)
-
-
-def _not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
-    """Why the bytes are not UTF-8 text, naming the byte offset and what the file looks like."""
-    looks = describe_binary(data[:4])
-    position = offset + exc.start
-    return f"is not UTF-8 at byte {position} ({exc.reason})" + (
-        f"; it looks like {looks}" if looks else "; save the file as UTF-8"
-    )
 
 
 class FileSource(Source):
@@ -148,7 +132,7 @@ class FileSource(Source):
         # Strict reading must see every line's every column, which is the plain read's work.
         kind = self._columnar_kind() if columnar_applies(spec) and spec is not None and not self.strict else ""
         if kind and spec is not None:
-            read_candidates = _read_candidates if kind == "jsonl" else _read_response_candidates
+            read_candidates = _read_candidates if kind == "jsonl" else read_response_candidates
 
             def fast() -> Iterator[Row]:
                 found = read_candidates(self.path, request, spec, report)
@@ -177,9 +161,10 @@ class FileSource(Source):
         try:
             with self._open() as handle:
                 first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
+                sniff = first_line + handle.read(SNIFF_BYTES)  # as the plain read sniffs: an indented body's "tables"
         except InputError:
             return ""  # the plain path reports it
-        if _LA_RESPONSE_START.match(first_line):
+        if first_line.strip() and _LA_RESPONSE_START.match(sniff):  # after a blank line, the plain read reads JSON Lines
             return "response"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
@@ -221,7 +206,7 @@ class FileSource(Source):
                 # A saved Log Analytics response: read as a stream, never loaded whole.
                 try:
                     yield from self._la_stream(handle, start, request, where, report)
-                except _NotStreamable:
+                except NotStreamable:
                     handle.seek(start)
                     yield from self._la_response(self._load_document(handle, start, where), request, where, report)
                 return
@@ -244,7 +229,7 @@ class FileSource(Source):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InputError(where, _not_utf8(data, exc, start)) from None
+            raise InputError(where, not_utf8(data, exc, start)) from None
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
@@ -259,7 +244,7 @@ class FileSource(Source):
             try:
                 line = raw_line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputError(f"{where}:{number}", _not_utf8(raw_line, exc, offset)) from None
+                raise InputError(f"{where}:{number}", not_utf8(raw_line, exc, offset)) from None
             offset += len(raw_line)
             try:
                 row = typed_json_line(line, number, request, where)
@@ -286,7 +271,7 @@ class FileSource(Source):
 
     @staticmethod
     def _la_stream(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
-        stream = _JsonStream(handle, start, where)
+        stream = JsonStream(handle, start, where)
         names: list[str] | None = None
         index = 0
         for event, payload in stream.la_tables():
@@ -345,323 +330,7 @@ class FileSource(Source):
 
 
 _LA_RESPONSE_START = re.compile(rb'^\s*\{\s*"tables"\s*:')
-_WHITESPACE = re.compile(r"[ \t\r\n]*")
-STREAM_CHUNK = 1 << 20
 SNIFF_BYTES = 1 << 16
-
-
-class _NotStreamable(Exception):  # noqa: N818 - a signal to load the document whole, never shown to a user
-    """The response's layout needs the whole document (rows before columns, no PrimaryResult first)."""
-
-
-class _JsonStream:
-    """Values of a JSON document read from a binary handle chunk by chunk (memory: a chunk and one value).
-
-    Each value is parsed by json's own decoder (raw_decode), so values are exactly json.load's.
-    """
-
-    def __init__(self, handle: Any, start: int, where: str) -> None:
-        self.handle, self.where, self.offset = handle, where, start
-        self.text, self.pos, self.eof = "", 0, False
-        self.base = 0  # characters dropped from the front of text so far
-        self.value_start = 0  # where the last value() began, in characters from the start
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
-        self.json = json.JSONDecoder()
-
-    def _more(self) -> bool:
-        """Append the next chunk; False at the end of the file."""
-        if self.eof:
-            return False
-        chunk = self.handle.read(max(STREAM_CHUNK, len(self.text) - self.pos))  # grows for a long value
-        try:
-            text = self.decoder.decode(chunk, final=not chunk)
-        except UnicodeDecodeError as exc:
-            raise InputError(self.where, _not_utf8(chunk, exc, self.offset)) from None
-        self.offset += len(chunk)
-        self.eof = not chunk
-        if self.pos > STREAM_CHUNK:
-            self.base += self.pos
-            self.text, self.pos = self.text[self.pos :], 0
-        self.text += text
-        return True
-
-    def peek(self) -> str:
-        """The next non-whitespace character ("" at the end)."""
-        if self.pos < len(self.text) and self.text[self.pos] not in " \t\r\n":
-            return self.text[self.pos]  # the usual case, once per value: no regex call
-        while True:
-            self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
-            if self.pos < len(self.text) or not self._more():
-                return self.text[self.pos : self.pos + 1]
-
-    def expect(self, char: str) -> None:
-        """Consume one structural character."""
-        if self.peek() != char:
-            raise InputError(self.where, f"not a valid Log Analytics response: '{char}' expected at byte ~{self.offset}")
-        self.pos += 1
-
-    def value(self) -> Any:
-        """The next JSON value."""
-        self.peek()
-        while True:
-            try:
-                value, end = self.json.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError as exc:
-                if self._more():
-                    continue
-                raise InputError(self.where, f"not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
-            if end == len(self.text) and self._more():
-                continue  # a number may continue in the next chunk
-            self.value_start = self.base + self.pos
-            self.pos = end
-            return value
-
-    def members(self) -> Iterator[str]:
-        """The keys of an object, leaving the stream at each key's value."""
-        self.expect("{")
-        if self.peek() == "}":
-            self.pos += 1
-            return
-        while True:
-            key = self.value()
-            self.expect(":")
-            yield key
-            if self.peek() == ",":
-                self.pos += 1
-                continue
-            self.expect("}")
-            return
-
-    def byte_at(self, character: int) -> int:
-        """The file offset of a character still in the buffer (counted from the start, as value_start)."""
-        undecoded = self.decoder.getstate()[0]
-        return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
-
-    def la_tables(self) -> Iterator[tuple[str, Any]]:
-        """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one)."""
-        streamed = False
-        for key in self.members():
-            if key == "error":
-                error = self.value()
-                if error:
-                    code = error.get("code") if isinstance(error, dict) else error
-                    raise InputError(self.where, f"the saved response carries an error ({code}); its rows may be incomplete")
-            elif key == "tables" and not streamed:
-                self.expect("[")
-                if self.peek() == "]":
-                    self.pos += 1
-                    continue  # an "error" member may follow and say why
-                yield from self._table()
-                streamed = True
-                while self.peek() == ",":
-                    self.pos += 1
-                    self.value()  # other tables (statistics, ...): not W3CIISLog rows
-                self.expect("]")
-            else:
-                self.value()
-        if not streamed:
-            raise InputError(self.where, "a Log Analytics response needs a non-empty 'tables' list")
-
-    def _table(self) -> Iterator[tuple[str, Any]]:
-        columns = rows = False
-        for key in self.members():
-            if key == "name":
-                if self.value() != "PrimaryResult":
-                    if rows:
-                        raise InputError(self.where, "the first table, whose rows were read, is not PrimaryResult")
-                    raise _NotStreamable
-            elif key == "columns":
-                yield "columns", self.value()
-                columns = True
-            elif key == "rows":
-                if not columns:
-                    raise _NotStreamable
-                self.expect("[")
-                rows = True
-                if self.peek() == "]":
-                    self.pos += 1
-                    continue
-                while True:
-                    yield "row", self.value()
-                    if self.peek() == ",":
-                        self.pos += 1
-                        continue
-                    self.expect("]")
-                    break
-            else:
-                self.value()
-        if not columns:
-            raise InputError(self.where, "each table needs 'columns' (with 'name') and 'rows'")
-
-
-# -- the columnar first pass over a saved Log Analytics response ----------------------------------------
-
-RESPONSE_BLOCK_ROWS = 20_000  # rows per key frame: as many as a JSON Lines block holds
-
-
-def _read_response_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
-    """Rows of candidate groups of a saved response; raises Unavailable before returning any row."""
-    return candidate_rows(lambda: _response_blocks(path, request, spec, report), spec)
-
-
-def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
-    """The response's rows in blocks: each row is parsed by json's decoder (as the plain stream does), the
-    key columns of a block are typed by the plain code once per distinct value, and a block keeps only its
-    key frame and where its rows start in the file (taking rows parses that stretch again)."""
-    where = str(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
-    wanted = list(spec.columns())
-    with handle:
-        start = skip_bom(handle)
-        stream = _JsonStream(handle, start, where)
-        names: list[str] = []
-        positions: list[int] = []
-        raw: list[list[Any]] = [[] for _ in wanted]
-        starts = array("q")  # where each row of the block starts, in characters from the block's start
-        index = first_index = first_byte = first_character = 0
-        try:
-            for event, payload in stream.la_tables():
-                if event == "columns":
-                    try:
-                        names = [c["name"] for c in payload]
-                    except (KeyError, TypeError):
-                        raise Unavailable from None  # the plain read reports it
-                    if any(c not in names for c in request.required):
-                        raise Unavailable
-                    positions = [names.index(c) if c in names else -1 for c in wanted]
-                    continue
-                if index == first_index:
-                    first_character = stream.value_start
-                    first_byte = stream.byte_at(first_character)
-                starts.append(stream.value_start - first_character)
-                label = f"row {index}"
-                index += 1
-                if isinstance(payload, list) and len(payload) == len(names):
-                    for values, position in zip(raw, positions, strict=True):
-                        values.append(payload[position] if position >= 0 else None)
-                else:
-                    report.skip(MalformedLine(where, label, f"must be a list of {len(names)} values"))
-                    for values in raw:
-                        values.append(_MALFORMED)
-                if index - first_index == RESPONSE_BLOCK_ROWS:
-                    span = (first_byte, stream.byte_at(stream.base + stream.pos))
-                    yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
-                    raw, starts, first_index = [[] for _ in wanted], array("q"), index
-        except _NotStreamable:
-            raise Unavailable from None
-        if index > first_index:
-            span = (first_byte, stream.byte_at(stream.base + stream.pos))
-            yield _response_block(raw, wanted, names, path, span, starts, first_index, request, spec, report)
-
-
-_MALFORMED = object()  # a row the plain read skips (not a list of the columns)
-_FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
-
-
-def _response_block(
-    raw: list[list[Any]],
-    wanted: list[str],
-    names: list[str],
-    path: Path,
-    span: tuple[int, int],
-    starts: array[int],
-    first_index: int,
-    request: ReadRequest,
-    spec: CandidateSpec,
-    report: LineReport,
-) -> KeyedBlock:
-    """A block's key frame: every key value typed by coerce_value (the plain code), once per distinct value.
-    A key value the plain code refuses (rare) sends the file to the plain read, which reports the row."""
-    import polars as pl
-
-    where = str(path)
-    count = len(raw[0])
-    bad = [value is _MALFORMED for value in raw[0]]
-    columns: dict[str, list[Any]] = {}
-    for column, values in zip(wanted, raw, strict=True):
-        typed_of: dict[tuple[type, Any], Any] = {}
-        out: list[Any] = []
-        for record, value in enumerate(values):
-            if bad[record]:
-                out.append(None)
-                continue
-            try:
-                key = (type(value), value)
-                result = typed_of.get(key, _MALFORMED)
-            except TypeError:  # a list or object: unhashable, and refused below
-                key, result = None, _MALFORMED
-            if result is _MALFORMED:
-                try:
-                    result = coerce_value(column, value, where)
-                    if isinstance(result, str):
-                        result = representable({column: result})[column]
-                    elif isinstance(result, datetime):
-                        result = microseconds(result)
-                except (InputError, OverflowError):
-                    result = _MALFORMED
-                if key is not None:
-                    typed_of[key] = result
-            if result is _MALFORMED:
-                raise Unavailable  # the plain read skips and reports the row, with its own message
-            out.append(result)
-        columns[column] = out
-    times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
-    schema: dict[str, Any] = {"_t": pl.Int64}
-    data: dict[str, list[Any]] = {"_t": times}
-    for column in wanted:
-        if column == TIME:
-            continue
-        string = COLUMN_TYPES[column] == "string"
-        schema[column] = pl.String if string else pl.Int64
-        data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
-    frame = pl.DataFrame(data, schema=schema)
-    keys = keys_frame(frame, spec, request.window)
-    return _ResponseBlock(keys, path, span, starts, first_index, names, request, report)
-
-
-class _ResponseBlock(KeyedBlock):
-    """Rows of a saved response from row `first_index`: their bytes are span (start, end) of the file,
-    and row r starts at character starts[r] of that text, so taking a row parses that row alone."""
-
-    def __init__(
-        self,
-        keys: pl.DataFrame,
-        path: Path,
-        span: tuple[int, int],
-        starts: array[int],
-        first_index: int,
-        names: list[str],
-        request: ReadRequest,
-        report: LineReport,
-    ) -> None:
-        self.keys, self.path, self.span, self.starts, self.first_index = keys, path, span, starts, first_index
-        self.names, self.request, self.report = names, request, report
-
-    def rows(self, records: list[int]) -> Iterator[Row]:
-        where = str(self.path)
-        text = _read_range(self.path, self.span[0], self.span[1] - self.span[0]).decode("utf-8", errors="replace")
-        decoder = json.JSONDecoder()
-        taken: list[Row] = []
-        for record in records:
-            try:
-                payload, _ = decoder.raw_decode(text, self.starts[record])
-            except (json.JSONDecodeError, RecursionError):
-                payload = None
-            if not isinstance(payload, list) or len(payload) != len(self.names):
-                raise InputError(where, "changed while it was read; run again")
-            try:
-                row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, f"row {self.first_index + record}")
-            except MalformedLine as exc:
-                self.report.skip(exc)
-                continue
-            if self.request.window.contains(row[TIME]):
-                taken.append(row)
-        return iter(taken)
 
 
 # -- the columnar first pass over JSON Lines -------------------------------------------------------------

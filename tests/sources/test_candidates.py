@@ -29,6 +29,7 @@ from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
 from detector.sources import ReadRequest, Source
 from detector.sources import file as jsonl_module
 from detector.sources import iis as iis_module
+from detector.sources import response as response_module
 from detector.sources.file import FileSource
 from detector.sources.iis import IisLogSource
 from tests.helpers import FILES
@@ -733,8 +734,8 @@ def test_a_saved_response_gives_the_same_results(tmp_path: Path, monkeypatch: py
     """A saved Log Analytics response, read as a stream in small chunks and small blocks (so block starts
     fall anywhere in a chunk), in time order or not, with odd rows: not a list, a number where an
     address belongs, a lone surrogate escape in a key, a port as a digit string, rows outside the window."""
-    monkeypatch.setattr(jsonl_module, "RESPONSE_BLOCK_ROWS", 97)
-    monkeypatch.setattr(jsonl_module, "STREAM_CHUNK", 61 if seed % 2 else 4096)
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 97)
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", 61 if seed % 2 else 4096)
     rng = _rng(20 + seed)
     rows = _random_rows(rng, 3000) + _scans(rng)
     if seed < 2:

@@ -354,9 +354,9 @@ def _scan_rows(count: int) -> list[dict[str, Any]]:
 def test_a_saved_response_streams_to_the_same_rows_as_json_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
 ) -> None:
-    import detector.sources.file as file_module
+    import detector.sources.response as response_module
 
-    monkeypatch.setattr(file_module, "STREAM_CHUNK", 61)  # numbers and UTF-8 sequences cut across chunks
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", 61)  # numbers and UTF-8 sequences cut across chunks
     rows = _scan_rows(500)
     document = _response(rows, columns_first=layout != "rows before columns", extra_first=layout == "statistics first")
     body = tmp_path / "response.json"
@@ -378,9 +378,9 @@ def test_a_saved_response_is_never_loaded_whole(tmp_path: Path, monkeypatch: pyt
     """Memory follows a chunk and one row, not the body: 4x the rows, about the same peak."""
     import tracemalloc
 
-    import detector.sources.file as file_module
+    import detector.sources.response as response_module
 
-    monkeypatch.setattr(file_module, "STREAM_CHUNK", 1 << 16)
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", 1 << 16)
     peaks = []
     for count in (20_000, 80_000):
         body = tmp_path / f"response{count}.json"

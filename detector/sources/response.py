@@ -1,0 +1,571 @@
+"""A saved Log Analytics query response body (`{"tables":[{"name","columns","rows"}]}`), read as a stream.
+
+JsonStream reads the document value by value with json's own decoder (memory: a chunk and one value);
+the plain read (file.py) types each row it yields. The first pass of the pushdown (read_response_candidates)
+gives the pushdown layer (candidates.py) a key frame per block of rows:
+
+- rows are scanned by json's C scanner from the positions the plain read's loop would parse them at, in
+  one tight loop over the buffer (JsonStream.array_rows), so values and errors are json.load's; a row's
+  list is dropped as soon as its key values are taken (memory: a chunk and a block's key values);
+- a block's key values are typed in polars when polars holds them exactly as coerce_value types them
+  (str, int, canonical TimeGenerated; see _Rows._typed), else by coerce_value itself;
+- a block keeps its key frame and where each row starts, so taking a candidate parses that row alone;
+- anything the plain read would report (invalid JSON, a truncated body, an error member, a missing
+  column), a layout the stream cannot follow (rows before columns) and a key value the plain code
+  refuses send the whole response to the plain read, which then says what it says.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gc
+import json
+import operator
+import re
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detector.errors import InputError
+from detector.models import Row
+from detector.pushdown import TIME, CandidateSpec
+from detector.sources import LineReport, MalformedLine, ReadRequest, representable, typed
+from detector.sources.candidates import (
+    CandidateRead,
+    KeyedBlock,
+    Unavailable,
+    candidate_rows,
+    describe_binary,
+    keys_frame,
+    microseconds,
+    skip_bom,
+)
+from detector.w3ciislog import COLUMN_TYPES, coerce_value
+
+if TYPE_CHECKING:
+    import polars as pl
+
+_WHITESPACE = re.compile(r"[ \t\r\n]*")
+STREAM_CHUNK = 1 << 20
+
+
+def not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
+    """Why the bytes are not UTF-8 text, naming the byte offset and what the file looks like."""
+    looks = describe_binary(data[:4])
+    position = offset + exc.start
+    return f"is not UTF-8 at byte {position} ({exc.reason})" + (
+        f"; it looks like {looks}" if looks else "; save the file as UTF-8"
+    )
+
+
+@dataclass
+class ScannedRows:
+    """Rows read by JsonStream.array_rows: `keys` holds each row's kept values, row after row (None for a
+    row in `bad`, the rows that are not a list of the columns); row r starts at character starts[r] from
+    the first row's (a byte offset too, when `ascii_only`); `span` is the rows' bytes in the file."""
+
+    keys: list[Any]
+    starts: array[int]
+    bad: list[int]
+    span: tuple[int, int]
+    ascii_only: bool
+    closed: bool
+
+
+def _taker(kept: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """A function giving the values at positions `kept` of a list, as a tuple."""
+    if len(kept) > 1:
+        return operator.itemgetter(*kept)
+    if kept:
+        position = kept[0]
+        return lambda row: (row[position],)
+    return lambda row: ()
+
+
+class NotStreamable(Exception):  # noqa: N818 - a signal to load the document whole, never shown to a user
+    """The response's layout needs the whole document (rows before columns, no PrimaryResult first)."""
+
+
+class JsonStream:
+    """Values of a JSON document read from a binary handle chunk by chunk (memory: a chunk and one value).
+
+    Each value is parsed by json's own decoder (raw_decode), so values are exactly json.load's.
+    """
+
+    def __init__(self, handle: Any, start: int, where: str) -> None:
+        self.handle, self.where, self.offset = handle, where, start
+        self.text, self.pos, self.eof = "", 0, False
+        self.base = 0  # characters dropped from the front of text so far
+        self.value_start = 0  # where the last value() began, in characters from the start
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.json = json.JSONDecoder()
+
+    def _more(self) -> bool:
+        """Append the next chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        chunk = self.handle.read(max(STREAM_CHUNK, len(self.text) - self.pos))  # grows for a long value
+        try:
+            text = self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            raise InputError(self.where, not_utf8(chunk, exc, self.offset)) from None
+        self.offset += len(chunk)
+        self.eof = not chunk
+        if self.pos > STREAM_CHUNK:
+            self.base += self.pos
+            self.text, self.pos = self.text[self.pos :], 0
+        self.text += text
+        return True
+
+    def peek(self) -> str:
+        """The next non-whitespace character ("" at the end)."""
+        if self.pos < len(self.text) and self.text[self.pos] not in " \t\r\n":
+            return self.text[self.pos]  # the usual case, once per value: no regex call
+        while True:
+            self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.text) or not self._more():
+                return self.text[self.pos : self.pos + 1]
+
+    def expect(self, char: str) -> None:
+        """Consume one structural character."""
+        if self.peek() != char:
+            raise InputError(self.where, f"not a valid Log Analytics response: '{char}' expected at byte ~{self.offset}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        """The next JSON value."""
+        self.peek()
+        while True:
+            try:
+                value, end = self.json.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as exc:
+                if self._more():
+                    continue
+                raise InputError(self.where, f"not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
+            if end == len(self.text) and self._more():
+                continue  # a number may continue in the next chunk
+            self.value_start = self.base + self.pos
+            self.pos = end
+            return value
+
+    def members(self) -> Iterator[str]:
+        """The keys of an object, leaving the stream at each key's value."""
+        self.expect("{")
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            key = self.value()
+            self.expect(":")
+            yield key
+            if self.peek() == ",":
+                self.pos += 1
+                continue
+            self.expect("}")
+            return
+
+    def byte_at(self, character: int) -> int:
+        """The file offset of a character still in the buffer (counted from the start, as value_start)."""
+        undecoded = self.decoder.getstate()[0]
+        return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
+
+    def array_rows(self, limit: int, width: int, kept: list[int]) -> ScannedRows:
+        """Up to `limit` rows of the rows array being read (the stream just after its '[' or a ','): of each
+        row that is a list of `width` values, the values at positions `kept`; where each row starts; and
+        whether the array's ']' was read.
+
+        The rows and errors are the value() loop's (json's scanner, from the same positions), without its
+        Python work per value: rows separated by ',' (whitespace allowed) are scanned in one tight loop
+        over the buffer, and a row's list is dropped as soon as its kept values are taken (a block of
+        rows held whole would cost a page fault per 4 KB). A row that may run past the buffer's end, or
+        anything else, goes through value(), peek() and expect() as the plain read's loop does.
+        """
+        origin = self.base + self.pos
+        first_byte = self.byte_at(origin)
+        take = _taker(kept)
+        blank = (None,) * len(kept)
+        keys: list[Any] = []
+        starts = array("q")
+        bad: list[int] = []
+        extend, mark = keys.extend, starts.append
+        scan = self.json.scan_once  # type: ignore[attr-defined]  # what raw_decode calls: json's C scanner
+        space = _WHITESPACE.match
+        ascii_only, closed = True, False
+        while len(starts) < limit:
+            text, pos = self.text, self.pos
+            size, shift = len(text), self.base - origin
+            ascii_only = ascii_only and text.isascii()
+            # The rows before the buffer's last "]," are whole (a hint: when it is wrong, a row's scan fails
+            # and that row is read the careful way).
+            stop = text.rfind("],", pos) + 1
+            count = len(starts)
+            collecting = gc.isenabled()
+            gc.disable()  # the scanner makes many small lists: the collector would walk them for nothing
+            try:
+                while pos < stop and count < limit:
+                    try:
+                        value, end = scan(text, pos)
+                    except StopIteration:
+                        if text[pos] in " \t\r\n":
+                            pos = space(text, pos).end()  # type: ignore[union-attr]
+                            continue
+                        break
+                    except (json.JSONDecodeError, RecursionError):
+                        break
+                    if end >= size:
+                        break  # a row holding a "]," (a wrong hint) may end just at the buffer's end
+                    separator = text[end]
+                    if separator != ",":
+                        if separator in " \t\r\n":
+                            end = space(text, end).end()  # type: ignore[union-attr]
+                            separator = text[end : end + 1]
+                        if separator == "]":
+                            closed = True
+                        elif separator != ",":
+                            break  # the end of the buffer, or not JSON: the careful way says what the plain read says
+                    if type(value) is list and len(value) == width:
+                        extend(take(value))
+                    else:
+                        bad.append(count)
+                        extend(blank)
+                    mark(pos + shift)
+                    count += 1
+                    pos = end + 1
+                    if closed:
+                        break
+            finally:
+                if collecting:
+                    gc.enable()
+            self.pos = pos
+            if closed or count >= limit:
+                break
+            if pos >= stop and size - pos < STREAM_CHUNK and self._more():
+                continue  # the buffer's last row: read on (the buffer stays a chunk or two)
+            value = self.value()
+            ascii_only = ascii_only and self.text.isascii()
+            if type(value) is list and len(value) == width:
+                extend(take(value))
+            else:
+                bad.append(count)
+                extend(blank)
+            mark(self.value_start - origin)
+            if self.peek() == ",":
+                self.pos += 1
+            else:
+                self.expect("]")
+                closed = True
+                break
+        span = (first_byte, self.byte_at(self.base + self.pos))
+        if starts and starts[-1] < 1 << 32:
+            starts = array("I", starts)  # half the memory of a block held until the end of the read
+        return ScannedRows(keys, starts, bad, span, ascii_only=ascii_only, closed=closed)
+
+    def la_tables(self, bulk: bool = False) -> Iterator[tuple[str, Any]]:
+        """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one).
+
+        With `bulk`, one ("rows", None) instead of the rows, with the stream just inside the rows array:
+        the caller reads its values and its closing ']' (array_values) before asking for the next event.
+        """
+        streamed = False
+        for key in self.members():
+            if key == "error":
+                error = self.value()
+                if error:
+                    code = error.get("code") if isinstance(error, dict) else error
+                    raise InputError(self.where, f"the saved response carries an error ({code}); its rows may be incomplete")
+            elif key == "tables" and not streamed:
+                self.expect("[")
+                if self.peek() == "]":
+                    self.pos += 1
+                    continue  # an "error" member may follow and say why
+                yield from self._table(bulk)
+                streamed = True
+                while self.peek() == ",":
+                    self.pos += 1
+                    self.value()  # other tables (statistics, ...): not W3CIISLog rows
+                self.expect("]")
+            else:
+                self.value()
+        if not streamed:
+            raise InputError(self.where, "a Log Analytics response needs a non-empty 'tables' list")
+
+    def _table(self, bulk: bool) -> Iterator[tuple[str, Any]]:
+        columns = rows = False
+        for key in self.members():
+            if key == "name":
+                if self.value() != "PrimaryResult":
+                    if rows:
+                        raise InputError(self.where, "the first table, whose rows were read, is not PrimaryResult")
+                    raise NotStreamable
+            elif key == "columns":
+                yield "columns", self.value()
+                columns = True
+            elif key == "rows":
+                if not columns:
+                    raise NotStreamable
+                self.expect("[")
+                rows = True
+                if bulk:
+                    yield "rows", None
+                    continue
+                if self.peek() == "]":
+                    self.pos += 1
+                    continue
+                while True:
+                    yield "row", self.value()
+                    if self.peek() == ",":
+                        self.pos += 1
+                        continue
+                    self.expect("]")
+                    break
+            else:
+                self.value()
+        if not columns:
+            raise InputError(self.where, "each table needs 'columns' (with 'name') and 'rows'")
+
+
+# -- the columnar first pass over a saved Log Analytics response ----------------------------------------
+
+RESPONSE_BLOCK_ROWS = 20_000  # rows per key frame: as many as a JSON Lines block holds
+
+
+def read_response_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
+    """Rows of candidate groups of a saved response; raises Unavailable before returning any row."""
+    return candidate_rows(lambda: _response_blocks(path, request, spec, report), spec)
+
+
+def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+    """The response's rows in blocks of RESPONSE_BLOCK_ROWS: parsed by json's scanner as the plain read
+    parses them (JsonStream.array_rows), their key columns typed in polars (or, for odd values, by the
+    plain code), and each block keeps only its key frame and where its rows start in the file (taking
+    rows parses those rows again). Anything the plain read would report as an error (or a layout the
+    stream cannot follow) raises Unavailable: the plain read then reads the file and says what it says."""
+    where = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    wanted = list(spec.columns())
+    with handle:
+        stream = JsonStream(handle, skip_bom(handle), where)
+        names: list[str] = []
+        positions: list[int] = []
+        index = 0  # rows are counted across the table's "rows" members, as the plain read counts them
+        try:
+            for event, payload in stream.la_tables(bulk=True):
+                if event == "columns":
+                    try:
+                        names = [c["name"] for c in payload]
+                    except (KeyError, TypeError):
+                        raise Unavailable from None  # the plain read reports it
+                    if any(c not in names for c in request.required):
+                        raise Unavailable
+                    last = {name: position for position, name in enumerate(names)}  # dict(zip()) keeps the last
+                    positions = [last.get(column, -1) for column in wanted]
+                    continue
+                closed = stream.peek() == "]"
+                if closed:
+                    stream.pos += 1
+                kept = [position for position in positions if position >= 0]
+                while not closed:
+                    scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, len(names), kept)
+                    closed = scanned.closed
+                    keys = _Rows(scanned, names, positions, wanted, index).keys(spec, request, where, report)
+                    yield _ResponseBlock(keys, path, scanned, index, names, request, report)
+                    index += len(scanned.starts)
+        except (NotStreamable, InputError):
+            # The plain read follows this layout, or finds this error, in its own way (and words).
+            raise Unavailable from None
+
+
+_MALFORMED = object()  # a row the plain read skips (not a list of the columns)
+_FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
+_FIRST_MICROSECOND = -62135596800000000  # 0001-01-01T00:00:00Z: polars reads year 0, Python's datetime does not
+_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
+
+
+class _Rows:
+    """One block of scanned rows (row `first_index` of the response first) and the positions of the key
+    columns `wanted` in a row (-1: not a column of the table)."""
+
+    def __init__(self, scanned: ScannedRows, names: list[str], positions: list[int], wanted: list[str], first_index: int) -> None:
+        self.count, self.bad, self.width, self.first_index = len(scanned.starts), scanned.bad, len(names), first_index
+        present = [column for column, position in zip(wanted, positions, strict=True) if position >= 0]
+        step = len(present)
+        self.columns: dict[str, list[Any] | None] = dict.fromkeys(wanted)  # None: not a column of the table
+        for offset, column in enumerate(present):
+            self.columns[column] = scanned.keys[offset::step]
+
+    def keys(self, spec: CandidateSpec, request: ReadRequest, where: str, report: LineReport) -> pl.DataFrame:
+        """The block's key frame: typed in polars when every row is a list of the columns and every key
+        value is what polars types exactly as the plain code does, else by the plain code."""
+        frame = self._typed()
+        if frame is None:
+            frame = self._coerced(where, report)
+        return keys_frame(frame, spec, request.window)
+
+    def _typed(self) -> pl.DataFrame | None:
+        """`_t` and the key columns, as coerce_value types them, or None when a row or value needs the plain code.
+
+        Strings: Python str (or None: ""), which polars holds as they are (a lone surrogate, which the
+        plain code replaces, is refused by polars). Integers: Python int (not bool) or None, in Int64's
+        range. TimeGenerated: the canonical `yyyy-mm-ddThh:mm:ss[.f]Z` (datetime.fromisoformat reads it
+        to the same microsecond: the 7th digit is dropped), a real date from year 1 on.
+        """
+        import polars as pl
+
+        if self.bad:
+            return None
+        data: dict[str, pl.Series] = {}
+        try:
+            for column, items in self.columns.items():
+                kind = COLUMN_TYPES[column]
+                if items is None:  # not a column of the table: every value is null
+                    if kind not in ("string", "int", "long"):
+                        return None
+                    absent = ("", pl.String) if kind == "string" else (None, pl.Int64)
+                    data[column] = pl.repeat(absent[0], self.count, dtype=absent[1], eager=True)
+                elif kind == "string":  # polars refuses anything but str and None (and lone surrogates)
+                    data[column] = pl.Series(column, items, dtype=pl.String, strict=True).fill_null("")
+                elif column == TIME:
+                    data[column] = pl.Series(column, items, dtype=pl.String, strict=True)
+                elif kind in ("int", "long") and set(map(type, items)) <= {int, type(None)}:  # polars takes bool too
+                    data[column] = pl.Series(column, items, dtype=pl.Int64, strict=True)
+                else:
+                    return None
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # UnicodeError is a ValueError
+            return None
+        time = pl.col(TIME)
+        fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
+        seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
+        frame = pl.DataFrame(data).with_columns((seconds + fraction).alias("_t"))
+        checked = frame.select(
+            time.str.contains(_CANONICAL_TIME).all().alias("canonical"),
+            pl.col("_t").null_count().alias("nulls"),
+            pl.col("_t").min().alias("low"),
+        ).row(0)
+        canonical, nulls, low = checked
+        if not canonical or nulls or low < _FIRST_MICROSECOND:
+            return None
+        return frame.drop(TIME)
+
+    def _coerced(self, where: str, report: LineReport) -> pl.DataFrame:
+        """The key frame's input typed by coerce_value (the plain code), once per distinct value; a row that
+        is not a list of the columns is skipped and reported as the plain read does. A key value the plain
+        code refuses (rare) sends the file to the plain read, which reports the row."""
+        import polars as pl
+
+        count = self.count
+        bad = [False] * count
+        for record in self.bad:
+            bad[record] = True
+            report.skip(MalformedLine(where, f"row {self.first_index + record}", f"must be a list of {self.width} values"))
+        columns: dict[str, list[Any]] = {}
+        for column, items in self.columns.items():
+            typed_of: dict[tuple[type, Any], Any] = {}
+            out: list[Any] = []
+            for record, value in enumerate(items if items is not None else [None] * count):
+                if bad[record]:
+                    out.append(None)
+                    continue
+                try:
+                    key = (type(value), value)
+                    result = typed_of.get(key, _MALFORMED)
+                except TypeError:  # a list or object: unhashable, and refused below
+                    key, result = None, _MALFORMED
+                if result is _MALFORMED:
+                    try:
+                        result = coerce_value(column, value, where)
+                        if isinstance(result, str):
+                            result = representable({column: result})[column]
+                        elif isinstance(result, datetime):
+                            result = microseconds(result)
+                    except (InputError, OverflowError):
+                        result = _MALFORMED
+                    if key is not None:
+                        typed_of[key] = result
+                if result is _MALFORMED:
+                    raise Unavailable  # the plain read skips and reports the row, with its own message
+                out.append(result)
+            columns[column] = out
+        times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
+        schema: dict[str, Any] = {"_t": pl.Int64}
+        data: dict[str, list[Any]] = {"_t": times}
+        for column in self.columns:
+            if column == TIME:
+                continue
+            string = COLUMN_TYPES[column] == "string"
+            schema[column] = pl.String if string else pl.Int64
+            data[column] = [("" if string else None) if bad[r] else columns[column][r] for r in range(count)]
+        return pl.DataFrame(data, schema=schema)
+
+
+class _ResponseBlock(KeyedBlock):
+    """Rows of a saved response from row `first_index`: where they are in the file (ScannedRows' span and
+    starts), so taking a row parses that row alone."""
+
+    def __init__(
+        self,
+        keys: pl.DataFrame,
+        path: Path,
+        scanned: ScannedRows,
+        first_index: int,
+        names: list[str],
+        request: ReadRequest,
+        report: LineReport,
+    ) -> None:
+        self.keys, self.path, self.first_index, self.names = keys, path, first_index, names
+        self.span, self.starts, self.ascii_only = scanned.span, scanned.starts, scanned.ascii_only
+        self.request, self.report = request, report
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        where = str(self.path)
+        decoder = json.JSONDecoder()
+        taken: list[Row] = []
+        for record, text, start in self._texts(records):
+            try:
+                payload, _ = decoder.raw_decode(text, start)
+            except (json.JSONDecodeError, RecursionError):
+                payload = None
+            if not isinstance(payload, list) or len(payload) != len(self.names):
+                raise InputError(where, "changed while it was read; run again")
+            try:
+                row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, f"row {self.first_index + record}")
+            except MalformedLine as exc:
+                self.report.skip(exc)
+                continue
+            if self.request.window.contains(row[TIME]):
+                taken.append(row)
+        return iter(taken)
+
+    def _texts(self, records: list[int]) -> Iterator[tuple[int, str, int]]:
+        """(record, text, where its row starts in text) for each record: ASCII rows (bytes are characters)
+        are read one by one, others from the block's text."""
+        first, end = self.span
+        if not self.ascii_only:
+            text = _read_range(self.path, first, end - first).decode("utf-8", errors="replace")
+            for record in records:
+                yield record, text, self.starts[record]
+            return
+        with self.path.open("rb") as handle:
+            for record in records:
+                start = first + self.starts[record]
+                stop = first + self.starts[record + 1] if record + 1 < len(self.starts) else end
+                handle.seek(start)
+                data = handle.read(stop - start)
+                yield record, data.decode("utf-8", errors="replace"), 0
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    """Bytes of the file read before (a block read again to take its candidates' rows)."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
+    return data
