@@ -590,32 +590,57 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
     """
     parts = spec_columns(spec)
     if not any(part.spec.prunes for part in parts):
-        taken: list[Row] = []
+        taken = _Taken()
         read = 0
         for block in blocks():
             read += block.rows_read
-            taken.extend(_take(block, parts, [None] * len(parts)))
-        return CandidateRead(iter(taken), read)
+            taken.add(block, _take(block, parts, [None] * len(parts)))
+        return CandidateRead(iter(taken.rows), read - taken.lost)
+    first = blocks()
     try:
-        rows, read = _one_pass(blocks(), parts)
+        taken, read = _one_pass(first, parts)
+        ordered = True
     except OutOfOrder:
-        rows, read = _two_pass(blocks(), parts)
-    return CandidateRead(iter(rows), read)
+        ordered = False
+    finally:
+        close = getattr(first, "close", None)
+        if close is not None:
+            close()  # the first pass's reader (its threads, file and held blocks) ends before the second starts
+        del first
+    if not ordered:
+        taken, read = _two_pass(blocks(), parts)
+    return CandidateRead(iter(taken.rows), read - taken.lost)
+
+
+class _Taken:
+    """The rows taken from blocks, and how many requested records gave none: a record whose full row the
+    reader's plain code skips (a malformed detail value) was counted as read from its keys, and the
+    plain read does not count a line it skips."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.lost = 0
+
+    def add(self, block: KeyedBlock, records: list[int]) -> None:
+        if records:
+            rows = list(block.rows(records))
+            self.rows.extend(rows)
+            self.lost += len(records) - len(rows)
 
 
 def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateFinder | None]:
     return [CandidateFinder(part.spec, finish_bins) if part.spec.prunes else None for part in parts]
 
 
-def _take(block: KeyedBlock, parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
-    """The block's kept rows: for each part, of its found groups only (all it keeps where `found` is None)."""
+def _take(block: KeyedBlock, parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> list[int]:
+    """The block's kept records: for each part, of its found groups only (all it keeps where `found` is None)."""
     kept = block.kept()
     return _take_kept(block, [part.renamed(kept) for part in parts], found)
 
 
-def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[pl.DataFrame | None]) -> Iterator[Row]:
-    """The rows of the block's records that each part keeps (`kept`: the part's kept keys, BIN, GROUP
-    and RECORD at least), of the part's found groups only where `found` is not None."""
+def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[pl.DataFrame | None]) -> list[int]:
+    """The block's records that some part keeps (`kept`: the part's kept keys, BIN, GROUP and RECORD at
+    least), of the part's found groups only where `found` is not None; sorted."""
     import polars as pl
 
     chosen: list[pl.Series] = []
@@ -626,9 +651,8 @@ def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[
             own = own.join(groups, on=[BIN, GROUP], how="semi")  # noqa: PLW2901 - the part's chosen records
         chosen.append(own[RECORD])
     if not chosen:
-        return iter(())
-    records = (chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list()
-    return block.rows(records) if records else iter(())
+        return []
+    return list((chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list())
 
 
 CELL = "_cell"  # the two-pass read's group key: a 32-bit hash of (bin, group)
@@ -722,7 +746,7 @@ class CellFinder:
         return pl.concat(found) if found else pl.Series(CELL, [], dtype=pl.UInt32)
 
 
-def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
+def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[_Taken, int]:
     """The always-exact strategy for input in any order: every block's kept records go to the finders
     as (cell, value) tuples, and each block is held (detached, with only each part's kept records and
     their cells) until every candidate cell is known; then the candidates' rows are taken. The input is
@@ -749,7 +773,7 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
         block.detach()
         block.drop_keys()
     found = [None if finder is None else finder.result() for finder in finders]
-    taken: list[Row] = []
+    taken = _Taken()
     for block, mine in held:
         chosen = [
             (own if RECORD in own.columns else own.with_row_index(RECORD))
@@ -759,17 +783,15 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
             if cells is None or cells.len()
         ]
         if chosen:
-            records = (chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list()
-            if records:
-                taken.extend(block.rows(records))
+            taken.add(block, (chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list())
     return taken, read
 
 
-def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[list[Row], int]:
+def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[_Taken, int]:
     finders = _finders(parts, finish_bins=True)
     # A block is held until every finder has decided the newest bin it holds for that finder's part.
     held: deque[tuple[KeyedBlock, list[int | None]]] = deque()
-    taken: list[Row] = []
+    taken = _Taken()
     read = 0
 
     def decided(highs: list[int | None]) -> bool:
@@ -791,10 +813,10 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
         held.append((block, highs))
         while held and decided(held[0][1]):
             done, _ = held.popleft()
-            taken.extend(_take(done, parts, [None if f is None else f.found() for f in finders]))
+            taken.add(done, _take(done, parts, [None if f is None else f.found() for f in finders]))
     found = [None if finder is None else finder.result() for finder in finders]
     for block, _ in held:
-        taken.extend(_take(block, parts, found))
+        taken.add(block, _take(block, parts, found))
     return taken, read
 
 

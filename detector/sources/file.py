@@ -43,7 +43,7 @@ import os
 import re
 import stat
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -341,7 +341,7 @@ def _read_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, repo
     return candidate_rows(lambda: _blocks(path, request, spec, report), spec)
 
 
-def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Generator[KeyedBlock, None, None]:
     """The file's blocks in order; the key frames of the next blocks are parsed on worker threads meanwhile.
 
     A block's columnar parse is polars and regex work in native code that releases the GIL, so with
@@ -354,10 +354,10 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
         handle = path.open("rb")
     except OSError as exc:
         raise InputError(str(path), f"cannot open ({exc.strerror}); check the path after 'file:'") from None
-    pool = ThreadPoolExecutor(max_workers=KEY_WORKERS, thread_name_prefix="jsonl-keys")
     where = str(path)
-    try:
-        with handle:
+    with handle:
+        pool = ThreadPoolExecutor(max_workers=KEY_WORKERS, thread_name_prefix="jsonl-keys")
+        try:
             start = skip_bom(handle)
             fd = handle.fileno()
             spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
@@ -389,8 +389,9 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                 rows = _plain_rows(data, line, request, where, report)
                 yield RowsBlock(rows, spec, request.window, again)
                 line += data.count(b"\n")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a reader stopped early (OutOfOrder) waits for nothing new
+        finally:
+            # Before the file closes: a worker still reading must not read a closed (or reused) descriptor.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _columnar_block(
@@ -433,8 +434,8 @@ def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, 
                 exc = MalformedLine(where, first_line + index, f"truncated last line ({exc.reason})")
             report.skip(exc)
             continue
-        if row is not None and (request.candidates is None or request.candidates.admits(row)):
-            rows.append(row)
+        if row is not None:
+            rows.append(row)  # the filter is the key frame's: rows it rejects are read, and counted
     return rows
 
 
@@ -510,8 +511,11 @@ def _each_key_once(data: bytes, lines: pl.Series, columns: list[str]) -> bool:
     """
     if not all(_PLAIN_NAME.fullmatch(c) for c in columns):
         return False
-    if b"\\" in data and lines.str.contains(_ESCAPED_KEY).any():  # memchr for a backslash first
-        return False  # a key written with an escape: polars and json.loads may see a name twice, or not
+    if b"\\" in data:  # memchr for a backslash first: most blocks hold none
+        if lines.str.contains(_ESCAPED_KEY).any():
+            return False  # a key written with an escape: polars and json.loads may see a name twice, or not
+        if _lone_surrogates(lines):
+            return False  # polars reads a lone high surrogate escape as U+0000, the plain code as U+FFFD
     if not columns:
         return True
     found = lines.str.count_matches("(?:" + "|".join(columns) + ')"').sum()
@@ -595,6 +599,19 @@ def _line_ends(data: bytes, lines: pl.Series) -> pl.Series | None:
     return ends if ends.len() and ends[-1] == len(data) else None
 
 
+def _lone_surrogates(lines: pl.Series) -> bool:
+    """True when some line holds a surrogate escape that is not half of a high-low pair (an escaped
+    backslash before `u` counts too: that only sends the block to the plain code)."""
+    import polars as pl
+
+    counts = lines.to_frame("line").select(
+        pl.col("line").str.count_matches(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}").sum().alias("surrogates"),
+        pl.col("line").str.count_matches(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}").sum().alias("pairs"),
+    )
+    surrogates, pairs = counts.row(0)
+    return bool(surrogates != 2 * pairs)
+
+
 # A string holding a \\u escape and then followed by a colon: a key written with an escape (json.loads and
 # polars could then see the same key twice). Matched line by line in polars (Rust regex, no GIL).
 _ESCAPED_KEY = r'\\u[0-9a-fA-F]{4}(?:[^"\\]|\\.)*"\s*:'
@@ -625,7 +642,8 @@ def _typed(frame: pl.DataFrame, wanted: tuple[str, ...]) -> pl.DataFrame | None:
     fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
     seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
     out: list[pl.Expr] = [(seconds + fraction).alias("_t")]
-    checks: list[pl.Expr] = [time.str.contains(_CANONICAL_TIME).all().alias(TIME)]
+    # Python's datetime has no year 0 (polars reads 0000-01-01): the plain code skips such a line.
+    checks: list[pl.Expr] = [(time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")).all().alias(TIME)]
     for column in wanted:
         if column == TIME:
             continue

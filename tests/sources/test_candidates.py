@@ -26,7 +26,7 @@ from detector.logic.high_port_count import HighPortCountByClientIP
 from detector.models import Window
 from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
-from detector.sources import ReadRequest, Source
+from detector.sources import LineReport, ReadRequest, Source
 from detector.sources import file as jsonl_module
 from detector.sources import iis as iis_module
 from detector.sources import response as response_module
@@ -833,3 +833,108 @@ def test_a_shared_description_read_as_a_plain_one_is_a_superset_for_every_rule()
     assert both.specs == (a, a) and both.filter is not None
     assert both.admits({"scStatus": "404"}) and not both.admits({"scStatus": "200"})
     assert set(SharedSpec.of([a, b]).columns()) == {"TimeGenerated", "cIP", "scStatus"}
+
+
+def _stats_and_results(path: Path, rule: Rule) -> list[tuple[Any, ...]]:
+    """Per read (plain, then pushed down): the rule's results and the source's rowsRead and skipped lines."""
+    out = []
+    for pushdown in (False, True):
+        source = FileSource(path)
+        results, _ = _results(source, WINDOW, pushdown=pushdown, rule=rule)
+        stats = source.read_stats()
+        out.append((results, stats["rowsRead"], stats["skippedByFile"]))
+    return out
+
+
+def _scan_line(second: int, port: int, cip: str = "198.51.100.9", **extra: Any) -> dict[str, Any]:
+    return {"TimeGenerated": f"2026-11-26T05:00:{second:02d}Z", "Computer": "web01", "sIP": "10.0.0.4", "cIP": cip,
+            "sPort": port, **extra}  # fmt: skip
+
+
+def test_a_lone_surrogate_escape_in_a_key_is_read_as_the_plain_read_reads_it(tmp_path: Path) -> None:
+    """polars reads a lone high surrogate escape as U+0000 (a lone low one it refuses); the plain read
+    makes it U+FFFD. Half a scan from "\\ud800" and half from "\\ufffd" is one scan of 30 ports."""
+    lines = [
+        json.dumps(_scan_line(i, 1000 + i, "PLACE")).replace("PLACE", "x\\ud800" if i % 2 else "x\\ufffd") for i in range(30)
+    ]
+    lines += [json.dumps(_scan_line(40, 80, "x\\ud83d\\ude00"))]  # a valid pair stays columnar
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert plain[0] and [r["cIP"] for r in plain[0]] == ["x\ufffd"]
+    assert fast == plain
+
+
+def test_rows_read_counts_rows_a_filter_rejects_in_a_block_read_row_by_row(tmp_path: Path) -> None:
+    """A block the columnar pass leaves to the plain code (a non-canonical time) still counts every row
+    of the window as read, the ones the rule's filter rejects too."""
+    logons = next(r for r in RULES if r.id.startswith("19e01883"))
+    rows = [_scan_line(i, 443, scStatus="401" if i % 3 else "200", csUserName="-") for i in range(20)]
+    lines = [json.dumps(r) for r in rows]
+    lines[5] = lines[5].replace("2026-11-26T05:00:05Z", "2026-11-26 05:00:05Z")  # read row by row
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, logons)
+    assert plain[1] == 20
+    assert fast == plain
+
+
+def test_rows_read_leaves_out_a_candidate_row_skipped_for_a_bad_detail_value(tmp_path: Path) -> None:
+    """A candidate row whose detail column (read only when rows are taken) is malformed is skipped, and
+    like the plain read the fast read does not count it as read."""
+    rows = [_scan_line(i, 1000 + i) for i in range(35)]
+    rows[3]["csUserAgent"] = {"bad": 3}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert plain[1] == 34 and sum(plain[2].values()) == 1
+    assert fast == plain
+
+
+def test_year_zero_is_skipped_as_the_plain_read_skips_it(tmp_path: Path) -> None:
+    """polars parses 0000-01-01; Python's datetime has no year 0, so the plain read skips the line."""
+    lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(30)]
+    lines.append(json.dumps({**_scan_line(0, 9), "TimeGenerated": "0000-01-01T00:00:00Z"}))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert plain[0] and sum(plain[2].values()) == 1
+    assert fast == plain
+
+
+def test_a_reader_closed_early_stops_its_workers_before_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing the block reader (the one-pass read gives up on shuffled input) shuts its workers down
+    while the file is still open, so no worker reads a closed (or reused) file descriptor."""
+    import concurrent.futures
+    import os
+    import threading
+
+    from detector.sources.candidates import read_span
+
+    descriptors: list[int] = []
+    open_at_shutdown: list[bool] = []
+
+    def spy(fd: int, offset: int, length: int, where: str) -> bytes:
+        descriptors.append(fd)
+        return read_span(fd, offset, length, where)
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            try:
+                os.fstat(descriptors[0])
+                open_at_shutdown.append(True)
+            except OSError:
+                open_at_shutdown.append(False)
+            super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    monkeypatch.setattr(jsonl_module, "read_span", spy)
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _random_rows(_rng(30), 3000)), encoding="utf-8")
+    request = ReadRequest(WINDOW, HIGH_PORT.logic.columns, HIGH_PORT.logic.required_columns, HIGH_PORT.logic.candidate_spec())
+    assert request.candidates is not None
+    blocks = jsonl_module._blocks(path, request, request.candidates, LineReport(False))
+    next(blocks)
+    blocks.close()
+    assert open_at_shutdown == [True]
+    assert not [t for t in threading.enumerate() if t.name.startswith("jsonl-keys")]
