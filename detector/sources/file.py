@@ -11,14 +11,16 @@ Malformed lines (not JSON, not an object, a column of the wrong type, a missing 
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
 
 Columnar exactness guards. A block takes the columnar path only when polars parses it into one row per
-line and its values are certainly the ones json.loads + coerce_row give (polars refuses lone surrogate
-escapes and deep nesting itself, and such a block is read the plain way):
+line and its values are certainly the ones json.loads + coerce_row give (polars refuses deep nesting and
+a lone low surrogate escape itself, and such a block is read the plain way):
+- no surrogate escape outside a high-low pair (polars reads a lone high one as U+0000, the plain code
+  makes it U+FFFD);
 - every column read occurs as a key exactly once per line where polars saw a value (json.loads keeps the
   last of repeated keys, polars the first), counted on the bytes; a block with a key written with a
   \\u escape is read the plain way;
 - string columns hold JSON strings (or null, when the column is not required): str() of a JSON number
   or an object differs from polars' rendering;
-- TimeGenerated is the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`; integer columns are null, "", "-" or plain
+- TimeGenerated is the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`, from year 1 (polars reads year 0); integer columns are null, "", "-" or plain
   digits (a JSON number or a digit string);
 - required columns are present in every line (polars reads a missing key and a null alike).
 Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
