@@ -20,8 +20,8 @@ a lone low surrogate escape itself, and such a block is read the plain way):
   \\u escape is read the plain way;
 - string columns hold JSON strings (or null, when the column is not required): str() of a JSON number
   or an object differs from polars' rendering;
-- TimeGenerated is the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`, from year 1 (polars reads year 0); integer columns are null, "", "-" or plain
-  digits (a JSON number or a digit string);
+- TimeGenerated is the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`, from year 1 (polars reads year 0); integer
+  columns are null, "", "-" or plain digits (a JSON number or a digit string);
 - required columns are present in every line (polars reads a missing key and a null alike).
 Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
 '\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
