@@ -69,7 +69,8 @@ SLACK_BINS = 2
 # Finished bins are decided in batches of at least this many waiting tuples (about 8 JSON Lines blocks,
 # one IIS block): one polars group-by per batch, while the blocks waiting for it stay few.
 FINISH_ROWS = 100_000
-DECIDE_ROWS = 250_000  # tuples decided at once by the finder (more are decided in parts)
+DECIDE_ROWS = 100_000  # tuples decided at once by a finder (more are decided in parts)
+COMPACT_ROWS = 250_000  # the two-pass finder drops duplicate tuples once this many more have come
 BOM = b"\xef\xbb\xbf"
 NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
 PLAIN_INTEGER = r"^[0-9]{1,18}$"  # digits that fit an Int64, as W3C fields and digit strings write them
@@ -535,7 +536,7 @@ class CandidateFinder:
         import polars as pl
 
         keys = [BIN, GROUP]
-        parts = max(1, sum(frame.height for frame in frames) // DECIDE_ROWS)
+        parts = -(-sum(frame.height for frame in frames) // DECIDE_ROWS) or 1  # ceiling
         found: list[pl.DataFrame] = []
         for part in range(parts):
             lazy = pl.concat([frame.lazy() for frame in frames])
@@ -681,7 +682,7 @@ class CellFinder:
         self.distinct = isinstance(spec.measure, DistinctCount)
         self._pending: list[pl.DataFrame] = []
         self._rows = 0
-        self._compact_at = 1_000_000
+        self._compact_at = COMPACT_ROWS
 
     def add(self, cells: pl.DataFrame) -> None:
         """Add one block's kept records: CELL and, for a DistinctCount, VALUE."""
@@ -703,7 +704,7 @@ class CellFinder:
         if self._rows > self._compact_at:
             self._pending = [self._compact(kind) for kind in self._kinds()]
             self._rows = sum(frame.height for frame in self._pending)
-            self._compact_at = max(1_000_000, 2 * self._rows)
+            self._compact_at = self._rows + COMPACT_ROWS
 
     def _kinds(self) -> list[list[pl.DataFrame]]:
         """The pending frames by layout (packed tuples, cell and value, cell counts)."""
@@ -725,7 +726,7 @@ class CellFinder:
         (a cell's tuples are all in one part), so the decision's memory is that of DECIDE_ROWS tuples."""
         import polars as pl
 
-        parts = max(1, self._rows // DECIDE_ROWS)
+        parts = -(-self._rows // DECIDE_ROWS) or 1  # ceiling
         found: list[pl.Series] = []
         for part in range(parts):
             measured: list[pl.LazyFrame] = []
@@ -767,12 +768,16 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
                 continue
             cells = own.select(_cell(), RECORD, *([VALUE] if finder.distinct else []))
             finder.add(cells)
-            # Every record kept (records are numbered 0..n-1 in order): the record is the row's index.
-            mine.append(cells.select(CELL) if own.height == block.keys.height else cells.select(CELL, RECORD))
+            # Held: the low 16 bits of each record's cell (2 bytes a record), and the record unless the block
+            # keeps every record (records are numbered 0..n-1 in order: the record is the row's index).
+            held_cells = (pl.col(CELL) % 2**16).cast(pl.UInt16)
+            mine.append(cells.select(held_cells) if own.height == block.keys.height else cells.select(held_cells, RECORD))
         held.append((block, mine))
         block.detach()
         block.drop_keys()
-    found = [None if finder is None else finder.result() for finder in finders]
+    # A record whose cell shares the low 16 bits of a candidate's is taken too: a few more rows of groups
+    # that cannot fire (the rule drops them, as it drops a colliding group's), never a candidate's row less.
+    found = [None if finder is None else (finder.result() % 2**16).cast(pl.UInt16).unique() for finder in finders]
     taken = _Taken()
     for block, mine in held:
         chosen = [

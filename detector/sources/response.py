@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import gc
+import itertools
 import json
 import operator
 import re
@@ -520,8 +521,21 @@ class _ResponseBlock(KeyedBlock):
         report: LineReport,
     ) -> None:
         self.keys, self.path, self.first_index, self.names = keys, path, first_index, names
-        self.span, self.starts, self.ascii_only = scanned.span, scanned.starts, scanned.ascii_only
+        self.span, self.ascii_only = scanned.span, scanned.ascii_only
         self.request, self.report = request, report
+        # Held until the end of a two-pass read: rows' lengths (2 bytes a row) where every row is shorter
+        # than 64 KB, else their starts; the starts are worked out again only for a block that is taken.
+        starts = scanned.starts
+        lengths = [b - a for a, b in itertools.pairwise(starts)]
+        self._first = starts[0] if starts else 0
+        self._offsets: array[int] = array("H", lengths) if all(n < 1 << 16 for n in lengths) else starts
+
+    @property
+    def starts(self) -> array[int] | list[int]:
+        """Where each row starts, in characters (bytes, for an ASCII block) from the block's start."""
+        if self._offsets.typecode != "H":
+            return self._offsets
+        return list(itertools.accumulate(self._offsets, initial=self._first))
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)
@@ -547,15 +561,16 @@ class _ResponseBlock(KeyedBlock):
         """(record, text, where its row starts in text) for each record: ASCII rows (bytes are characters)
         are read one by one, others from the block's text."""
         first, end = self.span
+        starts = self.starts
         if not self.ascii_only:
             text = _read_range(self.path, first, end - first).decode("utf-8", errors="replace")
             for record in records:
-                yield record, text, self.starts[record]
+                yield record, text, starts[record]
             return
         with self.path.open("rb") as handle:
             for record in records:
-                start = first + self.starts[record]
-                stop = first + self.starts[record + 1] if record + 1 < len(self.starts) else end
+                start = first + starts[record]
+                stop = first + starts[record + 1] if record + 1 < len(starts) else end
                 handle.seek(start)
                 data = handle.read(stop - start)
                 yield record, data.decode("utf-8", errors="replace"), 0
