@@ -816,9 +816,17 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
             finder.add(mine, block.floor)
             highs.append(mine[BIN].max() if not mine.is_empty() else None)  # type: ignore[arg-type]
         held.append((block, highs))
-        while held and decided(held[0][1]):
-            done, _ = held.popleft()
-            taken.add(done, _take(done, parts, [None if f is None else f.found() for f in finders]))
+        # Every decided block is taken and freed, not only those before the first undecided one: a
+        # quiet site's block may span most of the day, and must not keep the busy sites' blocks behind it.
+        if any(decided(waiting) for _, waiting in held):
+            found = [None if f is None else f.found() for f in finders]
+            undecided: deque[tuple[KeyedBlock, list[int | None]]] = deque()
+            for waiting_block, waiting in held:
+                if decided(waiting):
+                    taken.add(waiting_block, _take(waiting_block, parts, found))
+                else:
+                    undecided.append((waiting_block, waiting))
+            held = undecided
     found = [None if finder is None else finder.result() for finder in finders]
     for block, _ in held:
         taken.add(block, _take(block, parts, found))

@@ -938,3 +938,39 @@ def test_a_reader_closed_early_stops_its_workers_before_its_file(tmp_path: Path,
     blocks.close()
     assert open_at_shutdown == [True]
     assert not [t for t in threading.enumerate() if t.name.startswith("jsonl-keys")]
+
+
+def test_a_quiet_site_does_not_hold_a_busy_sites_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sites' logs of one day, merged by time: the quiet site's one block spans the day, the busy
+    site's many blocks each a few minutes. The busy blocks are taken and freed as their bins are decided,
+    not held behind the quiet block until the end (memory would follow the day)."""
+    import detector.sources.candidates as candidates_module
+
+    monkeypatch.setattr(candidates_module, "FINISH_ROWS", 1)
+    rng = _rng(40)
+    busy = _iis_day(rng)
+    quiet = busy[:3] + busy[3 :: len(busy) // 6]  # the header, then a handful of entries over the day
+    for site, lines in (("W3SVC1", busy), ("W3SVC2", quiet)):
+        folder = tmp_path / site
+        folder.mkdir()
+        (folder / "u_ex261126.log").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    source = IisLogSource(tmp_path, "web01")
+    events: list[str] = []
+    original_merged, original_take = candidates_module.time_merged, candidates_module._take
+
+    def merged(streams: Any) -> Any:
+        for block in original_merged(streams):
+            events.append("read")
+            yield block
+
+    def take(block: Any, parts: Any, found: Any) -> Any:
+        events.append("taken")
+        return original_take(block, parts, found)
+
+    monkeypatch.setattr(iis_module, "time_merged", merged)
+    monkeypatch.setattr(candidates_module, "_take", take)
+    _assert_same(source, rules=[HIGH_PORT])
+    reads = events.count("read")
+    assert reads > 20
+    halfway = [i for i, event in enumerate(events) if event == "read"][reads // 2]
+    assert events[:halfway].count("taken") >= reads // 4  # blocks were freed on the way
