@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from io import BufferedIOBase, RawIOBase
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import InputError
@@ -237,6 +238,15 @@ def read_span(fd: int, offset: int, length: int, where: str) -> bytes:
             raise InputError(where, "changed while it was read (it is shorter now); run again")
         data += more
     return data
+
+
+def read_range(path: Path, offset: int, length: int) -> bytes:
+    """Bytes of the file read before (a block read again to take its candidates' rows)."""
+    try:
+        with path.open("rb") as handle:
+            return read_span(handle.fileno(), offset, length, str(path))
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
 
 
 def polars_lines(data: bytes, n_rows: int | None = None) -> pl.Series | None:

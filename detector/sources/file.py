@@ -75,6 +75,7 @@ from detector.sources.candidates import (
     keys_frame,
     line_spans,
     polars_lines,
+    read_range,
     read_span,
     read_with_pushdown,
     skip_bom,
@@ -385,7 +386,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                     continue
 
                 def again(offset: int = offset, length: int = length, first: int = line) -> list[Row]:
-                    return _plain_rows(_read_range(path, offset, length), first, request, where, report)
+                    return _plain_rows(read_range(path, offset, length), first, request, where, report)
 
                 data = read_span(fd, offset, length, where)
                 rows = _plain_rows(data, line, request, where, report)
@@ -408,16 +409,6 @@ def _columnar_block(
     block = _ColumnarBlock(parsed, path, offset=offset, length=length, first_line=0, request=request, report=report)
     block.prepare()
     return block
-
-
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    """Bytes of the file read before (a block read again to take its candidates' rows)."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
-    if len(data) != length:
-        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
-    return data
 
 
 def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, report: LineReport) -> list[Row]:
@@ -474,17 +465,18 @@ class _ColumnarBlock(KeyedBlock):
     def _lines(self, records: list[int]) -> Iterator[bytes]:
         """Each record's line, without its LF (a CRLF line keeps its CR, which JSON reads as whitespace)."""
         if self.ends is None:
-            lines = _read_range(self.path, self.offset, self.length).split(b"\n")
+            lines = read_range(self.path, self.offset, self.length).split(b"\n")
             yield from (lines[index] for index in records)
             return
         ends = self.ends.to_list()
         if len(records) > _FEW_RECORDS:
-            data = _read_range(self.path, self.offset, self.length)
+            data = read_range(self.path, self.offset, self.length)
             yield from (data[(ends[index - 1] if index else 0) : ends[index] - 1] for index in records)
             return
-        for index in records:
-            start = ends[index - 1] if index else 0
-            yield _read_range(self.path, self.offset + start, ends[index] - start)[:-1]
+        with self.path.open("rb") as handle:  # one open for the block's few lines
+            for index in records:
+                start = ends[index - 1] if index else 0
+                yield read_span(handle.fileno(), self.offset + start, ends[index] - start, str(self.path))[:-1]
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)

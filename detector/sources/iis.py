@@ -66,6 +66,7 @@ from detector.sources.candidates import (
     line_blocks,
     microseconds,
     polars_lines,
+    read_range,
     read_with_pushdown,
     skip_bom,
     time_merged,
@@ -593,23 +594,10 @@ def _plain_block(
     rows, at.layout = _plain_run(data[segment.start : segment.end], first, before)
 
     def again() -> list[Row]:
-        return _plain_run(_read_range(*where), first, before)[0]
+        return _plain_run(read_range(*where), first, before)[0]
 
     at.line = first + (segment.lines if segment.lines >= 0 else data.count(b"\n", segment.start, segment.end))
     yield RowsBlock(rows, spec, request.window, again)
-
-
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    """Bytes of the file read before (a run read again to take its candidates' entries)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read(length)
-    except OSError as exc:
-        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
-    if len(data) != length:
-        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
-    return data
 
 
 def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> tuple[list[Row], W3cLayout]:
@@ -717,7 +705,7 @@ class _ColumnarRun(KeyedBlock):
         if self._data is not None:
             return self._data
         first, last = self._segments[0], self._segments[-1]
-        span = _read_range(self.path, self.offset + first.start, last.end - first.start)
+        span = read_range(self.path, self.offset + first.start, last.end - first.start)
         if len(self._segments) == 1:
             return span
         return b"".join(span[s.start - first.start : s.end - first.start] for s in self._segments)

@@ -42,6 +42,7 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     microseconds,
+    read_range,
     skip_bom,
 )
 from detector.w3ciislog import COLUMN_TYPES, coerce_value
@@ -563,7 +564,7 @@ class _ResponseBlock(KeyedBlock):
         first, end = self.span
         starts = self.starts
         if not self.ascii_only:
-            text = _read_range(self.path, first, end - first).decode("utf-8", errors="replace")
+            text = read_range(self.path, first, end - first).decode("utf-8", errors="replace")
             for record in records:
                 yield record, text, starts[record]
             return
@@ -574,13 +575,3 @@ class _ResponseBlock(KeyedBlock):
                 handle.seek(start)
                 data = handle.read(stop - start)
                 yield record, data.decode("utf-8", errors="replace"), 0
-
-
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    """Bytes of the file read before (a block read again to take its candidates' rows)."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
-    if len(data) != length:
-        raise InputError(str(path), "changed while it was read (it is shorter now); run again")
-    return data
