@@ -1,6 +1,6 @@
 """Where a run's time and memory go: `python -m detector run` under py-spy, and an RSS sampler in process.
 
-    python benchmarks/profile_run.py time   --source file:<path> [--computer NAME] [--plain] [--top 25]
+    python benchmarks/profile_run.py time   --source file:<path> [--computer NAME] [--plain] [--top 25] [--rule ID]
     python benchmarks/profile_run.py memory --source file:<path> [--computer NAME] [--plain]
 
 time: records the CLI (or plain_run.py with --plain) with py-spy (`pip install py-spy`; sampling, 100 Hz,
@@ -33,6 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_core import PORT_RULE  # noqa: E402
 from benchmarks.generate import END, START  # noqa: E402
 
 _FRAME = re.compile(r"^(?P<name>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
@@ -41,6 +42,7 @@ _FRAME = re.compile(r"^(?P<name>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 def _command(args: argparse.Namespace, out: Path) -> list[str]:
     entry = [str(HERE / "plain_run.py")] if args.plain else ["-m", "detector", "run"]
     command = [*entry, "--source", args.source, "--start", START, "--end", END, "--sink", f"jsonl:{out}"]
+    command += ["--rule", args.rule]
     return [*command, "--computer", args.computer] if args.computer else command
 
 
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("--computer", default="")
     parser.add_argument("--plain", action="store_true", help="the plain path (benchmarks/plain_run.py)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--rule", default=PORT_RULE, help="a rule id, or 'rules' for every rule (default: the port rule, as bench_core.py runs it)")
     args = parser.parse_args()
     (profile_time if args.what == "time" else profile_memory)(args)
 
