@@ -1,11 +1,13 @@
 """`file:<path>`: W3CIISLog rows as JSON Lines, a JSON array, or a saved Log Analytics query response.
 
-The format is recognised by content. JSON Lines is streamed line by line and a saved response value by
-value (memory does not grow with the file); a JSON array is parsed at once. The rule's pushdown
+The format is recognised by content. JSON Lines is streamed line by line, and a saved response and a
+JSON array (what `az monitor log-analytics query` prints) value by value: memory does not grow with the
+file. The rule's pushdown
 description is applied: rows its filter rejects are never returned, and when it prunes groups the file
 is read through the pushdown layer (candidates.py), and only rows of groups that can fire are typed and
 returned. The rule's results are the same. JSON Lines: polars parses only the columns the description
-reads, block by block. A saved response: its stream reader and first pass are in response.py.
+reads, block by block. A saved response and a JSON array: their stream reader and first pass are in
+response.py.
 
 Malformed lines (not JSON, not an object, a column of the wrong type, a missing required column, a
 truncated last line) are skipped and counted (sources.LineReport); strict reading makes them errors.
@@ -80,7 +82,7 @@ from detector.sources.candidates import (
     read_with_pushdown,
     skip_bom,
 )
-from detector.sources.response import JsonStream, NotStreamable, not_utf8, read_response_candidates
+from detector.sources.response import JsonStream, NotStreamable, not_utf8, read_array_candidates, read_response_candidates
 from detector.w3ciislog import COLUMN_TYPES
 
 if TYPE_CHECKING:
@@ -135,7 +137,9 @@ class FileSource(Source):
         # Strict reading must see every line's every column, which is the plain read's work.
         kind = self._columnar_kind() if columnar_applies(spec) and spec is not None and not self.strict else ""
         if kind and spec is not None:
-            read_candidates = _read_candidates if kind == "jsonl" else read_response_candidates
+            read_candidates = {"jsonl": _read_candidates, "response": read_response_candidates, "array": read_array_candidates}[
+                kind
+            ]
 
             def fast() -> Iterator[Row]:
                 found = read_candidates(self.path, request, spec, report)
@@ -160,7 +164,8 @@ class FileSource(Source):
 
     def _columnar_kind(self) -> str:
         """Which columnar read applies: jsonl (the first line is one JSON object that is not a Log
-        Analytics response), response (a saved response, "tables" first), or "" (the plain read decides)."""
+        Analytics response), response (a saved response, "tables" first), array (a JSON array, as the
+        plain read recognises it), or "" (the plain read decides)."""
         try:
             with self._open() as handle:
                 first_line = handle.readline(1 << 20).removeprefix(BOM)  # a longer first line is no JSON Lines row
@@ -169,6 +174,8 @@ class FileSource(Source):
             return ""  # the plain path reports it
         if first_line.strip() and _LA_RESPONSE_START.match(sniff):  # after a blank line, the plain read reads JSON Lines
             return "response"
+        if first_line[:SNIFF_BYTES].lstrip()[:1] == b"[":  # the plain read's test, on the same bytes
+            return "array"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
         except (ValueError, RecursionError):
@@ -203,7 +210,7 @@ class FileSource(Source):
                 yield from self._jsonl(handle, start, request, where, report)
                 return
             if first == b"[":
-                yield from self._array(self._load_document(handle, start, where), request, where, report)
+                yield from self._array(handle, start, request, where, report)
                 return
             if _LA_RESPONSE_START.match(sniff):
                 # A saved Log Analytics response: read as a stream, never loaded whole.
@@ -260,17 +267,32 @@ class FileSource(Source):
                 yield row
 
     @staticmethod
-    def _array(document: Any, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
-        if not isinstance(document, list):
-            raise InputError(where, "a JSON array of W3CIISLog rows was expected")
-        for index, raw in enumerate(document):
-            if not isinstance(raw, dict):
-                report.skip(MalformedLine(where, f"row {index}", "must be a JSON object of W3CIISLog columns"))
-                continue
-            try:
-                yield typed(raw, request, where, f"row {index}")
-            except MalformedLine as exc:
-                report.skip(exc)
+    def _array(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
+        """A JSON array of row objects, element by element (memory: a chunk and one element)."""
+        stream = JsonStream(handle, start, where)
+        stream.expect("[")
+        index = 0
+        if stream.peek() == "]":
+            stream.pos += 1
+        else:
+            while True:
+                raw = stream.value()
+                if not isinstance(raw, dict):
+                    report.skip(MalformedLine(where, f"row {index}", "must be a JSON object of W3CIISLog columns"))
+                else:
+                    try:
+                        yield typed(raw, request, where, f"row {index}")
+                    except MalformedLine as exc:
+                        report.skip(exc)
+                index += 1
+                if stream.peek() == ",":
+                    stream.pos += 1
+                    continue
+                stream.expect("]")
+                break
+        if stream.peek():
+            at = stream.byte_at(stream.base + stream.pos)
+            raise InputError(where, f"not valid JSON: more after the array's closing ']' (at byte {at}); save one array")
 
     @staticmethod
     def _la_stream(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
 STREAM_CHUNK = 1 << 20
+# More than the characters a token cut by a chunk's end leaves unread (`fals`, `\u00d`, `-1.5e+`) where
+# the scanner stops or errs: a value ending, or an error, this close to the buffer's end reads on.
+_CUT_TOKEN = 16
 
 
 def not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
@@ -77,14 +80,45 @@ class ScannedRows:
     closed: bool
 
 
-def _taker(kept: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """A function giving the values at positions `kept` of a list, as a tuple."""
+Taker = Callable[[Any], "tuple[Any, ...] | None"]  # a row's kept values, or None for a row the plain read skips
+
+
+def _getter(kept: list[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function giving the items at `kept` (positions of a list, or keys of a dict), as a tuple."""
     if len(kept) > 1:
         return operator.itemgetter(*kept)
     if kept:
         position = kept[0]
         return lambda row: (row[position],)
     return lambda row: ()
+
+
+def list_taker(width: int, kept: list[int]) -> Taker:
+    """For a response's rows: a list of `width` values gives its values at positions `kept`."""
+    get = _getter(kept)
+    return lambda value: get(value) if type(value) is list and len(value) == width else None
+
+
+def object_taker(wanted: list[str], required: list[str]) -> Taker:
+    """For an array of row objects: an object gives its values of `wanted` (None when absent: the plain
+    read types an absent column as a null), or None when it is not an object or lacks a `required` column
+    (the plain read skips it)."""
+    needed = wanted + [column for column in required if column not in wanted]
+    get, count = _getter(needed), len(wanted)
+    trim = count < len(needed)
+
+    def take(value: Any) -> tuple[Any, ...] | None:
+        if type(value) is not dict:
+            return None
+        try:
+            values = get(value)
+        except KeyError:
+            if any(column not in value for column in required):
+                return None
+            return tuple(value.get(column) for column in wanted)
+        return values[:count] if trim else values
+
+    return take
 
 
 class NotStreamable(Exception):  # noqa: N818 - a signal to load the document whole, never shown to a user
@@ -134,7 +168,9 @@ class JsonStream:
     def expect(self, char: str) -> None:
         """Consume one structural character."""
         if self.peek() != char:
-            raise InputError(self.where, f"not a valid Log Analytics response: '{char}' expected at byte ~{self.offset}")
+            found = self.peek() or "the end of the file"
+            at = self.byte_at(self.base + self.pos)
+            raise InputError(self.where, f"not valid JSON: '{char}' expected at byte {at}, found {found!r}")
         self.pos += 1
 
     def value(self) -> Any:
@@ -144,13 +180,17 @@ class JsonStream:
             try:
                 value, end = self.json.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
-                if self._more():
+                # Only an error the buffer's end may have caused reads on (else a bad value mid-file would
+                # read the rest of the file into memory): the scanner reached the end, inside a string or
+                # a few characters before it (a cut `tru`, `\u00`).
+                ran_out = exc.pos >= len(self.text) - _CUT_TOKEN or exc.msg.startswith("Unterminated string")
+                if ran_out and self._more():
                     continue
-                raise InputError(self.where, f"not valid JSON ({exc.msg})") from None
+                raise InputError(self.where, f"not valid JSON ({exc.msg}, byte {self.byte_at(self.base + exc.pos)})") from None
             except RecursionError:
                 raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
-            if end == len(self.text) and self._more():
-                continue  # a number may continue in the next chunk
+            if end > len(self.text) - _CUT_TOKEN and self._more():
+                continue  # a number may continue in the next chunk (`1.` then `5`, `1e` then `5`)
             self.value_start = self.base + self.pos
             self.pos = end
             return value
@@ -176,10 +216,12 @@ class JsonStream:
         undecoded = self.decoder.getstate()[0]
         return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
 
-    def array_rows(self, limit: int, width: int, kept: list[int]) -> ScannedRows:
-        """Up to `limit` rows of the rows array being read (the stream just after its '[' or a ','): of each
-        row that is a list of `width` values, the values at positions `kept`; where each row starts; and
-        whether the array's ']' was read.
+    def array_rows(self, limit: int, take: Taker, values: int, closer: str = "]") -> ScannedRows:
+        """Up to `limit` rows of the array being read (the stream just after its '[' or a ','): each row's
+        `values` values given by `take` (list_taker, object_taker; a row it gives None for is in `bad`,
+        with `values` Nones); where each
+        row starts; and whether the array's ']' was read. `closer` is the last character of a row ("]" for
+        a list, "}" for an object): the loop's hint of where whole rows end.
 
         The rows and errors are the value() loop's (json's scanner, from the same positions), without its
         Python work per value: rows separated by ',' (whitespace allowed) are scanned in one tight loop
@@ -189,8 +231,7 @@ class JsonStream:
         """
         origin = self.base + self.pos
         first_byte = self.byte_at(origin)
-        take = _taker(kept)
-        blank = (None,) * len(kept)
+        blank = (None,) * values
         keys: list[Any] = []
         starts = array("q")
         bad: list[int] = []
@@ -202,9 +243,9 @@ class JsonStream:
             text, pos = self.text, self.pos
             size, shift = len(text), self.base - origin
             ascii_only = ascii_only and text.isascii()
-            # The rows before the buffer's last "]," are whole (a hint: when it is wrong, a row's scan fails
-            # and that row is read the careful way).
-            stop = text.rfind("],", pos) + 1
+            # The rows before the buffer's last "]," (or "},") are whole (a hint: when it is wrong, a row's
+            # scan fails and that row is read the careful way).
+            stop = text.rfind(closer + ",", pos) + 1
             count = len(starts)
             collecting = gc.isenabled()
             gc.disable()  # the scanner makes many small lists: the collector would walk them for nothing
@@ -230,11 +271,11 @@ class JsonStream:
                             closed = True
                         elif separator != ",":
                             break  # the end of the buffer, or not JSON: the careful way says what the plain read says
-                    if type(value) is list and len(value) == width:
-                        extend(take(value))
-                    else:
+                    got = take(value)
+                    if got is None:
                         bad.append(count)
-                        extend(blank)
+                        got = blank
+                    extend(got)
                     mark(pos + shift)
                     count += 1
                     pos = end + 1
@@ -250,11 +291,11 @@ class JsonStream:
                 continue  # the buffer's last row: read on (the buffer stays a chunk or two)
             value = self.value()
             ascii_only = ascii_only and self.text.isascii()
-            if type(value) is list and len(value) == width:
-                extend(take(value))
-            else:
+            got = take(value)
+            if got is None:
                 bad.append(count)
-                extend(blank)
+                got = blank
+            extend(got)
             mark(self.value_start - origin)
             if self.peek() == ",":
                 self.pos += 1
@@ -375,13 +416,54 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
                     stream.pos += 1
                 kept = [position for position in positions if position >= 0]
                 while not closed:
-                    scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, len(names), kept)
+                    scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, list_taker(len(names), kept), len(kept))
                     closed = scanned.closed
                     keys = _Rows(scanned, names, positions, wanted, index).keys(spec, request, where, report)
                     yield _ResponseBlock(keys, path, scanned, index, names, request, report)
                     index += len(scanned.starts)
         except (NotStreamable, InputError):
             # The plain read follows this layout, or finds this error, in its own way (and words).
+            raise Unavailable from None
+
+
+def read_array_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
+    """Rows of candidate groups of a JSON array of row objects; raises Unavailable before returning any row."""
+    return candidate_rows(lambda: _array_blocks(path, request, spec, report), spec)
+
+
+def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
+    """A JSON array of row objects (what `az monitor log-analytics query` prints) in blocks, read as a saved
+    response's rows are: scanned by json's scanner, key values typed in polars, each block keeping its key
+    frame and where its rows start. An element the plain read skips (not an object, a required column
+    missing), invalid JSON or anything after the array raises Unavailable: the plain read then says what
+    it says, row by row."""
+    where = str(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    wanted = list(spec.columns())
+    take = object_taker(wanted, list(request.required))
+    positions = list(range(len(wanted)))
+    with handle:
+        stream = JsonStream(handle, skip_bom(handle), where)
+        index = 0
+        try:
+            stream.expect("[")
+            closed = stream.peek() == "]"
+            if closed:
+                stream.pos += 1
+            while not closed:
+                scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, take, len(wanted), closer="}")
+                if scanned.bad:
+                    raise Unavailable  # the plain read reports each such element in its words
+                closed = scanned.closed
+                keys = _Rows(scanned, wanted, positions, wanted, index).keys(spec, request, where, report)
+                yield _ResponseBlock(keys, path, scanned, index, None, request, report)
+                index += len(scanned.starts)
+            if stream.peek():
+                raise Unavailable  # something after the array: json.load's "Extra data"
+        except InputError:
             raise Unavailable from None
 
 
@@ -508,8 +590,9 @@ class _Rows:
 
 
 class _ResponseBlock(KeyedBlock):
-    """Rows of a saved response from row `first_index`: where they are in the file (ScannedRows' span and
-    starts), so taking a row parses that row alone."""
+    """Rows of a saved response (lists of the values of `names`) or of a JSON array of row objects (`names`
+    None) from row `first_index`: where they are in the file (ScannedRows' span and starts), so taking a
+    row parses that row alone."""
 
     def __init__(
         self,
@@ -517,7 +600,7 @@ class _ResponseBlock(KeyedBlock):
         path: Path,
         scanned: ScannedRows,
         first_index: int,
-        names: list[str],
+        names: list[str] | None,
         request: ReadRequest,
         report: LineReport,
     ) -> None:
@@ -547,10 +630,16 @@ class _ResponseBlock(KeyedBlock):
                 payload, _ = decoder.raw_decode(text, start)
             except (json.JSONDecodeError, RecursionError):
                 payload = None
-            if not isinstance(payload, list) or len(payload) != len(self.names):
+            if self.names is None:
+                if not isinstance(payload, dict):
+                    raise InputError(where, "changed while it was read; run again")
+                raw = payload
+            elif isinstance(payload, list) and len(payload) == len(self.names):
+                raw = dict(zip(self.names, payload, strict=True))
+            else:
                 raise InputError(where, "changed while it was read; run again")
             try:
-                row = typed(dict(zip(self.names, payload, strict=True)), self.request, where, f"row {self.first_index + record}")
+                row = typed(raw, self.request, where, f"row {self.first_index + record}")
             except MalformedLine as exc:
                 self.report.skip(exc)
                 continue
