@@ -153,7 +153,11 @@ def main() -> None:
     parser.add_argument("--computer", default="")
     parser.add_argument("--plain", action="store_true", help="the plain path (benchmarks/plain_run.py)")
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--rule", default=PORT_RULE, help="a rule id, or 'rules' for every rule (default: the port rule, as bench_core.py runs it)")
+    parser.add_argument(
+        "--rule",
+        default=PORT_RULE,
+        help="a rule id, or 'rules' for every rule (default: the port rule, as bench_core.py runs it)",
+    )
     args = parser.parse_args()
     (profile_time if args.what == "time" else profile_memory)(args)
 
