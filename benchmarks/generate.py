@@ -16,6 +16,10 @@ The same rows are written as
                   wire form: {"tables":[{"name":"PrimaryResult","columns":[{"name","type"}],"rows":[[...]]}]}
                   on one line, column types as the W3CIISLog table reference gives them (TimeGenerated
                   datetime, sPort int, TimeTaken/scBytes/csBytes long, the status columns string);
+- array.json      the shuffled rows, in the same order, as `az monitor log-analytics query` output saved to a
+                  file: a JSON array of one object per row, pretty-printed with an indent of 2 (the bytes
+                  json.dumps(rows, indent=2) gives), each object the row's columns after an extra
+                  "TableName": "PrimaryResult" member;
 - iis-single/     IIS W3C logs in time order, one folder per site (W3SVC1..W3SVC4) with one
                   u_ex261126.log each, and one directive block (#Software, #Version, #Date, #Fields) per file;
 - iis-many/       the same entries in the same file names, but a new directive block every 1 to
@@ -24,8 +28,9 @@ The same rows are written as
 Every value is one an IIS log can carry (no spaces, "-" for a missing value), so the IIS files hold
 exactly the JSON rows' values; the columns IIS does not log (Computer, which the IIS source takes from
 --computer, and the Log Analytics columns) are the only difference. manifest.json, written last, says
-what was written; a folder without it (an interrupted run) is generated again. Same seed, row count
-and --max-block: same bytes.
+what was written; a folder without it (an interrupted run) is generated again. A day written before
+array.json existed, or with an older form of it, is completed from its shuffled.jsonl (the other shapes
+are kept). Same seed, row count and --max-block: same bytes.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ import orjson
 
 DATA = Path(__file__).resolve().parent / "data"
 SEED = 20261127
-VERSION = 2  # bump when the bytes written for a seed and row count change
+VERSION = 2  # bump when the bytes written for a seed and row count change (array.json aside)
+ARRAY_VERSION = 1  # bump when array.json's bytes change: cached days then rewrite it alone, from shuffled.jsonl
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
 IIS_FILE = "u_ex261126.log"
 START, END = "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"  # the day, as a --start/--end window
@@ -164,6 +170,10 @@ class Day:
     @property
     def response(self) -> Path:
         return self.folder / "response.json"
+
+    @property
+    def array(self) -> Path:
+        return self.folder / "array.json"
 
     @property
     def iis_single(self) -> Path:
@@ -307,6 +317,12 @@ def _json_line(row: Row, iso: list[str]) -> bytes:
     return orjson.dumps(record) + b"\n"
 
 
+def _array_element(record: dict[str, Any], first: bool) -> bytes:
+    """One row of array.json with its separator: the bytes json.dumps(rows, indent=2) has for it."""
+    indented = orjson.dumps([{"TableName": "PrimaryResult", **record}], option=orjson.OPT_INDENT_2)
+    return (b"\n" if first else b",\n") + indented[len(b"[\n") : -len(b"\n]")]
+
+
 def _iis_entry(row: Row, w3c: list[str]) -> bytes:
     second, _computer, site, sip, port, method, stem, query, user, cip, agent, status, sub, win32, taken = row
     return (
@@ -333,31 +349,42 @@ def write_day(rows: int, data: Path = DATA, seed: int = SEED, max_block: int = M
     except (OSError, ValueError):
         manifest = {}
     if manifest.get("version") == VERSION and manifest.get("seed") == seed and manifest.get("max_block") == max_block:
+        if manifest.get("array_version") != ARRAY_VERSION:
+            _complete_array(day, manifest)
         return day
     partial = day.folder.with_name(day.folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     blocks = _write_shapes(Day(rows, partial), seed, max_block)
-    manifest = {
-        "version": VERSION,
-        "seed": seed,
-        "rows": rows,
-        "max_block": max_block,
-        "sites": SITES,
-        "iis_many_blocks": blocks,
-        "bytes": {
-            p.name: p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-            for p in sorted(partial.iterdir())
-        },
-    }
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _write_manifest(partial, rows, seed, max_block, blocks)
     shutil.rmtree(day.folder, ignore_errors=True)
     partial.rename(day.folder)
     return day
 
 
+def _write_manifest(folder: Path, rows: int, seed: int, max_block: int, blocks: int) -> None:
+    """manifest.json: what the folder holds, written under a temporary name and renamed into place."""
+    manifest = {
+        "version": VERSION,
+        "seed": seed,
+        "rows": rows,
+        "max_block": max_block,
+        "array_version": ARRAY_VERSION,
+        "sites": SITES,
+        "iis_many_blocks": blocks,
+        "bytes": {
+            p.name: p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            for p in sorted(folder.iterdir())
+            if not p.name.startswith("manifest.json")
+        },
+    }
+    written = folder / "manifest.json.partial"
+    written.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    written.replace(folder / "manifest.json")
+
+
 def _write_shapes(day: Day, seed: int, max_block: int) -> int:
-    """Write all five shapes; returns the number of directive blocks in iis-many."""
+    """Write all six shapes; returns the number of directive blocks in iis-many."""
     stamps = [DAY + timedelta(seconds=s) for s in range(86400)]
     iso = [s.strftime("%Y-%m-%dT%H:%M:%SZ") for s in stamps]
     w3c = [s.strftime("%Y-%m-%d %H:%M:%S") for s in stamps]
@@ -396,8 +423,9 @@ def _write_shapes(day: Day, seed: int, max_block: int) -> int:
     names = [name for name, _ in RESULT_COLUMNS]
     header = {"name": "PrimaryResult", "columns": [{"name": n, "type": t} for n, t in RESULT_COLUMNS]}
     opening = orjson.dumps({"tables": [header]})[: -len(b"}]}")] + b',"rows":['
-    with day.shuffled.open("wb") as shuffled, day.response.open("wb") as response:
+    with day.shuffled.open("wb") as shuffled, day.response.open("wb") as response, day.array.open("wb") as array:
         response.write(opening)
+        array.write(b"[")
         first = True
         for i in range(bucket_count):
             path = day.folder / f"bucket-{i}.tmp"
@@ -408,9 +436,30 @@ def _write_shapes(day: Day, seed: int, max_block: int) -> int:
             for line in lines:
                 record = orjson.loads(line)
                 response.write((b"" if first else b",") + orjson.dumps([record[n] for n in names]))
+                array.write(_array_element(record, first))
                 first = False
         response.write(b"]}]}")
+        array.write(b"]" if first else b"\n]")
     return blocks
+
+
+def _complete_array(day: Day, manifest: dict[str, Any]) -> None:
+    """Write array.json of a cached day from its shuffled.jsonl (the same rows in the same order), line by line.
+
+    array.json and then manifest.json are each written under a temporary name and renamed into place, so an
+    interrupted run leaves the manifest as it was (without this array_version), and the next run writes
+    array.json again. The result is byte for byte the folder a fresh run writes.
+    """
+    partial = day.array.with_name(day.array.name + ".partial")
+    with day.shuffled.open("rb") as shuffled, partial.open("wb") as array:
+        array.write(b"[")
+        first = True
+        for line in shuffled:
+            array.write(_array_element(orjson.loads(line), first))
+            first = False
+        array.write(b"]" if first else b"\n]")
+    partial.replace(day.array)
+    _write_manifest(day.folder, day.rows, manifest["seed"], manifest["max_block"], manifest["iis_many_blocks"])
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
-"""The benchmark generator writes one day in five shapes that hold the same rows and give the same findings.
+"""The benchmark generator writes one day in six shapes that hold the same rows and give the same findings.
 
 No timing here: the benchmark itself (benchmarks/bench_core.py) measures; this checks that what it
-measures is comparable, i.e. that ordered and shuffled JSON Lines, the response body and both IIS
-folders are the same day, and that DuckDB's anchor and the detector agree on it.
+measures is comparable, i.e. that ordered and shuffled JSON Lines, the response body, the az CLI array
+and both IIS folders are the same day, and that DuckDB's anchor and the detector agree on it.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def test_json_shapes_hold_the_same_rows(day: Day) -> None:
     assert table["rows"] == [[orjson.loads(line)[n] for n in names] for line in shuffled]  # the shuffled rows, in that order
     assert day.response.read_bytes().count(b"\n") == 0  # one line, as the API sends it
 
+    as_az_prints = [{"TableName": "PrimaryResult", **orjson.loads(line)} for line in shuffled]
+    assert day.array.read_bytes() == json.dumps(as_az_prints, indent=2).encode()
+
 
 def test_iis_folders_hold_the_same_entries_as_the_json_rows(day: Day) -> None:
     single, many = _entries(day.iis_single), _entries(day.iis_many)
@@ -110,7 +113,7 @@ def test_every_shape_gives_the_anchors_findings(day: Day) -> None:
     want = [[row[c] for c in OUTPUT_COLUMNS] for row in run_anchor(day.shuffled, START, END, None)]
     assert len(want) >= 10  # the planted scanners fire
     assert [[row[c] for c in OUTPUT_COLUMNS] for row in run_anchor(day.ordered, START, END, None)] == want
-    for path in (day.ordered, day.shuffled, day.response):
+    for path in (day.ordered, day.shuffled, day.response, day.array):
         assert _findings(FileSource(path)) == want, path.name
     want_iis = [[row[c] for c in OUTPUT_COLUMNS] for row in run_anchor(day.shuffled, START, END, COMPUTER)]
     for folder in (day.iis_single, day.iis_many):
@@ -134,6 +137,20 @@ def test_same_seed_same_bytes_and_a_partial_folder_is_written_again(day: Day, tm
     assert _digest(rewritten) == _digest(day)
     other_seed = write_day(ROWS, tmp_path / "other", seed=7)
     assert other_seed.ordered.read_bytes() != day.ordered.read_bytes()
+
+
+def test_a_day_written_before_array_json_is_completed_and_its_other_shapes_kept(day: Day, tmp_path: Path) -> None:
+    older = write_day(ROWS, tmp_path)
+    manifest = older.manifest
+    del manifest["array_version"], manifest["bytes"]["array.json"]  # the manifest of a day from before array.json
+    (older.folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    older.array.unlink()
+    (older.folder / "array.json.partial").write_bytes(b"[\n  {")  # and an interrupted completion
+    kept = older.ordered.stat().st_mtime_ns, older.shuffled.stat().st_mtime_ns, older.response.stat().st_mtime_ns
+    completed = write_day(ROWS, tmp_path)
+    assert _digest(completed) == _digest(day)
+    assert (completed.ordered.stat().st_mtime_ns, completed.shuffled.stat().st_mtime_ns,
+            completed.response.stat().st_mtime_ns) == kept  # fmt: skip
 
 
 def test_too_few_rows_for_the_planted_scanners_is_refused(tmp_path: Path) -> None:
