@@ -17,9 +17,9 @@ The same rows are written as
                   on one line, column types as the W3CIISLog table reference gives them (TimeGenerated
                   datetime, sPort int, TimeTaken/scBytes/csBytes long, the status columns string);
 - array.json      the shuffled rows, in the same order, as `az monitor log-analytics query` output saved to a
-                  file: a JSON array of one object per row, pretty-printed with an indent of 2 (the bytes
-                  json.dumps(rows, indent=2) gives), each object the row's columns after an extra
-                  "TableName": "PrimaryResult" member;
+                  file: a JSON array of one object per row, each the row's columns and an extra
+                  "TableName": "PrimaryResult" member, printed as az's JSON output prints (knack's
+                  format_json: json.dumps(rows, ensure_ascii=False, indent=2, sort_keys=True) + "\n");
 - iis-single/     IIS W3C logs in time order, one folder per site (W3SVC1..W3SVC4) with one
                   u_ex261126.log each, and one directive block (#Software, #Version, #Date, #Fields) per file;
 - iis-many/       the same entries in the same file names, but a new directive block every 1 to
@@ -50,7 +50,7 @@ import orjson
 DATA = Path(__file__).resolve().parent / "data"
 SEED = 20261127
 VERSION = 2  # bump when the bytes written for a seed and row count change (array.json aside)
-ARRAY_VERSION = 1  # bump when array.json's bytes change: cached days then rewrite it alone, from shuffled.jsonl
+ARRAY_VERSION = 2  # bump when array.json's bytes change: cached days then rewrite it alone, from shuffled.jsonl
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
 IIS_FILE = "u_ex261126.log"
 START, END = "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"  # the day, as a --start/--end window
@@ -318,8 +318,8 @@ def _json_line(row: Row, iso: list[str]) -> bytes:
 
 
 def _array_element(record: dict[str, Any], first: bool) -> bytes:
-    """One row of array.json with its separator: the bytes json.dumps(rows, indent=2) has for it."""
-    indented = orjson.dumps([{"TableName": "PrimaryResult", **record}], option=orjson.OPT_INDENT_2)
+    """One row of array.json with its separator: the bytes json.dumps(rows, indent=2, sort_keys=True) has for it."""
+    indented = orjson.dumps([{"TableName": "PrimaryResult", **record}], option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     return (b"\n" if first else b",\n") + indented[len(b"[\n") : -len(b"\n]")]
 
 
@@ -439,7 +439,7 @@ def _write_shapes(day: Day, seed: int, max_block: int) -> int:
                 array.write(_array_element(record, first))
                 first = False
         response.write(b"]}]}")
-        array.write(b"]" if first else b"\n]")
+        array.write(b"]\n" if first else b"\n]\n")
     return blocks
 
 
@@ -457,7 +457,7 @@ def _complete_array(day: Day, manifest: dict[str, Any]) -> None:
         for line in shuffled:
             array.write(_array_element(orjson.loads(line), first))
             first = False
-        array.write(b"]" if first else b"\n]")
+        array.write(b"]\n" if first else b"\n]\n")
     partial.replace(day.array)
     _write_manifest(day.folder, day.rows, manifest["seed"], manifest["max_block"], manifest["iis_many_blocks"])
 
