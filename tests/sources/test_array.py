@@ -1,0 +1,297 @@
+"""A JSON array of row objects (what `az monitor log-analytics query` prints): read as a stream, and its
+fast first pass (response.py's scanner over objects) gives exactly the plain read's rows, findings,
+skipped rows and errors, on any rows, any layout and any chunking."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detector.errors import InputError
+from detector.models import Row
+from detector.sources import response as response_module
+from detector.sources.candidates import read_with_pushdown
+from detector.sources.file import FileSource
+from tests.sources.test_response import (
+    COLUMNS,
+    HOSTILE_STRINGS,
+    ODD_VALUES,
+    SCANNER,
+    SURROGATE,
+    _assert_same,
+    _request,
+    _row,
+)
+
+
+def _object(values: dict[str, Any]) -> dict[str, Any]:
+    return dict(zip(COLUMNS, _row(values), strict=True))
+
+
+def _scan(count: int = 30) -> list[dict[str, Any]]:
+    """A scanner's rows: one bin, `count` ports (30 make a finding)."""
+    return [_object({"sPort": port}) for port in range(count)]
+
+
+def _az(rows: list[Any], *, layout: str = "az", ensure_ascii: bool = False) -> str:
+    """The array as `az ... -o json` prints it (knack's format_json) or in another layout."""
+    if layout == "az":
+        rows = [{"TableName": "PrimaryResult", **row} if isinstance(row, dict) else row for row in rows]
+        text = json.dumps(rows, ensure_ascii=ensure_ascii, indent=2, sort_keys=True) + "\n"
+    elif layout == "compact":
+        text = json.dumps(rows, separators=(",", ":"), ensure_ascii=ensure_ascii)
+    elif layout == "spaced":
+        text = json.dumps(rows, separators=(" , ", " : "), ensure_ascii=ensure_ascii)
+    else:
+        text = json.dumps(rows, indent="\t", ensure_ascii=ensure_ascii) + "\r\n"
+    return text.replace(json.dumps(SURROGATE)[1:-1], "\\ud800")
+
+
+@pytest.fixture
+def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the reads whose fast read gave up and ran the plain read instead."""
+    import detector.sources.file as file_module
+
+    given_up: list[int] = []
+
+    def spied(fast: Callable[[], Iterator[Row]], plain: Callable[[], Iterator[Row]]) -> Iterator[Row]:
+        def counted() -> Iterator[Row]:
+            given_up.append(1)
+            return plain()
+
+        return read_with_pushdown(fast, counted)
+
+    monkeypatch.setattr(file_module, "read_with_pushdown", spied)
+    return given_up
+
+
+# -- any rows, any layout, any chunking ---------------------------------------------------------------------
+
+
+@st.composite
+def clean_object(draw: st.DrawFn) -> dict[str, Any]:
+    """A row near the scanner's group; its strings may hold `},{`, quotes, escapes and other scripts."""
+    return _object(
+        {
+            "sPort": draw(st.integers(0, 40)),
+            "cIP": draw(st.sampled_from([SCANNER["cIP"], SCANNER["cIP"], "198.51.100.1", "},{", "a\u00e9\U0001f600"])),
+            "TimeGenerated": draw(
+                st.sampled_from(["2026-11-26T10:03:00Z", "2026-11-26T10:09:59.9999999Z", "2026-11-25T23:59:59Z"])
+            ),
+            "csUriQuery": draw(st.one_of(HOSTILE_STRINGS, st.sampled_from(['"},{"', "},\n{", '{"cIP":"x"}']))),
+        }
+    )
+
+
+@st.composite
+def twisted(draw: st.DrawFn, row: Any) -> Any:
+    """The row with one twist: not an object, a required column missing, a nested value, or an odd key,
+    port or time."""
+    if not isinstance(row, dict):
+        return row
+    twist = draw(st.integers(0, 6))
+    if twist == 0:
+        return draw(st.sampled_from(["not a row", 5, None, [], [row], [[1], [2]]]))
+    if twist == 1:
+        changed = dict(row)
+        del changed[draw(st.sampled_from(["cIP", "sPort", "TimeGenerated", "Computer", "csUserAgent"]))]
+        return changed
+    if twist == 2:
+        return {**row, "csCookie": {"nested": [{"cIP": "x"}, {"sPort": 1}]}}  # `},{` inside a row
+    column = ["cIP", "sPort", "TimeGenerated", "Computer"][twist - 3]
+    return {**row, column: draw(st.sampled_from(ODD_VALUES[column]))}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    st.data(),
+    st.sampled_from(["az", "compact", "spaced", "tabs"]),
+    st.booleans(),
+    st.sampled_from([16, 61, 4096]),
+    st.sampled_from([1, 7, 1000]),
+)
+def test_fast_and_plain_reads_of_an_array_agree_on_any_rows(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    data: st.DataObject,
+    layout: str,
+    ensure_ascii: bool,
+    chunk: int,
+    block_rows: int,
+) -> None:
+    """Strings holding `},{`, nested objects, lone surrogates, elements that are not objects, rows
+    without a required column, odd times and ports, az's sorted and indented layout and others, a
+    truncated array, something after it: the fast read says what the plain read says, whatever the
+    chunk and block sizes (chunks of 16 bytes cut rows, numbers and characters)."""
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", chunk)
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", block_rows)
+    rows: list[Any] = _scan() + data.draw(st.lists(clean_object(), max_size=60))
+    data.draw(st.randoms()).shuffle(rows)
+    for _ in range(data.draw(st.integers(0, 2))):
+        index = data.draw(st.integers(0, len(rows) - 1))
+        rows[index] = data.draw(twisted(rows[index]))
+    text = _az(rows, layout=layout, ensure_ascii=ensure_ascii)
+    ending = data.draw(st.integers(0, 12))
+    if ending == 0:
+        text = text[: data.draw(st.integers(1, len(text) - 2))]  # truncated
+    elif ending == 1:
+        text += data.draw(st.sampled_from(["]", ",", "{}", "x", "[]"]))  # more after the array
+    path = tmp_path / "array.json"
+    path.write_text(text, encoding="utf-8")
+    _assert_same(path)
+
+
+# -- layouts and values, one by one ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [(column, value) for column in ("cIP", "sPort", "TimeGenerated") for value in ODD_VALUES[column]],
+)
+def test_an_odd_key_value_gives_the_plain_rows(tmp_path: Path, column: str, value: Any) -> None:
+    rows = _scan(30)  # the odd row is the scanner's 30th port: reading it wrong changes the finding
+    rows[17] = _object({"sPort": 17, column: value})
+    path = tmp_path / "array.json"
+    path.write_text(_az(rows), encoding="utf-8")
+    _assert_same(path)
+
+
+@pytest.mark.parametrize("missing", ["cIP", "sPort", "csUserAgent"])
+def test_a_missing_column_is_what_the_plain_read_makes_of_it(tmp_path: Path, fallbacks: list[int], missing: str) -> None:
+    """A required column missing: the row is skipped (by the plain read, which words it); a column that
+    is not required: read as null, by the fast read."""
+    rows = _scan(31)
+    del rows[5][missing]
+    path = tmp_path / "array.json"
+    path.write_text(_az(rows), encoding="utf-8")
+    outcome = _assert_same(path)
+    required = missing != "csUserAgent"
+    assert outcome[2] == int(required)
+    assert bool(fallbacks) == required
+
+
+def test_a_repeated_key_takes_its_last_value_as_the_plain_read_does(tmp_path: Path) -> None:
+    rows = _scan(29)
+    text = _az(rows, layout="compact")
+    repeated = '"cIP":"x","cIP":"203.0.113.9","Computer":"web01","sIP":"10.0.0.4","sPort":29,"sPort":99'
+    text = text[:-1] + ',{"TimeGenerated":"2026-11-26T10:03:00Z",' + repeated + "}]"
+    path = tmp_path / "array.json"
+    path.write_text(text, encoding="utf-8")
+    assert _assert_same(path)[1] != "[]"  # the last cIP is the scanner's, the last sPort its 30th port
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[]", "[]\n", " [ ] ", "\ufeff[\n]\n", "[\n  {}\n]", "[1, 2]", '[{"cIP": "x"}] [', "[{}] x", "[", "[{", '[{"a":1},'],
+)
+def test_small_and_broken_arrays_are_the_plain_reads(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "array.json"
+    path.write_text(text, encoding="utf-8")
+    _assert_same(path)
+
+
+def test_something_after_the_array_is_one_error_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "array.json"
+    text = _az(_scan(30))
+    path.write_text(text + "[]", encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        list(FileSource(path).read(_request(True)))
+    assert f"at byte {len(text.encode())}" in str(caught.value)
+
+
+@pytest.mark.parametrize("number", ["1.5", "1e2", "-1.25e+2", "123456789"])
+def test_a_number_cut_by_a_chunks_end_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, number: str) -> None:
+    """`1.` then `5`, `1e` then `2`: every chunk size puts some cut inside some number, in a row or an
+    element of its own (skipped: not an object)."""
+    rows: list[Any] = [item for row in _scan(30) for item in ({**row, "TimeTaken": "@"}, "@")]
+    text = _az(rows, layout="compact").replace('"@"', number)
+    path = tmp_path / "array.json"
+    path.write_text(text, encoding="utf-8")
+    for chunk in range(20, 200, 7):
+        monkeypatch.setattr(response_module, "STREAM_CHUNK", chunk)
+        assert _assert_same(path)[0] == "ok", chunk
+
+
+# -- the fast first pass is the one that ran, and memory stays flat ------------------------------------------
+
+
+def test_an_az_array_is_scanned_in_the_tight_loop_and_typed_in_polars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: list[int]
+) -> None:
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", 4096)
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 500)
+    careful: list[int] = []
+    coerced: list[int] = []
+    value, keys = response_module.JsonStream.value, response_module._Rows._coerced
+
+    def counted_value(self: response_module.JsonStream) -> Any:
+        careful.append(1)
+        return value(self)
+
+    def counted_coerced(self: response_module._Rows, where: str, report: Any) -> Any:
+        coerced.append(1)
+        return keys(self, where, report)
+
+    monkeypatch.setattr(response_module.JsonStream, "value", counted_value)
+    monkeypatch.setattr(response_module._Rows, "_coerced", counted_coerced)
+    rows = [_object({"sPort": index % 20, "cIP": f"198.51.100.{index % 50}"}) for index in range(3000)] + _scan()
+    path = tmp_path / "array.json"
+    path.write_text(_az(rows), encoding="utf-8")
+    source = FileSource(path)
+    found = list(source.read(_request(True)))
+    assert not fallbacks
+    assert {row["cIP"] for row in found} == {SCANNER["cIP"]}
+    assert source.read_stats()["rowsRead"] == len(rows)
+    assert not coerced
+    assert len(careful) <= path.stat().st_size // 4096 + 10  # a row or two per chunk
+
+
+@pytest.mark.parametrize("pushdown", [True, False])
+def test_reading_an_array_is_flat_as_it_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pushdown: bool) -> None:
+    """The fast read and the plain one (which once loaded the whole document): 4x the rows, about the
+    same Python peak."""
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 2000)
+    peaks = []
+    for count in (10_000, 40_000):
+        rows = [_object({"sPort": index % 20, "cIP": f"198.51.100.{index % 7}"}) for index in range(count)] + _scan()
+        path = tmp_path / f"array{count}.json"
+        path.write_text(_az(rows), encoding="utf-8")
+        tracemalloc.start()
+        source = FileSource(path)
+        found = sum(1 for row in source.read(_request(pushdown)) if row["cIP"] == SCANNER["cIP"])
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert found == 30
+        assert source.read_stats()["rowsRead"] == count + 30
+    assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_the_plain_read_of_a_bad_element_does_not_read_the_rest_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invalid JSON early in a big array: one error naming the byte, after reading about a chunk."""
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", 4096)
+    rows = _scan(30) + [_object({"sPort": 1})] * 20_000
+    text = _az(rows, layout="compact")
+    bad = text.index("},{", 1000) + 1
+    path = tmp_path / "array.json"
+    path.write_text(text[:bad] + ",," + text[bad + 1 :], encoding="utf-8")
+    read: list[int] = []
+    more = response_module.JsonStream._more
+
+    def counted(self: response_module.JsonStream) -> bool:
+        read.append(1)
+        return more(self)
+
+    monkeypatch.setattr(response_module.JsonStream, "_more", counted)
+    with pytest.raises(InputError) as caught:
+        list(FileSource(path).read(_request(False)))
+    assert f"byte {bad + 1}" in str(caught.value)
+    assert len(read) <= 3
