@@ -417,3 +417,25 @@ def test_one_shared_read_of_a_response_gives_every_rule_its_own_results(
         assert rule.logic.evaluate(shared, DAY) == expected, rule.id
         fired += bool(expected)
     assert fired >= 2
+
+
+def test_the_plain_read_of_a_bad_row_does_not_read_the_rest_of_the_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invalid JSON early in a big body: one error naming the byte, after reading about a chunk (it once
+    read on to the end of the file, holding it all)."""
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", 4096)
+    text = _body(_scan(30) + [_row({"sPort": 1})] * 20_000)
+    bad = text.index("],[", 1000) + 1
+    path = tmp_path / "response.json"
+    path.write_text(text[:bad] + ",," + text[bad + 1 :], encoding="utf-8")
+    read: list[int] = []
+    more = response_module.JsonStream._more
+
+    def counted(self: response_module.JsonStream) -> bool:
+        read.append(1)
+        return more(self)
+
+    monkeypatch.setattr(response_module.JsonStream, "_more", counted)
+    with pytest.raises(InputError) as caught:
+        list(FileSource(path).read(_request(False)))
+    assert f"byte {bad + 1}" in str(caught.value)
+    assert len(read) <= 3
