@@ -91,6 +91,45 @@ def microseconds(moment: datetime) -> int:
     return (span.days * 86400 + span.seconds) * 1_000_000 + span.microseconds
 
 
+_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
+
+
+def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series | None:
+    """TimeGenerated text as epoch microseconds (`_t`), exactly as coerce_value types it, or None when a
+    value needs the plain code (which skips its line or row and says why).
+
+    The canonical `yyyy-mm-ddThh:mm:ss[.f]Z` is typed in polars, vectorised (the 7th fractional digit
+    dropped, as parse_datetime drops it); any other value (an offset such as `+00:00`, a space for the
+    `T`: what Python's isoformat and str() write) by the plain code's own parse_datetime, once per
+    distinct value, when `were_strings()` says every value was a JSON string (polars renders a JSON
+    number as text, which parse_datetime may read; the plain code refuses a number).
+    """
+    import polars as pl
+
+    from detector.kql import parse_datetime
+
+    time = pl.col(TIME)
+    fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
+    seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
+    # Python's datetime has no year 0 (polars reads 0000-01-01).
+    canonical = time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")
+    frame = times.rename(TIME).to_frame()
+    stamp = seconds + fraction
+    odd = frame.filter(~canonical.fill_null(False))[TIME].unique()
+    if odd.len():
+        if odd.null_count() or not were_strings():
+            return None
+        parsed: dict[str, int] = {}
+        for text in odd:
+            try:
+                parsed[text] = microseconds(parse_datetime(text))
+            except (ValueError, OverflowError):
+                return None
+        stamp = pl.when(canonical).then(stamp).otherwise(time.replace_strict(parsed, default=None, return_dtype=pl.Int64))
+    stamps = frame.select(stamp.alias("_t"))["_t"]
+    return None if stamps.null_count() else stamps
+
+
 def span_microseconds(span: timedelta) -> int:
     """A timedelta in whole microseconds."""
     return (span.days * 86400 + span.seconds) * 1_000_000 + span.microseconds

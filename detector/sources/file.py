@@ -22,8 +22,10 @@ a lone low surrogate escape itself, and such a block is read the plain way):
   \\u escape is read the plain way;
 - string columns hold JSON strings (or null, when the column is not required): str() of a JSON number
   or an object differs from polars' rendering;
-- TimeGenerated is the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`, from year 1 (polars reads year 0); integer
-  columns are null, "", "-" or plain digits (a JSON number or a digit string);
+- TimeGenerated is a JSON string: the canonical `yyyy-mm-ddThh:mm:ss[.f]Z` from year 1 (polars reads
+  year 0) is typed in polars, any other form by the plain code's parse_datetime once per distinct value
+  (candidates.typed_times), and a value it refuses leaves the block to the plain code; integer columns
+  are null, "", "-" or plain digits (a JSON number or a digit string);
 - required columns are present in every line (polars reads a missing key and a null alike).
 Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
 '\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
@@ -47,7 +49,7 @@ import os
 import re
 import stat
 from collections import deque
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -81,6 +83,7 @@ from detector.sources.candidates import (
     read_span,
     read_with_pushdown,
     skip_bom,
+    typed_times,
 )
 from detector.sources.response import JsonStream, NotStreamable, not_utf8, read_array_candidates, read_response_candidates
 from detector.w3ciislog import COLUMN_TYPES
@@ -93,7 +96,6 @@ if TYPE_CHECKING:
 BLOCK_BYTES = 8 << 20  # ~20k rows: big enough to amortise polars calls, small enough to keep memory flat
 KEY_WORKERS = 2  # threads parsing key frames: the machines Functions run on have 1 to 4 cores
 BLOCKS_AHEAD = 2  # blocks read and being parsed ahead of the finder (memory: ~3 blocks' bytes and frames)
-_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 
 
 def typed_json_line(line: str, number: int, request: ReadRequest, where: str) -> Row | None:
@@ -600,7 +602,7 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _B
                 return None
         if string and not _from_json_strings(data, frame[column], column, lines - nulls):
             return None
-    typed = _typed(frame, wanted)
+    typed = _typed(frame, wanted, lambda: _from_json_strings(data, frame[TIME], TIME, lines))
     return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
 
 
@@ -649,17 +651,17 @@ def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_req
     return bool(frame["ok"].all())
 
 
-def _typed(frame: pl.DataFrame, wanted: tuple[str, ...]) -> pl.DataFrame | None:
-    """`_t` and the columns typed as coerce_row types them, or None when a value needs the plain code."""
+def _typed(frame: pl.DataFrame, wanted: tuple[str, ...], times_were_strings: Callable[[], bool]) -> pl.DataFrame | None:
+    """`_t` (candidates.typed_times) and the columns typed as coerce_row types them, or None when a value
+    needs the plain code."""
     import polars as pl
 
+    stamps = typed_times(frame[TIME], times_were_strings)
+    if stamps is None:
+        return None
     # Vectorised over every row: cheaper than typing distinct values and joining them back.
-    time = pl.col(TIME)
-    fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
-    seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
-    out: list[pl.Expr] = [(seconds + fraction).alias("_t")]
-    # Python's datetime has no year 0 (polars reads 0000-01-01): the plain code skips such a line.
-    checks: list[pl.Expr] = [(time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")).all().alias(TIME)]
+    out: list[pl.Expr] = []
+    checks: list[pl.Expr] = []
     for column in wanted:
         if column == TIME:
             continue
@@ -670,10 +672,9 @@ def _typed(frame: pl.DataFrame, wanted: tuple[str, ...]) -> pl.DataFrame | None:
         digits = value.str.contains(PLAIN_INTEGER)
         checks.append((value.is_null() | value.is_in(["", "-"]) | digits).all().alias(column))
         out.append(pl.when(digits).then(value).otherwise(None).cast(pl.Int64).alias(column))
-    if not all(frame.select(checks).row(0)):
+    if checks and not all(frame.select(checks).row(0)):
         return None
-    typed = frame.select(out)
-    return None if typed["_t"].null_count() else typed
+    return frame.select(out).insert_column(0, stamps) if out else stamps.to_frame()
 
 
 @register_source("file")

@@ -44,6 +44,7 @@ from detector.sources.candidates import (
     microseconds,
     read_range,
     skip_bom,
+    typed_times,
 )
 from detector.w3ciislog import COLUMN_TYPES, coerce_value
 
@@ -469,8 +470,6 @@ def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report:
 
 _MALFORMED = object()  # a row the plain read skips (not a list of the columns)
 _FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
-_FIRST_MICROSECOND = -62135596800000000  # 0001-01-01T00:00:00Z: polars reads year 0, Python's datetime does not
-_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 
 
 class _Rows:
@@ -498,8 +497,7 @@ class _Rows:
 
         Strings: Python str (or None: ""), which polars holds as they are (a lone surrogate, which the
         plain code replaces, is refused by polars). Integers: Python int (not bool) or None, in Int64's
-        range. TimeGenerated: the canonical `yyyy-mm-ddThh:mm:ss[.f]Z` (datetime.fromisoformat reads it
-        to the same microsecond: the 7th digit is dropped), a real date from year 1 on.
+        range. TimeGenerated: a str typed_times types (the canonical form in polars, others by parse_datetime).
         """
         import polars as pl
 
@@ -524,19 +522,10 @@ class _Rows:
                     return None
         except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # UnicodeError is a ValueError
             return None
-        time = pl.col(TIME)
-        fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
-        seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
-        frame = pl.DataFrame(data).with_columns((seconds + fraction).alias("_t"))
-        checked = frame.select(
-            time.str.contains(_CANONICAL_TIME).all().alias("canonical"),
-            pl.col("_t").null_count().alias("nulls"),
-            pl.col("_t").min().alias("low"),
-        ).row(0)
-        canonical, nulls, low = checked
-        if not canonical or nulls or low < _FIRST_MICROSECOND:
+        stamps = typed_times(data[TIME], lambda: True)  # Python str, or polars refused the Series above
+        if stamps is None:
             return None
-        return frame.drop(TIME)
+        return pl.DataFrame(data).with_columns(stamps).drop(TIME)
 
     def _coerced(self, where: str, report: LineReport) -> pl.DataFrame:
         """The key frame's input typed by coerce_value (the plain code), once per distinct value; a row that

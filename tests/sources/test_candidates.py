@@ -233,7 +233,8 @@ def test_random_json_lines_give_the_same_results(tmp_path: Path, seed: int, monk
         lines.insert(200, "")  # a blank line
         lines[300] = lines[300].replace('"sPort":', '"sPort":"0042", "y":')  # a port as a string
     if seed == 4:
-        lines[50] = lines[50].replace('"TimeGenerated":"2026-11-26T', '"TimeGenerated":"2026-11-26 ')  # not canonical
+        lines[50] = lines[50].replace('"TimeGenerated":"2026-11-26T', '"TimeGenerated":"2026-11-26 ')  # not canonical: typed once
+        lines[60] = lines[60].replace('"sPort":', '"sPort":7.5, "z":')  # a fractional port: row by row
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     compared = _assert_same(FileSource(path))
@@ -871,7 +872,7 @@ def test_rows_read_counts_rows_a_filter_rejects_in_a_block_read_row_by_row(tmp_p
     logons = next(r for r in RULES if r.id.startswith("19e01883"))
     rows = [_scan_line(i, 443, scStatus="401" if i % 3 else "200", csUserName="-") for i in range(20)]
     lines = [json.dumps(r) for r in rows]
-    lines[5] = lines[5].replace("2026-11-26T05:00:05Z", "2026-11-26 05:00:05Z")  # read row by row
+    lines[5] = lines[5].replace('"sPort": 443', '"sPort": 443.0')  # polars renders "443.0": read row by row
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     plain, fast = _stats_and_results(path, logons)
@@ -974,3 +975,60 @@ def test_a_quiet_site_does_not_hold_a_busy_sites_blocks(tmp_path: Path, monkeypa
     assert reads > 20
     halfway = [i for i, event in enumerate(events) if event == "read"][reads // 2]
     assert events[:halfway].count("taken") >= reads // 4  # blocks were freed on the way
+
+
+# Times as Python's isoformat() and str() write them, and other forms parse_datetime reads or refuses.
+TIME_FORMS = [
+    "2026-11-26T05:00:{s:02d}+00:00",
+    "2026-11-26 05:00:{s:02d}+00:00",
+    "2026-11-26T06:00:{s:02d}+01:00",
+    "2026-11-26T00:30:{s:02d}-04:30",
+    "2026-11-26T05:00:{s:02d}.250000+00:00",
+    "2026-11-26T05:00:{s:02d}",
+    "2026-11-26T05:00:{s:02d}.1234567Z",
+    "20261126T0500{s:02d}Z",
+    "2026-11-26T05:00:{s:02d}z",
+    "2026-11-26X05:00:{s:02d}Z",
+    "2026-11-26T05:00:{s:02d}+24:00",
+    "2026-11-26T05:00:{s:02d} ",
+]
+
+
+@pytest.mark.parametrize("form", TIME_FORMS)
+def test_times_in_other_iso_forms_are_typed_as_the_plain_read_types_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """A day written with offsets (what Python's isoformat() writes) or a space for the T: typed in the
+    columnar pass by the plain code's own parse_datetime, once per distinct value, with the same
+    results, rows read and skipped lines as the plain read; a form parse_datetime refuses leaves the
+    block to the plain code, which skips those lines."""
+    plain_blocks: list[int] = []
+    plain_rows = jsonl_module._plain_rows
+
+    def counted(*args: Any) -> Any:
+        plain_blocks.append(1)
+        return plain_rows(*args)
+
+    monkeypatch.setattr(jsonl_module, "_plain_rows", counted)
+    rows = [{**_scan_line(i, 1000 + i), "TimeGenerated": form.format(s=i)} for i in range(31)]
+    rows += [_scan_line(i, 80) for i in range(5)]  # canonical times in the same block
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert fast == plain
+    readable = sum(plain[2].values()) == 0
+    assert bool(plain_blocks) != readable  # the plain code only for a form it skips
+    if readable:
+        assert plain[0] and plain[1] == 36
+
+
+def test_a_time_written_as_a_number_is_refused_as_the_plain_read_refuses_it(tmp_path: Path) -> None:
+    """20261126 as a JSON number: parse_datetime would read its text as a date; the plain code refuses
+    a number, and so does the columnar pass."""
+    rows = [{**_scan_line(i, 1000 + i), "TimeGenerated": f"2026-11-26T05:00:{i:02d}+00:00"} for i in range(30)]
+    rows.append({**_scan_line(0, 9), "TimeGenerated": 20261126})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert plain[0] and sum(plain[2].values()) == 1
+    assert fast == plain
