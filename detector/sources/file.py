@@ -106,6 +106,8 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
         raise MalformedLine(where, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
+        raise MalformedLine(where, number, f"a value Python cannot read ({exc})") from None
     except RecursionError:
         raise MalformedLine(where, number, "JSON nested too deeply") from None
     if not isinstance(raw, dict):
@@ -176,7 +178,7 @@ class FileSource(Source):
             return ""  # the plain path reports it
         if first_line.strip() and _LA_RESPONSE_START.match(sniff):  # after a blank line, the plain read reads JSON Lines
             return "response"
-        if first_line[:SNIFF_BYTES].lstrip()[:1] == b"[":  # the plain read's test, on the same bytes
+        if _is_array(sniff[:SNIFF_BYTES]):  # the plain read's test, on the same bytes
             return "array"
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
@@ -207,12 +209,12 @@ class FileSource(Source):
             first_line, newline, _ = sniff.partition(b"\n")
             first = first_line.lstrip()[:1]
             handle.seek(start)
+            if _is_array(sniff):  # blank lines before it too: json.load reads them as whitespace
+                yield from self._array(handle, start, request, where, report)
+                return
             if not first:
                 # A leading blank line (or an empty file): whatever follows decides, read as JSON Lines.
                 yield from self._jsonl(handle, start, request, where, report)
-                return
-            if first == b"[":
-                yield from self._array(handle, start, request, where, report)
                 return
             if _LA_RESPONSE_START.match(sniff):
                 # A saved Log Analytics response: read as a stream, never loaded whole.
@@ -246,6 +248,8 @@ class FileSource(Source):
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}:{exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
+            raise InputError(where, f"a value Python cannot read ({exc})") from None
         except RecursionError:
             raise InputError(where, "JSON nested too deeply to be W3CIISLog rows") from None
 
@@ -290,11 +294,14 @@ class FileSource(Source):
                 if stream.peek() == ",":
                     stream.pos += 1
                     continue
-                stream.expect("]")
+                stream.expect("]", after_item=True)
                 break
-        if stream.peek():
-            at = stream.byte_at(stream.base + stream.pos)
-            raise InputError(where, f"not valid JSON: more after the array's closing ']' (at byte {at}); save one array")
+        after = stream.peek()
+        if after:
+            place, at = stream.place(stream.base + stream.pos)
+            if after == "\x00":
+                raise InputError(place, f"NUL bytes after the array's closing ']' ({at}): the file was not written whole")
+            raise InputError(place, f"not valid JSON: more after the array's closing ']' ({at}); a file holds one array")
 
     @staticmethod
     def _la_stream(handle: Any, start: int, request: ReadRequest, where: str, report: LineReport) -> Iterator[Row]:
@@ -354,6 +361,11 @@ class FileSource(Source):
                 yield typed(dict(zip(names, values, strict=True)), request, where, label)
             except MalformedLine as exc:
                 report.skip(exc)
+
+
+def _is_array(sniff: bytes) -> bool:
+    """The file's first bytes (after a BOM) start a JSON array: `[` after JSON whitespace only."""
+    return sniff.lstrip(b" \t\r\n")[:1] == b"["
 
 
 _LA_RESPONSE_START = re.compile(rb'^\s*\{\s*"tables"\s*:')

@@ -136,6 +136,7 @@ class JsonStream:
         self.handle, self.where, self.offset = handle, where, start
         self.text, self.pos, self.eof = "", 0, False
         self.base = 0  # characters dropped from the front of text so far
+        self.lines = 0  # line breaks in them, for the line numbers of errors
         self.value_start = 0  # where the last value() began, in characters from the start
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.json = json.JSONDecoder()
@@ -145,14 +146,16 @@ class JsonStream:
         if self.eof:
             return False
         chunk = self.handle.read(max(STREAM_CHUNK, len(self.text) - self.pos))  # grows for a long value
+        pending = self.decoder.getstate()[0]  # the start of a character cut by the last chunk's end
         try:
             text = self.decoder.decode(chunk, final=not chunk)
-        except UnicodeDecodeError as exc:
-            raise InputError(self.where, not_utf8(chunk, exc, self.offset)) from None
+        except UnicodeDecodeError as exc:  # exc.start counts from the pending bytes
+            raise InputError(self.where, not_utf8(pending + chunk, exc, self.offset - len(pending))) from None
         self.offset += len(chunk)
         self.eof = not chunk
         if self.pos > STREAM_CHUNK:
             self.base += self.pos
+            self.lines += self.text.count("\n", 0, self.pos)
             self.text, self.pos = self.text[self.pos :], 0
         self.text += text
         return True
@@ -166,13 +169,22 @@ class JsonStream:
             if self.pos < len(self.text) or not self._more():
                 return self.text[self.pos : self.pos + 1]
 
-    def expect(self, char: str) -> None:
-        """Consume one structural character."""
-        if self.peek() != char:
-            found = self.peek() or "the end of the file"
-            at = self.byte_at(self.base + self.pos)
-            raise InputError(self.where, f"not valid JSON: '{char}' expected at byte {at}, found {found!r}")
+    def expect(self, char: str, *, after_item: bool = False) -> None:
+        """Consume one structural character (after an item of an array or object, a ',' was possible too)."""
+        found = self.peek()
+        if found != char:
+            expected = f"',' or '{char}'" if after_item else f"'{char}'"
+            what = f"found {found!r}" if found else "found the end of the file: is it cut short?"
+            where, at = self.place(self.base + self.pos)
+            raise InputError(where, f"not valid JSON: {expected} expected at {at}, {what}")
         self.pos += 1
+
+    def place(self, character: int) -> tuple[str, str]:
+        """(`file:line`, "column C, byte B") of a character still in the buffer, for an error message."""
+        index = character - self.base
+        line = self.lines + self.text.count("\n", 0, index) + 1
+        column = index - self.text.rfind("\n", 0, index)
+        return f"{self.where}:{line}", f"column {column}, byte {self.byte_at(character)}"
 
     def value(self) -> Any:
         """The next JSON value."""
@@ -187,7 +199,11 @@ class JsonStream:
                 ran_out = exc.pos >= len(self.text) - _CUT_TOKEN or exc.msg.startswith("Unterminated string")
                 if ran_out and self._more():
                     continue
-                raise InputError(self.where, f"not valid JSON ({exc.msg}, byte {self.byte_at(self.base + exc.pos)})") from None
+                where, at = self.place(self.base + exc.pos)
+                raise InputError(where, f"not valid JSON ({exc.msg}, {at})") from None
+            except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
+                where, at = self.place(self.base + self.pos)
+                raise InputError(where, f"a value Python cannot read, at {at} ({exc})") from None
             except RecursionError:
                 raise InputError(self.where, "JSON nested too deeply to be W3CIISLog rows") from None
             if end > len(self.text) - _CUT_TOKEN and self._more():
@@ -209,7 +225,7 @@ class JsonStream:
             if self.peek() == ",":
                 self.pos += 1
                 continue
-            self.expect("}")
+            self.expect("}", after_item=True)
             return
 
     def byte_at(self, character: int) -> int:
@@ -259,7 +275,7 @@ class JsonStream:
                             pos = space(text, pos).end()  # type: ignore[union-attr]
                             continue
                         break
-                    except (json.JSONDecodeError, RecursionError):
+                    except (ValueError, RecursionError):  # a JSONDecodeError, or an integer too long for Python
                         break
                     if end >= size:
                         break  # a row holding a "]," (a wrong hint) may end just at the buffer's end
@@ -301,7 +317,7 @@ class JsonStream:
             if self.peek() == ",":
                 self.pos += 1
             else:
-                self.expect("]")
+                self.expect("]", after_item=True)
                 closed = True
                 break
         span = (first_byte, self.byte_at(self.base + self.pos))
@@ -332,7 +348,7 @@ class JsonStream:
                 while self.peek() == ",":
                     self.pos += 1
                     self.value()  # other tables (statistics, ...): not W3CIISLog rows
-                self.expect("]")
+                self.expect("]", after_item=True)
             else:
                 self.value()
         if not streamed:
@@ -365,7 +381,7 @@ class JsonStream:
                     if self.peek() == ",":
                         self.pos += 1
                         continue
-                    self.expect("]")
+                    self.expect("]", after_item=True)
                     break
             else:
                 self.value()
@@ -617,7 +633,7 @@ class _ResponseBlock(KeyedBlock):
         for record, text, start in self._texts(records):
             try:
                 payload, _ = decoder.raw_decode(text, start)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):
                 payload = None
             if self.names is None:
                 if not isinstance(payload, dict):

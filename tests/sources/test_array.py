@@ -197,13 +197,57 @@ def test_small_and_broken_arrays_are_the_plain_reads(tmp_path: Path, text: str) 
     _assert_same(path)
 
 
-def test_something_after_the_array_is_one_error_naming_the_byte(tmp_path: Path) -> None:
+def test_something_after_the_array_is_one_error_naming_the_line_and_byte(tmp_path: Path) -> None:
     path = tmp_path / "array.json"
     text = _az(_scan(30))
     path.write_text(text + "[]", encoding="utf-8")
     with pytest.raises(InputError) as caught:
         list(FileSource(path).read(_request(True)))
-    assert f"at byte {len(text.encode())}" in str(caught.value)
+    assert str(caught.value).startswith(f"{path}:{text.count(chr(10)) + 1}: ")
+    assert f"column 1, byte {len(text.encode())}" in str(caught.value)
+
+
+def _error(path: Path, pushdown: bool = True) -> str:
+    with pytest.raises(InputError) as caught:
+        list(FileSource(path).read(_request(pushdown)))
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("chunk", [13, 14, 15, 16, 1 << 20])
+def test_the_errors_of_a_broken_array_say_where_and_what_whatever_the_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """A missing comma, a cut file, NUL padding, an integer too long for Python, invalid UTF-8 (also in a
+    character cut by a chunk's end): one error each, naming the line, column or byte, never a traceback."""
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", chunk)
+    path = tmp_path / "array.json"
+    text = _az(_scan(3))
+    cases = {
+        text.replace("},\n  {", "}\n  {", 1): "',' or ']' expected at column 3",
+        text[: text.rindex("}") + 1]: "the end of the file: is it cut short?",
+        text + "\x00" * 40: "NUL bytes after the array",
+        text.replace('"csUriQuery": "-"', '"csUriQuery": ' + "1" * 5000, 1): "a value Python cannot read",
+    }
+    for content, said in cases.items():
+        assert '"csUriQuery": "-"' in text
+        path.write_text(content, encoding="utf-8")
+        for pushdown in (True, False):
+            assert said in _error(path, pushdown), (content[-40:], pushdown)
+    broken = b'[{"cIP": "aaaa\xc3\xa9\xff"}]'
+    path.write_bytes(broken)
+    bad_byte = broken.index(b"\xff")
+    assert _error(path).endswith(f"is not UTF-8 at byte {bad_byte} (invalid start byte); save the file as UTF-8")
+    path.write_bytes(b'[{"cIP": "a\xc3')
+    assert "is not UTF-8 at byte 11" in _error(path)
+
+
+def test_an_array_after_blank_lines_is_an_array(tmp_path: Path) -> None:
+    """json.load reads leading line breaks as whitespace: so do both reads (they once read such a file as
+    JSON Lines and skipped every line)."""
+    path = tmp_path / "array.json"
+    path.write_text("\n\r\n  \n" + _az(_scan(30)), encoding="utf-8")
+    outcome = _assert_same(path)
+    assert outcome[0] == "ok" and outcome[1] != "[]" and outcome[2] == 0
 
 
 @pytest.mark.parametrize("number", ["1.5", "1e2", "-1.25e+2", "123456789"])

@@ -1032,3 +1032,18 @@ def test_a_time_written_as_a_number_is_refused_as_the_plain_read_refuses_it(tmp_
     plain, fast = _stats_and_results(path, HIGH_PORT)
     assert plain[0] and sum(plain[2].values()) == 1
     assert fast == plain
+
+
+def test_an_integer_too_long_for_python_is_a_skipped_line_in_both_reads(tmp_path: Path) -> None:
+    """json.loads refuses a JSON integer of more than 4,300 digits (polars refuses a few hundred, so the
+    block is read row by row): the line is skipped and counted by both reads, and no traceback."""
+    rows = [_scan_line(i, 1000 + i) for i in range(31)]
+    lines = [json.dumps(r) for r in rows]
+    lines[7] = lines[7][:-1] + ', "TimeTaken": ' + "9" * 4301 + "}"
+    lines[8] = lines[8][:-1] + ', "csUriQuery": "' + "9" * 5000 + '", "TimeTaken": ' + "9" * 4300 + "}"  # both fine
+    lines.append(json.dumps(_scan_line(40, 80, "192.0.2.1"))[:-1] + ', "TimeTaken": ' + "9" * 4400 + "}")  # no candidate
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert plain[0] and plain[1] == 30 and sum(plain[2].values()) == 2
+    assert fast == plain
