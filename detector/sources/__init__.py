@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from detector.errors import ConfigError, InputError
 from detector.models import Row, Window
@@ -29,6 +30,9 @@ from detector.w3ciislog import coerce_row
 
 if TYPE_CHECKING:
     from detector.config import Settings
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,36 @@ class LineReport:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def nesting_safe(parse: Callable[..., _T], *args: Any) -> _T:
+    """parse(*args) (json.loads, raw_decode), with a nesting limit that does not depend on the caller's stack.
+
+    json's scanner counts a value's nesting against the recursion limit from the current stack depth, so
+    the same line could parse in one read and raise RecursionError in another reading it from deeper
+    down (the fast read's taking of candidate rows): a lost finding. On RecursionError the parse is run
+    again on a fresh thread, whose stack is always as shallow, so a line parses (up to ~990 levels) or
+    raises RecursionError wherever it is read.
+    """
+    try:
+        return parse(*args)
+    except RecursionError:
+        pass
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, parse(*args)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="json-nesting")
+    thread.start()
+    thread.join()
+    succeeded, result = outcome[0]
+    if not succeeded:
+        raise result
+    return result  # type: ignore[no-any-return]
 
 
 def representable(row: Row) -> Row:

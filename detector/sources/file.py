@@ -35,6 +35,11 @@ of a CRLF is read the plain way. Values are made representable where they are re
 (from a `\\ud800` escape; no sink can encode it) becomes U+FFFD (a parity note: KQL keeps the escape).
 Non-UTF-8 input is one error naming the byte offset and what the file looks like (UTF-16, gzip, zip).
 
+Nesting: json's scanner counts a value's depth against the recursion limit from the caller's stack, so
+every json parse of a row goes through sources.nesting_safe (the same answer from any stack: up to ~990
+levels). polars reads up to ~1,000 levels, so a line nested between the two in a group that cannot fire
+is counted as read, not skipped (findings are the same: a candidate's line is skipped when taken).
+
 Known difference: columns the description does not read are typed only in rows the rule gets; a
 malformed value there (an object where a user agent belongs) in a row of a group that cannot fire is not
 counted as a skipped line (the plain read counts it; the findings are the same). Strict reading, which
@@ -63,6 +68,7 @@ from detector.sources import (
     ReadRequest,
     Source,
     files_changed_after,
+    nesting_safe,
     register_source,
     typed,
 )
@@ -103,7 +109,7 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
     if not line.strip():
         return None
     try:
-        raw = json.loads(line)
+        raw = nesting_safe(json.loads, line)
     except json.JSONDecodeError as exc:
         raise MalformedLine(where, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
     except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
@@ -245,7 +251,7 @@ class FileSource(Source):
         except UnicodeDecodeError as exc:
             raise InputError(where, not_utf8(data, exc, start)) from None
         try:
-            return json.loads(text)
+            return nesting_safe(json.loads, text)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}:{exc.lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})") from None
         except ValueError as exc:  # an integer longer than Python converts (4,300 digits)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import InputError
 from detector.models import Row
 from detector.pushdown import TIME, CandidateSpec
-from detector.sources import LineReport, MalformedLine, ReadRequest, representable, typed
+from detector.sources import LineReport, MalformedLine, ReadRequest, nesting_safe, representable, typed
 from detector.sources.candidates import (
     CandidateRead,
     KeyedBlock,
@@ -137,6 +137,7 @@ class JsonStream:
         self.text, self.pos, self.eof = "", 0, False
         self.base = 0  # characters dropped from the front of text so far
         self.lines = 0  # line breaks in them, for the line numbers of errors
+        self.line_start = 0  # where the line that holds the buffer's start begins, in characters from the start
         self.value_start = 0  # where the last value() began, in characters from the start
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.json = json.JSONDecoder()
@@ -154,8 +155,11 @@ class JsonStream:
         self.offset += len(chunk)
         self.eof = not chunk
         if self.pos > STREAM_CHUNK:
-            self.base += self.pos
             self.lines += self.text.count("\n", 0, self.pos)
+            last_break = self.text.rfind("\n", 0, self.pos)
+            if last_break >= 0:
+                self.line_start = self.base + last_break + 1
+            self.base += self.pos
             self.text, self.pos = self.text[self.pos :], 0
         self.text += text
         return True
@@ -183,15 +187,16 @@ class JsonStream:
         """(`file:line`, "column C, byte B") of a character still in the buffer, for an error message."""
         index = character - self.base
         line = self.lines + self.text.count("\n", 0, index) + 1
-        column = index - self.text.rfind("\n", 0, index)
-        return f"{self.where}:{line}", f"column {column}, byte {self.byte_at(character)}"
+        last_break = self.text.rfind("\n", 0, index)
+        line_start = self.base + last_break + 1 if last_break >= 0 else self.line_start
+        return f"{self.where}:{line}", f"column {character - line_start + 1}, byte {self.byte_at(character)}"
 
     def value(self) -> Any:
         """The next JSON value."""
         self.peek()
         while True:
             try:
-                value, end = self.json.raw_decode(self.text, self.pos)
+                value, end = nesting_safe(self.json.raw_decode, self.text, self.pos)
             except json.JSONDecodeError as exc:
                 # Only an error the buffer's end may have caused reads on (else a bad value mid-file would
                 # read the rest of the file into memory): the scanner reached the end, inside a string or
@@ -632,7 +637,7 @@ class _ResponseBlock(KeyedBlock):
         taken: list[Row] = []
         for record, text, start in self._texts(records):
             try:
-                payload, _ = decoder.raw_decode(text, start)
+                payload, _ = nesting_safe(decoder.raw_decode, text, start)
             except (ValueError, RecursionError):
                 payload = None
             if self.names is None:

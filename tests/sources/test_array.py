@@ -339,3 +339,31 @@ def test_the_plain_read_of_a_bad_element_does_not_read_the_rest_of_the_file(
         list(FileSource(path).read(_request(False)))
     assert f"byte {bad + 1}" in str(caught.value)
     assert len(read) <= 3
+
+
+@pytest.mark.parametrize("shape", ["array", "response"])
+def test_a_deeply_nested_value_in_a_row_is_read_alike_whatever_the_stack(tmp_path: Path, shape: str) -> None:
+    """A row nested 985 deep (in a column the rule does not read): the first pass read it, and taking it
+    from deeper down raised "changed while it was read". Every read parses it alike now."""
+    from tests.sources.test_response import _body
+
+    rows = [{**row, "csCookie": "@"} for row in _scan(30)]
+    columns = [*COLUMNS, "csCookie"]
+    text = _az(rows, layout="compact") if shape == "array" else _body([[r[c] for c in columns] for r in rows], columns=columns)
+    path = tmp_path / f"{shape}.json"
+    path.write_text(text.replace('"@"', "[" * 985 + "]" * 985, 1), encoding="utf-8")
+    outcome = _assert_same(path)
+    assert outcome[0] == "ok" and outcome[1] != "[]" and outcome[2] == 0
+
+
+@pytest.mark.parametrize("chunk", [64, 4096, 1 << 20])
+def test_an_error_deep_in_a_one_line_array_names_its_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """On one long line (az's compact output, a saved response) the column counts from the line's start,
+    not from the buffer's after earlier text was dropped."""
+    monkeypatch.setattr(response_module, "STREAM_CHUNK", chunk)
+    text = _az(_scan(30) * 200, layout="compact")
+    bad = text.index("},{", len(text) // 2) + 1
+    path = tmp_path / "array.json"
+    path.write_text(text[:bad] + "@" + text[bad + 1 :], encoding="utf-8")
+    message = _error(path, pushdown=False)
+    assert f"{path}:1: " in message and f"column {bad + 1}, byte {bad}" in message

@@ -1047,3 +1047,17 @@ def test_an_integer_too_long_for_python_is_a_skipped_line_in_both_reads(tmp_path
     plain, fast = _stats_and_results(path, HIGH_PORT)
     assert plain[0] and plain[1] == 30 and sum(plain[2].values()) == 2
     assert fast == plain
+
+
+@pytest.mark.parametrize(("depth", "read"), [(985, True), (2000, False)])
+def test_a_deeply_nested_value_is_read_or_skipped_alike_whatever_the_stack(tmp_path: Path, depth: int, read: bool) -> None:
+    """json's scanner counts nesting against the recursion limit from the caller's stack depth: a line
+    nested 985 deep parsed in one read and not when candidate rows were taken, from deeper down (a lost
+    finding). Every read now parses it (or skips it, much deeper) alike."""
+    rows = [json.dumps(_scan_line(i, 1000 + i)) for i in range(30)]
+    rows[4] = rows[4][:-1] + ', "csCookie": ' + "[" * depth + "]" * depth + "}"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert fast == plain
+    assert bool(plain[0]) == read and sum(plain[2].values()) == int(not read)
