@@ -37,7 +37,7 @@ Non-UTF-8 input is one error naming the byte offset and what the file looks like
 
 Nesting: json's scanner counts a value's depth against the recursion limit from the caller's stack, so
 every json parse of a row goes through sources.nesting_safe (the same answer from any stack: up to ~990
-levels). polars reads up to ~1,000 levels, so a line nested between the two in a group that cannot fire
+levels). polars reads up to 1,023 levels, so a line nested between the two in a group that cannot fire
 is counted as read, not skipped (findings are the same: a candidate's line is skipped when taken).
 
 Known difference: columns the description does not read are typed only in rows the rule gets; a
