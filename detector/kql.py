@@ -12,6 +12,8 @@ from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from detector.errors import shown
+
 _TIMESPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)\s*$")
 _TIMESPAN_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # .NET Int64.TryParse with NumberStyles.Integer: optional surrounding whitespace, optional sign, ASCII
@@ -67,13 +69,13 @@ def parse_datetime(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"'{text}' is not an ISO 8601 datetime such as 2026-11-26T00:00:00Z") from None
+        raise ValueError(f"'{shown(text)}' is not an ISO 8601 datetime such as 2026-11-26T00:00:00Z") from None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     try:
         return value.astimezone(UTC)
     except OverflowError:  # year 1 or 9999 with an offset: the UTC instant is outside datetime's range
-        raise ValueError(f"'{text}' is out of range once converted to UTC") from None
+        raise ValueError(f"'{shown(text)}' is out of range once converted to UTC") from None
 
 
 def format_datetime(value: datetime) -> str:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from detector.errors import ConfigError, InputError
+from detector.errors import ConfigError, InputError, shown
 from detector.models import Row, Window
 from detector.pushdown import CandidateSpec
 from detector.w3ciislog import coerce_row
@@ -123,7 +123,8 @@ class LineReport:
             return
         seen.add(error.line)
         if len(seen) <= WARNINGS_PER_FILE:
-            log.warning("skipped malformed line %s: %s", error.where, error.reason)
+            # The reason may quote the line's values: escaped, so a value cannot forge a log line.
+            log.warning("skipped malformed line %s: %s", shown(error.where, 500), shown(error.reason, 500))
         elif len(seen) == WARNINGS_PER_FILE + 1:
             log.warning("%s: more malformed lines; only the count is reported from here on", error.file)
 

@@ -1061,3 +1061,17 @@ def test_a_deeply_nested_value_is_read_or_skipped_alike_whatever_the_stack(tmp_p
     plain, fast = _stats_and_results(path, HIGH_PORT)
     assert fast == plain
     assert bool(plain[0]) == read and sum(plain[2].values()) == int(not read)
+
+
+def test_a_value_in_a_skipped_lines_warning_cannot_forge_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A time holding a line break and an ANSI escape is quoted escaped in the warning that skips it."""
+    rows = [json.dumps(_scan_line(i, 1000 + i)) for i in range(3)]
+    rows.append(json.dumps({**_scan_line(5, 9), "TimeGenerated": "x\nWARNING forged\x1b[31m"}))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert fast == plain and sum(plain[2].values()) == 1
+    messages = [r.getMessage() for r in caplog.records if "skipped malformed line" in r.getMessage()]
+    assert messages and all("\n" not in m and "\x1b" not in m for m in messages)
+    assert "x\\nWARNING forged\\x1b[31m" in messages[0]
