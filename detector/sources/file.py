@@ -182,10 +182,12 @@ class FileSource(Source):
                 sniff = first_line + handle.read(SNIFF_BYTES)  # as the plain read sniffs: an indented body's "tables"
         except InputError:
             return ""  # the plain path reports it
-        if first_line.strip() and _LA_RESPONSE_START.match(sniff):  # after a blank line, the plain read reads JSON Lines
+        if _LA_RESPONSE_START.match(sniff[:SNIFF_BYTES]):  # the plain read's tests, on the same bytes
             return "response"
-        if _is_array(sniff[:SNIFF_BYTES]):  # the plain read's test, on the same bytes
+        if _is_array(sniff[:SNIFF_BYTES]):
             return "array"
+        if not first_line.strip():  # leading blank lines: JSON Lines, if the first line with a row is one
+            first_line = next((line for line in sniff.splitlines() if line.strip()), b"")
         try:
             head = json.loads(first_line.decode("utf-8"))  # bytes would let json guess UTF-16: the plain read does not
         except (ValueError, RecursionError):
@@ -218,17 +220,17 @@ class FileSource(Source):
             if _is_array(sniff):  # blank lines before it too: json.load reads them as whitespace
                 yield from self._array(handle, start, request, where, report)
                 return
-            if not first:
-                # A leading blank line (or an empty file): whatever follows decides, read as JSON Lines.
-                yield from self._jsonl(handle, start, request, where, report)
-                return
             if _LA_RESPONSE_START.match(sniff):
-                # A saved Log Analytics response: read as a stream, never loaded whole.
+                # A saved Log Analytics response (blank lines before it too): read as a stream, never loaded whole.
                 try:
                     yield from self._la_stream(handle, start, request, where, report)
                 except NotStreamable:
                     handle.seek(start)
                     yield from self._la_response(self._load_document(handle, start, where), request, where, report)
+                return
+            if not first:
+                # A leading blank line (or an empty file): whatever follows decides, read as JSON Lines.
+                yield from self._jsonl(handle, start, request, where, report)
                 return
             if first != b"{":
                 hint = "; its NUL bytes suggest UTF-16 without a BOM: save it as UTF-8" if b"\x00" in first_line else ""

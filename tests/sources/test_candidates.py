@@ -1075,3 +1075,23 @@ def test_a_value_in_a_skipped_lines_warning_cannot_forge_a_log_line(tmp_path: Pa
     messages = [r.getMessage() for r in caplog.records if "skipped malformed line" in r.getMessage()]
     assert messages and all("\n" not in m and "\x1b" not in m for m in messages)
     assert "x\\nWARNING forged\\x1b[31m" in messages[0]
+
+
+def test_json_lines_after_blank_lines_take_the_fast_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leading blank lines (CRLF ones too) no longer send the whole file to the plain read."""
+    columnar: list[bool] = []
+    original = jsonl_module._columnar_keys
+
+    def spy(*args: Any) -> Any:
+        keys = original(*args)
+        columnar.append(keys is not None)
+        return keys
+
+    monkeypatch.setattr(jsonl_module, "_columnar_keys", spy)
+    monkeypatch.setattr(jsonl_module, "BLOCK_BYTES", 400)
+    rows = [json.dumps(_scan_line(i, 1000 + i)) for i in range(40)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n\r\n  \n" + "\n".join(rows) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert fast == plain and plain[0] and plain[1] == 40
+    assert columnar and columnar[0] is False and any(columnar[1:])  # the first block, with the blank lines, row by row
