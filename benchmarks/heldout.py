@@ -30,7 +30,8 @@ manifest matches) is its own traffic model, written without reading generate.py'
   kind alone, against a control, on both paths, before anyone trusts the big run.
 
 Shapes: rows.jsonl (shuffled, CRLF, a BOM, blank lines, keys in several orders, ASCII-escaped and raw
-UTF-8 lines); response.json (one line, the API's wire form); array.json (what `az monitor log-analytics
+UTF-8 lines); response.json (one line, the API's wire form) and response-pretty.json
+(the same body as `az rest` prints it, json's indent 2); array.json (what `az monitor log-analytics
 query -o json` prints: indent 2, sorted keys, "TableName"); iis/ (W3SVC1..W3SVC12, u_ex261123/24/25.log,
 CRLF, one big single-header site, sites with a #Fields block every 1-20 entries, five layouts: IIS's
 default fields, all fields, another order, no date field (#Date gives it), no s-ip; an FTP folder;
@@ -53,6 +54,7 @@ import json
 import math
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -74,7 +76,7 @@ from benchmarks.bench_core import Figures, differences  # noqa: E402
 
 PORT_RULE = "44a555d8-ecee-4a25-95ce-055879b4b14b"
 DATA = HERE / "data"
-VERSION = 1  # part of the manifest: change it when what is written changes
+VERSION = 5  # part of the manifest: change it when what is written changes
 SEED = 20261124
 START, END = "2026-11-24T00:00:00Z", "2026-11-25T00:00:00Z"
 IIS_COMPUTER = "heldout-iis"
@@ -166,10 +168,30 @@ def _f_space7(t: int) -> tuple[str, int]:
     return f"{d:%Y-%m-%d %H:%M:%S}.{t % SECOND:07d}Z", t // 10
 
 
+def _f_comma(t: int) -> tuple[str, int]:
+    d = utc(t)
+    return f"{d:%Y-%m-%dT%H:%M:%S},{d.microsecond:06d}Z", t // 10
+
+
+def _f_compact_offset(t: int) -> tuple[str, int]:
+    return utc(t).astimezone(_ZONES[(t // SECOND) % 3]).strftime("%Y-%m-%dT%H:%M:%S.%f%z"), t // 10
+
+
+def _f_padded(t: int) -> tuple[str, int]:
+    return f" {_f_z7(t)[0]}\t", t // 10
+
+
+def _f_week(t: int) -> tuple[str, int]:
+    d = utc(t)
+    year, week, weekday = d.isocalendar()
+    return f"{year}-W{week:02d}-{weekday}T{d:%H:%M:%S}.{d.microsecond:06d}Z", t // 10
+
+
 FORMS: tuple[Callable[[int], tuple[str, int]], ...] = (
     _f_z7, _f_z, _f_plus, _f_space, _f_offset, _f_naive, _f_ms, _f_basic, _f_minute, _f_space7,
+    _f_comma, _f_compact_offset, _f_padded, _f_week,
 )  # fmt: skip
-FORM_WEIGHTS = (35, 15, 10, 10, 8, 5, 7, 2, 2, 6)
+FORM_WEIGHTS = (35, 15, 10, 10, 8, 5, 7, 2, 2, 6, 1, 1, 1, 1)
 Z7, OFFSET = 0, 4
 
 
@@ -357,6 +379,7 @@ class Generator:
             self.scan(self.ports(30), sSiteName="", csMethod="", csUriQuery="", csUserName="", csUserAgent="",
                       scStatus="", scSubStatus="", scWin32Status="")  # fmt: skip
             self.duplicate_keys()
+            self.written_oddly()
             self.malformed()
             self.iis_only()
         for _ in range(max(1, self.target // 200_000)):
@@ -370,6 +393,13 @@ class Generator:
                 rows.append(self.row(bin_start + rng.randrange(BIN), cip, server, sip, port, csUserName=users[n],
                                      csUserAgent=agents[n % 150], csUriQuery=queries[n % 140]))  # fmt: skip
         self.window_edges()
+        ports = self.ports(30)
+        cip, server, sip, b = self.scan(ports[:29])  # and a line longer than a reader's block:
+        self.day.rows.append(self.row(b + 3 * SECOND, cip, server, sip, ports[29], csUserAgent="A" * 9_000_000 + "é"))
+        ports = self.ports(30)
+        cip, server, sip, b = self.scan(ports[:29])
+        last = self.row(b + 3 * SECOND, cip, server, sip, ports[29], form=Z7)
+        self.day.bad.append(("jsonl:unterminated", raw_object(last, 0, full=True)))
 
     def empty_keys(self) -> None:
         server = self.rng.choice(self.servers)
@@ -419,6 +449,31 @@ class Generator:
         self.day.rows.append(self.row(b + SECOND, cip, server, sip, ports[29], raw={"_first": ("sPort", ports[0])}))
         cip, server, sip, b = self.scan(ports[:29])
         self.day.rows.append(self.row(b + SECOND, cip, server, sip, ports[29], raw={"_first": ("cIP", "9.9.9.9")}))
+
+    def written_oddly(self) -> None:
+        """Valid rows written in ways a reader may trip on; each group fires only when all of them are read."""
+        rng, rows = self.rng, self.day.rows
+        cip, server, sip, b = self.scan(self.ports(26))
+        for literal in ("8.1e1", "1E3", "-0", "443.00"):
+            value = int(float(literal))
+            rows.append(
+                self.row(b + rng.randrange(BIN), cip, server, sip, value, raw={"sPort": float(value), "_literal": literal})
+            )
+        ports = self.ports(30)
+        cip, server, sip, b = self.scan(ports[:27])
+        for port, key in zip(ports[27:], ("sPort", "cIP", "TimeGenerated"), strict=True):
+            rows.append(self.row(b + rng.randrange(BIN), cip, server, sip, port, raw={"_escape_key": key}))
+        server = rng.choice(self.servers)
+        sip = server.sips[0]
+        b = DAY_START + rng.randrange(3, 141) * BIN
+        for k, port in enumerate(self.ports(30)):  # cIP written as a number and as the same text
+            raw = {"cIP": 16909060} if k % 2 else None
+            rows.append(self.row(b + rng.randrange(BIN), "16909060", server, sip, port, raw=raw))
+        b = DAY_START + rng.randrange(3, 141) * BIN
+        attacker = self.attacker()
+        for port in self.ports(30):
+            raw = {"Computer": True} if port % 2 else None
+            rows.append(self.row(b + rng.randrange(BIN), attacker, server, sip, port, raw=raw, computer="true"))
 
     def malformed(self) -> None:
         """Each bad record carries the 30th port of a 29-port group: kept by mistake, it makes a finding."""
@@ -560,7 +615,16 @@ def _json_line(obj: dict[str, Any], row: Row | None, index: int) -> str:
     elif index % 5 == 1:
         items = list(obj.items())
         obj = dict(items[7:] + items[:7])
+    literal = raw.get("_literal")
+    if literal:
+        obj["sPort"] = "@literal@"
     text = json.dumps(obj, ensure_ascii=ascii_only, separators=separators)
+    if literal:
+        text = text.replace('"@literal@"', literal)
+    escaped = raw.get("_escape_key")
+    if escaped:  # the key with one letter as a \u escape: the same key once decoded
+        name = str(escaped)
+        text = text.replace(f'"{name}":', '"' + name[:-1] + f"\\u{ord(name[-1]):04x}" + '":', 1)
     first = raw.get("_first")
     if first:
         name, value = first
@@ -614,6 +678,8 @@ IIS_DEFECTS = ("field-too-many", "port-word", "time-invalid", "nul-inside", "bef
 
 
 def jsonl_bad_line(kind: str, payload: Any) -> str | None:
+    if kind == "jsonl:unterminated":
+        return None  # written last, by write_jsonl
     if kind in LINE_DEFECTS:
         return str(payload)
     if kind in DICT_DEFECTS:
@@ -625,12 +691,12 @@ def array_bad_element(kind: str, payload: Any) -> str | None:
     if kind in DICT_DEFECTS:
         return json.dumps({**payload, "TableName": "PrimaryResult"}, indent=2, sort_keys=True, ensure_ascii=False)
     if not kind.startswith("array:"):
-        return None
+        return None  # a JSON Lines or response defect
     return {"array:number": "42", "array:list": json.dumps(list(payload.values())), "array:null": "null"}.get(kind)
 
 
 def response_bad_row(kind: str, payload: Any) -> str | None:
-    if kind in MISSING_KINDS or kind in LINE_DEFECTS or kind.startswith("array:"):
+    if kind in MISSING_KINDS or kind in LINE_DEFECTS or kind.startswith(("array:", "jsonl:")):
         return None
     if kind in DICT_DEFECTS:
         return json.dumps([payload.get(name) for name, _ in LA_COLUMNS])
@@ -673,6 +739,10 @@ def write_jsonl(day: Day, path: Path, rng: random.Random) -> int:
             out.write(_json_line(raw_object(row, index, full=False), row, index) + "\r\n")
             if n % 50_000 == 7:
                 out.write("\r\n   \r\n")  # blank lines are no rows and no malformed lines
+        for kind, payload in day.bad:
+            if kind == "jsonl:unterminated":  # a file still being written: its last line, cut, is skipped
+                out.write(json.dumps(payload)[:-9])
+                bad += 1
     return bad
 
 
@@ -703,24 +773,37 @@ def write_array(day: Day, path: Path, rng: random.Random) -> int:
     return bad
 
 
-def write_response(day: Day, path: Path, rng: random.Random) -> int:
+def write_response(day: Day, path: Path, rng: random.Random, pretty: bool = False) -> int:
+    """The API's wire form on one line, or (`pretty`) as `az rest` prints a body: json's indent 2."""
     items = _interleave(day, response_bad_row, rng)
     names = [name for name, _ in LA_COLUMNS]
-    columns = json.dumps([{"name": name, "type": kind} for name, kind in LA_COLUMNS], separators=(",", ":"))
+    columns = [{"name": name, "type": kind} for name, kind in LA_COLUMNS]
     bad = 0
     with path.open("w", encoding="utf-8") as out:
-        out.write('{"tables":[{"name":"PrimaryResult","columns":' + columns + ',"rows":[')
+        if pretty:
+            head = json.dumps({"tables": [{"name": "PrimaryResult", "columns": columns, "rows": ["@"]}]}, indent=2)
+            before, after = head.split('"@"')
+            out.write(before.rstrip(" "))
+        else:
+            out.write('{"tables":[{"name":"PrimaryResult","columns":' + json.dumps(columns, separators=(",", ":")) + ',"rows":[')
         for n, (index, text) in enumerate(items):
             if index < 0:
                 bad += 1
-                line = str(text)
+                line = json.dumps(json.loads(str(text)), indent=2) if pretty else str(text)
             else:
                 row = day.rows[index]
                 obj = raw_object(row, index, full=True)
                 ascii_only = bool((row[RAW] or {}).get("_ascii"))
-                line = json.dumps([obj[name] for name in names], ensure_ascii=ascii_only, separators=(",", ":"))
-            out.write(("" if n == 0 else ",") + line)
-        out.write("]}]}")
+                values = [obj[name] for name in names]
+                if pretty:
+                    line = json.dumps(values, ensure_ascii=ascii_only, indent=2)
+                else:
+                    line = json.dumps(values, ensure_ascii=ascii_only, separators=(",", ":"))
+            if pretty:
+                out.write(("        " if n == 0 else ",\n        ") + line.replace("\n", "\n        "))
+            else:
+                out.write(("" if n == 0 else ",") + line)
+        out.write(after + "\n" if pretty else "]}]}")
     return bad
 
 
@@ -785,7 +868,7 @@ def iis_text(value: Any) -> str:
     return text
 
 
-def iis_entry(row: Row, fields: list[str], seconds: int) -> tuple[str, dict[str, Any]]:
+def iis_entry(row: Row, fields: list[str], seconds: int, zero_padded: bool = False) -> tuple[str, dict[str, Any]]:
     """The entry's text under #Fields, and the row the IIS source should read from it (for the anchor)."""
     moment = EPOCH + timedelta(seconds=seconds)
     values: list[str] = []
@@ -807,6 +890,8 @@ def iis_entry(row: Row, fields: list[str], seconds: int) -> tuple[str, dict[str,
         else:
             index = FIELD_COLUMN[key]
             text = iis_text(row[index] if index != PORT or row[index] is None or row[index] >= 0 else None)
+            if index == PORT and zero_padded and text != "-" and int(text) < 10_000:
+                text = f"{int(text):05d}"
             values.append(text)
             if index in VIEW_COLUMNS:
                 view[VIEW_COLUMNS[index]] = (None if text == "-" else int(text)) if index == PORT else text
@@ -830,6 +915,8 @@ def write_iis(day: Day, folder: Path, anchor: Path, rng: random.Random) -> tuple
         if row[COMPUTER] == IIS_ONLY:
             site = "W3SVC1"
         day_name = f"{EPOCH + timedelta(seconds=seconds):%y%m%d}"
+        if 0 <= seconds - DAY_START // SECOND < 120:
+            day_name = "261123"  # local-time rollover: the first minutes of the day in the day before's file
         files.setdefault((site, day_name), []).append((seconds, row))
     extra_lines: dict[str, list[str]] = {"before": [], "end": []}
     inside = bad = 0
@@ -854,7 +941,8 @@ def write_iis(day: Day, folder: Path, anchor: Path, rng: random.Random) -> tuple
                 position += size
                 layout = main
                 roll = rng.random()
-                if number > 1 and roll < 0.05:
+                one_date = block[0][0] // 86400 == block[-1][0] // 86400
+                if number > 1 and roll < 0.05 and one_date:
                     layout = "nodate"
                 elif number > 4 and roll < 0.07:
                     layout = "nosip"
@@ -863,7 +951,7 @@ def write_iis(day: Day, folder: Path, anchor: Path, rng: random.Random) -> tuple
                 fields = LAYOUTS[layout].split()
                 chunks.append(_header(block[0][0], LAYOUTS[layout]))
                 for seconds, row in block:
-                    text, view = iis_entry(row, fields, seconds)
+                    text, view = iis_entry(row, fields, seconds, zero_padded=number == 9)
                     chunks.append(text + "\r\n")
                     inside += in_window(seconds * 1_000_000)
                     views.write(json.dumps(view, ensure_ascii=False) + "\n")
@@ -873,9 +961,12 @@ def write_iis(day: Day, folder: Path, anchor: Path, rng: random.Random) -> tuple
             if number == 1 and day_name == "261124":
                 lead = chunks.index(next(c for c in chunks if c.startswith("#Software")))
                 chunks[lead:lead] = extra_lines["before"]
-                chunks.extend(extra_lines["end"])
+                chunks.extend(extra_lines["end"])  # the last line, without its line break
+            text = "".join(chunks)
+            if number == 7:
+                text = text.replace("\r\n", "\n")  # a site whose files have LF line ends
             with path.open("w", encoding="utf-8", newline="") as out:
-                out.write("".join(chunks))
+                out.write(("\ufeff" if number == 3 else "") + text)
     ftp = folder / "MSFTPSVC1" / "u_ex261124.log"
     ftp.parent.mkdir(parents=True, exist_ok=True)
     with ftp.open("w", encoding="utf-8", newline="") as out:
@@ -912,6 +1003,8 @@ def _plant_iis(day: Day, fields: list[str], chunks: list[str], views: Any, extra
         if kind == "before-fields":
             extra["before"].append(line + "\r\n")
         elif kind == "no-line-break":
+            if extra["end"]:
+                continue  # a file has one last line: the other copies are not written
             extra["end"].append(line)
         else:
             chunks.append(line + "\r\n")
@@ -942,6 +1035,7 @@ def write_day(rows: int, seed: int) -> Written:
     manifest["bad_jsonl"] = write_jsonl(_json_day(day), folder / "rows.jsonl", rng)
     manifest["bad_array"] = write_array(_json_day(day), folder / "array.json", rng)
     manifest["bad_response"] = write_response(_json_day(day), folder / "response.json", rng)
+    manifest["bad_response_pretty"] = write_response(_json_day(day), folder / "response-pretty.json", rng, pretty=True)
     manifest["rows_in_window"] = write_anchor(day, folder / "anchor.jsonl")
     iis = folder / "iis"
     if iis.exists():
@@ -1017,12 +1111,27 @@ def _repro(got: list[dict[str, Any]], want: list[dict[str, Any]], folder: Path, 
     (folder / f"{name}-duckdb.json").write_text(json.dumps(want, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
+def generated(rows: int, seed: int) -> Written:
+    """The day, written by a child process when it is not on disk yet.
+
+    Not in this process: a child's ru_maxrss (os.wait4) counts this process's peak RSS too (subprocess
+    starts children with vfork, and exec keeps the old memory's high-water mark), so the measuring
+    process must never have held the day.
+    """
+    manifest = DATA / f"heldout-{rows}" / "manifest.json"
+    want = {"version": VERSION, "rows": rows, "seed": seed}
+    if manifest.exists() and {k: json.loads(manifest.read_text(encoding="utf-8")).get(k) for k in want} == want:
+        return Written(manifest.parent, json.loads(manifest.read_text(encoding="utf-8")))
+    subprocess.run([sys.executable, __file__, "--rows", str(rows), "--seed", str(seed), "--generate-only"], check=True)
+    return Written(manifest.parent, json.loads(manifest.read_text(encoding="utf-8")))
+
+
 def check(args: argparse.Namespace) -> int:
-    day = write_day(args.rows, args.seed)
+    day = generated(args.rows, args.seed)
     m = day.manifest
     print(f"data: {day.folder} ({', '.join(f'{k} {v / 1e6:.0f} MB' for k, v in m['bytes'].items())})")
     print(f"  {m['rows_good']:,} good JSON rows ({m['rows_in_window']:,} in the window); malformed: JSON Lines "
-          f"{m['bad_jsonl']}, array {m['bad_array']}, response {m['bad_response']}, IIS {m['bad_iis']} "
+          f"{m['bad_jsonl']}, array {m['bad_array']}, responses {m['bad_response']}, IIS {m['bad_iis']} "
           "(+ an FTP log)")  # fmt: skip
     failures: list[str] = []
     timeout = args.timeout
@@ -1037,7 +1146,9 @@ def check(args: argparse.Namespace) -> int:
         runs: list[tuple[str, str, str, bool, Figures, list[dict[str, Any]], int]] = [
             ("canonical", f"file:{day.path('anchor.jsonl')}", "", False, base, want, m["rows_in_window"])
         ]
-        for shape, name in (("jsonl", "rows.jsonl"), ("response", "response.json"), ("array", "array.json")):
+        shapes = (("jsonl", "rows.jsonl"), ("response", "response.json"), ("response-pretty", "response-pretty.json"),
+                  ("array", "array.json"))  # fmt: skip
+        for shape, name in shapes:
             plains = (False, True) if args.plain_all or shape == "jsonl" else (False,)
             runs += [(shape, f"file:{day.path(name)}", "", p, base, want, m["rows_in_window"]) for p in plains]
         runs += [
@@ -1063,6 +1174,8 @@ def check(args: argparse.Namespace) -> int:
             if problem:
                 failures.append(f"{label}: {problem}")
                 _repro(got, expected, day.folder / "mismatch", label.replace(" ", "-"))
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  (this process's peak RSS, a floor under every child's figure: {own:.0f} MB)")
     if failures:
         print("\nMISMATCHES (findings saved under", day.folder / "mismatch", "):")
         for failure in failures:
@@ -1184,7 +1297,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--plain-all", action="store_true", help="the plain path on the response and array shapes too")
     parser.add_argument("--probe", action="store_true", help="run each malformed kind alone instead")
+    parser.add_argument("--generate-only", action="store_true", help="write the day and stop")
     args = parser.parse_args(argv)
+    if args.generate_only:
+        write_day(args.rows, args.seed)
+        return 0
     return probe(args) if args.probe else check(args)
 
 
