@@ -20,23 +20,30 @@ manifest matches) is its own traffic model, written without reading generate.py'
   next to 443; ports written " 8080", "+81", "0443", 82.0; null ports ("-", "", null); sweeps of 300
   ports with 200 user names (the 128 cap); user agents with \\u00e9, \\", \\n, a NUL, and a lone
   surrogate next to its U+FFFD; every detail column null or absent; duplicate keys (json keeps the last);
-- TimeGenerated in ten forms: ...1234567Z, ...Z, +00:00, a space for T, +05:30/-08:00/+01:00,
-  no offset, milliseconds, basic (20261124T101500Z), minutes only, a space and seven digits;
+  keys written with a \\u escape; ports 8.1e1, 1E3, -0, 443.00; cIP 16909060 as a number beside the
+  same text; Computer true; a 9 MB user agent (a line longer than a reader's block);
+- TimeGenerated in fourteen forms: ...1234567Z, ...Z, +00:00, a space for T, +05:30/-08:00/+01:00,
+  no offset, milliseconds, basic (20261124T101500Z), minutes only, a space and seven digits, a comma
+  fraction, +0530 without a colon, spaces and a tab around it, an ISO week date (2026-W48-2T...);
 - malformed records, each carrying the port that would make a 29-port group fire (or a row a firing
   group would count): not JSON, an array or null or a string line, NaN, a 5,000-digit port, a port
   "http"/1.5/true/2^63, a time "yesterday"/lower-case t and z/null/a number/year 1 at +01:00, cIP an
   object, a user agent a list or nested 3,000 deep, sPort or Computer missing; arrays and responses
-  get their own (a non-object element; a row as an object, too short, too long). --probe runs each
-  kind alone, against a control, on both paths, before anyone trusts the big run.
+  get their own (a non-object element; a row as an object, too short, too long); the JSON Lines file
+  ends in a cut line without its line break. --probe runs each kind alone, against a control, on
+  both paths, before anyone trusts the big run.
 
 Shapes: rows.jsonl (shuffled, CRLF, a BOM, blank lines, keys in several orders, ASCII-escaped and raw
 UTF-8 lines); response.json (one line, the API's wire form) and response-pretty.json
 (the same body as `az rest` prints it, json's indent 2); array.json (what `az monitor log-analytics
-query -o json` prints: indent 2, sorted keys, "TableName"); iis/ (W3SVC1..W3SVC12, u_ex261123/24/25.log,
+query -o json` prints: indent 2, sorted keys, "TableName"); response-clean.json and array-clean.json
+(the same rows with only the malformed records their first pass reads through: any other sends the
+whole file to the plain read, so without them their fast path would go unchecked); iis/ (W3SVC1..W3SVC12, u_ex261123/24/25.log,
 CRLF, one big single-header site, sites with a #Fields block every 1-20 entries, five layouts: IIS's
 default fields, all fields, another order, no date field (#Date gives it), no s-ip; an FTP folder;
 malformed entries: a field too many, a port "8o8o", time 24:61:00, a NUL, an entry before any #Fields,
-a last line without its line break; valid oddities: NUL padding before an entry, trailing spaces).
+a last line without its line break; valid oddities: NUL padding before an entry, trailing spaces, a
+BOM, LF line ends, ports written 00443, the day's first two minutes in the day before's file).
 
 Expected findings are independent of the detector: DuckDB's SQL of the rule (duckdb_anchor.py) over
 anchor.jsonl, the good rows' true values written canonically (every column, times as ...ffffffZ), and
@@ -44,7 +51,9 @@ over anchor-iis.jsonl, the values the IIS files hold. Our CLI runs on every shap
 --computer heldout-iis), and the plain path (plain_run.py, pushdown off) on JSON Lines and IIS (every
 shape with --plain-all); each result set is compared with DuckDB's column by column. Wall time, the
 child's peak RSS (os.wait4) and the ratio to DuckDB's time on the same rows are printed; rowsRead and
-skippedLines from our summary are printed beside the counts the generator planted.
+skippedLines from our summary are printed beside the counts the generator planted. The day is written
+by a child process: wait4's ru_maxrss of a child counts its parent's peak RSS too (subprocess starts
+children with vfork), so the measuring process never holds the day.
 """
 
 from __future__ import annotations
