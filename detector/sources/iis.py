@@ -41,7 +41,7 @@ import re
 import socket
 import stat
 from bisect import bisect_right
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -507,6 +507,17 @@ def _block_runs(
     data, report = block.data, at.layout.report
     merged: list[_Segment] = []  # runs read with merged_layout
     merged_layout = at.layout
+    small: list[tuple[_Segment, W3cLayout]] = []  # runs too small for a polars frame, typed by the plain code
+
+    def flush() -> Iterator[KeyedBlock]:
+        """The merged runs: one frame, or, when they are few entries, kept for one plain block of several."""
+        if sum(segment.end - segment.start for segment in merged) < SMALL_RUN_BYTES:
+            small.extend((segment, merged_layout) for segment in merged)
+            return
+        yield from _small_runs(data, small, at, path, block.offset, spec, request)
+        small.clear()
+        yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+
     for start, end, spaces in block.parts:
         if spaces < 0:
             text = data[start:end].decode("utf-8", errors="replace")
@@ -519,22 +530,55 @@ def _block_runs(
             at.line += 1
             continue
         if merged and not _reads_alike(merged_layout, at.layout):
-            yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+            yield from flush()
             merged = []
         if block.nul or not data.endswith(b"\n", start, end):
             # NUL bytes, a last line without its line break: the plain code decides.
-            yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+            yield from flush()
             merged = []
+            yield from _small_runs(data, small, at, path, block.offset, spec, request)
+            small.clear()
             yield from _plain_block(data, _Segment(start, end, at.line, spaces, -1), at, path, block.offset, spec, request)
             continue
         if not merged:
             merged_layout = at.layout
-        # Lines are counted only where a directive follows; the block's last run is the frame's height.
-        lines = data.count(b"\n", start, end) if end < len(data) else -1
+        # Lines are counted only where a directive follows (or the run is small); the block's last run is
+        # the frame's height.
+        lines = data.count(b"\n", start, end) if end < len(data) or end - start < SMALL_RUN_BYTES else -1
         merged.append(_Segment(start, end, at.line, spaces, lines))
         if lines >= 0:
             at.line += lines
-    yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+    yield from flush()
+    yield from _small_runs(data, small, at, path, block.offset, spec, request)
+
+
+SMALL_RUN_BYTES = 16 << 10  # ~100 entries: fewer cost less typed by the plain code than one polars frame
+
+
+def _small_runs(
+    data: bytes,
+    runs: list[tuple[_Segment, W3cLayout]],
+    at: _Position,
+    path: Path,
+    offset: int,
+    spec: CandidateSpec,
+    request: ReadRequest,
+) -> Iterator[KeyedBlock]:
+    """Small runs (each with its layout: a server that writes a header block every few entries may switch
+    between layouts) typed by the plain code, as one RowsBlock: the finder's cost per block is paid once
+    for all of them, not once per run. Their lines were counted, so `at` is already past them."""
+    if not runs:
+        return
+    places = [((path, offset + run.start, run.end - run.start), run.first_line, layout) for run, layout in runs]
+
+    def typed_runs(read: Callable[[tuple[Path, int, int]], bytes]) -> list[Row]:
+        rows: list[Row] = []
+        for where, first_line, layout in places:
+            rows += _plain_run(read(where), first_line, layout)[0]
+        return rows
+
+    rows = typed_runs(lambda where: data[where[1] - offset : where[1] - offset + where[2]])
+    yield RowsBlock(rows, spec, request.window, lambda: typed_runs(lambda where: read_range(*where)))
 
 
 def _reads_alike(a: W3cLayout, b: W3cLayout) -> bool:
