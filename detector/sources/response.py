@@ -24,7 +24,7 @@ import json
 import operator
 import re
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -440,7 +440,8 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
                 while not closed:
                     scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, list_taker(len(names), kept), len(kept))
                     closed = scanned.closed
-                    keys = _Rows(scanned, names, positions, wanted, index).keys(spec, request, where, report)
+                    explain = _explainer(path, scanned, names, request, index)
+                    keys = _Rows(scanned, names, positions, wanted, index).keys(spec, request, where, report, explain)
                     yield _ResponseBlock(keys, path, scanned, index, names, request, report)
                     index += len(scanned.starts)
         except (NotStreamable, InputError):
@@ -477,10 +478,9 @@ def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report:
                 stream.pos += 1
             while not closed:
                 scanned = stream.array_rows(RESPONSE_BLOCK_ROWS, take, len(wanted), closer="}")
-                if scanned.bad:
-                    raise Unavailable  # the plain read reports each such element in its words
                 closed = scanned.closed
-                keys = _Rows(scanned, wanted, positions, wanted, index).keys(spec, request, where, report)
+                explain = _explainer(path, scanned, None, request, index)
+                keys = _Rows(scanned, wanted, positions, wanted, index).keys(spec, request, where, report, explain)
                 yield _ResponseBlock(keys, path, scanned, index, None, request, report)
                 index += len(scanned.starts)
             if stream.peek():
@@ -490,6 +490,59 @@ def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report:
 
 
 _MALFORMED = object()  # a row the plain read skips (not a list of the columns)
+Explainer = Callable[[int], MalformedLine | None]  # why the plain read skips a block's record (None: it does not)
+
+
+def _explainer(path: Path, scanned: ScannedRows, names: list[str] | None, request: ReadRequest, first_index: int) -> Explainer:
+    """What the plain read says of a record of these rows (a saved response's, or an array's with `names`
+    None): the row is parsed again from the file and typed by the plain code."""
+    where = str(path)
+
+    def explain(record: int) -> MalformedLine | None:
+        index = first_index + record
+        for _, text, start in _row_texts(path, scanned.span, scanned.starts, scanned.ascii_only, [record]):
+            try:
+                payload, _ = nesting_safe(json.JSONDecoder().raw_decode, text, start)
+            except (ValueError, RecursionError):
+                return None
+            if names is None:
+                if not isinstance(payload, dict):
+                    return MalformedLine(where, f"row {index}", "must be a JSON object of W3CIISLog columns")
+                raw = payload
+            elif isinstance(payload, list) and len(payload) == len(names):
+                raw = dict(zip(names, payload, strict=True))
+            else:
+                return MalformedLine(where, f"row {index}", f"must be a list of {len(names)} values")
+            try:
+                typed(raw, request, where, f"row {index}")
+            except MalformedLine as exc:
+                return exc
+        return None
+
+    return explain
+
+
+def _row_texts(
+    path: Path, span: tuple[int, int], starts: Sequence[int], ascii_only: bool, records: list[int]
+) -> Iterator[tuple[int, str, int]]:
+    """(record, text, where its row starts in text) for each record of rows that start at `starts`
+    (characters from the first row's, bytes too when `ascii_only`) within `span` of the file: ASCII rows
+    are read one by one, others from the span's text."""
+    first, end = span
+    if not ascii_only:
+        text = read_range(path, first, end - first).decode("utf-8", errors="replace")
+        for record in records:
+            yield record, text, starts[record]
+        return
+    with path.open("rb") as handle:
+        for record in records:
+            start = first + starts[record]
+            stop = first + starts[record + 1] if record + 1 < len(starts) else end
+            handle.seek(start)
+            data = handle.read(stop - start)
+            yield record, data.decode("utf-8", errors="replace"), 0
+
+
 _FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
 
 
@@ -505,12 +558,12 @@ class _Rows:
         for offset, column in enumerate(present):
             self.columns[column] = scanned.keys[offset::step]
 
-    def keys(self, spec: CandidateSpec, request: ReadRequest, where: str, report: LineReport) -> pl.DataFrame:
+    def keys(self, spec: CandidateSpec, request: ReadRequest, where: str, report: LineReport, explain: Explainer) -> pl.DataFrame:
         """The block's key frame: typed in polars when every row is a list of the columns and every key
         value is what polars types exactly as the plain code does, else by the plain code."""
         frame = self._typed()
         if frame is None:
-            frame = self._coerced(where, report)
+            frame = self._coerced(where, report, explain)
         return keys_frame(frame, spec, request.window)
 
     def _typed(self) -> pl.DataFrame | None:
@@ -548,17 +601,18 @@ class _Rows:
             return None
         return pl.DataFrame(data).with_columns(stamps).drop(TIME)
 
-    def _coerced(self, where: str, report: LineReport) -> pl.DataFrame:
-        """The key frame's input typed by coerce_value (the plain code), once per distinct value; a row that
-        is not a list of the columns is skipped and reported as the plain read does. A key value the plain
-        code refuses (rare) sends the file to the plain read, which reports the row."""
+    def _coerced(self, where: str, report: LineReport, explain: Explainer) -> pl.DataFrame:
+        """The key frame's input typed by coerce_value (the plain code), once per distinct value. A row the
+        plain read skips (not a row, a key value the plain code refuses) is skipped and reported in the
+        plain read's words (`explain` types it again as the plain read does); one it cannot explain
+        sends the file to the plain read."""
         import polars as pl
 
         count = self.count
         bad = [False] * count
-        for record in self.bad:
+        refused = list(self.bad)
+        for record in refused:
             bad[record] = True
-            report.skip(MalformedLine(where, f"row {self.first_index + record}", f"must be a list of {self.width} values"))
         columns: dict[str, list[Any]] = {}
         for column, items in self.columns.items():
             typed_of: dict[tuple[type, Any], Any] = {}
@@ -584,9 +638,16 @@ class _Rows:
                     if key is not None:
                         typed_of[key] = result
                 if result is _MALFORMED:
-                    raise Unavailable  # the plain read skips and reports the row, with its own message
+                    bad[record] = True
+                    refused.append(record)
+                    result = None
                 out.append(result)
             columns[column] = out
+        for record in sorted(refused):
+            problem = explain(record)
+            if problem is None:
+                raise Unavailable  # the plain code reads the row after all: the plain read decides
+            report.skip(problem)
         times = [(_FAR_PAST if bad[r] or columns[TIME][r] is None else columns[TIME][r]) for r in range(count)]
         schema: dict[str, Any] = {"_t": pl.Int64}
         data: dict[str, list[Any]] = {"_t": times}
@@ -658,19 +719,4 @@ class _ResponseBlock(KeyedBlock):
         return iter(taken)
 
     def _texts(self, records: list[int]) -> Iterator[tuple[int, str, int]]:
-        """(record, text, where its row starts in text) for each record: ASCII rows (bytes are characters)
-        are read one by one, others from the block's text."""
-        first, end = self.span
-        starts = self.starts
-        if not self.ascii_only:
-            text = read_range(self.path, first, end - first).decode("utf-8", errors="replace")
-            for record in records:
-                yield record, text, starts[record]
-            return
-        with self.path.open("rb") as handle:
-            for record in records:
-                start = first + starts[record]
-                stop = first + starts[record + 1] if record + 1 < len(starts) else end
-                handle.seek(start)
-                data = handle.read(stop - start)
-                yield record, data.decode("utf-8", errors="replace"), 0
+        return _row_texts(self.path, self.span, self.starts, self.ascii_only, records)

@@ -27,6 +27,7 @@ from detector.models import Window
 from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
 from detector.sources import LineReport, ReadRequest, Source
+from detector.sources import candidates as candidates_module
 from detector.sources import file as jsonl_module
 from detector.sources import iis as iis_module
 from detector.sources import response as response_module
@@ -1108,13 +1109,13 @@ def test_iis_layouts_switching_every_few_entries_cost_one_plain_block_per_block(
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)
     monkeypatch.setattr(iis_module, "SMALL_RUN_BYTES", small_run_bytes)
     made: list[int] = []
-    original = jsonl_module.RowsBlock.__init__
+    original = candidates_module.RowsBlock.__init__
 
     def counted(self: Any, *args: Any, **kwargs: Any) -> None:
         made.append(1)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(jsonl_module.RowsBlock, "__init__", counted)
+    monkeypatch.setattr(candidates_module.RowsBlock, "__init__", counted)
     rng = _rng(7)
     rows = sorted(_random_rows(rng, 2000) + _scans(rng) + _logon_bursts(rng), key=lambda r: r["TimeGenerated"])
     lines = ["#Software: Microsoft Internet Information Services 10.0", "#Version: 1.0"]

@@ -328,9 +328,9 @@ def test_a_body_is_scanned_in_the_tight_loop_and_typed_in_polars(
         careful.append(1)
         return value(self)
 
-    def counted_coerced(self: response_module._Rows, where: str, report: Any) -> Any:
+    def counted_coerced(self: response_module._Rows, where: str, report: Any, explain: Any) -> Any:
         coerced.append(1)
-        return keys(self, where, report)
+        return keys(self, where, report, explain)
 
     monkeypatch.setattr(response_module.JsonStream, "value", counted_value)
     monkeypatch.setattr(response_module._Rows, "_coerced", counted_coerced)
