@@ -22,10 +22,11 @@ a lone low surrogate escape itself, and such a block is read the plain way):
   \\u escape is read the plain way;
 - string columns hold JSON strings (or null, when the column is not required): str() of a JSON number
   or an object differs from polars' rendering;
+- integer columns: plain digits are typed in polars, other text tolong reads (`-1`, ` 8080`: a JSON
+  number polars renders as its digits is the same integer to coerce_value) once per distinct value;
 - TimeGenerated is a JSON string: the canonical `yyyy-mm-ddThh:mm:ss[.f]Z` from year 1 (polars reads
   year 0) is typed in polars, any other form by the plain code's parse_datetime once per distinct value
-  (candidates.typed_times), and a value it refuses leaves the block to the plain code; integer columns
-  are null, "", "-" or plain digits (a JSON number or a digit string);
+  (candidates.typed_times), and a value it refuses leaves the block to the plain code;
 - required columns are present in every line (polars reads a missing key and a null alike).
 Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
 '\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from detector.errors import InputError
+from detector.kql import tolong
 from detector.models import Row, Window
 from detector.pushdown import TIME, CandidateSpec
 from detector.sources import (
@@ -681,7 +683,6 @@ def _typed(frame: pl.DataFrame, wanted: tuple[str, ...], times_were_strings: Cal
         return None
     # Vectorised over every row: cheaper than typing distinct values and joining them back.
     out: list[pl.Expr] = []
-    checks: list[pl.Expr] = []
     for column in wanted:
         if column == TIME:
             continue
@@ -690,10 +691,23 @@ def _typed(frame: pl.DataFrame, wanted: tuple[str, ...], times_were_strings: Cal
             out.append(value.fill_null(""))
             continue
         digits = value.str.contains(PLAIN_INTEGER)
-        checks.append((value.is_null() | value.is_in(["", "-"]) | digits).all().alias(column))
-        out.append(pl.when(digits).then(value).otherwise(None).cast(pl.Int64).alias(column))
-    if checks and not all(frame.select(checks).row(0)):
-        return None
+        simple = value.is_null() | value.is_in(["", "-"]) | digits
+        odd = frame.filter(~simple)[column].unique()
+        if not odd.len():
+            out.append(pl.when(digits).then(value).otherwise(None).cast(pl.Int64).alias(column))
+            continue
+        # Other text (a sign, spaces, leading zeros past 18 digits: `-1`, ` 8080`, `+81`) is typed by
+        # tolong, as coerce_value types it, once per distinct value. A JSON number polars renders so
+        # (its digits; a whole float's without `.0`) is the same integer to coerce_value; any text tolong
+        # refuses (a fraction, `true`, an object) leaves the block to the plain code, which says why.
+        numbers: dict[str, int] = {}
+        for text in odd:
+            number = tolong(text)
+            if number is None:
+                return None
+            numbers[text] = number
+        typed_odd = value.replace_strict(numbers, default=None, return_dtype=pl.Int64)
+        out.append(pl.when(digits).then(value.cast(pl.Int64, strict=False)).otherwise(typed_odd).alias(column))
     return frame.select(out).insert_column(0, stamps) if out else stamps.to_frame()
 
 

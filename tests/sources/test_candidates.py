@@ -1135,3 +1135,44 @@ def test_iis_layouts_switching_every_few_entries_cost_one_plain_block_per_block(
     assert len(compared.fired()) >= 2  # layout B has no user name: the by-user rule may not fire
     if small_run_bytes > 300:
         assert len(made) == len(RULES)  # one block of small runs per fast read (the plain read makes none)
+
+
+@pytest.mark.parametrize(
+    ("port", "columnar"),
+    [
+        ("-1", True),  # a JSON number
+        ('" 8080"', True),
+        ('"+81"', True),
+        ('"-0042"', True),
+        ("8.1e1", True),  # a whole float: 81 to both
+        ('"0000000000000000000081"', True),
+        ("1.5", False),
+        ('"0x1f"', False),
+        ("true", False),
+        ('"1_000"', False),
+        ("9223372036854775808", False),
+        ('{"p": 1}', False),
+    ],
+)
+def test_ports_written_oddly_are_typed_as_the_plain_read_types_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: str, columnar: bool
+) -> None:
+    """A port the plain code reads (a sign, spaces, leading zeros) keeps its block columnar, typed by tolong
+    once per distinct value; one it refuses leaves the block to the plain code, which skips the line."""
+    plain_blocks: list[int] = []
+    plain_rows = jsonl_module._plain_rows
+
+    def counted(*args: Any) -> Any:
+        plain_blocks.append(1)
+        return plain_rows(*args)
+
+    monkeypatch.setattr(jsonl_module, "_plain_rows", counted)
+    monkeypatch.setattr(jsonl_module, "BLOCK_BYTES", 1 << 20)
+    lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
+    lines.append(json.dumps(_scan_line(29, 0)).replace('"sPort": 0', f'"sPort": {port}'))  # the 30th port
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plain, fast = _stats_and_results(path, HIGH_PORT)
+    assert fast == plain
+    assert bool(plain_blocks) != columnar
+    assert bool(plain[0]) == columnar and sum(plain[2].values()) == int(not columnar)
