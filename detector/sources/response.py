@@ -543,6 +543,7 @@ def _row_texts(
             yield record, data.decode("utf-8", errors="replace"), 0
 
 
+_A_TIME = "2026-01-01T00:00:00Z"  # typed in polars in place of a bad row's time, then replaced by _FAR_PAST
 _FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
 
 
@@ -564,6 +565,12 @@ class _Rows:
         frame = self._typed()
         if frame is None:
             frame = self._coerced(where, report, explain)
+        else:
+            for record in self.bad:  # rows that are not rows, typed in polars as rows outside the window
+                problem = explain(record)
+                if problem is None:
+                    raise Unavailable  # the plain code reads the row after all: the plain read decides
+                report.skip(problem)
         return keys_frame(frame, spec, request.window)
 
     def _typed(self) -> pl.DataFrame | None:
@@ -575,12 +582,15 @@ class _Rows:
         """
         import polars as pl
 
-        if self.bad:
-            return None
         data: dict[str, pl.Series] = {}
         try:
-            for column, items in self.columns.items():
+            for column, values in self.columns.items():
                 kind = COLUMN_TYPES[column]
+                items = values
+                if column == TIME and self.bad and values is not None:
+                    items = list(values)  # a row that is not a row holds Nones: its time, any valid one
+                    for record in self.bad:
+                        items[record] = _A_TIME
                 if items is None:  # not a column of the table: every value is null
                     if kind not in ("string", "int", "long"):
                         return None
@@ -599,6 +609,8 @@ class _Rows:
         stamps = typed_times(data[TIME], lambda: True)  # Python str, or polars refused the Series above
         if stamps is None:
             return None
+        if self.bad:  # outside any window: never kept or counted
+            stamps = stamps.scatter(self.bad, _FAR_PAST)
         return pl.DataFrame(data).with_columns(stamps).drop(TIME)
 
     def _coerced(self, where: str, report: LineReport, explain: Explainer) -> pl.DataFrame:
