@@ -279,6 +279,14 @@ def read_span(fd: int, offset: int, length: int, where: str) -> bytes:
     return data
 
 
+def open_input(path: Path) -> Any:
+    """The `file:` input opened for a first pass (binary), or one error naming it and what to check."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise InputError(str(path), f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+
+
 def read_range(path: Path, offset: int, length: int) -> bytes:
     """Bytes of the file read before (a block read again to take its candidates' rows)."""
     try:

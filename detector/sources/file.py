@@ -86,6 +86,7 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     line_spans,
+    open_input,
     polars_lines,
     read_range,
     read_span,
@@ -399,10 +400,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
     """
     from concurrent.futures import Future, ThreadPoolExecutor  # polars imports it anyway
 
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(str(path), f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    handle = open_input(path)
     where = str(path)
     with handle:
         pool = ThreadPoolExecutor(max_workers=KEY_WORKERS, thread_name_prefix="jsonl-keys")

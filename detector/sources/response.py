@@ -42,6 +42,7 @@ from detector.sources.candidates import (
     describe_binary,
     keys_frame,
     microseconds,
+    open_input,
     read_range,
     skip_bom,
     typed_times,
@@ -411,10 +412,7 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
     rows parses those rows again). Anything the plain read would report as an error (or a layout the
     stream cannot follow) raises Unavailable: the plain read then reads the file and says what it says."""
     where = str(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    handle = open_input(path)
     wanted = list(spec.columns())
     with handle:
         stream = JsonStream(handle, skip_bom(handle), where)
@@ -458,13 +456,10 @@ def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report:
     """A JSON array of row objects (what `az monitor log-analytics query` prints) in blocks, read as a saved
     response's rows are: scanned by json's scanner, key values typed in polars, each block keeping its key
     frame and where its rows start. An element the plain read skips (not an object, a required column
-    missing), invalid JSON or anything after the array raises Unavailable: the plain read then says what
-    it says, row by row."""
+    missing, a key value it refuses) is skipped in its words; invalid JSON or anything after the array
+    raises Unavailable: the plain read then says what it says."""
     where = str(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputError(where, f"cannot open ({exc.strerror}); check the path after 'file:'") from None
+    handle = open_input(path)
     wanted = list(spec.columns())
     take = object_taker(wanted, list(request.required))
     positions = list(range(len(wanted)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.errors import InputError
-from detector.models import Row
 from detector.sources import response as response_module
-from detector.sources.candidates import read_with_pushdown
 from detector.sources.file import FileSource
 from tests.sources.test_response import (
     COLUMNS,
@@ -52,24 +49,6 @@ def _az(rows: list[Any], *, layout: str = "az", ensure_ascii: bool = False) -> s
     else:
         text = json.dumps(rows, indent="\t", ensure_ascii=ensure_ascii) + "\r\n"
     return text.replace(json.dumps(SURROGATE)[1:-1], "\\ud800")
-
-
-@pytest.fixture
-def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the reads whose fast read gave up and ran the plain read instead."""
-    import detector.sources.file as file_module
-
-    given_up: list[int] = []
-
-    def spied(fast: Callable[[], Iterator[Row]], plain: Callable[[], Iterator[Row]]) -> Iterator[Row]:
-        def counted() -> Iterator[Row]:
-            given_up.append(1)
-            return plain()
-
-        return read_with_pushdown(fast, counted)
-
-    monkeypatch.setattr(file_module, "read_with_pushdown", spied)
-    return given_up
 
 
 # -- any rows, any layout, any chunking ---------------------------------------------------------------------

@@ -43,6 +43,20 @@ def _rng(seed: int) -> random.Random:
     return random.Random(seed)
 
 
+def _spy_found(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[bool]:
+    """Records, call by call, whether module.name gave something (not None)."""
+    found: list[bool] = []
+    original = getattr(module, name)
+
+    def spy(*args: Any) -> Any:
+        result = original(*args)
+        found.append(result is not None)
+        return result
+
+    monkeypatch.setattr(module, name, spy)
+    return found
+
+
 RULES: list[Rule] = [r for r in load_rules(DEFAULT_RULES_DIR) if not r.logic.whole_window]
 # The binned-threshold rules (those that prune and share reads); the whole-window rules read alone and have
 # their own tests (tests/test_window_rules_engine.py).
@@ -214,15 +228,7 @@ def _logon_bursts(rng: random.Random) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_json_lines_give_the_same_results(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    columnar = []
-    original = jsonl_module._columnar_keys
-
-    def spy(*args: Any) -> Any:
-        keys = original(*args)
-        columnar.append(keys is not None)
-        return keys
-
-    monkeypatch.setattr(jsonl_module, "_columnar_keys", spy)
+    columnar = _spy_found(monkeypatch, jsonl_module, "_columnar_keys")
     rng = _rng(seed)
     rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
     if seed % 2 == 0:
@@ -254,15 +260,7 @@ def test_candidate_lines_are_taken_at_their_offsets(
     """Candidate lines are read back at the byte offsets the first pass found (one by one, or sliced
     from the block), for LF and CRLF files; mixed line ends leave the offsets unknown (re-split)."""
     monkeypatch.setattr(jsonl_module, "_FEW_RECORDS", few)
-    known: list[bool] = []
-    original = jsonl_module._line_ends
-
-    def spy(*args: Any) -> Any:
-        ends = original(*args)
-        known.append(ends is not None)
-        return ends
-
-    monkeypatch.setattr(jsonl_module, "_line_ends", spy)
+    known = _spy_found(monkeypatch, jsonl_module, "_line_ends")
     rng = _rng(11)
     rows = _random_rows(rng, 2000) + _scans(rng)
     rng.shuffle(rows)
@@ -1082,15 +1080,7 @@ def test_a_value_in_a_skipped_lines_warning_cannot_forge_a_log_line(tmp_path: Pa
 
 def test_json_lines_after_blank_lines_take_the_fast_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Leading blank lines (CRLF ones too) no longer send the whole file to the plain read."""
-    columnar: list[bool] = []
-    original = jsonl_module._columnar_keys
-
-    def spy(*args: Any) -> Any:
-        keys = original(*args)
-        columnar.append(keys is not None)
-        return keys
-
-    monkeypatch.setattr(jsonl_module, "_columnar_keys", spy)
+    columnar = _spy_found(monkeypatch, jsonl_module, "_columnar_keys")
     monkeypatch.setattr(jsonl_module, "BLOCK_BYTES", 400)
     rows = [json.dumps(_scan_line(i, 1000 + i)) for i in range(40)]
     path = tmp_path / "rows.jsonl"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import tracemalloc
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, load_rules
 from detector.sources import ReadRequest
 from detector.sources import response as response_module
-from detector.sources.candidates import read_with_pushdown
 from detector.sources.file import FileSource
 from tests.helpers import DAY, FILES, RULE
 
@@ -58,24 +56,6 @@ def _body(
     document = {"tables": [table, *(tables_after or [])], **(members_after or {})}
     text = json.dumps(document, separators=separators, indent=indent, ensure_ascii=ensure_ascii)
     return text.replace(json.dumps(SURROGATE)[1:-1], "\\ud800")
-
-
-@pytest.fixture
-def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the reads whose fast read gave up and ran the plain read instead."""
-    import detector.sources.file as file_module
-
-    given_up: list[int] = []
-
-    def spied(fast: Callable[[], Iterator[Row]], plain: Callable[[], Iterator[Row]]) -> Iterator[Row]:
-        def counted() -> Iterator[Row]:
-            given_up.append(1)
-            return plain()
-
-        return read_with_pushdown(fast, counted)
-
-    monkeypatch.setattr(file_module, "read_with_pushdown", spied)
-    return given_up
 
 
 def _outcome(path: Path, pushdown: bool) -> tuple[Any, ...]:
