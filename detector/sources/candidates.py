@@ -94,6 +94,11 @@ def microseconds(moment: datetime) -> int:
 _CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
 
 
+def canonical_time(time: pl.Expr) -> pl.Expr:
+    """True for a TimeGenerated text in the canonical form typed_times types in polars."""
+    return time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")  # Python's datetime has no year 0
+
+
 def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series | None:
     """TimeGenerated text as epoch microseconds (`_t`), exactly as coerce_value types it, or None when a
     value needs the plain code (which skips its line or row and says why).
@@ -111,8 +116,7 @@ def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series
     time = pl.col(TIME)
     fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
     seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
-    # Python's datetime has no year 0 (polars reads 0000-01-01).
-    canonical = time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")
+    canonical = canonical_time(time)  # (polars reads year 0000, Python's datetime has none)
     frame = times.rename(TIME).to_frame()
     stamp = seconds + fraction
     odd = frame.filter(~canonical.fill_null(False))[TIME].unique()
@@ -296,11 +300,12 @@ def read_range(path: Path, offset: int, length: int) -> bytes:
         raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
 
 
-def polars_lines(data: bytes, n_rows: int | None = None) -> pl.Series | None:
+def polars_lines(data: bytes, n_rows: int | None = None, *, empty: bool = False) -> pl.Series | None:
     """The block's lines as a String series (each without its LF or CRLF), or None when polars refuses.
 
     polars, told that a line is one field (separator NUL), cuts the lines in native code, several times
-    faster than bytes.split; it refuses a NUL byte (more fields) and invalid UTF-8.
+    faster than bytes.split; it refuses a NUL byte (more fields) and invalid UTF-8. An empty line is
+    null: with `empty` it stays so, else the series is refused too.
     """
     import polars as pl
 
@@ -310,7 +315,7 @@ def polars_lines(data: bytes, n_rows: int | None = None) -> pl.Series | None:
         ]
     except pl.exceptions.PolarsError:
         return None
-    return None if lines.null_count() else lines
+    return None if lines.null_count() and not empty else lines
 
 
 def group_hash(keys: Sequence[pl.Expr | str]) -> pl.Expr:

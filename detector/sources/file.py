@@ -50,6 +50,7 @@ must see every column of every line, always takes the plain read.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -77,11 +78,13 @@ from detector.sources import (
 from detector.sources.candidates import (
     BOM,
     PLAIN_INTEGER,
+    RECORD,
     CandidateRead,
     KeyedBlock,
     RowsBlock,
     Unavailable,
     candidate_rows,
+    canonical_time,
     columnar_applies,
     describe_binary,
     keys_frame,
@@ -91,6 +94,7 @@ from detector.sources.candidates import (
     read_range,
     read_span,
     read_with_pushdown,
+    rows_frame,
     skip_bom,
     typed_times,
 )
@@ -408,7 +412,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             start = skip_bom(handle)
             fd = handle.fileno()
             spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
-            pending: deque[tuple[int, int, Future[_ColumnarBlock | None]]] = deque()
+            pending: deque[tuple[int, int, Future[_ColumnarBlock | _OddLines | None]]] = deque()
 
             def fill() -> None:
                 while len(pending) < BLOCKS_AHEAD and (span := next(spans, None)) is not None:
@@ -423,6 +427,8 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                 offset, length, future = pending.popleft()
                 block = future.result()
                 fill()
+                if isinstance(block, _OddLines):
+                    block = block.completed(path, offset, length, line, request, report)
                 if block is not None:
                     block.first_line = line
                     line += block.keys.height  # a columnar block: one record per line
@@ -443,13 +449,14 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
 
 def _columnar_block(
     fd: int, offset: int, length: int, path: Path, spec: CandidateSpec, request: ReadRequest, report: LineReport
-) -> _ColumnarBlock | None:
-    """The block read and parsed the columnar way, prepared for the finder (on a worker thread), or None
-    when it must be read row by row. Its first line number is set by the caller, who counts the lines."""
+) -> _ColumnarBlock | _OddLines | None:
+    """The block read and parsed the columnar way, prepared for the finder (on a worker thread); or its
+    good lines parsed so, with the odd ones left for the caller's plain code (_OddLines); or None when it
+    must be read row by row. Its first line number is set by the caller, who counts the lines."""
     data = read_span(fd, offset, length, str(path))
     parsed = _columnar_keys(data, spec, request)
     if parsed is None:
-        return None
+        return _odd_lines(data, spec, request)
     block = _ColumnarBlock(parsed, path, offset=offset, length=length, first_line=0, request=request, report=report)
     block.prepare()
     return block
@@ -568,45 +575,43 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 _NOT_FROM_A_STRING = r"^(?:-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|true|false)$|^[\[{]"
 
 
-def _from_json_strings(data: bytes, values: pl.Series, column: str, expected: int) -> bool:
+def _from_json_strings(lines: pl.Series, values: pl.Series, column: str, expected: int) -> bool:
     """True when every non-null value of a column that occurs once per line was a JSON string.
 
     Cheap when no value looks like a rendered number, boolean, object or array (addresses and host
     names never do); otherwise the block's `"name":"` / `"name": "` keys are counted (such a pattern
-    cannot occur inside a JSON string, where a quote is escaped).
+    cannot occur inside a JSON string, where a quote is escaped), line by line in polars (no GIL).
     """
     if not values.unique().str.contains(_NOT_FROM_A_STRING).any():  # distinct values: few hosts and addresses
         return True
-    name = b'"' + column.encode() + b'":'
-    found = data.count(name + b'"')
+    name = f'"{column}":'
+    found = int(lines.str.count_matches(name + '"', literal=True).sum())
     if found != expected:
-        found += data.count(name + b' "')
+        found += int(lines.str.count_matches(name + ' "', literal=True).sum())
     return found == expected
 
 
-def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _BlockKeys | None:
+def _columnar_keys(
+    data: bytes, spec: CandidateSpec, request: ReadRequest, parsed: pl.DataFrame | None = None
+) -> _BlockKeys | None:
     """The KeyedBlock.keys of one block (record = line) and its line ends, or None when it must be read
-    row by row."""
-    import polars as pl
-
+    row by row. `parsed`: the block's key columns as strings, when the caller has read them already."""
     if not data.endswith(b"\n"):
         return None  # a last line without its line break: maybe truncated; the plain code decides
-    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+    crlf = _crlf_count(data)
+    if crlf is None:
         return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
     lines_frame = polars_lines(data)
     if lines_frame is None:
         return None  # a blank line, a NUL byte or invalid UTF-8: the plain code decides
     # Line ends that add up to the block prove one polars line per line break; else the breaks are counted.
-    ends = _line_ends(data, lines_frame)
+    ends = _line_ends(data, lines_frame, crlf)
     lines = lines_frame.len() if ends is not None else data.count(b"\n")
     if lines_frame.len() != lines:
         return None
     wanted = spec.columns()
-    try:
-        frame = pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(wanted, pl.String))
-    except pl.exceptions.PolarsError:
-        return None
-    if frame.height != lines:
+    frame = _key_strings(data, wanted) if parsed is None else parsed
+    if frame is None or frame.height != lines:
         return None  # blank lines: the plain code decides
     nulls_of = {column: frame[column].null_count() for column in wanted}
     if not _each_key_once(data, lines_frame, [c for c in wanted if not nulls_of[c]]):
@@ -620,17 +625,216 @@ def _columnar_keys(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _B
                 return None  # polars reads a missing key and a null alike; the plain code tells them apart
             if not _once_per_line(lines_frame, frame[column], column, null_required=column in required):
                 return None
-        if string and not _from_json_strings(data, frame[column], column, lines - nulls):
+        if string and not _from_json_strings(lines_frame, frame[column], column, lines - nulls):
             return None
-    typed = _typed(frame, wanted, lambda: _from_json_strings(data, frame[TIME], TIME, lines))
+    typed = _typed(frame, wanted, lambda: _from_json_strings(lines_frame, frame[TIME], TIME, lines))
     return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
 
 
-def _line_ends(data: bytes, lines: pl.Series) -> pl.Series | None:
+# A block with more odd lines than this share is read row by row: the columnar pass would save little.
+_ODD_SHARE = 0.25
+
+
+class _OddLines(NamedTuple):
+    """A block the columnar pass could not read whole: the keys of its good lines, read the columnar way
+    (their RECORD counts good lines only), and its odd lines, for the plain code to type once the block's
+    first line number is known (on the reading thread, so skipped lines are reported in file order)."""
+
+    good: _BlockKeys  # keys of the good lines, as _columnar_keys reads them alone
+    good_lines: pl.Series  # the block's line index of each good line (UInt32)
+    odd: list[tuple[int, str]]  # (line index, the line as the plain read decodes it)
+    lines: int
+    ends: pl.Series | None  # the block's line ends (see _line_ends)
+
+    def completed(
+        self, path: Path, offset: int, length: int, first_line: int, request: ReadRequest, report: LineReport
+    ) -> _ColumnarBlock:
+        """The block with every line's keys: the odd lines typed by the plain code, exactly as the plain
+        read types them (a line it skips is reported here, and keeps a record that is never kept)."""
+        import polars as pl
+
+        spec = request.candidates
+        assert spec is not None  # noqa: S101 - a columnar read has a spec
+        where = str(path)
+        rows: list[Row] = []
+        typed_at: list[int] = []
+        refused: list[int] = []
+        for index, text in self.odd:
+            try:
+                row = typed_json_line(text, first_line + index, request, where)
+            except MalformedLine as exc:
+                report.skip(exc)
+                row = None
+            if row is None:
+                refused.append(index)
+            else:
+                rows.append(row)
+                typed_at.append(index)
+        good = self.good.keys
+        parts = [good.with_columns(self.good_lines.alias(RECORD))]
+        if rows:
+            parts.append(rows_frame(rows, spec, request.window).with_columns(pl.Series(RECORD, typed_at, dtype=pl.UInt32)))
+        if refused:
+            # A record per refused line too (never in the window, never kept), so records stay line numbers.
+            def nothing(name: str, dtype: Any) -> pl.Expr:
+                if name == RECORD:
+                    return pl.col(RECORD)
+                return (pl.lit(False) if dtype == pl.Boolean else pl.lit(None, dtype=dtype)).alias(name)
+
+            blank = pl.DataFrame({RECORD: refused}, schema={RECORD: pl.UInt32})
+            parts.append(blank.select([nothing(name, dtype) for name, dtype in good.schema.items()]))
+        keys = pl.concat(parts).sort(RECORD)
+        block = _ColumnarBlock(
+            _BlockKeys(keys, self.ends), path, offset=offset, length=length, first_line=first_line, request=request, report=report
+        )
+        block.prepare()
+        return block
+
+
+def _odd_lines(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _OddLines | None:
+    """The block's good lines read the columnar way, and its odd lines (not JSON, not an object, a key
+    written twice or with an escape, a lone surrogate, no TimeGenerated, a value the columnar typing
+    refuses: whatever would send the whole block to the plain code) set apart; or None when the block
+    must be read row by row (odd lines are too many, or the good lines still cannot be read so).
+
+    Which lines are odd is only a guess, made line by line in polars: the good lines are then read by
+    _columnar_keys as a block of their own, with every guard, so the guess decides speed, never a row.
+    """
+    import polars as pl
+
+    if not data.endswith(b"\n") or _crlf_count(data) is None:
+        return None
+    wanted = spec.columns()
+    if not all(_PLAIN_NAME.fullmatch(c) for c in wanted):
+        return None
+    lines = polars_lines(data, empty=True)
+    if lines is None or lines.len() != data.count(b"\n"):
+        return None
+    named = [c for c in wanted if b'"' + c.encode() + b'"' in data]  # a column no line names is left to the guards
+    line = pl.col("line")
+    odd = line.is_null()
+    if named:
+        odd = odd | (line.str.count_matches("(?:" + "|".join(named) + ')"') != len(named))
+    if b"\\" in data:
+        odd = odd | line.str.contains(_ESCAPED_KEY)
+    frame = lines.rename("line").to_frame().with_row_index("_line").with_columns(odd.fill_null(True).alias("_odd"))
+    if b"\\" in data:
+        frame = frame.with_columns(pl.col("_odd") | _lone_surrogate_lines(lines))
+    raw = data.split(b"\n")  # the lines as the plain read sees them (a CRLF line keeps its CR)
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in raw)]  # where each line starts
+    good = _good_lines(frame, data, starts, spec, request)
+    if good is None:
+        return None
+    kept, parsed = good
+    odd_lines = [(index, raw[index].decode("utf-8")) for index in frame.join(kept.to_frame(), on="_line", how="anti")["_line"]]
+    return _OddLines(parsed, kept, odd_lines, lines.len(), pl.Series(starts[1 : lines.len() + 1]))
+
+
+def _good_lines(
+    frame: pl.DataFrame, data: bytes, starts: list[int], spec: CandidateSpec, request: ReadRequest
+) -> tuple[pl.Series, _BlockKeys] | None:
+    """The indexes of the lines `frame` does not call odd, less those whose JSON polars refuses or whose
+    values the columnar typing refuses, and their keys (_columnar_keys on them alone); or None."""
+    import polars as pl
+
+    wanted = spec.columns()
+    good = frame.filter(~pl.col("_odd"))
+
+    def text() -> bytes:
+        """The good lines' bytes: the block less the runs of other lines (a few copies, not a join of every line)."""
+        pieces, at = [], 0
+        for index in frame.join(good, on="_line", how="anti")["_line"]:
+            pieces.append(data[starts[at] : starts[index]])
+            at = index + 1
+        pieces.append(data[starts[at] :])
+        return b"".join(pieces)
+
+    def few() -> bool:
+        return good.is_empty() or frame.height - good.height > _ODD_SHARE * frame.height
+
+    if few():
+        return None
+    values = _key_strings(text(), wanted)
+    if values is None:  # a line polars refuses (not JSON, not an object, NaN, nested too deep): serde_json's say
+        good = good.filter(pl.col("line").str.json_path_match(f"$.{TIME}").is_not_null())
+        if few() or (values := _key_strings(text(), wanted)) is None:
+            return None
+    refused = _odd_values(good["line"], values, set(request.required) | {TIME})
+    if refused.any():
+        good, values = good.filter(~refused), values.filter(~refused)
+        if few():
+            return None
+    parsed = _columnar_keys(text(), spec, request, values)
+    return None if parsed is None else (good["_line"].cast(pl.UInt32), parsed)
+
+
+def _key_strings(data: bytes, wanted: tuple[str, ...]) -> pl.DataFrame | None:
+    """The block's key columns as strings (polars renders a number, a boolean, an object as text), or
+    None when polars refuses a line."""
+    import polars as pl
+
+    try:
+        return pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(wanted, pl.String))
+    except pl.exceptions.PolarsError:
+        return None
+
+
+def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> pl.Series:
+    """Per line (values: its key columns read as strings): a value the columnar typing refuses or cannot
+    tell from another (a required column null or missing, a string column written as a number, a time
+    or an integer the plain code's own parse refuses), so the whole block would be read row by row."""
+    import polars as pl
+
+    from detector.kql import parse_datetime
+
+    frame = values.with_columns(lines.alias("_line_text"))
+    line = pl.col("_line_text")
+    odd: list[pl.Expr] = []
+    for column in values.columns:
+        value = pl.col(column)
+        if column in required:
+            odd.append(value.is_null())
+        written_as_string = line.str.count_matches(f'"{column}":\\s*"') == 1
+        if column == TIME:
+            canonical = canonical_time(value)
+            refused = _refused(frame.filter(~canonical.fill_null(True))[column].unique(), parse_datetime)
+            odd.append(~canonical & (value.is_in(refused.implode()) | ~written_as_string))
+        elif COLUMN_TYPES[column] == "string":
+            odd.append(value.str.contains(_NOT_FROM_A_STRING) & ~written_as_string)
+        else:
+            simple = value.is_in(["", "-"]) | value.str.contains(PLAIN_INTEGER)
+            refused = _refused(frame.filter(~simple.fill_null(True))[column].unique(), tolong)
+            odd.append(value.is_in(refused.implode()))
+    return frame.select(pl.any_horizontal(odd).fill_null(False).alias("odd"))["odd"]
+
+
+def _refused(texts: pl.Series, parse: Callable[[str], object]) -> pl.Series:
+    """The texts `parse` refuses (raises ValueError or OverflowError, or returns None)."""
+    refused = []
+    for text in texts:
+        try:
+            if parse(text) is None:
+                refused.append(text)
+        except (ValueError, OverflowError):
+            refused.append(text)
+    return texts.__class__(texts.name, refused, dtype=texts.dtype)
+
+
+def _crlf_count(data: bytes) -> int | None:
+    """How many CRLF line breaks the block has, or None when it has a CR outside one.
+
+    bytes.count holds the GIL: a block is scanned for CRs once, and for CRLFs only when it has some.
+    """
+    if b"\r" not in data:
+        return 0
+    crs = data.count(b"\r")
+    return crs if crs == data.count(b"\r\n") else None
+
+
+def _line_ends(data: bytes, lines: pl.Series, crlf: int) -> pl.Series | None:
     """Where each line ends (after its LF), in bytes from the block start, from the lines' lengths
-    (polars_lines drops the LF, and the CR of a CRLF); None unless every line ends alike and the
-    lengths add up to the block."""
-    crlf = data.count(b"\r\n") if b"\r" in data else 0
+    (polars_lines drops the LF, and the CR of a CRLF; `crlf`: the block's CRLF count); None unless
+    every line ends alike and the lengths add up to the block."""
     if crlf not in (0, lines.len()) or len(data) >= 2**32:
         return None
     ends = (lines.str.len_bytes() + (2 if crlf else 1)).cum_sum()
@@ -640,14 +844,17 @@ def _line_ends(data: bytes, lines: pl.Series) -> pl.Series | None:
 def _lone_surrogates(lines: pl.Series) -> bool:
     """True when some line holds a surrogate escape that is not half of a high-low pair (an escaped
     backslash before `u` counts too: that only sends the block to the plain code)."""
+    return bool(_lone_surrogate_lines(lines).any())
+
+
+def _lone_surrogate_lines(lines: pl.Series) -> pl.Series:
+    """Per line: it holds a surrogate escape that is not half of a high-low pair (see _lone_surrogates)."""
     import polars as pl
 
-    counts = lines.to_frame("line").select(
-        pl.col("line").str.count_matches(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}").sum().alias("surrogates"),
-        pl.col("line").str.count_matches(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}").sum().alias("pairs"),
-    )
-    surrogates, pairs = counts.row(0)
-    return bool(surrogates != 2 * pairs)
+    line = pl.col("line")
+    surrogates = line.str.count_matches(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+    pairs = line.str.count_matches(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+    return lines.rename("line").to_frame().select((surrogates != 2 * pairs).fill_null(False).alias("lone"))["lone"]
 
 
 # A string holding a \\u escape and then followed by a colon: a key written with an escape (json.loads and

@@ -1148,7 +1148,7 @@ def test_ports_written_oddly_are_typed_as_the_plain_read_types_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: str, columnar: bool
 ) -> None:
     """A port the plain code reads (a sign, spaces, leading zeros) keeps its block columnar, typed by tolong
-    once per distinct value; one it refuses leaves the block to the plain code, which skips the line."""
+    once per distinct value; one it refuses leaves its line (only) to the plain code, which skips it."""
     plain_blocks: list[int] = []
     plain_rows = jsonl_module._plain_rows
 
@@ -1157,6 +1157,7 @@ def test_ports_written_oddly_are_typed_as_the_plain_read_types_them(
         return plain_rows(*args)
 
     monkeypatch.setattr(jsonl_module, "_plain_rows", counted)
+    odd = _spy_odd_lines(monkeypatch)
     monkeypatch.setattr(jsonl_module, "BLOCK_BYTES", 1 << 20)
     lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
     lines.append(json.dumps(_scan_line(29, 0)).replace('"sPort": 0', f'"sPort": {port}'))  # the 30th port
@@ -1164,5 +1165,19 @@ def test_ports_written_oddly_are_typed_as_the_plain_read_types_them(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     plain, fast = _stats_and_results(path, HIGH_PORT)
     assert fast == plain
-    assert bool(plain_blocks) != columnar
+    assert not plain_blocks
+    assert odd == ([] if columnar else [[29]])  # that line alone
     assert bool(plain[0]) == columnar and sum(plain[2].values()) == int(not columnar)
+
+
+def _spy_odd_lines(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The line indexes each block read partly columnar leaves to the plain code, one list per such block."""
+    found: list[list[int]] = []
+    completed = jsonl_module._OddLines.completed
+
+    def spy(self: Any, *args: Any) -> Any:
+        found.append([index for index, _ in self.odd])
+        return completed(self, *args)
+
+    monkeypatch.setattr(jsonl_module._OddLines, "completed", spy)
+    return found
