@@ -46,8 +46,12 @@ class ReadRequest:
 
     def read_columns(self) -> tuple[str, ...]:
         """The columns to read: the rule's, and those its pushdown description reads."""
-        extra = self.candidates.columns() if self.candidates is not None else ()
-        return tuple(dict.fromkeys((*self.columns, *extra)))
+        cached: tuple[str, ...] | None = self.__dict__.get("_read_columns")
+        if cached is None:  # asked once per row read: worked out once (the request is frozen)
+            extra = self.candidates.columns() if self.candidates is not None else ()
+            cached = tuple(dict.fromkeys((*self.columns, *extra)))
+            object.__setattr__(self, "_read_columns", cached)
+        return cached
 
 
 class Source(ABC):
@@ -176,6 +180,11 @@ def nesting_safe(parse: Callable[..., _T], *args: Any) -> _T:
     if not succeeded:
         raise result
     return result  # type: ignore[no-any-return]
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether the text holds a surrogate code point (which only JSON's \\ud800 escapes can produce)."""
+    return _SURROGATE.search(text) is not None
 
 
 def representable(row: Row) -> Row:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from detector.errors import InputError
 from detector.models import Row
 from detector.pushdown import TIME, CandidateSpec
-from detector.sources import LineReport, MalformedLine, ReadRequest, nesting_safe, representable, typed
+from detector.sources import LineReport, MalformedLine, ReadRequest, has_lone_surrogate, nesting_safe, representable, typed
 from detector.sources.candidates import (
     CandidateRead,
     KeyedBlock,
@@ -492,10 +492,11 @@ def _explainer(path: Path, scanned: ScannedRows, names: list[str] | None, reques
     """What the plain read says of a record of these rows (a saved response's, or an array's with `names`
     None): the row is parsed again from the file and typed by the plain code."""
     where = str(path)
+    span_text: list[str] = []  # a block with non-ASCII rows: its text, read and decoded once for all its bad rows
 
     def explain(record: int) -> MalformedLine | None:
         index = first_index + record
-        for _, text, start in _row_texts(path, scanned.span, scanned.starts, scanned.ascii_only, [record]):
+        for _, text, start in _row_texts(path, scanned.span, scanned.starts, scanned.ascii_only, [record], span_text):
             try:
                 payload, _ = nesting_safe(json.JSONDecoder().raw_decode, text, start)
             except (ValueError, RecursionError):
@@ -518,14 +519,24 @@ def _explainer(path: Path, scanned: ScannedRows, names: list[str] | None, reques
 
 
 def _row_texts(
-    path: Path, span: tuple[int, int], starts: Sequence[int], ascii_only: bool, records: list[int]
+    path: Path,
+    span: tuple[int, int],
+    starts: Sequence[int],
+    ascii_only: bool,
+    records: list[int],
+    span_text: list[str] | None = None,
 ) -> Iterator[tuple[int, str, int]]:
     """(record, text, where its row starts in text) for each record of rows that start at `starts`
     (characters from the first row's, bytes too when `ascii_only`) within `span` of the file: ASCII rows
-    are read one by one, others from the span's text."""
+    are read one by one, others from the span's text (kept in `span_text`, when given, for the next call)."""
     first, end = span
     if not ascii_only:
-        text = read_range(path, first, end - first).decode("utf-8", errors="replace")
+        if not span_text:
+            text = read_range(path, first, end - first).decode("utf-8", errors="replace")
+            if span_text is not None:
+                span_text.append(text)
+        else:
+            text = span_text[0]
         for record in records:
             yield record, text, starts[record]
         return
@@ -542,6 +553,16 @@ _A_TIME = "2026-01-01T00:00:00Z"  # typed in polars in place of a bad row's time
 _FAR_PAST = -(2**62)  # the time given to a row that is skipped: outside any window, so never kept or counted
 
 
+def _polars_holds(column: str, value: Any) -> bool:
+    """Whether polars holds this key value as coerce_value types it (see _Rows._typed)."""
+    kind = type(value)
+    if column == TIME:
+        return kind is str
+    if COLUMN_TYPES[column] == "string":
+        return value is None or (kind is str and (value.isascii() or not has_lone_surrogate(value)))
+    return value is None or (kind is int and -(2**63) <= value < 2**63)
+
+
 class _Rows:
     """One block of scanned rows (row `first_index` of the response first) and the positions of the key
     columns `wanted` in a row (-1: not a column of the table)."""
@@ -556,57 +577,100 @@ class _Rows:
 
     def keys(self, spec: CandidateSpec, request: ReadRequest, where: str, report: LineReport, explain: Explainer) -> pl.DataFrame:
         """The block's key frame: typed in polars when every row is a list of the columns and every key
-        value is what polars types exactly as the plain code does, else by the plain code."""
-        frame = self._typed()
-        if frame is None:
+        value is what polars types exactly as the plain code does (other values by the plain code, row
+        by row), else by the plain code throughout."""
+        typed = self._typed(where)
+        if typed is None:
             frame = self._coerced(where, report, explain)
         else:
-            for record in self.bad:  # rows that are not rows, typed in polars as rows outside the window
+            frame, refused = typed
+            for record in refused:  # rows the plain read skips, typed as rows outside the window
                 problem = explain(record)
                 if problem is None:
                     raise Unavailable  # the plain code reads the row after all: the plain read decides
                 report.skip(problem)
         return keys_frame(frame, spec, request.window)
 
-    def _typed(self) -> pl.DataFrame | None:
-        """`_t` and the key columns, as coerce_value types them, or None when a row or value needs the plain code.
+    def _typed(self, where: str) -> tuple[pl.DataFrame, list[int]] | None:
+        """`_t` and the key columns, as coerce_value types them, and the records the plain read skips
+        (rows that are not rows, a key value coerce_value refuses: typed as rows outside the window); or
+        None when the block needs the plain code's typing throughout.
 
-        Strings: Python str (or None: ""), which polars holds as they are (a lone surrogate, which the
-        plain code replaces, is refused by polars). Integers: Python int (not bool) or None, in Int64's
-        range. TimeGenerated: a str typed_times types (the canonical form in polars, others by parse_datetime).
+        Values polars holds as they are are typed in polars: strings, Python str (or None: ""; a lone
+        surrogate, which the plain code replaces, polars refuses); integers, Python int (not bool) in
+        Int64's range; TimeGenerated, a str typed_times types. A row with any other key value (a number
+        where a string belongs, "80" for a port, null for the time) is typed by coerce_value, row by row.
         """
         import polars as pl
 
-        data: dict[str, pl.Series] = {}
-        try:
-            for column, values in self.columns.items():
-                kind = COLUMN_TYPES[column]
-                items = values
-                if column == TIME and self.bad and values is not None:
-                    items = list(values)  # a row that is not a row holds Nones: its time, any valid one
-                    for record in self.bad:
-                        items[record] = _A_TIME
-                if items is None:  # not a column of the table: every value is null
-                    if kind not in ("string", "int", "long"):
-                        return None
-                    absent = ("", pl.String) if kind == "string" else (None, pl.Int64)
-                    data[column] = pl.repeat(absent[0], self.count, dtype=absent[1], eager=True)
-                elif kind == "string":  # polars refuses anything but str and None (and lone surrogates)
-                    data[column] = pl.Series(column, items, dtype=pl.String, strict=True).fill_null("")
-                elif column == TIME:
-                    data[column] = pl.Series(column, items, dtype=pl.String, strict=True)
-                elif kind in ("int", "long") and set(map(type, items)) <= {int, type(None)}:  # polars takes bool too
-                    data[column] = pl.Series(column, items, dtype=pl.Int64, strict=True)
-                else:
+        odd = set(self.bad)
+        for column, values in self.columns.items():
+            if values is None:
+                if COLUMN_TYPES[column] not in ("string", "int", "long"):
                     return None
-        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # UnicodeError is a ValueError
-            return None
-        stamps = typed_times(data[TIME], lambda: True)  # Python str, or polars refused the Series above
+                continue
+            odd.update(record for record, value in enumerate(values) if not _polars_holds(column, value))
+        data: dict[str, pl.Series] = {}
+        for column, values in self.columns.items():
+            kind = COLUMN_TYPES[column]
+            if values is None:  # not a column of the table: every value is null
+                absent = ("", pl.String) if kind == "string" else (None, pl.Int64)
+                data[column] = pl.repeat(absent[0], self.count, dtype=absent[1], eager=True)
+                continue
+            items = values
+            if odd:
+                items = list(values)
+                filler = _A_TIME if column == TIME else None  # the row's own value is typed by the plain code
+                for record in odd:
+                    items[record] = filler
+            dtype = pl.Int64 if kind in ("int", "long") else pl.String
+            try:
+                data[column] = pl.Series(column, items, dtype=dtype, strict=True)
+            except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):  # UnicodeError is a ValueError
+                return None
+            if kind == "string":
+                data[column] = data[column].fill_null("")
+        stamps = typed_times(data[TIME], lambda: True)  # every value a Python str
         if stamps is None:
             return None
-        if self.bad:  # outside any window: never kept or counted
-            stamps = stamps.scatter(self.bad, _FAR_PAST)
-        return pl.DataFrame(data).with_columns(stamps).drop(TIME)
+        frame = pl.DataFrame(data).with_columns(stamps).drop(TIME)
+        refused = set(self.bad)
+        plain = sorted(odd - refused)
+        if plain:
+            typed_rows: dict[str, list[Any]] = {name: [] for name in frame.columns}
+            typed_at: list[int] = []
+            for record in plain:
+                row = self._coerced_row(record, where)
+                if row is None:
+                    refused.add(record)
+                    continue
+                typed_at.append(record)
+                for name in frame.columns:
+                    typed_rows[name].append(row[TIME if name == "_t" else name])
+            if typed_at:
+                schema = frame.schema
+                frame = frame.with_columns(
+                    frame[name].scatter(typed_at, pl.Series(values, dtype=schema[name])) for name, values in typed_rows.items()
+                )
+        if refused:  # outside any window: never kept or counted
+            frame = frame.with_columns(frame["_t"].scatter(sorted(refused), _FAR_PAST))
+        return frame, sorted(refused)
+
+    def _coerced_row(self, record: int, where: str) -> dict[str, Any] | None:
+        """One record's key values as coerce_value types them (the time in epoch microseconds), or None
+        when it refuses one."""
+        row: dict[str, Any] = {}
+        for column, values in self.columns.items():
+            try:
+                value = coerce_value(column, None if values is None else values[record], where)
+            except (InputError, OverflowError):
+                return None
+            if isinstance(value, str):
+                value = representable({column: value})[column]
+            elif isinstance(value, datetime):
+                value = microseconds(value)
+            row[column] = value
+        return row
 
     def _coerced(self, where: str, report: LineReport, explain: Explainer) -> pl.DataFrame:
         """The key frame's input typed by coerce_value (the plain code), once per distinct value. A row the
