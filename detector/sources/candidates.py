@@ -126,7 +126,8 @@ def _vectorised_stamps(times: pl.Series) -> tuple[pl.Series, bool]:
     capture groups): the date at 0, hh at 11, mm at 14, ss at 17 and the fraction at 20, when the text
     without its zone (`Z`: 1 character, an offset: 6) is long enough to hold them. Outside the set the
     slices read garbage (non-strict casts), which the pattern masks. Built in stages (a select each):
-    polars evaluates a subexpression once per use within one expression, which cost three times as much.
+    polars evaluates a subexpression once per use within one expression, which cost three times as much;
+    and a stage reads only the fields some text has (most blocks hold one form).
     """
     import polars as pl
 
@@ -135,46 +136,54 @@ def _vectorised_stamps(times: pl.Series) -> tuple[pl.Series, bool]:
     def number(offset: int, length: int = 2) -> pl.Expr:
         return time.str.slice(offset, length).str.to_integer(strict=False)
 
-    fields = (
+    shapes = (
         times.rename(TIME)
         .to_frame()
         .select(
             time,
             # Python's datetime has no year 0 (polars reads it): left to parse_datetime, which refuses it.
             (time.str.contains(_EXTENDED_TIME) & ~time.str.starts_with("0000")).alias("extended"),
-            time.str.contains("T", literal=True).alias("has_t"),
+            time.str.contains("T", literal=True).alias("has_t"),  # in the set, only a separator is a T
             time.str.slice(-6, 1).alias("sign"),
             time.str.ends_with("Z").alias("utc"),
             time.str.len_bytes().cast(pl.Int64).alias("length"),
-            time.str.slice(0, 10).str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Int64).alias("days"),
-            (number(11) * 3_600_000_000 + number(14) * 60_000_000).alias("hours_minutes"),
-            (number(17) * 1_000_000).alias("seconds"),
-            ((number(-5) * 60 + number(-2)) * 60_000_000).alias("offset"),
         )
     )
     sign = pl.col("sign")
     has_offset = (sign == "+") | (sign == "-")
     body = pl.col("length") - pl.when(pl.col("utc")).then(1).when(has_offset).then(6).otherwise(0)
-    fields = fields.with_columns(body.alias("body"), has_offset.alias("has_offset"))
-    body = pl.col("body")
-    fraction = time.str.slice(20, (body - 20).clip(0, 6)).str.pad_end(6, "0").str.to_integer(strict=False)
-    offset = pl.when(~pl.col("has_offset")).then(0).when(sign == "-").then(-pl.col("offset")).otherwise(pl.col("offset"))
-    stamp = (
-        pl.col("days") * _DAY
-        + pl.col("hours_minutes")
-        + pl.when(body >= 19).then(pl.col("seconds")).otherwise(0)
-        + pl.when(body > 20).then(fraction).otherwise(0)
-        - offset
-    )
-    fields = fields.with_columns(stamp.alias("stamp"))
+    shapes = shapes.with_columns(body.alias("body"), has_offset.alias("has_offset"))
+    body, has_offset, extended = pl.col("body"), pl.col("has_offset"), pl.col("extended")
+    seen = shapes.select(
+        (extended & ~(pl.col("has_t") & (body >= 19))).any().alias("other_clock"),
+        (extended & (body > 20)).any().alias("fraction"),
+        (extended & has_offset).any().alias("offset"),
+    ).row(0, named=True)
+    if seen["other_clock"]:  # a space for the T, or no seconds
+        days = time.str.slice(0, 10).str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Int64)
+        seconds = pl.when(body >= 19).then(number(17) * 1_000_000).otherwise(0)
+        fields = [days * _DAY + number(11) * 3_600_000_000 + number(14) * 60_000_000 + seconds]
+    else:
+        seconds_format = "%Y-%m-%dT%H:%M:%S"
+        fields = [time.str.slice(0, 19).str.strptime(pl.Datetime("us"), seconds_format, strict=False).cast(pl.Int64)]
+    if seen["fraction"]:
+        fraction = time.str.slice(20, (body - 20).clip(0, 6)).str.pad_end(6, "0").str.to_integer(strict=False)
+        fields.append(pl.when(body > 20).then(fraction).otherwise(0))
+    if seen["offset"]:
+        offset = (number(-5) * 60 + number(-2)) * 60_000_000
+        fields.append(pl.when(~has_offset).then(0).when(sign == "+").then(-offset).otherwise(offset))
+    stamps = shapes.with_columns(field.alias(f"field_{index}") for index, field in enumerate(fields))
+    stamp = pl.col("field_0")
+    for index in range(1, len(fields)):
+        stamp += pl.col(f"field_{index}")  # a null field (a date polars refuses) makes a null stamp
+    stamps = stamps.with_columns(stamp.alias("stamp"))
     stamp = pl.col("stamp")
     # An offset can carry year 1 or 9999 out of datetime's range: left to parse_datetime, which refuses it.
-    typed = (pl.col("extended") & stamp.is_between(_FIRST_MICROSECOND, _LAST_MICROSECOND)).fill_null(False)
-    # In the set, a `T` is the separator, and the canonical form is the one with it, seconds, at most 7
-    # fractional digits and Z.
+    typed = (extended & stamp.is_between(_FIRST_MICROSECOND, _LAST_MICROSECOND)).fill_null(False)
+    # The canonical form is the one with a T, seconds, at most 7 fractional digits and Z.
     canonical = typed & pl.col("has_t") & pl.col("utc") & body.is_between(19, 27)
-    typed_fields = fields.select(pl.when(typed).then(stamp).alias(TIME), canonical.all().alias("all_canonical"))
-    return typed_fields[TIME], bool(typed_fields["all_canonical"][0])
+    typed_stamps = stamps.select(pl.when(typed).then(stamp).alias(TIME), canonical.all().alias("all_canonical"))
+    return typed_stamps[TIME], bool(typed_stamps["all_canonical"][0])
 
 
 def _with_parse_datetime(times: pl.Series, stamps: pl.Series, *, all_or_none: bool) -> pl.Series | None:

@@ -182,7 +182,14 @@ TIME_TEXTS = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TIME_TEXTS)
+def test_parse_times_agrees_with_parse_datetime_on_a_generated_text(text: str) -> None:
+    """A Series of one text (parse_times reads only the fields the texts of a Series have)."""
+    _assert_agrees([text])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(TIME_TEXTS, st.none()), min_size=1, max_size=12))
 def test_parse_times_agrees_with_parse_datetime_on_generated_texts(texts: list[str | None]) -> None:
     """Any texts, in any mix in one Series: each typed as parse_datetime types it, null where it refuses."""
@@ -317,7 +324,7 @@ def test_parse_times_agrees_with_parse_datetime_on_an_edge(text: str) -> None:
 
 
 def test_parse_times_agrees_with_parse_datetime_across_the_edges_of_every_field() -> None:
-    """Every combination of edge dates, clocks, separators and zones, in one Series."""
+    """Every combination of edge dates, clocks, separators and zones, in one Series and a Series to a form."""
     dates = [
         "0001-01-01", "0001-01-02", "9999-12-31", "9999-12-30", "1970-01-01", "1969-12-31", "2024-02-29",
         "2023-02-29", "1900-02-29", "2000-02-29", "2026-04-31", "2026-04-30", "2026-13-01", "2026-00-10",
@@ -331,6 +338,9 @@ def test_parse_times_agrees_with_parse_datetime_across_the_edges_of_every_field(
     zones = ["", "Z", "+00:00", "-00:00", "+00:01", "-00:01", "+23:59", "-23:59", "+24:00", "+14:00", "-12:00", "+00:60"]
     texts: list[str | None] = [date + sep + clock + zone for date, sep, clock, zone in product(dates, "T ", clocks, zones)]
     _assert_agrees(texts)
+    # A Series to a form as well: which fields parse_times reads, and how, depends on the forms it holds.
+    for sep, clock, zone in product("T ", clocks, zones):
+        _assert_agrees([date + sep + clock + zone for date in dates])
 
 
 # -- the vectorised path is the one taken -------------------------------------------------------------------
