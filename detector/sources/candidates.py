@@ -95,43 +95,152 @@ _CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[
 
 
 def canonical_time(time: pl.Expr) -> pl.Expr:
-    """True for a TimeGenerated text in the canonical form typed_times types in polars."""
+    """True for a TimeGenerated text in the canonical form `yyyy-mm-ddThh:mm:ss[.f]Z` (1 to 7 digits)."""
     return time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")  # Python's datetime has no year 0
+
+
+# The extended ISO 8601 forms parse_times types in polars, each read as Python 3.11's fromisoformat reads
+# it (checked by experiment, and against parse_datetime by tests/sources/test_times.py): a date (year
+# 0001-9999, month 01-12, day 01-31, a day past the month's end refused by polars' strptime), `T` or a
+# space, hh:mm (00-23, 00-59), optionally :ss (00-59) and a `.` fraction of 1 to 9 digits (digits past
+# the 6th dropped, as fromisoformat drops them), then `Z`, `+hh:mm` or `-hh:mm` (hh 00-23, mm 00-59, so
+# always inside the 24 hours fromisoformat allows), or nothing (UTC, as parse_datetime reads it). In
+# polars' regex `[0-9]` is ASCII only and `$` is the end of the text (never before a final line break).
+# Any other text goes to parse_datetime itself: fromisoformat reads many more (a comma fraction,
+# `+hhmm`, an offset with seconds, the basic format, whitespace parse_datetime strips, any character for
+# the `T`), and refuses some a looser pattern would take (a leap second, hour 24, `z`).
+_EXTENDED_TIME = (
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]"
+    r"(?::[0-5][0-9](?:\.[0-9]{1,9})?)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+_DAY = 86_400_000_000  # microseconds
+_FIRST_MICROSECOND = -719_162 * _DAY  # datetime.min (0001-01-01T00:00:00Z) in epoch microseconds
+_LAST_MICROSECOND = 2_932_897 * _DAY - 1  # datetime.max (9999-12-31T23:59:59.999999Z)
+
+
+def _vectorised_stamps(times: pl.Series) -> tuple[pl.Series, bool]:
+    """Epoch microseconds of each text in the _EXTENDED_TIME set (null for any other text), and whether
+    every text is typed so and is in the canonical form (`yyyy-mm-ddThh:mm:ss[.f]Z`, 1 to 7 digits).
+
+    The pattern says which texts are in the set; their fields are then read at fixed places (cheaper than
+    capture groups): the date at 0, hh at 11, mm at 14, ss at 17 and the fraction at 20, when the text
+    without its zone (`Z`: 1 character, an offset: 6) is long enough to hold them. Outside the set the
+    slices read garbage (non-strict casts), which the pattern masks. Built in stages (a select each):
+    polars evaluates a subexpression once per use within one expression, which cost three times as much;
+    and a stage reads only the fields some text has (most blocks hold one form).
+    """
+    import polars as pl
+
+    time = pl.col(TIME)
+
+    def number(offset: int, length: int = 2) -> pl.Expr:
+        return time.str.slice(offset, length).str.to_integer(strict=False)
+
+    shapes = (
+        times.rename(TIME)
+        .to_frame()
+        .select(
+            time,
+            # Python's datetime has no year 0 (polars reads it): left to parse_datetime, which refuses it.
+            (time.str.contains(_EXTENDED_TIME) & ~time.str.starts_with("0000")).alias("extended"),
+            time.str.contains("T", literal=True).alias("has_t"),  # in the set, only a separator is a T
+            time.str.slice(-6, 1).alias("sign"),
+            time.str.ends_with("Z").alias("utc"),
+            time.str.len_bytes().cast(pl.Int64).alias("length"),
+        )
+    )
+    sign = pl.col("sign")
+    has_offset = (sign == "+") | (sign == "-")
+    body = pl.col("length") - pl.when(pl.col("utc")).then(1).when(has_offset).then(6).otherwise(0)
+    shapes = shapes.with_columns(body.alias("body"), has_offset.alias("has_offset"))
+    body, has_offset, extended = pl.col("body"), pl.col("has_offset"), pl.col("extended")
+    seen = shapes.select(
+        (extended & ~(pl.col("has_t") & (body >= 19))).any().alias("other_clock"),
+        (extended & (body > 20)).any().alias("fraction"),
+        (extended & has_offset).any().alias("offset"),
+    ).row(0, named=True)
+    if seen["other_clock"]:  # a space for the T, or no seconds
+        days = time.str.slice(0, 10).str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Int64)
+        seconds = pl.when(body >= 19).then(number(17) * 1_000_000).otherwise(0)
+        fields = [days * _DAY + number(11) * 3_600_000_000 + number(14) * 60_000_000 + seconds]
+    else:
+        seconds_format = "%Y-%m-%dT%H:%M:%S"
+        fields = [time.str.slice(0, 19).str.strptime(pl.Datetime("us"), seconds_format, strict=False).cast(pl.Int64)]
+    if seen["fraction"]:
+        fraction = time.str.slice(20, (body - 20).clip(0, 6)).str.pad_end(6, "0").str.to_integer(strict=False)
+        fields.append(pl.when(body > 20).then(fraction).otherwise(0))
+    if seen["offset"]:
+        offset = (number(-5) * 60 + number(-2)) * 60_000_000
+        fields.append(pl.when(~has_offset).then(0).when(sign == "+").then(-offset).otherwise(offset))
+    stamps = shapes.with_columns(field.alias(f"field_{index}") for index, field in enumerate(fields))
+    stamp = pl.col("field_0")
+    for index in range(1, len(fields)):
+        stamp += pl.col(f"field_{index}")  # a null field (a date polars refuses) makes a null stamp
+    stamps = stamps.with_columns(stamp.alias("stamp"))
+    stamp = pl.col("stamp")
+    # An offset can carry year 1 or 9999 out of datetime's range: left to parse_datetime, which refuses it.
+    typed = (extended & stamp.is_between(_FIRST_MICROSECOND, _LAST_MICROSECOND)).fill_null(False)
+    # The canonical form is the one with a T, seconds, at most 7 fractional digits and Z.
+    canonical = typed & pl.col("has_t") & pl.col("utc") & body.is_between(19, 27)
+    typed_stamps = stamps.select(pl.when(typed).then(stamp).alias(TIME), canonical.all().alias("all_canonical"))
+    return typed_stamps[TIME], bool(typed_stamps["all_canonical"][0])
+
+
+def _with_parse_datetime(times: pl.Series, stamps: pl.Series, *, all_or_none: bool) -> pl.Series | None:
+    """`stamps` with each value still null typed by parse_datetime, once per distinct text (null where
+    it refuses one). With all_or_none: None at the first text it refuses."""
+    import polars as pl
+
+    from detector.kql import parse_datetime
+
+    others = times.filter(stamps.is_null() & times.is_not_null()).unique()
+    if not others.len():
+        return stamps
+    texts: list[str] = []
+    typed: list[int] = []
+    for text in others:
+        try:
+            typed.append(microseconds(parse_datetime(text)))
+        except (ValueError, OverflowError):
+            if all_or_none:
+                return None
+            continue
+        texts.append(text)
+    if not texts:
+        return stamps
+    old = pl.Series(texts, dtype=pl.String)
+    new = pl.Series(typed, dtype=pl.Int64)
+    return stamps.fill_null(times.replace_strict(old, new, default=None, return_dtype=pl.Int64))
+
+
+def parse_times(times: pl.Series) -> pl.Series:
+    """TimeGenerated text as epoch microseconds (Int64), exactly `microseconds(parse_datetime(text))`,
+    null where the text is null or parse_datetime refuses it.
+
+    The forms _EXTENDED_TIME describes (the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`, and what Python's
+    isoformat() and str() write: `+00:00`, `-08:00`, a space for the `T`, no offset, no seconds) are
+    typed in polars, vectorised; any other text by parse_datetime, once per distinct value.
+    """
+    stamps = _with_parse_datetime(times, _vectorised_stamps(times)[0], all_or_none=False)
+    assert stamps is not None  # noqa: S101 - all_or_none=False always returns the Series
+    return stamps.rename(times.name)
 
 
 def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series | None:
     """TimeGenerated text as epoch microseconds (`_t`), exactly as coerce_value types it, or None when a
     value needs the plain code (which skips its line or row and says why).
 
-    The canonical `yyyy-mm-ddThh:mm:ss[.f]Z` is typed in polars, vectorised (the 7th fractional digit
-    dropped, as parse_datetime drops it); any other value (an offset such as `+00:00`, a space for the
-    `T`: what Python's isoformat and str() write) by the plain code's own parse_datetime, once per
-    distinct value, when `were_strings()` says every value was a JSON string (polars renders a JSON
-    number as text, which parse_datetime may read; the plain code refuses a number).
+    As parse_times types them, with one more condition: a value outside the canonical
+    `yyyy-mm-ddThh:mm:ss[.f]Z` is trusted only when `were_strings()` says every value was a JSON string
+    (polars renders a JSON number as text, which parse_datetime may read; the plain code refuses a number).
     """
-    import polars as pl
-
-    from detector.kql import parse_datetime
-
-    time = pl.col(TIME)
-    fraction = time.str.extract(r"\.([0-9]+)Z$", 1).str.pad_end(6, "0").str.slice(0, 6).cast(pl.Int64).fill_null(0)
-    seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
-    canonical = canonical_time(time)  # (polars reads year 0000, Python's datetime has none)
-    frame = times.rename(TIME).to_frame()
-    stamp = seconds + fraction
-    odd = frame.filter(~canonical.fill_null(False))[TIME].unique()
-    if odd.len():
-        if odd.null_count() or not were_strings():
-            return None
-        parsed: dict[str, int] = {}
-        for text in odd:
-            try:
-                parsed[text] = microseconds(parse_datetime(text))
-            except (ValueError, OverflowError):
-                return None
-        stamp = pl.when(canonical).then(stamp).otherwise(time.replace_strict(parsed, default=None, return_dtype=pl.Int64))
-    stamps = frame.select(stamp.alias("_t"))["_t"]
-    return None if stamps.null_count() else stamps
+    if times.null_count():
+        return None
+    stamps, all_canonical = _vectorised_stamps(times)
+    if not all_canonical and not were_strings():
+        return None
+    typed = _with_parse_datetime(times, stamps, all_or_none=True)
+    return None if typed is None or typed.null_count() else typed.rename("_t")
 
 
 def span_microseconds(span: timedelta) -> int:
