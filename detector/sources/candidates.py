@@ -91,14 +91,6 @@ def microseconds(moment: datetime) -> int:
     return (span.days * 86400 + span.seconds) * 1_000_000 + span.microseconds
 
 
-_CANONICAL_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,7})?Z$"
-
-
-def canonical_time(time: pl.Expr) -> pl.Expr:
-    """True for a TimeGenerated text in the canonical form `yyyy-mm-ddThh:mm:ss[.f]Z` (1 to 7 digits)."""
-    return time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")  # Python's datetime has no year 0
-
-
 # The extended ISO 8601 forms parse_times types in polars, each read as Python 3.11's fromisoformat reads
 # it (checked by experiment, and against parse_datetime by tests/sources/test_times.py): a date (year
 # 0001-9999, month 01-12, day 01-31, a day past the month's end refused by polars' strptime), `T` or a
@@ -118,9 +110,8 @@ _FIRST_MICROSECOND = -719_162 * _DAY  # datetime.min (0001-01-01T00:00:00Z) in e
 _LAST_MICROSECOND = 2_932_897 * _DAY - 1  # datetime.max (9999-12-31T23:59:59.999999Z)
 
 
-def _vectorised_stamps(times: pl.Series) -> tuple[pl.Series, bool]:
-    """Epoch microseconds of each text in the _EXTENDED_TIME set (null for any other text), and whether
-    every text is typed so and is in the canonical form (`yyyy-mm-ddThh:mm:ss[.f]Z`, 1 to 7 digits).
+def vectorised_times(times: pl.Series) -> pl.Series:
+    """Epoch microseconds of each text in the _EXTENDED_TIME set (null for any other text).
 
     The pattern says which texts are in the set; their fields are then read at fixed places (cheaper than
     capture groups): the date at 0, hh at 11, mm at 14, ss at 17 and the fraction at 20, when the text
@@ -180,10 +171,7 @@ def _vectorised_stamps(times: pl.Series) -> tuple[pl.Series, bool]:
     stamp = pl.col("stamp")
     # An offset can carry year 1 or 9999 out of datetime's range: left to parse_datetime, which refuses it.
     typed = (extended & stamp.is_between(_FIRST_MICROSECOND, _LAST_MICROSECOND)).fill_null(False)
-    # The canonical form is the one with a T, seconds, at most 7 fractional digits and Z.
-    canonical = typed & pl.col("has_t") & pl.col("utc") & body.is_between(19, 27)
-    typed_stamps = stamps.select(pl.when(typed).then(stamp).alias(TIME), canonical.all().alias("all_canonical"))
-    return typed_stamps[TIME], bool(typed_stamps["all_canonical"][0])
+    return stamps.select(pl.when(typed).then(stamp).alias(TIME))[TIME]
 
 
 def _with_parse_datetime(times: pl.Series, stamps: pl.Series, *, all_or_none: bool) -> pl.Series | None:
@@ -221,7 +209,7 @@ def parse_times(times: pl.Series) -> pl.Series:
     isoformat() and str() write: `+00:00`, `-08:00`, a space for the `T`, no offset, no seconds) are
     typed in polars, vectorised; any other text by parse_datetime, once per distinct value.
     """
-    stamps = _with_parse_datetime(times, _vectorised_stamps(times)[0], all_or_none=False)
+    stamps = _with_parse_datetime(times, vectorised_times(times), all_or_none=False)
     assert stamps is not None  # noqa: S101 - all_or_none=False always returns the Series
     return stamps.rename(times.name)
 
@@ -230,14 +218,16 @@ def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series
     """TimeGenerated text as epoch microseconds (`_t`), exactly as coerce_value types it, or None when a
     value needs the plain code (which skips its line or row and says why).
 
-    As parse_times types them, with one more condition: a value outside the canonical
-    `yyyy-mm-ddThh:mm:ss[.f]Z` is trusted only when `were_strings()` says every value was a JSON string
-    (polars renders a JSON number as text, which parse_datetime may read; the plain code refuses a number).
+    As parse_times types them, with one more condition: a value outside the _EXTENDED_TIME set is trusted
+    only when `were_strings()` says every value was a JSON string (polars renders a JSON number as text,
+    which parse_datetime may read, e.g. 20261126; the plain code refuses a number). No rendering of a
+    number, boolean, object or array is in the set (it has a `-` at 4 and a `:` at 13), so a block of
+    `+00:00` or space-separated times is not asked.
     """
     if times.null_count():
         return None
-    stamps, all_canonical = _vectorised_stamps(times)
-    if not all_canonical and not were_strings():
+    stamps = vectorised_times(times)
+    if stamps.null_count() and not were_strings():
         return None
     typed = _with_parse_datetime(times, stamps, all_or_none=True)
     return None if typed is None or typed.null_count() else typed.rename("_t")

@@ -24,9 +24,10 @@ a lone low surrogate escape itself, and such a block is read the plain way):
   or an object differs from polars' rendering;
 - integer columns: plain digits are typed in polars, other text tolong reads (`-1`, ` 8080`: a JSON
   number polars renders as its digits is the same integer to coerce_value) once per distinct value;
-- TimeGenerated is a JSON string: the canonical `yyyy-mm-ddThh:mm:ss[.f]Z` from year 1 (polars reads
-  year 0) is typed in polars, any other form by the plain code's parse_datetime once per distinct value
-  (candidates.typed_times), and a value it refuses leaves the block to the plain code;
+- TimeGenerated: the common ISO forms (`Z`, `+hh:mm`, a space for the `T`, no offset, no seconds) are
+  typed in polars, any other JSON string by the plain code's parse_datetime once per distinct value
+  (candidates.typed_times; a number polars renders as text is refused), and a value it refuses leaves
+  the line to the plain code;
 - required columns are present in every line (polars reads a missing key and a null alike).
 Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
 '\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
@@ -84,12 +85,12 @@ from detector.sources.candidates import (
     RowsBlock,
     Unavailable,
     candidate_rows,
-    canonical_time,
     columnar_applies,
     describe_binary,
     keys_frame,
     line_spans,
     open_input,
+    parse_times,
     polars_lines,
     read_range,
     read_span,
@@ -97,6 +98,7 @@ from detector.sources.candidates import (
     rows_frame,
     skip_bom,
     typed_times,
+    vectorised_times,
 )
 from detector.sources.response import JsonStream, NotStreamable, not_utf8, read_array_candidates, read_response_candidates
 from detector.w3ciislog import COLUMN_TYPES
@@ -785,9 +787,11 @@ def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> p
     or an integer the plain code's own parse refuses), so the whole block would be read row by row."""
     import polars as pl
 
-    from detector.kql import parse_datetime
-
     frame = values.with_columns(lines.alias("_line_text"))
+    if TIME in values.columns:
+        times = values[TIME]
+        # A time parse_datetime refuses, or one outside the set typed in polars not written as a JSON string.
+        frame = frame.with_columns(parse_times(times).alias("_stamp"), vectorised_times(times).alias("_vectorised"))
     line = pl.col("_line_text")
     odd: list[pl.Expr] = []
     for column in values.columns:
@@ -796,9 +800,7 @@ def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> p
             odd.append(value.is_null())
         written_as_string = line.str.count_matches(f'"{column}":\\s*"') == 1
         if column == TIME:
-            canonical = canonical_time(value)
-            refused = _refused(frame.filter(~canonical.fill_null(True))[column].unique(), parse_datetime)
-            odd.append(~canonical & (value.is_in(refused.implode()) | ~written_as_string))
+            odd.append(pl.col("_stamp").is_null() | (pl.col("_vectorised").is_null() & ~written_as_string))
         elif COLUMN_TYPES[column] == "string":
             odd.append(value.str.contains(_NOT_FROM_A_STRING) & ~written_as_string)
         else:

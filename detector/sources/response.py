@@ -43,9 +43,9 @@ from detector.sources.candidates import (
     keys_frame,
     microseconds,
     open_input,
+    parse_times,
     read_range,
     skip_bom,
-    typed_times,
 )
 from detector.w3ciislog import COLUMN_TYPES, coerce_value
 
@@ -598,7 +598,8 @@ class _Rows:
 
         Values polars holds as they are are typed in polars: strings, Python str (or None: ""; a lone
         surrogate, which the plain code replaces, polars refuses); integers, Python int (not bool) in
-        Int64's range; TimeGenerated, a str typed_times types. A row with any other key value (a number
+        Int64's range; TimeGenerated, a str (parse_times: a time parse_datetime refuses skips the row). A
+        row with any other key value (a number
         where a string belongs, "80" for a port, null for the time) is typed by coerce_value, row by row.
         """
         import polars as pl
@@ -630,11 +631,11 @@ class _Rows:
                 return None
             if kind == "string":
                 data[column] = data[column].fill_null("")
-        stamps = typed_times(data[TIME], lambda: True)  # every value a Python str
-        if stamps is None:
-            return None
+        stamps = parse_times(data[TIME]).rename("_t")  # every value a Python str: null where parse_datetime refuses it
         frame = pl.DataFrame(data).with_columns(stamps).drop(TIME)
         refused = set(self.bad)
+        if stamps.null_count():  # a time the plain code refuses: it skips the row
+            refused.update(frame.select(pl.arg_where(pl.col("_t").is_null()))["_t"].to_list())
         plain = sorted(odd - refused)
         if plain:
             typed_rows: dict[str, list[Any]] = {name: [] for name in frame.columns}
