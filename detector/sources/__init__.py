@@ -201,9 +201,12 @@ def typed(raw: Mapping[str, Any], request: ReadRequest, where: str, line: int | 
     try:
         return representable(coerce_row(raw, request.read_columns(), request.required, label))
     except InputError as exc:
-        raise MalformedLine(where, line, str(exc).removeprefix(f"{label}: ")) from None
+        reason = str(exc).removeprefix(f"{label}: ")
     except OverflowError:
-        raise MalformedLine(where, line, "a datetime out of range (before year 1 or after 9999 in UTC)") from None
+        reason = "a datetime out of range (before year 1 or after 9999 in UTC)"
+    # Raised outside the handler: no __context__, whose traceback would hold the caller's frames (a
+    # reader that keeps the error a moment, as an explanation, keeps its whole block alive in a cycle).
+    raise MalformedLine(where, line, reason)
 
 
 def files_changed_after(paths: list[Path], moment: datetime) -> bool:
