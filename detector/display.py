@@ -7,7 +7,10 @@ has no presentation; it is then described from its own columns, never from a par
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 
 from detector.kql import format_datetime
@@ -20,6 +23,8 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]
 
 def printable(text: str) -> str:
     r"""Text safe to write to a terminal: unsafe characters become \xNN or \uNNNN escapes."""
+    if text.isprintable():  # no control or format character, so nothing to escape (and quicker to learn)
+        return text
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
@@ -50,8 +55,22 @@ def value_text(value: Any) -> str:
     if isinstance(value, datetime):
         return format_datetime(value)
     if isinstance(value, list | tuple | set | frozenset):
-        return ", ".join(value_text(v) for v in value)
+        return ", ".join(item_texts(value))
     return "" if value is None else printable(str(value))
+
+
+def item_texts(values: Iterable[Any]) -> list[str]:
+    """value_text of each value of a set, in its order.
+
+    Sets of plain str and int values (nearly every set) take no call per value: their text is str(value),
+    escaped only when one of them holds an unsafe character (escaping is per character, so escaping each
+    value or none of them gives the same text).
+    """
+    values = values if isinstance(values, list | tuple) else list(values)
+    if set(map(type, values)) <= {str, int}:
+        texts = list(map(str, values))
+        return texts if all(map(str.isprintable, texts)) else [printable(text) for text in texts]
+    return [value_text(v) for v in values]
 
 
 def shorten(text: str, limit: int) -> str:
@@ -63,20 +82,23 @@ def shorten(text: str, limit: int) -> str:
 
 def shorten_list(values: list[Any] | tuple[Any, ...], limit: int) -> str:
     """A set shortened to fit `limit` characters, saying how many values were left out: 'a, b, ... (+28)'."""
-    items = [value_text(v) for v in values]  # printable already
-    full = ", ".join(items)
-    if len(full) <= limit:
-        return full
-    shown: list[str] = []
-    for index, item in enumerate(items):
-        rest = len(items) - index - 1
-        candidate = ", ".join([*shown, item]) + (f", ... (+{rest})" if rest else "")
-        if len(candidate) > limit:
-            break
-        shown.append(item)
-    left = len(items) - len(shown)
+    return shorten_texts(item_texts(values), limit)
+
+
+def shorten_texts(items: Sequence[str], limit: int) -> str:
+    """shorten_list of a set whose values are already text (item_texts, in the set's order)."""
+    count = len(items)
+    # ends[k] - 2: len(", ".join(items[: k + 1])), added up in C rather than joined value by value.
+    ends = list(accumulate(map((2).__add__, map(len, items))))
+    if (ends[-1] - 2 if ends else 0) <= limit:
+        return ", ".join(items)
+    # Showing values 0..k costs ends[k] - 2 + len(", ... (+N)") for the N = count - k - 1 left out. That
+    # grows with k (a value adds 2 or more, N loses at most a digit), so the values shown are the longest
+    # run that fits; the last value alone would show the whole set, which does not fit.
+    shown = bisect_left(range(count - 1), True, key=lambda k: ends[k] + 7 + len(str(count - k - 1)) > limit)
+    left = count - shown
     if not shown:  # not even the first value fits: show the start of it
         suffix = f" (+{left - 1})" if left > 1 else ""
         return shorten(items[0], max(limit - len(suffix), 3)) + suffix
-    text = ", ".join(shown) + f", ... (+{left})"
+    text = ", ".join(items[:shown]) + f", ... (+{left})"
     return text if len(text) <= limit else shorten(text, limit)
