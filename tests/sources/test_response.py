@@ -3,6 +3,7 @@ plain read's rows, findings, skipped rows and errors, on any rows, any layout an
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import tracemalloc
@@ -251,6 +252,35 @@ def test_an_odd_key_value_leaves_only_its_row_to_the_plain_codes_typing(
     _assert_same(path)
     assert not fallbacks
     assert not coerced
+
+
+@pytest.mark.parametrize("array", [False, True])
+def test_a_skipped_row_leaves_no_block_behind_in_a_reference_cycle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: list[int], array: bool
+) -> None:
+    """The explanation of a skipped row (a MalformedLine) must not lead back, through its traceback or
+    context, to the frame holding the block: that cycle kept each block's rows and text (~100 MB on a
+    real day) until the garbage collector ran. With the collector off, no block may outlive the read."""
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 50)
+    rows = [_row({"sPort": index % 20, "cIP": f"198.51.100.{index % 7}"}) for index in range(300)] + _scan(30)
+    for index in range(0, 300, 40):
+        rows[index] = _row({"TimeGenerated": "yesterday"})  # the plain read skips it, saying why
+    path = tmp_path / "body.json"
+    if array:
+        path.write_text(json.dumps([dict(zip(COLUMNS, row, strict=True)) for row in rows]), encoding="utf-8")
+    else:
+        path.write_text(_body(rows), encoding="utf-8")
+    gc.collect()
+    gc.disable()
+    try:
+        source = FileSource(path)
+        assert len(list(source.read(_request(True)))) == 30
+        assert source.read_stats()["skippedLines"] == 8
+        alive = [o for o in gc.get_objects() if isinstance(o, response_module._Rows)]
+    finally:
+        gc.enable()
+    assert not fallbacks
+    assert alive == []
 
 
 def test_a_truncated_body_is_the_plain_reads_error(tmp_path: Path) -> None:
