@@ -71,14 +71,13 @@ def not_utf8(data: bytes, exc: UnicodeDecodeError, offset: int) -> str:
 @dataclass
 class ScannedRows:
     """Rows read by JsonStream.array_rows: `keys` holds each row's kept values, row after row (None for a
-    row in `bad`, the rows that are not a list of the columns); row r starts at character starts[r] from
-    the first row's (a byte offset too, when `ascii_only`); `span` is the rows' bytes in the file."""
+    row in `bad`, the rows that are not a list of the columns); row r starts at byte starts[r] from the
+    first row's; `span` is the rows' bytes in the file."""
 
     keys: list[Any]
     starts: array[int]
     bad: list[int]
     span: tuple[int, int]
-    ascii_only: bool
     closed: bool
 
 
@@ -258,14 +257,15 @@ class JsonStream:
         keys: list[Any] = []
         starts = array("q")
         bad: list[int] = []
-        extend, mark = keys.extend, starts.append
+        extend = keys.extend
         scan = self.json.scan_once  # type: ignore[attr-defined]  # what raw_decode calls: json's C scanner
         space = _WHITESPACE.match
-        ascii_only, closed = True, False
+        closed = False
         while len(starts) < limit:
             text, pos = self.text, self.pos
-            size, shift = len(text), self.base - origin
-            ascii_only = ascii_only and text.isascii()
+            size = len(text)
+            found: list[int] = []  # where this buffer's rows start, in characters of text
+            mark = found.append
             # The rows before the buffer's last "]," (or "},") are whole (a hint: when it is wrong, a row's
             # scan fails and that row is read the careful way).
             stop = text.rfind(closer + ",", pos) + 1
@@ -299,7 +299,7 @@ class JsonStream:
                         bad.append(count)
                         got = blank
                     extend(got)
-                    mark(pos + shift)
+                    mark(pos)
                     count += 1
                     pos = end + 1
                     if closed:
@@ -307,19 +307,28 @@ class JsonStream:
             finally:
                 if collecting:
                     gc.enable()
+            if found:  # in bytes from the first row's (taking a row then reads its bytes alone)
+                at = self.byte_at(self.base + found[0]) - first_byte
+                if text.isascii():
+                    starts.extend(at - found[0] + row for row in found)
+                else:
+                    before = found[0]
+                    for row in found:
+                        at += len(text[before:row].encode("utf-8"))
+                        before = row
+                        starts.append(at)
             self.pos = pos
             if closed or count >= limit:
                 break
             if pos >= stop and size - pos < STREAM_CHUNK and self._more():
                 continue  # the buffer's last row: read on (the buffer stays a chunk or two)
             value = self.value()
-            ascii_only = ascii_only and self.text.isascii()
             got = take(value)
             if got is None:
                 bad.append(count)
                 got = blank
             extend(got)
-            mark(self.value_start - origin)
+            starts.append(self.byte_at(self.value_start) - first_byte)
             if self.peek() == ",":
                 self.pos += 1
             else:
@@ -329,7 +338,7 @@ class JsonStream:
         span = (first_byte, self.byte_at(self.base + self.pos))
         if starts and starts[-1] < 1 << 32:
             starts = array("I", starts)  # half the memory of a block held until the end of the read
-        return ScannedRows(keys, starts, bad, span, ascii_only=ascii_only, closed=closed)
+        return ScannedRows(keys, starts, bad, span, closed=closed)
 
     def la_tables(self, bulk: bool = False) -> Iterator[tuple[str, Any]]:
         """("columns", [...]) then ("row", [...]) for each row of the PrimaryResult table (the first one).
@@ -492,13 +501,12 @@ def _explainer(path: Path, scanned: ScannedRows, names: list[str] | None, reques
     """What the plain read says of a record of these rows (a saved response's, or an array's with `names`
     None): the row is parsed again from the file and typed by the plain code."""
     where = str(path)
-    span_text: list[str] = []  # a block with non-ASCII rows: its text, read and decoded once for all its bad rows
 
     def explain(record: int) -> MalformedLine | None:
         index = first_index + record
-        for _, text, start in _row_texts(path, scanned.span, scanned.starts, scanned.ascii_only, [record], span_text):
+        for _, text in _row_texts(path, scanned.span, scanned.starts, [record]):
             try:
-                payload, _ = nesting_safe(json.JSONDecoder().raw_decode, text, start)
+                payload, _ = nesting_safe(json.JSONDecoder().raw_decode, text, 0)
             except (ValueError, RecursionError):
                 return None
             if names is None:
@@ -520,35 +528,29 @@ def _explainer(path: Path, scanned: ScannedRows, names: list[str] | None, reques
     return explain
 
 
-def _row_texts(
-    path: Path,
-    span: tuple[int, int],
-    starts: Sequence[int],
-    ascii_only: bool,
-    records: list[int],
-    span_text: list[str] | None = None,
-) -> Iterator[tuple[int, str, int]]:
-    """(record, text, where its row starts in text) for each record of rows that start at `starts`
-    (characters from the first row's, bytes too when `ascii_only`) within `span` of the file: ASCII rows
-    are read one by one, others from the span's text (kept in `span_text`, when given, for the next call)."""
+def _row_texts(path: Path, span: tuple[int, int], starts: Sequence[int], records: list[int]) -> Iterator[tuple[int, str]]:
+    """(record, text) for each record of rows that start at byte `starts` from the first row's within
+    `span` of the file: each row's own bytes (to the next row's start, the separator after it included),
+    read alone when they are few, else sliced from the span read once (never the span decoded whole)."""
     first, end = span
-    if not ascii_only:
-        if not span_text:
-            text = read_range(path, first, end - first).decode("utf-8", errors="replace")
-            if span_text is not None:
-                span_text.append(text)
-        else:
-            text = span_text[0]
+
+    def bounds(record: int) -> tuple[int, int]:
+        return starts[record], starts[record + 1] if record + 1 < len(starts) else end - first
+
+    if len(records) > _FEW_ROWS:
+        data = read_range(path, first, end - first)
         for record in records:
-            yield record, text, starts[record]
+            low, high = bounds(record)
+            yield record, data[low:high].decode("utf-8", errors="replace")
         return
     with path.open("rb") as handle:
         for record in records:
-            start = first + starts[record]
-            stop = first + starts[record + 1] if record + 1 < len(starts) else end
-            handle.seek(start)
-            data = handle.read(stop - start)
-            yield record, data.decode("utf-8", errors="replace"), 0
+            low, high = bounds(record)
+            handle.seek(first + low)
+            yield record, handle.read(high - low).decode("utf-8", errors="replace")
+
+
+_FEW_ROWS = 64  # up to this many rows of a block are read alone, at their offsets
 
 
 _A_TIME = "2026-01-01T00:00:00Z"  # typed in polars in place of a bad row's time, then replaced by _FAR_PAST
@@ -750,7 +752,7 @@ class _ResponseBlock(KeyedBlock):
         report: LineReport,
     ) -> None:
         self.keys, self.path, self.first_index, self.names = keys, path, first_index, names
-        self.span, self.ascii_only = scanned.span, scanned.ascii_only
+        self.span = scanned.span
         self.request, self.report = request, report
         # Held until the end of a two-pass read: rows' lengths (2 bytes a row) where every row is shorter
         # than 64 KB, else their starts; the starts are worked out again only for a block that is taken.
@@ -761,7 +763,7 @@ class _ResponseBlock(KeyedBlock):
 
     @property
     def starts(self) -> array[int] | list[int]:
-        """Where each row starts, in characters (bytes, for an ASCII block) from the block's start."""
+        """Where each row starts, in bytes from the block's start."""
         if self._offsets.typecode != "H":
             return self._offsets
         return list(itertools.accumulate(self._offsets, initial=self._first))
@@ -770,9 +772,9 @@ class _ResponseBlock(KeyedBlock):
         where = str(self.path)
         decoder = json.JSONDecoder()
         taken: list[Row] = []
-        for record, text, start in self._texts(records):
+        for record, text in _row_texts(self.path, self.span, self.starts, records):
             try:
-                payload, _ = nesting_safe(decoder.raw_decode, text, start)
+                payload, _ = nesting_safe(decoder.raw_decode, text, 0)
             except (ValueError, RecursionError):
                 payload = None
             if self.names is None:
@@ -791,6 +793,3 @@ class _ResponseBlock(KeyedBlock):
             if self.request.window.contains(row[TIME]):
                 taken.append(row)
         return iter(taken)
-
-    def _texts(self, records: list[int]) -> Iterator[tuple[int, str, int]]:
-        return _row_texts(self.path, self.span, self.starts, self.ascii_only, records)
