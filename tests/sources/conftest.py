@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,3 +27,35 @@ def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(file_module, "read_with_pushdown", spied)
     return given_up
+
+
+@pytest.fixture
+def plain_blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per JSON Lines block the pushed-down read types row by row."""
+    import detector.sources.file as file_module
+
+    blocks: list[int] = []
+    plain_rows = file_module._plain_rows
+
+    def counted(*args: Any) -> Any:
+        blocks.append(1)
+        return plain_rows(*args)
+
+    monkeypatch.setattr(file_module, "_plain_rows", counted)
+    return blocks
+
+
+@pytest.fixture
+def odd_lines(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The line indexes each JSON Lines block read partly columnar leaves to the plain code, one list per block."""
+    import detector.sources.file as file_module
+
+    found: list[list[int]] = []
+    completed = file_module._OddLines.completed
+
+    def spy(self: Any, *args: Any) -> Any:
+        found.append([index for index, _ in self.odd])
+        return completed(self, *args)
+
+    monkeypatch.setattr(file_module._OddLines, "completed", spy)
+    return found

@@ -997,20 +997,12 @@ TIME_FORMS = [
 
 @pytest.mark.parametrize("form", TIME_FORMS)
 def test_times_in_other_iso_forms_are_typed_as_the_plain_read_types_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+    tmp_path: Path, plain_blocks: list[int], form: str
 ) -> None:
     """A day written with offsets (what Python's isoformat() writes) or a space for the T: typed in the
     columnar pass by the plain code's own parse_datetime, once per distinct value, with the same
     results, rows read and skipped lines as the plain read; a form parse_datetime refuses leaves the
     block to the plain code, which skips those lines."""
-    plain_blocks: list[int] = []
-    plain_rows = jsonl_module._plain_rows
-
-    def counted(*args: Any) -> Any:
-        plain_blocks.append(1)
-        return plain_rows(*args)
-
-    monkeypatch.setattr(jsonl_module, "_plain_rows", counted)
     rows = [{**_scan_line(i, 1000 + i), "TimeGenerated": form.format(s=i)} for i in range(31)]
     rows += [_scan_line(i, 80) for i in range(5)]  # canonical times in the same block
     path = tmp_path / "rows.jsonl"
@@ -1145,19 +1137,15 @@ def test_iis_layouts_switching_every_few_entries_cost_one_plain_block_per_block(
     ],
 )
 def test_ports_written_oddly_are_typed_as_the_plain_read_types_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: str, columnar: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    plain_blocks: list[int],
+    odd_lines: list[list[int]],
+    port: str,
+    columnar: bool,
 ) -> None:
     """A port the plain code reads (a sign, spaces, leading zeros) keeps its block columnar, typed by tolong
     once per distinct value; one it refuses leaves its line (only) to the plain code, which skips it."""
-    plain_blocks: list[int] = []
-    plain_rows = jsonl_module._plain_rows
-
-    def counted(*args: Any) -> Any:
-        plain_blocks.append(1)
-        return plain_rows(*args)
-
-    monkeypatch.setattr(jsonl_module, "_plain_rows", counted)
-    odd = _spy_odd_lines(monkeypatch)
     monkeypatch.setattr(jsonl_module, "BLOCK_BYTES", 1 << 20)
     lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
     lines.append(json.dumps(_scan_line(29, 0)).replace('"sPort": 0', f'"sPort": {port}'))  # the 30th port
@@ -1166,18 +1154,5 @@ def test_ports_written_oddly_are_typed_as_the_plain_read_types_them(
     plain, fast = _stats_and_results(path, HIGH_PORT)
     assert fast == plain
     assert not plain_blocks
-    assert odd == ([] if columnar else [[29]])  # that line alone
+    assert odd_lines == ([] if columnar else [[29]])  # that line alone
     assert bool(plain[0]) == columnar and sum(plain[2].values()) == int(not columnar)
-
-
-def _spy_odd_lines(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """The line indexes each block read partly columnar leaves to the plain code, one list per such block."""
-    found: list[list[int]] = []
-    completed = jsonl_module._OddLines.completed
-
-    def spy(self: Any, *args: Any) -> Any:
-        found.append([index for index, _ in self.odd])
-        return completed(self, *args)
-
-    monkeypatch.setattr(jsonl_module._OddLines, "completed", spy)
-    return found

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 import detector.sources.file as file_module
 from detector.sources import ReadRequest
 from detector.sources.file import FileSource
-from tests.sources.test_candidates import HIGH_PORT, WINDOW, _scan_line, _spy_odd_lines
+from tests.sources.test_candidates import HIGH_PORT, WINDOW, _scan_line
 
 LOGIC = HIGH_PORT.logic
 
@@ -89,19 +88,6 @@ def _reads(path: Path) -> list[tuple[str, int, dict[str, int]]]:
     return out
 
 
-def _spy_plain_blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per block the pushed-down read types row by row."""
-    blocks: list[int] = []
-    plain_rows = file_module._plain_rows
-
-    def counted(*args: Any) -> Any:
-        blocks.append(1)
-        return plain_rows(*args)
-
-    monkeypatch.setattr(file_module, "_plain_rows", counted)
-    return blocks
-
-
 def _day(lines: list[str], line_break: str = "\n") -> str:
     return "".join(line + line_break for line in lines)
 
@@ -109,12 +95,10 @@ def _day(lines: list[str], line_break: str = "\n") -> str:
 @pytest.mark.parametrize("kind", sorted(ODD_LINES))
 @pytest.mark.parametrize("line_break", ["\n", "\r\n"])
 def test_one_odd_line_leaves_only_itself_to_the_plain_code(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, line_break: str
+    tmp_path: Path, plain_blocks: list[int], odd_lines: list[list[int]], kind: str, line_break: str
 ) -> None:
     """29 ports of a scanner, 40 background rows, and the odd line carrying the 30th port in one block:
     the block stays columnar but for that line, and the result is the plain read's to the row."""
-    plain_blocks = _spy_plain_blocks(monkeypatch)
-    odd = _spy_odd_lines(monkeypatch)
     lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
     lines += [json.dumps(_scan_line(i % 60, 80, cip=f"203.0.113.{i}")) for i in range(40)]
     lines.insert(17, ODD_LINES[kind])
@@ -123,7 +107,7 @@ def test_one_odd_line_leaves_only_itself_to_the_plain_code(
     plain, fast = _reads(path)
     assert fast == plain
     assert not plain_blocks
-    assert odd == ([] if kind in COLUMNAR_KINDS else [[17]])
+    assert odd_lines == ([] if kind in COLUMNAR_KINDS else [[17]])
 
 
 def test_odd_lines_are_reported_once_with_the_plain_reads_line_numbers(tmp_path: Path) -> None:
@@ -140,16 +124,16 @@ def test_odd_lines_are_reported_once_with_the_plain_reads_line_numbers(tmp_path:
     assert plain[2] == {str(path): 6}
 
 
-def test_a_block_of_mostly_odd_lines_is_read_row_by_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    plain_blocks = _spy_plain_blocks(monkeypatch)
-    odd = _spy_odd_lines(monkeypatch)
+def test_a_block_of_mostly_odd_lines_is_read_row_by_row(
+    tmp_path: Path, plain_blocks: list[int], odd_lines: list[list[int]]
+) -> None:
     lines = [ODD_LINES["time with an offset"].replace("500", str(600 + i)) for i in range(10)]  # typed columnar
     lines += [ODD_LINES["cIP null"]] * 5 + [ODD_LINES["port http"]] * 4 + [json.dumps(_scan_line(i, 1000 + i)) for i in range(10)]
     path = tmp_path / "rows.jsonl"
     path.write_text(_day(lines), encoding="utf-8")
     plain, fast = _reads(path)
     assert fast == plain
-    assert plain_blocks and not odd  # 9 odd lines of 29, more than _ODD_SHARE: the plain code reads the block
+    assert plain_blocks and not odd_lines  # 9 odd lines of 29, more than _ODD_SHARE: the plain code reads the block
     assert 9 > file_module._ODD_SHARE * 29 > 5
 
 
