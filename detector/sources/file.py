@@ -544,29 +544,52 @@ class _ColumnarBlock(KeyedBlock):
                 yield row
 
 
-def _each_key_once(data: bytes, lines: pl.Series, columns: list[str]) -> bool:
-    """True when the block names each of these columns (each has a value in every line, so each line
-    names it at least once) exactly once per line and writes no key with a \\u escape.
+def _names_once(data: bytes, lines: pl.Series, frame: pl.DataFrame, required: set[str]) -> bool:
+    """True when every line names each of the frame's columns (its key columns, read as strings) once
+    when it has a value, at most once when it has none (once, as `"column":null`, when the column is
+    required: present, as the plain code needs it), and the block writes no key with a \\u escape.
 
-    One regex pass in native code counts every `name"` together, line by line (several times faster
-    than one search over the whole block): a literal alternation, which the regex engine's SIMD
-    prefilter finds several times faster than the quoted `"name"` (every quote would be a candidate).
-    A match ends at a string's closing quote (an escaped quote follows a backslash, not a letter), so
-    matches cannot overlap and every quoted name is among them, with perhaps other strings ending in a
-    name; so a total of len(columns) x lines means each column is named exactly once per line (more,
-    and the block is read row by row: only slower).
+    One regex pass in native code counts every `name"` of every column, line by line: a literal
+    alternation, which the regex engine's SIMD prefilter finds several times faster than the quoted
+    `"name"` (every quote would be a candidate). A match ends at a string's closing quote (an escaped
+    quote follows a backslash, not a letter), so matches cannot overlap and every quoted name is among
+    them, with perhaps other strings ending in a name. A column with a value is named in its line, so a
+    line with as many matches as values names each of those once and no other. Only the other lines
+    (a null key present, a name twice, a value ending in a name) are looked at column by column.
     """
+    import polars as pl
+
+    columns = frame.columns
     if not all(_PLAIN_NAME.fullmatch(c) for c in columns):
         return False
-    if b"\\" in data:  # memchr for a backslash first: most blocks hold none
+    # memchr for a backslash first (most blocks hold none), then one pass for both kinds of escape
+    if b"\\" in data and lines.str.contains(f"{_ESCAPED_KEY}|{_SURROGATE_ESCAPE}").any():
         if lines.str.contains(_ESCAPED_KEY).any():
             return False  # a key written with an escape: polars and json.loads may see a name twice, or not
         if _lone_surrogates(lines):
             return False  # polars reads a lone high surrogate escape as U+0000, the plain code as U+FFFD
     if not columns:
         return True
-    found = lines.str.count_matches("(?:" + "|".join(columns) + ')"').sum()
-    return bool(found == len(columns) * lines.len())
+    names = lines.str.count_matches("(?:" + "|".join(columns) + ')"')
+    values = frame.select(pl.sum_horizontal(pl.col(c).is_not_null() for c in columns).alias("values"))["values"]
+    unsure = names != values
+    for column in columns:
+        if column in required and frame[column].null_count():
+            unsure = unsure | frame[column].is_null()
+    if not unsure.any():
+        return True
+    # The lines left: each column named once if it has a value, else at most once (required: as null).
+    look = frame.filter(unsure).with_columns(lines.filter(unsure).alias("_line_text"))
+    line = pl.col("_line_text")
+    good: list[pl.Expr] = []
+    for column in columns:
+        named = line.str.count_matches(f'"{column}"', literal=True)
+        if column in required and look[column].null_count():
+            good.append(named == 1)
+            good.append(pl.col(column).is_not_null() | (line.str.count_matches(f'"{column}":\\s*null') == 1))
+        else:
+            good.append((named == 1) | (pl.col(column).is_null() & (named == 0)))
+    return bool(look.select(pl.all_horizontal(good).all().alias("ok"))["ok"][0])
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -577,20 +600,20 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 _NOT_FROM_A_STRING = r"^(?:-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|true|false)$|^[\[{]"
 
 
-def _from_json_strings(lines: pl.Series, values: pl.Series, column: str, expected: int) -> bool:
-    """True when every non-null value of a column that occurs once per line was a JSON string.
+def _from_json_strings(lines: pl.Series, values: pl.Series, column: str) -> bool:
+    """True when every non-null value of the column was a JSON string (each line names it at most once:
+    _names_once).
 
-    Cheap when no value looks like a rendered number, boolean, object or array (addresses and host
-    names never do); otherwise the block's `"name":"` / `"name": "` keys are counted (such a pattern
-    cannot occur inside a JSON string, where a quote is escaped), line by line in polars (no GIL).
+    Only a value like polars' rendering of a JSON number, boolean, object or array (addresses and host
+    names never are) may have been something else: its line must write `"name":"` (with JSON whitespace
+    around the colon), which cannot occur inside a JSON string, where a quote is escaped. Those lines
+    alone are searched, in polars (no GIL).
     """
-    if not values.unique().str.contains(_NOT_FROM_A_STRING).any():  # distinct values: few hosts and addresses
+    suspect = values.str.contains(_NOT_FROM_A_STRING).fill_null(False)
+    if not suspect.any():
         return True
-    name = f'"{column}":'
-    found = int(lines.str.count_matches(name + '"', literal=True).sum())
-    if found != expected:
-        found += int(lines.str.count_matches(name + ' "', literal=True).sum())
-    return found == expected
+    written = lines.filter(suspect).str.count_matches(f'"{column}"[ \\t\\r]*:[ \\t\\r]*"')
+    return bool((written == 1).all())
 
 
 def _columnar_keys(
@@ -615,21 +638,16 @@ def _columnar_keys(
     frame = _key_strings(data, wanted) if parsed is None else parsed
     if frame is None or frame.height != lines:
         return None  # blank lines: the plain code decides
-    nulls_of = {column: frame[column].null_count() for column in wanted}
-    if not _each_key_once(data, lines_frame, [c for c in wanted if not nulls_of[c]]):
-        return None
     required = set(request.required) | {TIME}
     for column in wanted:
-        nulls = nulls_of[column]
-        string = COLUMN_TYPES[column] == "string" and column != TIME
-        if nulls:
-            if column in required and (string or column == TIME):
-                return None  # polars reads a missing key and a null alike; the plain code tells them apart
-            if not _once_per_line(lines_frame, frame[column], column, null_required=column in required):
-                return None
-        if string and not _from_json_strings(lines_frame, frame[column], column, lines - nulls):
+        if frame[column].null_count() and column in required and (column == TIME or COLUMN_TYPES[column] == "string"):
+            return None  # polars reads a missing key and a null alike; the plain code tells them apart
+    if not _names_once(data, lines_frame, frame.select(wanted), required):
+        return None
+    for column in wanted:
+        if COLUMN_TYPES[column] == "string" and column != TIME and not _from_json_strings(lines_frame, frame[column], column):
             return None
-    typed = _typed(frame, wanted, lambda: _from_json_strings(lines_frame, frame[TIME], TIME, lines))
+    typed = _typed(frame, wanted, lambda: _from_json_strings(lines_frame, frame[TIME], TIME))
     return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
 
 
@@ -856,30 +874,16 @@ def _lone_surrogate_lines(lines: pl.Series) -> pl.Series:
     import polars as pl
 
     line = pl.col("line")
-    surrogates = line.str.count_matches(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+    surrogates = line.str.count_matches(_SURROGATE_ESCAPE)
     pairs = line.str.count_matches(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
     return lines.rename("line").to_frame().select((surrogates != 2 * pairs).fill_null(False).alias("lone"))["lone"]
 
 
+_SURROGATE_ESCAPE = r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+
 # A string holding a \\u escape and then followed by a colon: a key written with an escape (json.loads and
 # polars could then see the same key twice). Matched line by line in polars (Rust regex, no GIL).
 _ESCAPED_KEY = r'\\u[0-9a-fA-F]{4}(?:[^"\\]|\\.)*"\s*:'
-
-
-def _once_per_line(lines: pl.Series, values: pl.Series, column: str, *, null_required: bool) -> bool:
-    """Per line: a line with a value names the column once; one without names it at most once, and, when
-    the column is required, as `"column":null` (present, as the plain code needs it)."""
-    import polars as pl
-
-    counts = lines.str.count_matches(f'"{column}"', literal=True)
-    has_value = values.is_not_null()
-    if null_required:
-        written_null = lines.str.count_matches(f'"{column}":\\s*null', literal=False)
-        without = (counts == 1) & (written_null == 1)
-    else:
-        without = counts <= 1
-    frame = pl.DataFrame({"ok": (has_value & (counts == 1)) | (~has_value & without)})
-    return bool(frame["ok"].all())
 
 
 def _typed(frame: pl.DataFrame, wanted: tuple[str, ...], times_were_strings: Callable[[], bool]) -> pl.DataFrame | None:

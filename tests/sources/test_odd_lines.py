@@ -63,9 +63,27 @@ ODD_LINES = {
     "nested 3,000 deep": GOOD_ROW.replace("}", ', "csUserAgent": ' + "[" * 3000 + "]" * 3000 + "}"),
     "a NUL escape": GOOD_ROW.replace("}", ', "csUserAgent": "a\\u0000b"}'),
     "a raw control character": GOOD_ROW.replace("web01", "web\x0101"),
+    "port null": GOOD_ROW.replace('"sPort": 500', '"sPort": null'),
+    "port missing": GOOD_ROW.replace(', "sPort": 500', ""),
+    "port null, written twice": GOOD_ROW.replace('"sPort": 500', '"sPort": null, "sPort": null'),
+    "port null and a key twice": GOOD_ROW.replace('"sPort": 500', '"sPort": null, "cIP": "203.0.113.7"'),
+    "a value ending in a column's name": GOOD_ROW.replace("}", ', "csUserAgent": "probe cIP"}'),
+    "a value that is a column's name": GOOD_ROW.replace("}", ', "csUserAgent": "cIP"}'),
+    "Computer a number, spaced": GOOD_ROW.replace('"Computer": "web01"', '"Computer" :  7'),
+    "Computer digits in a string": GOOD_ROW.replace('"web01"', '"1.0"'),
+    "Computer digits in a string, spaced": GOOD_ROW.replace('"Computer": "web01"', '"Computer"\t: \t"17"'),
 }
 # Kinds the whole-block columnar read types itself (they are here to show they stay columnar).
-COLUMNAR_KINDS = {"time with an offset", "port +500", "nested 40 deep", "a NUL escape"}
+COLUMNAR_KINDS = {
+    "time with an offset",
+    "port +500",
+    "nested 40 deep",
+    "a NUL escape",
+    "port null",
+    "a value ending in a column's name",
+    "Computer digits in a string",
+    "Computer digits in a string, spaced",
+}
 # A malformed detail value (a list where the user agent belongs): the pushed-down read checks details
 # only in rows of candidate groups, so in a group that cannot fire the line counts as read, not skipped
 # (docs/performance.md says so); findings are the same.
