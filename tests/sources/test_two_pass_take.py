@@ -12,6 +12,7 @@ import json
 import random
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,14 @@ def test_the_rule_gets_the_candidate_groups_rows_and_no_others(tmp_path: Path, m
     the scanner's 30 rows. With 16-bit cells one other row in 65,536 shares the scanner's cell (two
     came along here); with 32-bit cells, one in 2^32."""
     monkeypatch.setattr(file_module, "BLOCK_BYTES", 1 << 16)  # many blocks, so that one pass meets rows of finished bins
-    two_pass = []
+    two_pass: list[int] = []
     original = candidates_module._two_pass
-    monkeypatch.setattr(candidates_module, "_two_pass", lambda *args: two_pass.append(1) or original(*args))
+
+    def spy(*args: Any) -> Any:
+        two_pass.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(candidates_module, "_two_pass", spy)
     rng = random.Random(7)
     rows = [
         {
