@@ -86,8 +86,14 @@ def coerce_row(raw: Mapping[str, Any], columns: Iterable[str], required: Iterabl
         if column not in raw:
             raise InputError(where, f"missing required column '{column}'; W3CIISLog rows need {', '.join(required)}")
     row: Row = {}
+    get = raw.get
     for column in columns:
-        row[column] = coerce_value(column, raw.get(column), where)
+        value = get(column)
+        # A string in a string column is kept as it is (most values of most rows): no call for it.
+        if value.__class__ is str and COLUMN_TYPES.get(column, "string") == "string":
+            row[column] = value
+        else:
+            row[column] = coerce_value(column, value, where)
     return row
 
 
