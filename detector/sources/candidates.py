@@ -201,15 +201,16 @@ def _with_parse_datetime(times: pl.Series, stamps: pl.Series, *, all_or_none: bo
     return stamps.fill_null(times.replace_strict(old, new, default=None, return_dtype=pl.Int64))
 
 
-def parse_times(times: pl.Series) -> pl.Series:
+def parse_times(times: pl.Series, vectorised: pl.Series | None = None) -> pl.Series:
     """TimeGenerated text as epoch microseconds (Int64), exactly `microseconds(parse_datetime(text))`,
     null where the text is null or parse_datetime refuses it.
 
     The forms _EXTENDED_TIME describes (the canonical `yyyy-mm-ddThh:mm:ss[.f]Z`, and what Python's
     isoformat() and str() write: `+00:00`, `-08:00`, a space for the `T`, no offset, no seconds) are
     typed in polars, vectorised; any other text by parse_datetime, once per distinct value.
+    `vectorised`: vectorised_times(times), when the caller has it already.
     """
-    stamps = _with_parse_datetime(times, vectorised_times(times), all_or_none=False)
+    stamps = _with_parse_datetime(times, vectorised_times(times) if vectorised is None else vectorised, all_or_none=False)
     assert stamps is not None  # noqa: S101 - all_or_none=False always returns the Series
     return stamps.rename(times.name)
 

@@ -623,12 +623,12 @@ def _columnar_keys(
     row by row. `parsed`: the block's key columns as strings, when the caller has read them already."""
     if not data.endswith(b"\n"):
         return None  # a last line without its line break: maybe truncated; the plain code decides
-    crlf = _crlf_count(data)
-    if crlf is None:
-        return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
     lines_frame = polars_lines(data)
     if lines_frame is None:
         return None  # a blank line, a NUL byte or invalid UTF-8: the plain code decides
+    crlf = _crlf_count(data, lines_frame)
+    if crlf is None:
+        return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
     # Line ends that add up to the block prove one polars line per line break; else the breaks are counted.
     ends = _line_ends(data, lines_frame, crlf)
     lines = lines_frame.len() if ends is not None else data.count(b"\n")
@@ -653,6 +653,7 @@ def _columnar_keys(
 
 # A block with more odd lines than this share is read row by row: the columnar pass would save little.
 _ODD_SHARE = 0.25
+_DEEP = 64  # a line with more '[' than this is guessed too deep for polars' parser (it takes 40 levels)
 
 
 class _OddLines(NamedTuple):
@@ -722,70 +723,87 @@ def _odd_lines(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _OddLi
     """
     import polars as pl
 
-    if not data.endswith(b"\n") or _crlf_count(data) is None:
+    if not data.endswith(b"\n"):
         return None
     wanted = spec.columns()
     if not all(_PLAIN_NAME.fullmatch(c) for c in wanted):
         return None
     lines = polars_lines(data, empty=True)
-    if lines is None or lines.len() != data.count(b"\n"):
+    if lines is None or _crlf_count(data, lines) is None:
         return None
     named = [c for c in wanted if b'"' + c.encode() + b'"' in data]  # a column no line names is left to the guards
     line = pl.col("line")
-    odd = line.is_null()
+    # Lines polars' parser refuses, guessed cheaply (a whole-block parse fails at one; finding them for
+    # sure takes json_path_match, a JSON parse of every line, ~50 ms a block): not one object on the line
+    # (cut, an array, a string, trailing text), a NaN or Infinity, deep nesting, a raw control character.
+    odd = (
+        line.is_null()
+        | ~(line.str.starts_with("{") & line.str.ends_with("}"))
+        | line.str.contains(r":\s*-?(?:NaN|Infinity)\s*[,}\]]")
+        | (line.str.count_matches("[", literal=True) > _DEEP)
+        | line.str.contains(r"[\x00-\x08\x0b-\x1f]")
+    )
     if named:
         odd = odd | (line.str.count_matches("(?:" + "|".join(named) + ')"') != len(named))
     if b"\\" in data:
         odd = odd | line.str.contains(_ESCAPED_KEY)
-    frame = lines.rename("line").to_frame().with_row_index("_line").with_columns(odd.fill_null(True).alias("_odd"))
+    frame = lines.rename("line").to_frame()
+    odd_lines = frame.select(odd.fill_null(True).alias("odd"))["odd"]
     if b"\\" in data:
-        frame = frame.with_columns(pl.col("_odd") | _lone_surrogate_lines(lines))
+        odd_lines = odd_lines | _lone_surrogate_lines(lines)
     raw = data.split(b"\n")  # the lines as the plain read sees them (a CRLF line keeps its CR)
+    if len(raw) != lines.len() + 1:  # the block ends in a line break: the last piece is empty
+        return None
     starts = [0, *itertools.accumulate(len(line) + 1 for line in raw)]  # where each line starts
-    good = _good_lines(frame, data, starts, spec, request)
+    good = _good_lines(lines, ~odd_lines, data, starts, spec, request)
     if good is None:
         return None
-    kept, parsed = good
-    odd_lines = [(index, raw[index].decode("utf-8")) for index in frame.join(kept.to_frame(), on="_line", how="anti")["_line"]]
-    return _OddLines(parsed, kept, odd_lines, lines.len(), pl.Series(starts[1 : lines.len() + 1]))
+    keep, parsed = good
+    left = [(index, raw[index].decode("utf-8")) for index in (~keep).arg_true()]
+    return _OddLines(parsed, keep.arg_true().cast(pl.UInt32), left, lines.len(), pl.Series(starts[1 : lines.len() + 1]))
 
 
 def _good_lines(
-    frame: pl.DataFrame, data: bytes, starts: list[int], spec: CandidateSpec, request: ReadRequest
+    lines: pl.Series, keep: pl.Series, data: bytes, starts: list[int], spec: CandidateSpec, request: ReadRequest
 ) -> tuple[pl.Series, _BlockKeys] | None:
-    """The indexes of the lines `frame` does not call odd, less those whose JSON polars refuses or whose
-    values the columnar typing refuses, and their keys (_columnar_keys on them alone); or None."""
-    import polars as pl
-
+    """Which lines are good (`keep`, per line: the lines not guessed odd), less those whose JSON polars
+    refuses or whose values the columnar typing refuses, and their keys (_columnar_keys on them alone);
+    or None. The lines' texts are never copied: what changes is the mask."""
     wanted = spec.columns()
-    good = frame.filter(~pl.col("_odd"))
 
-    def text() -> bytes:
+    def text(keep: pl.Series) -> bytes:
         """The good lines' bytes: the block less the runs of other lines (a few copies, not a join of every line)."""
         pieces, at = [], 0
-        for index in frame.join(good, on="_line", how="anti")["_line"]:
+        for index in (~keep).arg_true():
             pieces.append(data[starts[at] : starts[index]])
             at = index + 1
         pieces.append(data[starts[at] :])
         return b"".join(pieces)
 
-    def few() -> bool:
-        return good.is_empty() or frame.height - good.height > _ODD_SHARE * frame.height
+    def few(keep: pl.Series) -> bool:
+        kept = int(keep.sum())
+        return not kept or keep.len() - kept > _ODD_SHARE * keep.len()
 
-    if few():
+    if few(keep):
         return None
-    values = _key_strings(text(), wanted)
+    good_text = text(keep)
+    values = _key_strings(good_text, wanted)
     if values is None:  # a line polars refuses (not JSON, not an object, NaN, nested too deep): serde_json's say
-        good = good.filter(pl.col("line").str.json_path_match(f"$.{TIME}").is_not_null())
-        if few() or (values := _key_strings(text(), wanted)) is None:
+        keep = keep & lines.str.json_path_match(f"$.{TIME}").is_not_null()
+        if few(keep):
             return None
-    refused = _odd_values(good["line"], values, set(request.required) | {TIME})
+        good_text = text(keep)
+        if (values := _key_strings(good_text, wanted)) is None:
+            return None
+    refused = _odd_values(lines.filter(keep), values, set(request.required) | {TIME})
     if refused.any():
-        good, values = good.filter(~refused), values.filter(~refused)
-        if few():
+        keep = keep.scatter(keep.arg_true().filter(refused), False)
+        values = values.filter(~refused)
+        if few(keep):
             return None
-    parsed = _columnar_keys(text(), spec, request, values)
-    return None if parsed is None else (good["_line"].cast(pl.UInt32), parsed)
+        good_text = text(keep)
+    parsed = _columnar_keys(good_text, spec, request, values)
+    return None if parsed is None else (keep, parsed)
 
 
 def _key_strings(data: bytes, wanted: tuple[str, ...]) -> pl.DataFrame | None:
@@ -809,7 +827,8 @@ def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> p
     if TIME in values.columns:
         times = values[TIME]
         # A time parse_datetime refuses, or one outside the set typed in polars not written as a JSON string.
-        frame = frame.with_columns(parse_times(times).alias("_stamp"), vectorised_times(times).alias("_vectorised"))
+        vectorised = vectorised_times(times)
+        frame = frame.with_columns(parse_times(times, vectorised).alias("_stamp"), vectorised.alias("_vectorised"))
     line = pl.col("_line_text")
     odd: list[pl.Expr] = []
     for column in values.columns:
@@ -840,17 +859,20 @@ def _refused(texts: pl.Series, parse: Callable[[str], object]) -> pl.Series:
     return texts.__class__(texts.name, refused, dtype=texts.dtype)
 
 
-def _crlf_count(data: bytes) -> int | None:
-    """How many CRLF line breaks the block has, or None when it has a CR outside one.
+def _crlf_count(data: bytes, lines: pl.Series) -> int | None:
+    """How many of the block's line breaks are CRLF, or None when it has a CR outside one (or, with CRs,
+    starts with a BOM).
 
-    bytes.count and re hold the GIL: a block is scanned for CRs once, and more only when it has some.
+    `lines`: polars_lines of the block, which cuts at every LF and drops the CR before one (and a BOM at
+    the start, refused here so that the count is exact). A CR it keeps is not before an LF, and the
+    bytes it drops are the CRs of CRLFs. Worked out in polars, without a pass over the bytes in Python,
+    which holds the GIL (a regex search and a count took 8 ms a block, three times per odd block).
     """
-    if b"\r" not in data:
+    if b"\r" not in data:  # memchr: LF files pay nothing more
         return 0
-    return None if _LONE_CR.search(data) else data.count(b"\r")  # both a third of data.count(b"\r\n")
-
-
-_LONE_CR = re.compile(rb"\r(?!\n)")
+    if data.startswith(BOM) or lines.str.contains("\r", literal=True).any():
+        return None
+    return len(data) - int(lines.str.len_bytes().sum() or 0) - lines.len()
 
 
 def _line_ends(data: bytes, lines: pl.Series, crlf: int) -> pl.Series | None:

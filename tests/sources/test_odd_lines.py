@@ -63,6 +63,13 @@ ODD_LINES = {
     "nested 3,000 deep": GOOD_ROW.replace("}", ', "csUserAgent": ' + "[" * 3000 + "]" * 3000 + "}"),
     "a NUL escape": GOOD_ROW.replace("}", ', "csUserAgent": "a\\u0000b"}'),
     "a raw control character": GOOD_ROW.replace("web01", "web\x0101"),
+    # Invalid JSON that starts with "{" and ends with "}": polars' parser refuses the block, and the cheap
+    # guess of which lines it refuses does not see these (json_path_match finds them).
+    "a trailing comma": GOOD_ROW[:-1] + ", }",
+    "a missing comma": GOOD_ROW.replace(', "sIP"', ' "sIP"'),
+    "a bad escape": GOOD_ROW.replace("web01", "web\\q01"),
+    "a leading zero": GOOD_ROW.replace('"sPort": 500', '"sPort": 0500'),
+    "two objects": GOOD_ROW + GOOD_ROW,
     "port null": GOOD_ROW.replace('"sPort": 500', '"sPort": null'),
     "port missing": GOOD_ROW.replace(', "sPort": 500', ""),
     "port null, written twice": GOOD_ROW.replace('"sPort": 500', '"sPort": null, "sPort": null'),
@@ -153,6 +160,33 @@ def test_a_block_of_mostly_odd_lines_is_read_row_by_row(
     assert fast == plain
     assert plain_blocks and not odd_lines  # 9 odd lines of 29, more than _ODD_SHARE: the plain code reads the block
     assert 9 > file_module._ODD_SHARE * 29 > 5
+
+
+# A CR that is not part of a line break (JSON reads it as whitespace between values): polars may cut a
+# line there, so the block is read by the plain code whole, and must give its results.
+LONE_CR_LINES = {
+    "a CR between values": GOOD_ROW.replace(', "sIP"', ',\r"sIP"'),
+    "a CR before the line break": GOOD_ROW + "\r",
+    "a CR at the start": "\r" + GOOD_ROW,
+    "a CR in a string": GOOD_ROW.replace("web01", "web\r01"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LONE_CR_LINES))
+@pytest.mark.parametrize("line_break", ["\n", "\r\n"])
+def test_a_lone_cr_leaves_its_block_to_the_plain_code(
+    tmp_path: Path, plain_blocks: list[int], odd_lines: list[list[int]], kind: str, line_break: str
+) -> None:
+    lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
+    lines += [json.dumps(_scan_line(i % 60, 80, cip=f"203.0.113.{i}")) for i in range(40)]
+    lines.insert(17, LONE_CR_LINES[kind])
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(_day(lines, line_break).encode("utf-8"))
+    plain, fast = _reads(path)
+    assert fast == plain
+    assert not odd_lines
+    # With LF line breaks a CR before one makes a CRLF line: mixed line ends, which the columnar read takes.
+    assert plain_blocks == ([] if (kind, line_break) == ("a CR before the line break", "\n") else [1])
 
 
 @st.composite
