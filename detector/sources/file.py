@@ -586,10 +586,10 @@ def _names_once(data: bytes, lines: pl.Series, frame: pl.DataFrame, required: se
         named = line.str.count_matches(f'"{column}"', literal=True)
         if column in required and look[column].null_count():
             good.append(named == 1)
-            # `"name":null` is the line's own key only in a line without nesting or an escaped quote:
-            # else it may be a nested object's key, or the end of a key like "a\\"name" (then the line
-            # goes to the plain code, which tells a missing column from a null).
-            flat = ~line.str.contains('\\"', literal=True) & ~line.str.slice(1).str.contains(r"[\[{]")
+            # `"name":null` is the line's own key unless it is a nested object's (a "{" after the line's
+            # first) or the end of a key with an escaped quote, like "a\\"name" (a quote before the name
+            # that is escaped): then the line goes to the plain code, which tells a missing column from a null.
+            flat = ~line.str.contains(f'\\"{column}"', literal=True) & ~line.str.slice(1).str.contains("{", literal=True)
             written_null = line.str.count_matches(f'"{column}":\\s*null') == 1
             good.append(pl.col(column).is_not_null() | (written_null & flat))
         else:
