@@ -773,7 +773,7 @@ def _good_lines(
 ) -> tuple[pl.Series, _BlockKeys] | None:
     """Which lines are good (`keep`, per line: the lines not guessed odd), less those whose JSON polars
     refuses or whose values the columnar typing refuses, and their keys (_columnar_keys on them alone);
-    or None. The lines' texts are never copied: what changes is the mask."""
+    or None. What changes from step to step is the mask, not filtered copies of the lines' texts."""
     wanted = spec.columns()
 
     def text(keep: pl.Series) -> bytes:
