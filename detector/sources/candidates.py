@@ -400,6 +400,26 @@ def read_range(path: Path, offset: int, length: int) -> bytes:
         raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
 
 
+FEW_PIECES = 64  # up to this many pieces of a range (a block's candidate rows) are read alone, at their offsets
+
+
+def read_pieces(path: Path, offset: int, length: int, pieces: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+    """The bytes of each (start, end) piece of the file's range [offset, offset + length), start and end
+    counted from the range's start: each piece read alone when they are few (FEW_PIECES), else sliced
+    from the range read once."""
+    if len(pieces) > FEW_PIECES:
+        data = read_range(path, offset, length)
+        for start, end in pieces:
+            yield data[start:end]
+        return
+    try:
+        with path.open("rb") as handle:
+            for start, end in pieces:
+                yield read_span(handle.fileno(), offset + start, end - start, str(path))
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
+
+
 def polars_lines(data: bytes, n_rows: int | None = None, *, empty: bool = False) -> pl.Series | None:
     """The block's lines as a String series (each without its LF or CRLF), or None when polars refuses.
 

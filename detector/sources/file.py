@@ -92,6 +92,7 @@ from detector.sources.candidates import (
     open_input,
     parse_times,
     polars_lines,
+    read_pieces,
     read_range,
     read_span,
     read_with_pushdown,
@@ -493,9 +494,6 @@ class _BlockKeys(NamedTuple):
     ends: pl.Series | None
 
 
-_FEW_RECORDS = 64  # up to this many candidate lines of a block are read alone, at their offsets
-
-
 class _ColumnarBlock(KeyedBlock):
     """Keeps only the key frame, where the block is and where its lines end; the candidates' lines are
     read again (alone, when they are few), so blocks waiting for their bins to finish cost little memory."""
@@ -522,14 +520,8 @@ class _ColumnarBlock(KeyedBlock):
             yield from (lines[index] for index in records)
             return
         ends = self.ends.to_list()
-        if len(records) > _FEW_RECORDS:
-            data = read_range(self.path, self.offset, self.length)
-            yield from (data[(ends[index - 1] if index else 0) : ends[index] - 1] for index in records)
-            return
-        with self.path.open("rb") as handle:  # one open for the block's few lines
-            for index in records:
-                start = ends[index - 1] if index else 0
-                yield read_span(handle.fileno(), self.offset + start, ends[index] - start, str(self.path))[:-1]
+        pieces = [(ends[index - 1] if index else 0, ends[index] - 1) for index in records]  # each line less its LF
+        yield from read_pieces(self.path, self.offset, self.length, pieces)
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)

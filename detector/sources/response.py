@@ -44,7 +44,7 @@ from detector.sources.candidates import (
     microseconds,
     open_input,
     parse_times,
-    read_range,
+    read_pieces,
     skip_bom,
 )
 from detector.w3ciislog import COLUMN_TYPES, coerce_value
@@ -531,26 +531,11 @@ def _explainer(path: Path, scanned: ScannedRows, names: list[str] | None, reques
 def _row_texts(path: Path, span: tuple[int, int], starts: Sequence[int], records: list[int]) -> Iterator[tuple[int, str]]:
     """(record, text) for each record of rows that start at byte `starts` from the first row's within
     `span` of the file: each row's own bytes (to the next row's start, the separator after it included),
-    read alone when they are few, else sliced from the span read once (never the span decoded whole)."""
+    never the span decoded whole."""
     first, end = span
-
-    def bounds(record: int) -> tuple[int, int]:
-        return starts[record], starts[record + 1] if record + 1 < len(starts) else end - first
-
-    if len(records) > _FEW_ROWS:
-        data = read_range(path, first, end - first)
-        for record in records:
-            low, high = bounds(record)
-            yield record, data[low:high].decode("utf-8", errors="replace")
-        return
-    with path.open("rb") as handle:
-        for record in records:
-            low, high = bounds(record)
-            handle.seek(first + low)
-            yield record, handle.read(high - low).decode("utf-8", errors="replace")
-
-
-_FEW_ROWS = 64  # up to this many rows of a block are read alone, at their offsets
+    pieces = [(starts[record], starts[record + 1] if record + 1 < len(starts) else end - first) for record in records]
+    for record, data in zip(records, read_pieces(path, first, end - first, pieces), strict=True):
+        yield record, data.decode("utf-8", errors="replace")
 
 
 _A_TIME = "2026-01-01T00:00:00Z"  # typed in polars in place of a bad row's time, then replaced by _FAR_PAST

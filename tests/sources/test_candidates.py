@@ -259,7 +259,7 @@ def test_candidate_lines_are_taken_at_their_offsets(
 ) -> None:
     """Candidate lines are read back at the byte offsets the first pass found (one by one, or sliced
     from the block), for LF and CRLF files; mixed line ends leave the offsets unknown (re-split)."""
-    monkeypatch.setattr(jsonl_module, "_FEW_RECORDS", few)
+    monkeypatch.setattr(candidates_module, "FEW_PIECES", few)
     known = _spy_found(monkeypatch, jsonl_module, "_line_ends")
     rng = _rng(11)
     rows = _random_rows(rng, 2000) + _scans(rng)

@@ -19,6 +19,7 @@ from detector.models import Row
 from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, load_rules
 from detector.sources import ReadRequest
+from detector.sources import candidates as candidates_module
 from detector.sources import response as response_module
 from detector.sources.file import FileSource
 from tests.helpers import DAY, FILES, RULE
@@ -171,6 +172,7 @@ LAYOUTS = st.sampled_from(["compact", "spaced", "indented", "statistics after", 
     st.booleans(),
     st.sampled_from([16, 61, 4096]),
     st.sampled_from([1, 7, 1000]),
+    st.sampled_from([0, 1000]),
 )
 def test_fast_and_plain_reads_of_a_saved_response_agree_on_any_rows(
     tmp_path: Path,
@@ -181,11 +183,14 @@ def test_fast_and_plain_reads_of_a_saved_response_agree_on_any_rows(
     hostile_details: bool,
     chunk: int,
     block_rows: int,
+    few_pieces: int,
 ) -> None:
     """Strings holding `],[` and escaped quotes, lone surrogates, numbers where strings belong, nested
     arrays, rows that are not a list of the columns, odd times and ports, spaced and indented bodies,
     other tables and an error member after the rows, a truncated body: the fast read says what the
-    plain read says, whatever the chunk and block sizes (chunks of 16 bytes cut rows and characters)."""
+    plain read says, whatever the chunk and block sizes (chunks of 16 bytes cut rows and characters),
+    with rows taken one by one or sliced from their block read once (FEW_PIECES)."""
+    monkeypatch.setattr(candidates_module, "FEW_PIECES", few_pieces)
     monkeypatch.setattr(response_module, "STREAM_CHUNK", chunk)
     monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", block_rows)
     rows: list[Any] = _scan() + data.draw(st.lists(clean_row(hostile_details), max_size=60))
