@@ -609,8 +609,14 @@ def _from_json_strings(lines: pl.Series, values: pl.Series, column: str) -> bool
     suspect = values.str.contains(_NOT_FROM_A_STRING).fill_null(False)
     if not suspect.any():
         return True
-    written = lines.filter(suspect).str.count_matches(f'"{column}"[ \\t\\r]*:[ \\t\\r]*"')
+    written = lines.filter(suspect).str.count_matches(_written_as_string(column))
     return bool((written == 1).all())
+
+
+def _written_as_string(column: str) -> str:
+    """A pattern of the column's key followed by a JSON string value (`"name": "`, JSON whitespace
+    around the colon), which cannot occur inside a JSON string, where a quote is escaped."""
+    return f'"{column}"[ \\t\\r]*:[ \\t\\r]*"'
 
 
 def _columnar_keys(
@@ -832,7 +838,7 @@ def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> p
         value = pl.col(column)
         if column in required:
             odd.append(value.is_null())
-        written_as_string = line.str.count_matches(f'"{column}":\\s*"') == 1
+        written_as_string = line.str.count_matches(_written_as_string(column)) == 1
         if column == TIME:
             odd.append(pl.col("_stamp").is_null() | (pl.col("_vectorised").is_null() & ~written_as_string))
         elif COLUMN_TYPES[column] == "string":
