@@ -59,3 +59,19 @@ def odd_lines(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
     monkeypatch.setattr(file_module._OddLines, "completed", spy)
     return found
+
+
+@pytest.fixture
+def two_pass_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per read that took the two-pass strategy (input out of time order)."""
+    import detector.sources.candidates as candidates_module
+
+    reads: list[int] = []
+    two_pass = candidates_module._two_pass
+
+    def spy(*args: Any) -> Any:
+        reads.append(1)
+        return two_pass(*args)
+
+    monkeypatch.setattr(candidates_module, "_two_pass", spy)
+    return reads

@@ -671,29 +671,13 @@ def test_a_repeated_key_column_is_read_as_json_loads_reads_it(tmp_path: Path, co
     _assert_same(FileSource(path))
 
 
-def _two_pass_spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    import detector.sources.candidates as candidates_module
-
-    calls: list[bool] = []
-    original = candidates_module._two_pass
-
-    def spy(*args: Any) -> Any:
-        calls.append(True)
-        return original(*args)
-
-    monkeypatch.setattr(candidates_module, "_two_pass", spy)
-    return calls
-
-
 @pytest.mark.parametrize("shuffled_site", [None, 2])
-def test_iis_sites_of_one_day_are_merged_by_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffled_site: int | None
-) -> None:
+def test_iis_sites_of_one_day_are_merged_by_time(tmp_path: Path, two_pass_reads: list[int], shuffled_site: int | None) -> None:
     """Each site's file of the day starts at midnight: read side by side, merged by time, bins are still
     finished on the way (one pass); a site whose entries go back in time makes it the two-pass read.
     Either way the results are the plain read's. Sites share addresses and scanners, so groups span files,
     and header blocks come every few entries."""
-    two_pass = _two_pass_spy(monkeypatch)
+    two_pass = two_pass_reads
     rng = _rng(17)
     rows = _random_rows(rng, 4000) + _scans(rng) + _scans(rng) + _logon_bursts(rng)
     sites: list[list[dict[str, Any]]] = [[], [], []]

@@ -124,19 +124,23 @@ def _day(lines: list[str], line_break: str = "\n") -> str:
     return "".join(line + line_break for line in lines)
 
 
+def _reads_of_a_block_with(line: str, line_break: str, path: Path) -> list[tuple[str, int, dict[str, int]]]:
+    """_reads of one block: 29 ports of a scanner, 40 background rows, and `line` (as line 17)."""
+    lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
+    lines += [json.dumps(_scan_line(i % 60, 80, cip=f"203.0.113.{i}")) for i in range(40)]
+    lines.insert(17, line)
+    path.write_bytes(_day(lines, line_break).encode("utf-8"))
+    return _reads(path)
+
+
 @pytest.mark.parametrize("kind", sorted(ODD_LINES))
 @pytest.mark.parametrize("line_break", ["\n", "\r\n"])
 def test_one_odd_line_leaves_only_itself_to_the_plain_code(
     tmp_path: Path, plain_blocks: list[int], odd_lines: list[list[int]], kind: str, line_break: str
 ) -> None:
-    """29 ports of a scanner, 40 background rows, and the odd line carrying the 30th port in one block:
-    the block stays columnar but for that line, and the result is the plain read's to the row."""
-    lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
-    lines += [json.dumps(_scan_line(i % 60, 80, cip=f"203.0.113.{i}")) for i in range(40)]
-    lines.insert(17, ODD_LINES[kind])
-    path = tmp_path / "rows.jsonl"
-    path.write_bytes(_day(lines, line_break).encode("utf-8"))
-    plain, fast = _reads(path)
+    """The odd line carrying the scanner's 30th port: the block stays columnar but for that line, and
+    the result is the plain read's to the row."""
+    plain, fast = _reads_of_a_block_with(ODD_LINES[kind], line_break, tmp_path / "rows.jsonl")
     assert fast == plain
     assert not plain_blocks
     assert odd_lines == ([] if kind in COLUMNAR_KINDS else [[17]])
@@ -184,12 +188,7 @@ LONE_CR_LINES = {
 def test_a_lone_cr_leaves_its_block_to_the_plain_code(
     tmp_path: Path, plain_blocks: list[int], odd_lines: list[list[int]], kind: str, line_break: str
 ) -> None:
-    lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
-    lines += [json.dumps(_scan_line(i % 60, 80, cip=f"203.0.113.{i}")) for i in range(40)]
-    lines.insert(17, LONE_CR_LINES[kind])
-    path = tmp_path / "rows.jsonl"
-    path.write_bytes(_day(lines, line_break).encode("utf-8"))
-    plain, fast = _reads(path)
+    plain, fast = _reads_of_a_block_with(LONE_CR_LINES[kind], line_break, tmp_path / "rows.jsonl")
     assert fast == plain
     assert not odd_lines
     # With LF line breaks a CR before one makes a CRLF line: mixed line ends, which the columnar read takes.

@@ -12,11 +12,9 @@ import json
 import random
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import detector.sources.candidates as candidates_module
 import detector.sources.file as file_module
 from detector.sources import ReadRequest
 from detector.sources.file import FileSource
@@ -25,19 +23,13 @@ from tests.sources.test_candidates import DAY, HIGH_PORT, WINDOW
 LOGIC = HIGH_PORT.logic
 
 
-def test_the_rule_gets_the_candidate_groups_rows_and_no_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_rule_gets_the_candidate_groups_rows_and_no_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, two_pass_reads: list[int]
+) -> None:
     """70,000 one-row groups of other clients and one scanner of 30 ports, shuffled: the rule is handed
     the scanner's 30 rows. With 16-bit cells one other row in 65,536 shares the scanner's cell (two
     came along here); with 32-bit cells, one in 2^32."""
     monkeypatch.setattr(file_module, "BLOCK_BYTES", 1 << 16)  # many blocks, so that one pass meets rows of finished bins
-    two_pass: list[int] = []
-    original = candidates_module._two_pass
-
-    def spy(*args: Any) -> Any:
-        two_pass.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(candidates_module, "_two_pass", spy)
     rng = random.Random(7)
     rows = [
         {
@@ -66,7 +58,7 @@ def test_the_rule_gets_the_candidate_groups_rows_and_no_others(tmp_path: Path, m
     request = ReadRequest(WINDOW, LOGIC.columns, LOGIC.required_columns, LOGIC.candidate_spec())
     source = FileSource(path)
     taken = list(source.read(request))
-    assert two_pass  # rows in no time order: the two-pass read
+    assert two_pass_reads  # rows in no time order: the two-pass read
     assert sorted(row["sPort"] for row in taken) == list(range(1000, 1030))
     assert source.read_stats()["rowsRead"] == 70_030
     assert len(LOGIC.evaluate(taken, WINDOW)) == 1
