@@ -29,8 +29,7 @@ a lone low surrogate escape itself, and such a block is read the plain way):
   (candidates.typed_times; a number polars renders as text is refused), and a value it refuses leaves
   the line to the plain code;
 - required columns are present in every line (polars reads a missing key and a null alike).
-Any other block is read row by row with the plain code (same rows, same skipped lines). A file with lone
-'\\r' line breaks (the plain read's universal newlines cut lines there) is left to the plain read.
+Any other block is read row by row with the plain code (same rows, same skipped lines).
 
 Lines are cut at LF only, as JSON Lines defines them (CRLF is fine); a block with a CR that is not part
 of a CRLF is read the plain way. Values are made representable where they are read: a lone surrogate
