@@ -215,7 +215,7 @@ def parse_times(times: pl.Series, vectorised: pl.Series | None = None) -> pl.Ser
     return stamps.rename(times.name)
 
 
-def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series | None:
+def typed_times(times: pl.Series, were_strings: Callable[[], bool], vectorised: pl.Series | None = None) -> pl.Series | None:
     """TimeGenerated text as epoch microseconds (`_t`), exactly as coerce_value types it, or None when a
     value needs the plain code (which skips its line or row and says why).
 
@@ -223,11 +223,11 @@ def typed_times(times: pl.Series, were_strings: Callable[[], bool]) -> pl.Series
     only when `were_strings()` says every value was a JSON string (polars renders a JSON number as text,
     which parse_datetime may read, e.g. 20261126; the plain code refuses a number). No rendering of a
     number, boolean, object or array is in the set (it has a `-` at 4 and a `:` at 13), so a block of
-    `+00:00` or space-separated times is not asked.
+    `+00:00` or space-separated times is not asked. `vectorised`: vectorised_times(times), when the caller has it.
     """
     if times.null_count():
         return None
-    stamps = vectorised_times(times)
+    stamps = vectorised_times(times) if vectorised is None else vectorised
     if stamps.null_count() and not were_strings():
         return None
     typed = _with_parse_datetime(times, stamps, all_or_none=True)

@@ -415,12 +415,13 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             fd = handle.fileno()
             spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
             pending: deque[tuple[int, int, Future[_ColumnarBlock | _OddLines | None]]] = deque()
+            seen = _Seen()
 
             def fill() -> None:
                 while len(pending) < BLOCKS_AHEAD and (span := next(spans, None)) is not None:
                     offset, length = span
                     pending.append(
-                        (offset, length, pool.submit(_columnar_block, fd, offset, length, path, spec, request, report))
+                        (offset, length, pool.submit(_columnar_block, fd, offset, length, path, spec, request, report, seen))
                     )
 
             line = 1
@@ -449,16 +450,42 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _Seen:
+    """What the blocks of one read have shown so far (a hint shared by the workers: it decides speed, never a row)."""
+
+    odd = False  # some block had to take the odd-lines path
+
+
 def _columnar_block(
-    fd: int, offset: int, length: int, path: Path, spec: CandidateSpec, request: ReadRequest, report: LineReport
+    fd: int,
+    offset: int,
+    length: int,
+    path: Path,
+    spec: CandidateSpec,
+    request: ReadRequest,
+    report: LineReport,
+    seen: _Seen | None = None,
 ) -> _ColumnarBlock | _OddLines | None:
     """The block read and parsed the columnar way, prepared for the finder (on a worker thread); or its
     good lines parsed so, with the odd ones left for the caller's plain code (_OddLines); or None when it
-    must be read row by row. Its first line number is set by the caller, who counts the lines."""
+    must be read row by row. Its first line number is set by the caller, who counts the lines.
+
+    Once a block of the read had odd lines, a block with a line that is not one object goes to the
+    odd-lines path at once: polars' parse of the whole block would fail at that line, after parsing the
+    rest (~7 ms a block). A clean file never pays for the look."""
+    import polars as pl
+
     data = read_span(fd, offset, length, str(path))
-    parsed = _columnar_keys(data, spec, request)
+    # One cut into lines for both tries (a blank line is null: only the odd-lines path reads past it).
+    lines = polars_lines(data, empty=True) if data.endswith(b"\n") else None
+    whole = lines is not None and not lines.null_count()
+    if lines is not None and whole and seen is not None and seen.odd:
+        whole = bool(lines.rename("line").to_frame().select(_one_object(pl.col("line")).all())["line"][0])
+    parsed = _columnar_keys(data, spec, request, lines) if whole else None
     if parsed is None:
-        return _odd_lines(data, spec, request)
+        if seen is not None:
+            seen.odd = True
+        return _odd_lines(data, lines, spec, request)
     block = _ColumnarBlock(parsed, path, offset=offset, length=length, first_line=0, request=request, report=report)
     block.prepare()
     return block
@@ -605,11 +632,16 @@ def _from_json_strings(lines: pl.Series, values: pl.Series, column: str) -> bool
     around the colon), which cannot occur inside a JSON string, where a quote is escaped. Those lines
     alone are searched, in polars (no GIL).
     """
-    suspect = values.str.contains(_NOT_FROM_A_STRING).fill_null(False)
+    return not _not_written_as_string(lines, values.str.contains(_NOT_FROM_A_STRING).fill_null(False), column).any()
+
+
+def _not_written_as_string(lines: pl.Series, suspect: pl.Series, column: str) -> pl.Series:
+    """Per line: `suspect` (its value may not have been a JSON string), and the line does not write the
+    column's value once as a JSON string. Only the suspect lines are searched."""
     if not suspect.any():
-        return True
-    written = lines.filter(suspect).str.count_matches(_written_as_string(column))
-    return bool((written == 1).all())
+        return suspect
+    written = lines.filter(suspect).str.count_matches(_written_as_string(column)) == 1
+    return suspect.scatter(suspect.arg_true().filter(written), False)
 
 
 def _written_as_string(column: str) -> str:
@@ -619,14 +651,21 @@ def _written_as_string(column: str) -> str:
 
 
 def _columnar_keys(
-    data: bytes, spec: CandidateSpec, request: ReadRequest, parsed: pl.DataFrame | None = None
+    data: bytes,
+    spec: CandidateSpec,
+    request: ReadRequest,
+    lines_frame: pl.Series | None = None,
+    parsed: pl.DataFrame | None = None,
+    times: pl.Series | None = None,
 ) -> _BlockKeys | None:
     """The KeyedBlock.keys of one block (record = line) and its line ends, or None when it must be read
-    row by row. `parsed`: the block's key columns as strings, when the caller has read them already."""
+    row by row. What the caller has worked out already: `lines_frame`, polars_lines(data); `parsed`, the
+    block's key columns as strings; `times`, vectorised_times of parsed's TimeGenerated."""
     if not data.endswith(b"\n"):
         return None  # a last line without its line break: maybe truncated; the plain code decides
-    lines_frame = polars_lines(data)
     if lines_frame is None:
+        lines_frame = polars_lines(data)
+    if lines_frame is None or lines_frame.null_count():
         return None  # a blank line, a NUL byte or invalid UTF-8: the plain code decides
     crlf = _crlf_count(data, lines_frame)
     if crlf is None:
@@ -649,7 +688,7 @@ def _columnar_keys(
     for column in wanted:
         if COLUMN_TYPES[column] == "string" and column != TIME and not _from_json_strings(lines_frame, frame[column], column):
             return None
-    typed = _typed(frame, wanted, lambda: _from_json_strings(lines_frame, frame[TIME], TIME))
+    typed = _typed(frame, wanted, lambda: _from_json_strings(lines_frame, frame[TIME], TIME), times)
     return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
 
 
@@ -714,7 +753,7 @@ class _OddLines(NamedTuple):
         return block
 
 
-def _odd_lines(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _OddLines | None:
+def _odd_lines(data: bytes, lines: pl.Series | None, spec: CandidateSpec, request: ReadRequest) -> _OddLines | None:
     """The block's good lines read the columnar way, and its odd lines (not JSON, not an object, a key
     written twice or with an escape, a lone surrogate, no TimeGenerated, a value the columnar typing
     refuses: whatever would send the whole block to the plain code) set apart; or None when the block
@@ -722,16 +761,17 @@ def _odd_lines(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _OddLi
 
     Which lines are odd is only a guess, made line by line in polars: the good lines are then read by
     _columnar_keys as a block of their own, with every guard, so the guess decides speed, never a row.
+    `lines`: polars_lines(data, empty=True).
     """
     import polars as pl
 
-    if not data.endswith(b"\n"):
+    if not data.endswith(b"\n") or lines is None:
         return None
     wanted = spec.columns()
     if not all(_PLAIN_NAME.fullmatch(c) for c in wanted):
         return None
-    lines = polars_lines(data, empty=True)
-    if lines is None or _crlf_count(data, lines) is None:
+    crlf = _crlf_count(data, lines)
+    if crlf is None:
         return None
     named = [c for c in wanted if b'"' + c.encode() + b'"' in data]  # a column no line names is left to the guards
     line = pl.col("line")
@@ -740,7 +780,7 @@ def _odd_lines(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _OddLi
     # (cut, an array, a string, trailing text), a NaN or Infinity, deep nesting, a raw control character.
     odd = (
         line.is_null()
-        | ~(line.str.starts_with("{") & line.str.ends_with("}"))
+        | ~_one_object(line)
         | line.str.contains(r":\s*-?(?:NaN|Infinity)\s*[,}\]]")
         | (line.str.count_matches("[", literal=True) > _DEEP)
         | line.str.contains(r"[\x00-\x08\x0b-\x1f]")
@@ -753,16 +793,24 @@ def _odd_lines(data: bytes, spec: CandidateSpec, request: ReadRequest) -> _OddLi
     odd_lines = frame.select(odd.fill_null(True).alias("odd"))["odd"]
     if b"\\" in data:
         odd_lines = odd_lines | _lone_surrogate_lines(lines)
-    raw = data.split(b"\n")  # the lines as the plain read sees them (a CRLF line keeps its CR)
-    if len(raw) != lines.len() + 1:  # the block ends in a line break: the last piece is empty
-        return None
-    starts = [0, *itertools.accumulate(len(line) + 1 for line in raw)]  # where each line starts
+    ends = _line_ends(data, lines, crlf)
+    if ends is None:  # line breaks of both kinds (or a BOM): cut as the plain read cuts
+        raw = data.split(b"\n")
+        if len(raw) != lines.len() + 1:  # the block ends in a line break: the last piece is empty
+            return None
+        ends = pl.Series(list(itertools.accumulate(len(line) + 1 for line in raw[:-1])))
+    starts = [0, *ends.to_list()]  # where each line starts (a line is its bytes to its LF: a CRLF line keeps its CR)
     good = _good_lines(lines, ~odd_lines, data, starts, spec, request)
     if good is None:
         return None
     keep, parsed = good
-    left = [(index, raw[index].decode("utf-8")) for index in (~keep).arg_true()]
-    return _OddLines(parsed, keep.arg_true().cast(pl.UInt32), left, lines.len(), pl.Series(starts[1 : lines.len() + 1]))
+    left = [(index, data[starts[index] : starts[index + 1] - 1].decode("utf-8")) for index in (~keep).arg_true()]
+    return _OddLines(parsed, keep.arg_true().cast(pl.UInt32), left, lines.len(), ends)
+
+
+def _one_object(line: pl.Expr) -> pl.Expr:
+    """Whether the line may be one JSON object (it starts with `{` and ends with `}`)."""
+    return line.str.starts_with("{") & line.str.ends_with("}")
 
 
 def _good_lines(
@@ -797,14 +845,15 @@ def _good_lines(
         good_text = text(keep)
         if (values := _key_strings(good_text, wanted)) is None:
             return None
-    refused = _odd_values(lines.filter(keep), values, set(request.required) | {TIME})
+    refused, times = _odd_values(lines.filter(keep), values, set(request.required) | {TIME})
     if refused.any():
         keep = keep.scatter(keep.arg_true().filter(refused), False)
         values = values.filter(~refused)
+        times = None if times is None else times.filter(~refused)
         if few(keep):
             return None
         good_text = text(keep)
-    parsed = _columnar_keys(good_text, spec, request, values)
+    parsed = _columnar_keys(good_text, spec, request, lines.filter(keep), values, times)
     return None if parsed is None else (keep, parsed)
 
 
@@ -819,34 +868,34 @@ def _key_strings(data: bytes, wanted: tuple[str, ...]) -> pl.DataFrame | None:
         return None
 
 
-def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> pl.Series:
+def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> tuple[pl.Series, pl.Series | None]:
     """Per line (values: its key columns read as strings): a value the columnar typing refuses or cannot
     tell from another (a required column null or missing, a string column written as a number, a time
-    or an integer the plain code's own parse refuses), so the whole block would be read row by row."""
+    or an integer the plain code's own parse refuses), so the whole block would be read row by row; and
+    vectorised_times of the time column (None without one), for the typing to reuse.
+
+    Only the lines whose value could have been something other than a JSON string are searched for how
+    the line writes it (_not_written_as_string), as _from_json_strings does."""
     import polars as pl
 
-    frame = values.with_columns(lines.alias("_line_text"))
-    if TIME in values.columns:
-        times = values[TIME]
-        # A time parse_datetime refuses, or one outside the set typed in polars not written as a JSON string.
-        vectorised = vectorised_times(times)
-        frame = frame.with_columns(parse_times(times, vectorised).alias("_stamp"), vectorised.alias("_vectorised"))
-    line = pl.col("_line_text")
-    odd: list[pl.Expr] = []
+    odd = pl.Series("odd", [False] * values.height, dtype=pl.Boolean)
+    vectorised = None
     for column in values.columns:
-        value = pl.col(column)
+        value = values[column]
         if column in required:
-            odd.append(value.is_null())
-        written_as_string = line.str.count_matches(_written_as_string(column)) == 1
+            odd = odd | value.is_null()
         if column == TIME:
-            odd.append(pl.col("_stamp").is_null() | (pl.col("_vectorised").is_null() & ~written_as_string))
+            # A time parse_datetime refuses, or one outside the set typed in polars not written as a JSON string.
+            vectorised = vectorised_times(value)
+            stamps = parse_times(value, vectorised)
+            odd = odd | stamps.is_null() | _not_written_as_string(lines, stamps.is_not_null() & vectorised.is_null(), column)
         elif COLUMN_TYPES[column] == "string":
-            odd.append(value.str.contains(_NOT_FROM_A_STRING) & ~written_as_string)
+            odd = odd | _not_written_as_string(lines, value.str.contains(_NOT_FROM_A_STRING).fill_null(False), column)
         else:
             simple = value.is_in(["", "-"]) | value.str.contains(PLAIN_INTEGER)
-            refused = _refused(frame.filter(~simple.fill_null(True))[column].unique(), tolong)
-            odd.append(value.is_in(refused.implode()))
-    return frame.select(pl.any_horizontal(odd).fill_null(False).alias("odd"))["odd"]
+            refused = _refused(value.filter(~simple.fill_null(True)).unique(), tolong)
+            odd = odd | value.is_in(refused.implode()).fill_null(False)
+    return odd.fill_null(False), vectorised
 
 
 def _refused(texts: pl.Series, parse: Callable[[str], object]) -> pl.Series:
@@ -883,7 +932,7 @@ def _line_ends(data: bytes, lines: pl.Series, crlf: int) -> pl.Series | None:
     every line ends alike and the lengths add up to the block."""
     if crlf not in (0, lines.len()) or len(data) >= 2**32:
         return None
-    ends = (lines.str.len_bytes() + (2 if crlf else 1)).cum_sum()
+    ends = (lines.str.len_bytes().fill_null(0) + (2 if crlf else 1)).cum_sum()  # a blank line (null) is its break
     return ends if ends.len() and ends[-1] == len(data) else None
 
 
@@ -910,12 +959,14 @@ _SURROGATE_ESCAPE = r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
 _ESCAPED_KEY = r'\\u[0-9a-fA-F]{4}(?:[^"\\]|\\.)*"\s*:'
 
 
-def _typed(frame: pl.DataFrame, wanted: tuple[str, ...], times_were_strings: Callable[[], bool]) -> pl.DataFrame | None:
+def _typed(
+    frame: pl.DataFrame, wanted: tuple[str, ...], times_were_strings: Callable[[], bool], times: pl.Series | None = None
+) -> pl.DataFrame | None:
     """`_t` (candidates.typed_times) and the columns typed as coerce_row types them, or None when a value
-    needs the plain code."""
+    needs the plain code. `times`: vectorised_times(frame[TIME]), when the caller has it."""
     import polars as pl
 
-    stamps = typed_times(frame[TIME], times_were_strings)
+    stamps = typed_times(frame[TIME], times_were_strings, times)
     if stamps is None:
         return None
     # Vectorised over every row: cheaper than typing distinct values and joining them back.
