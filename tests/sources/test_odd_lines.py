@@ -242,3 +242,32 @@ def test_the_odd_line_kinds_each_defeat_the_whole_block_read() -> None:
     for kind, line in ODD_LINES.items():
         data = _day([*good[:10], line, *good[10:]]).encode("utf-8")
         assert (file_module._columnar_keys(data, spec, request) is None) == (kind not in COLUMNAR_KINDS), kind
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r\n"])
+def test_after_an_odd_block_a_line_that_is_no_object_skips_the_whole_block_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line_break: str
+) -> None:
+    """Once a block of the read had odd lines, a block holding a line that is not one object (cut, an
+    array, a string) goes to the odd-lines path at once, without the whole-block parse polars would fail
+    at that line: only the blocks parsed before the first odd one was seen (BLOCKS_AHEAD at once) try it."""
+    monkeypatch.setattr(file_module, "BLOCK_BYTES", 4096)
+    tried: list[bool] = []  # per _columnar_keys call: did its bytes hold a line that is not one object?
+    original = file_module._columnar_keys
+
+    def spy(data: bytes, *args: object) -> object:
+        pieces = [piece.rstrip(b"\r") for piece in data.split(b"\n")[:-1]]
+        tried.append(not all(piece.startswith(b"{") and piece.endswith(b"}") for piece in pieces))
+        return original(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(file_module, "_columnar_keys", spy)
+    kinds = ["cut JSON", "an array", "a string", "trailing text"]
+    lines = []
+    for block in range(8):
+        lines += [json.dumps(_scan_line(i % 60, 2000 + 40 * block + i, cip=f"198.51.100.{block}")) for i in range(30)]
+        lines.insert(len(lines) - 9, ODD_LINES[kinds[block % len(kinds)]].replace("500", str(3000 + block)))
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(_day(lines, line_break).encode("utf-8"))
+    plain, fast = _reads(path)
+    assert fast == plain and sum(plain[2].values()) == 8
+    assert tried.count(True) <= file_module.BLOCKS_AHEAD < 8 and len(tried) > 8
