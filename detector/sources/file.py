@@ -822,15 +822,16 @@ def _good_lines(
     refuses or whose values the columnar typing refuses, and their keys (_columnar_keys on them alone);
     or None. What changes from step to step is the mask, not filtered copies of the lines' texts."""
     wanted = spec.columns()
+    view = memoryview(data)
 
     def text(keep: pl.Series) -> bytes:
         """The good lines' bytes: the block less the runs of other lines (a few copies, not a join of every line)."""
         pieces, at = [], 0
         for index in (~keep).arg_true():
-            pieces.append(data[starts[at] : starts[index]])
+            pieces.append(view[starts[at] : starts[index]])
             at = index + 1
-        pieces.append(data[starts[at] :])
-        return b"".join(pieces)
+        pieces.append(view[starts[at] :])
+        return b"".join(pieces)  # one copy: the pieces are views
 
     def few(keep: pl.Series) -> bool:
         kept = int(keep.sum())
