@@ -481,7 +481,8 @@ def _columnar_block(
     whole = lines is not None and not lines.null_count()
     if lines is not None and whole and seen is not None and seen.odd:
         whole = bool(lines.rename("line").to_frame().select(_one_object(pl.col("line")).all())["line"][0])
-    parsed = _columnar_keys(data, spec, request, lines) if whole else None
+    cut = _cut(data, lines) if whole else None
+    parsed = None if cut is None else _columnar_keys(data, spec, request, cut)
     if parsed is None:
         if seen is not None:
             seen.odd = True
@@ -650,34 +651,51 @@ def _written_as_string(column: str) -> str:
     return f'"{column}"[ \\t\\r]*:[ \\t\\r]*"'
 
 
+class _Cut(NamedTuple):
+    """A block cut into lines: polars_lines of it (no blank line among them), and where each line ends
+    (_line_ends; None when that is not certain, the lines having been counted instead)."""
+
+    lines: pl.Series
+    ends: pl.Series | None
+
+
+def _cut(data: bytes, lines: pl.Series | None = None) -> _Cut | None:
+    """The block cut into lines as polars cuts them, or None when that may not be the plain read's cut.
+    `lines`: polars_lines(data), when the caller has it."""
+    if not data.endswith(b"\n"):
+        return None  # a last line without its line break: maybe truncated; the plain code decides
+    if lines is None:
+        lines = polars_lines(data)
+    if lines is None or lines.null_count():
+        return None  # a blank line, a NUL byte or invalid UTF-8: the plain code decides
+    crlf = _crlf_count(data, lines)
+    if crlf is None:
+        return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
+    # Line ends that add up to the block prove one polars line per line break; else the breaks are counted.
+    ends = _line_ends(data, lines, crlf)
+    if ends is None and lines.len() != data.count(b"\n"):
+        return None
+    return _Cut(lines, ends)
+
+
 def _columnar_keys(
     data: bytes,
     spec: CandidateSpec,
     request: ReadRequest,
-    lines_frame: pl.Series | None = None,
+    cut: _Cut | None = None,
     parsed: pl.DataFrame | None = None,
     times: pl.Series | None = None,
 ) -> _BlockKeys | None:
     """The KeyedBlock.keys of one block (record = line) and its line ends, or None when it must be read
-    row by row. What the caller has worked out already: `lines_frame`, polars_lines(data); `parsed`, the
-    block's key columns as strings; `times`, vectorised_times of parsed's TimeGenerated."""
-    if not data.endswith(b"\n"):
-        return None  # a last line without its line break: maybe truncated; the plain code decides
-    if lines_frame is None:
-        lines_frame = polars_lines(data)
-    if lines_frame is None or lines_frame.null_count():
-        return None  # a blank line, a NUL byte or invalid UTF-8: the plain code decides
-    crlf = _crlf_count(data, lines_frame)
-    if crlf is None:
-        return None  # a CR that is not part of a line break: polars may cut a line there, the plain code does not
-    # Line ends that add up to the block prove one polars line per line break; else the breaks are counted.
-    ends = _line_ends(data, lines_frame, crlf)
-    lines = lines_frame.len() if ends is not None else data.count(b"\n")
-    if lines_frame.len() != lines:
+    row by row. What the caller has worked out already: `cut`, _cut(data); `parsed`, the block's key
+    columns as strings; `times`, vectorised_times of parsed's TimeGenerated. With both `cut` and
+    `parsed` (a block's good lines), `data` is only looked at for a backslash, so the whole block will do."""
+    if cut is None and (cut := _cut(data)) is None:
         return None
+    lines_frame, ends = cut
     wanted = spec.columns()
     frame = _key_strings(data, wanted) if parsed is None else parsed
-    if frame is None or frame.height != lines:
+    if frame is None or frame.height != lines_frame.len():
         return None  # blank lines: the plain code decides
     required = set(request.required) | {TIME}
     for column in wanted:
@@ -855,8 +873,8 @@ def _good_lines(
         times = None if times is None else times.filter(~refused)
         if few(keep):
             return None
-        good_text = text(keep)
-    parsed = _columnar_keys(good_text, spec, request, lines.filter(keep), values, times)
+    # The whole block for `data`: only its backslashes are looked at (the ends are the block's, in _OddLines).
+    parsed = _columnar_keys(data, spec, request, _Cut(lines.filter(keep), None), values, times)
     return None if parsed is None else (keep, parsed)
 
 

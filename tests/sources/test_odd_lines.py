@@ -252,15 +252,15 @@ def test_after_an_odd_block_a_line_that_is_no_object_skips_the_whole_block_parse
     array, a string) goes to the odd-lines path at once, without the whole-block parse polars would fail
     at that line: only the blocks parsed before the first odd one was seen (BLOCKS_AHEAD at once) try it."""
     monkeypatch.setattr(file_module, "BLOCK_BYTES", 4096)
-    tried: list[bool] = []  # per _columnar_keys call: did its bytes hold a line that is not one object?
-    original = file_module._columnar_keys
+    tried: list[bool] = []  # per polars parse of key columns: did its bytes hold a line that is not one object?
+    original = file_module._key_strings
 
     def spy(data: bytes, *args: object) -> object:
         pieces = [piece.rstrip(b"\r") for piece in data.split(b"\n")[:-1]]
         tried.append(not all(piece.startswith(b"{") and piece.endswith(b"}") for piece in pieces))
         return original(data, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(file_module, "_columnar_keys", spy)
+    monkeypatch.setattr(file_module, "_key_strings", spy)
     kinds = ["cut JSON", "an array", "a string", "trailing text"]
     lines = []
     for block in range(8):
