@@ -942,19 +942,19 @@ def test_a_quiet_site_does_not_hold_a_busy_sites_blocks(tmp_path: Path, monkeypa
         (folder / "u_ex261126.log").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
     source = IisLogSource(tmp_path, "web01")
     events: list[str] = []
-    original_merged, original_take = candidates_module.time_merged, candidates_module._take
+    original_merged, original_take = candidates_module.time_merged, candidates_module._take_all
 
     def merged(streams: Any) -> Any:
         for block in original_merged(streams):
             events.append("read")
             yield block
 
-    def take(block: Any, parts: Any, found: Any) -> Any:
-        events.append("taken")
-        return original_take(block, parts, found)
+    def take(blocks: Any, parts: Any, found: Any) -> Any:
+        events.extend(["taken"] * len(blocks))
+        return original_take(blocks, parts, found)
 
     monkeypatch.setattr(iis_module, "time_merged", merged)
-    monkeypatch.setattr(candidates_module, "_take", take)
+    monkeypatch.setattr(candidates_module, "_take_all", take)
     _assert_same(source, rules=[HIGH_PORT])
     reads = events.count("read")
     assert reads > 20
