@@ -130,12 +130,16 @@ class JsonStream:
     """Values of a JSON document read from a binary handle chunk by chunk (memory: a chunk and one value).
 
     Each value is parsed by json's own decoder (raw_decode), so values are exactly json.load's.
+    `count_lines`: keep the line count that error messages give (a first pass, whose errors send the file
+    to the plain read, which says them itself, does without: 5% of an indented body's read).
     """
 
-    def __init__(self, handle: Any, start: int, where: str) -> None:
+    def __init__(self, handle: Any, start: int, where: str, *, count_lines: bool = True) -> None:
         self.handle, self.where, self.offset = handle, where, start
+        self.count_lines = count_lines
         self.text, self.pos, self.eof = "", 0, False
         self.base = 0  # characters dropped from the front of text so far
+        self.byte_base = start  # the file offset of text's first character
         self.lines = 0  # line breaks in them, for the line numbers of errors
         self.line_start = 0  # where the line that holds the buffer's start begins, in characters from the start
         self.value_start = 0  # where the last value() began, in characters from the start
@@ -152,15 +156,19 @@ class JsonStream:
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:  # exc.start counts from the pending bytes
             raise InputError(self.where, not_utf8(pending + chunk, exc, self.offset - len(pending))) from None
+        read_to = self.offset - len(pending)  # the file offset after text's last character
         self.offset += len(chunk)
         self.eof = not chunk
         if self.pos > STREAM_CHUNK:
-            self.lines += self.text.count("\n", 0, self.pos)
-            last_break = self.text.rfind("\n", 0, self.pos)
-            if last_break >= 0:
-                self.line_start = self.base + last_break + 1
+            if self.count_lines:
+                self.lines += self.text.count("\n", 0, self.pos)
+                last_break = self.text.rfind("\n", 0, self.pos)
+                if last_break >= 0:
+                    self.line_start = self.base + last_break + 1
             self.base += self.pos
             self.text, self.pos = self.text[self.pos :], 0
+            # From the end: what is left of the buffer is short (the rows before it were read).
+            self.byte_base = read_to - (len(self.text) if self.text.isascii() else len(self.text.encode("utf-8")))
         self.text += text
         return True
 
@@ -184,7 +192,10 @@ class JsonStream:
         self.pos += 1
 
     def place(self, character: int) -> tuple[str, str]:
-        """(`file:line`, "column C, byte B") of a character still in the buffer, for an error message."""
+        """(`file:line`, "column C, byte B") of a character still in the buffer, for an error message
+        (without count_lines: (`file`, "byte B"))."""
+        if not self.count_lines:
+            return self.where, f"byte {self.byte_at(character)}"
         index = character - self.base
         line = self.lines + self.text.count("\n", 0, index) + 1
         last_break = self.text.rfind("\n", 0, index)
@@ -234,9 +245,15 @@ class JsonStream:
             return
 
     def byte_at(self, character: int) -> int:
-        """The file offset of a character still in the buffer (counted from the start, as value_start)."""
+        """The file offset of a character still in the buffer (counted from the start, as value_start):
+        from the buffer's start or its end, whichever is nearer (UTF-8 lengths need an encode)."""
+        index = character - self.base
+        if self.text.isascii():  # a flag of the str: no scan
+            return self.byte_base + index
+        if 2 * index <= len(self.text):
+            return self.byte_base + len(self.text[:index].encode("utf-8"))
         undecoded = self.decoder.getstate()[0]
-        return self.offset - len(undecoded) - len(self.text[character - self.base :].encode("utf-8"))
+        return self.offset - len(undecoded) - len(self.text[index:].encode("utf-8"))
 
     def array_rows(self, limit: int, take: Taker, values: int, closer: str = "]") -> ScannedRows:
         """Up to `limit` rows of the array being read (the stream just after its '[' or a ','): each row's
@@ -424,7 +441,7 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
     handle = open_input(path)
     wanted = list(spec.columns())
     with handle:
-        stream = JsonStream(handle, skip_bom(handle), where)
+        stream = JsonStream(handle, skip_bom(handle), where, count_lines=False)
         names: list[str] = []
         positions: list[int] = []
         index = 0  # rows are counted across the table's "rows" members, as the plain read counts them
@@ -473,7 +490,7 @@ def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report:
     take = object_taker(wanted, list(request.required))
     positions = list(range(len(wanted)))
     with handle:
-        stream = JsonStream(handle, skip_bom(handle), where)
+        stream = JsonStream(handle, skip_bom(handle), where, count_lines=False)
         index = 0
         try:
             stream.expect("[")
