@@ -55,6 +55,7 @@ from detector.pushdown import TIME, CandidateSpec
 from detector.sources import LineReport, MalformedLine, ReadRequest, Source, files_changed_after, register_source
 from detector.sources.candidates import (
     PLAIN_INTEGER,
+    RECORD,
     CandidateRead,
     KeyedBlock,
     RowsBlock,
@@ -500,23 +501,28 @@ class _Segment:
 def _block_runs(
     block: _ScannedBlock, path: Path, at: _Position, spec: CandidateSpec, request: ReadRequest
 ) -> Iterator[KeyedBlock]:
-    """The KeyedBlocks of one scanned block: runs of entries read as one frame while the directives
-    between them leave the layout as it was (low-traffic servers write a header block every few entries,
-    and polars' fixed cost per call would cost more than the entries), row by row where they must be.
-    `at` moves to the end of the block."""
+    """The KeyedBlocks of one scanned block: the runs of entries between directives, grouped by how they
+    read (the layout in force), each group read as one frame (low-traffic servers write a header block
+    every few entries, and may switch between layouts: polars' fixed cost per call would cost more than
+    the entries), the groups too small for a frame typed by the plain code together; row by row where
+    they must be. What one flush gives is one block for the finder (_Parts). `at` moves to the end."""
     data, report = block.data, at.layout.report
-    merged: list[_Segment] = []  # runs read with merged_layout
-    merged_layout = at.layout
-    small: list[tuple[_Segment, W3cLayout]] = []  # runs too small for a polars frame, typed by the plain code
+    groups: list[tuple[W3cLayout, list[_Segment]]] = []  # runs that read alike, by their first's layout
 
     def flush() -> Iterator[KeyedBlock]:
-        """The merged runs: one frame, or, when they are few entries, kept for one plain block of several."""
-        if sum(segment.end - segment.start for segment in merged) < SMALL_RUN_BYTES:
-            small.extend((segment, merged_layout) for segment in merged)
-            return
-        yield from _small_runs(data, small, at, path, block.offset, spec, request)
-        small.clear()
-        yield from _merged_runs(data, merged, merged_layout, at, path, block.offset, spec, request)
+        parts: list[KeyedBlock] = []
+        small: list[tuple[_Segment, W3cLayout]] = []  # groups too small for a polars frame
+        for layout, segments in groups:
+            if sum(segment.end - segment.start for segment in segments) < SMALL_RUN_BYTES:
+                small.extend((segment, layout) for segment in segments)
+            else:
+                parts.extend(_merged_runs(data, segments, layout, at, path, block.offset, spec, request))
+        parts.extend(_small_runs(data, small, at, path, block.offset, spec, request))
+        groups.clear()
+        if len(parts) > 1:
+            yield _Parts(parts)
+        else:
+            yield from parts
 
     for start, end, spaces in block.parts:
         if spaces < 0:
@@ -529,27 +535,53 @@ def _block_runs(
                 at.layout = changed
             at.line += 1
             continue
-        if merged and not _reads_alike(merged_layout, at.layout):
-            yield from flush()
-            merged = []
         if block.nul or not data.endswith(b"\n", start, end):
             # NUL bytes, a last line without its line break: the plain code decides.
             yield from flush()
-            merged = []
-            yield from _small_runs(data, small, at, path, block.offset, spec, request)
-            small.clear()
             yield from _plain_block(data, _Segment(start, end, at.line, spaces, -1), at, path, block.offset, spec, request)
             continue
-        if not merged:
-            merged_layout = at.layout
         # Lines are counted only where a directive follows (or the run is small); the block's last run is
         # the frame's height.
         lines = data.count(b"\n", start, end) if end < len(data) or end - start < SMALL_RUN_BYTES else -1
-        merged.append(_Segment(start, end, at.line, spaces, lines))
+        segment = _Segment(start, end, at.line, spaces, lines)
+        for layout, segments in groups:
+            if _reads_alike(layout, at.layout):
+                segments.append(segment)
+                break
+        else:
+            groups.append((at.layout, [segment]))
         if lines >= 0:
             at.line += lines
     yield from flush()
-    yield from _small_runs(data, small, at, path, block.offset, spec, request)
+
+
+class _Parts(KeyedBlock):
+    """Several blocks of one scanned block as one for the finder (whose cost per block is then paid once):
+    their key frames one after the other, records numbered on across them."""
+
+    def __init__(self, parts: list[KeyedBlock]) -> None:
+        import polars as pl
+
+        self.parts, self.firsts = parts, []
+        frames, at = [], 0
+        for part in parts:
+            self.firsts.append(at)
+            frames.append(part.keys.with_columns((pl.col(RECORD) + at).cast(pl.UInt32)))
+            at += part.keys.height
+            part.drop_keys()
+        self.keys = pl.concat(frames, how="vertical_relaxed")
+
+    def detach(self) -> None:
+        for part in self.parts:
+            part.detach()
+
+    def rows(self, records: list[int]) -> Iterator[Row]:
+        for index, part in enumerate(self.parts):
+            low = self.firsts[index]
+            high = self.firsts[index + 1] if index + 1 < len(self.firsts) else None
+            mine = [record - low for record in records if record >= low and (high is None or record < high)]
+            if mine:
+                yield from part.rows(mine)
 
 
 SMALL_RUN_BYTES = 16 << 10  # ~100 entries: fewer cost less typed by the plain code than one polars frame

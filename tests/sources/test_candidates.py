@@ -1068,13 +1068,15 @@ def test_json_lines_after_blank_lines_take_the_fast_read(tmp_path: Path, monkeyp
     assert odd == [False] and len(columnar) > 1 and all(columnar)
 
 
-@pytest.mark.parametrize("small_run_bytes", [16 << 10, 300])
-def test_iis_layouts_switching_every_few_entries_cost_one_plain_block_per_block(
+@pytest.mark.parametrize("small_run_bytes", [16 << 10, 300, 1 << 20])
+def test_iis_layouts_switching_every_few_entries_cost_one_frame_per_layout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_run_bytes: int
 ) -> None:
-    """A server switching between two #Fields layouts every 1 to 5 entries: runs too small for a polars
-    frame are typed by the plain code, all of a block's as one RowsBlock (a frame per run cost ~5 ms,
-    15x the plain path), with every rule's results the plain read's."""
+    """A server switching between two #Fields layouts every 1 to 5 entries: the runs of each layout are
+    read as one polars frame per block (a frame per run cost ~5 ms, 15x the plain path; the runs typed
+    by the plain code instead cost the held-out IIS day 10 s), or, when a layout's runs are too few for
+    a frame, typed by the plain code, all of a block's as one RowsBlock; every rule's results are the
+    plain read's."""
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 20)
     monkeypatch.setattr(iis_module, "SMALL_RUN_BYTES", small_run_bytes)
     made: list[int] = []
@@ -1085,6 +1087,7 @@ def test_iis_layouts_switching_every_few_entries_cost_one_plain_block_per_block(
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(candidates_module.RowsBlock, "__init__", counted)
+    frames = _spy_found(monkeypatch, iis_module, "_columnar_keys")
     rng = _rng(7)
     rows = sorted(_random_rows(rng, 2000) + _scans(rng) + _logon_bursts(rng), key=lambda r: r["TimeGenerated"])
     lines = ["#Software: Microsoft Internet Information Services 10.0", "#Version: 1.0"]
@@ -1101,8 +1104,10 @@ def test_iis_layouts_switching_every_few_entries_cost_one_plain_block_per_block(
     compared = _assert_same(IisLogSource(tmp_path, "web01"))
     assert compared.pruned()
     assert len(compared.fired()) >= 2  # layout B has no user name: the by-user rule may not fire
-    if small_run_bytes > 300:
-        assert len(made) == len(RULES)  # one block of small runs per fast read (the plain read makes none)
+    if small_run_bytes < 1 << 20:  # each layout's ~150 KB of runs in a frame of its own, in each fast read
+        assert not made and len(frames) == 2 * len(RULES) and all(frames)
+    else:  # both layouts' runs too few for a frame: one block of small runs per fast read (the plain read makes none)
+        assert len(made) == len(RULES) and not frames
 
 
 @pytest.mark.parametrize(
