@@ -177,6 +177,10 @@ class SizeResult:
 
 
 def bench(rows: int, shapes: set[str], repeat: int, timeout: float, together: str | None = None) -> SizeResult:
+    # The day is written by a child (a no-op when it is on disk): a child's ru_maxrss (os.wait4) counts this
+    # process's peak RSS too (subprocess starts children with vfork, and exec keeps the high-water mark),
+    # so a day written here would set every later child's peak RSS (a 4M day: 265 MB for every run).
+    subprocess.run([sys.executable, str(HERE / "generate.py"), "--rows", str(rows)], check=True, stdout=subprocess.DEVNULL)
     day: Day = write_day(rows)
     result = SizeResult(rows, day.manifest)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
