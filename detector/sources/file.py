@@ -415,21 +415,22 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             fd = handle.fileno()
             spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
             pending: deque[tuple[int, int, Future[_ColumnarBlock | _OddLines | None]]] = deque()
-            seen = _Seen()
 
-            def fill() -> None:
+            def fill(wary: bool) -> None:
                 while len(pending) < BLOCKS_AHEAD and (span := next(spans, None)) is not None:
                     offset, length = span
                     pending.append(
-                        (offset, length, pool.submit(_columnar_block, fd, offset, length, path, spec, request, report, seen))
+                        (offset, length, pool.submit(_columnar_block, fd, offset, length, path, spec, request, report, wary))
                     )
 
             line = 1
-            fill()
+            wary = False  # a block taken so far had odd lines (decided here, so the same file always reads alike)
+            fill(wary)
             while pending:
                 offset, length, future = pending.popleft()
                 block = future.result()
-                fill()
+                wary = wary or not isinstance(block, _ColumnarBlock)
+                fill(wary)
                 if isinstance(block, _OddLines):
                     block = block.completed(path, offset, length, line, request, report)
                 if block is not None:
@@ -450,12 +451,6 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Seen:
-    """What the blocks of one read have shown so far (a hint shared by the workers: it decides speed, never a row)."""
-
-    odd = False  # some block had to take the odd-lines path
-
-
 def _columnar_block(
     fd: int,
     offset: int,
@@ -464,28 +459,26 @@ def _columnar_block(
     spec: CandidateSpec,
     request: ReadRequest,
     report: LineReport,
-    seen: _Seen | None = None,
+    wary: bool = False,
 ) -> _ColumnarBlock | _OddLines | None:
     """The block read and parsed the columnar way, prepared for the finder (on a worker thread); or its
     good lines parsed so, with the odd ones left for the caller's plain code (_OddLines); or None when it
     must be read row by row. Its first line number is set by the caller, who counts the lines.
 
-    Once a block of the read had odd lines, a block with a line that is not one object goes to the
-    odd-lines path at once: polars' parse of the whole block would fail at that line, after parsing the
-    rest (~7 ms a block). A clean file never pays for the look."""
+    `wary` (an earlier block of the read had odd lines): a block with a line that is not one object goes
+    to the odd-lines path at once, as polars' parse of the whole block would fail at that line, after
+    parsing the rest (~7 ms a block). A clean file never pays for the look."""
     import polars as pl
 
     data = read_span(fd, offset, length, str(path))
     # One cut into lines for both tries (a blank line is null: only the odd-lines path reads past it).
     lines = polars_lines(data, empty=True) if data.endswith(b"\n") else None
     whole = lines is not None and not lines.null_count()
-    if lines is not None and whole and seen is not None and seen.odd:
+    if lines is not None and whole and wary:
         whole = bool(lines.rename("line").to_frame().select(_one_object(pl.col("line")).all())["line"][0])
     cut = _cut(data, lines) if whole else None
     parsed = None if cut is None else _columnar_keys(data, spec, request, cut)
     if parsed is None:
-        if seen is not None:
-            seen.odd = True
         return _odd_lines(data, lines, spec, request)
     block = _ColumnarBlock(parsed, path, offset=offset, length=length, first_line=0, request=request, report=report)
     block.prepare()

@@ -43,7 +43,7 @@ import stat
 from bisect import bisect_right
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from io import FileIO
 from pathlib import Path
@@ -511,14 +511,23 @@ def _block_runs(
 
     def flush() -> Iterator[KeyedBlock]:
         parts: list[KeyedBlock] = []
-        small: list[tuple[_Segment, W3cLayout]] = []  # groups too small for a polars frame
+        plain: list[tuple[_Segment, W3cLayout]] = []  # runs for the plain code: a group too small for a frame, or one not exact
         for layout, segments in groups:
-            if sum(segment.end - segment.start for segment in segments) < SMALL_RUN_BYTES:
-                small.extend((segment, layout) for segment in segments)
+            big = sum(segment.end - segment.start for segment in segments) >= SMALL_RUN_BYTES
+            run = _merged_frame(data, segments, layout, at, path, block.offset, spec, request) if big else None
+            if run is None:
+                plain.extend((segment, layout) for segment in segments)
             else:
-                parts.extend(_merged_runs(data, segments, layout, at, path, block.offset, spec, request))
-        parts.extend(_small_runs(data, small, at, path, block.offset, spec, request))
+                parts.append(run)
         groups.clear()
+        # Typed in file order: typing reports skipped lines (and, reading strictly, stops at the first),
+        # which the plain read reports in that order. A frame reports nothing.
+        plain.sort(key=lambda item: item[0].start)
+        if plain and plain[-1][0].lines < 0:  # the block's last run, whose lines were left to its frame to count
+            last, layout = plain[-1]
+            plain[-1] = (replace(last, lines=data.count(b"\n", last.start, last.end)), layout)
+            at.line = last.first_line + plain[-1][0].lines
+        parts.extend(_small_runs(data, plain, at, path, block.offset, spec, request))
         if len(parts) > 1:
             yield _Parts(parts)
         else:
@@ -626,7 +635,7 @@ def _reads_alike(a: W3cLayout, b: W3cLayout) -> bool:
     )
 
 
-def _merged_runs(
+def _merged_frame(
     data: bytes,
     segments: list[_Segment],
     layout: W3cLayout,
@@ -635,29 +644,21 @@ def _merged_runs(
     offset: int,
     spec: CandidateSpec,
     request: ReadRequest,
-) -> Iterator[KeyedBlock]:
-    """One columnar frame for runs that read alike, or each run row by row when the frame cannot be
-    exact. A last run whose lines were not counted moves `at` past it."""
-    if not segments:
-        return
+) -> _ColumnarRun | None:
+    """One columnar frame for runs that read alike, or None when the frame cannot be exact (the runs are
+    then the plain code's). A last run whose lines were not counted moves `at` past it."""
     if len(segments) == 1:
         first = segments[0]
         entries = data if first.start == 0 and first.end == len(data) else data[first.start : first.end]
     else:
         entries = b"".join(data[segment.start : segment.end] for segment in segments)
     keys = _columnar_keys(entries, sum(segment.spaces for segment in segments), layout, spec, request)
-    if keys is not None:
-        run = _ColumnarRun(keys, entries, layout, path, offset, segments)
-        if segments[-1].lines < 0:
-            at.line = segments[-1].first_line + keys.height - run.first_records[-1]  # one record per line
-        yield run
-        return
-    plain = _Position(layout, 0)
-    for segment in segments:
-        plain.line = segment.first_line
-        yield from _plain_block(data, segment, plain, path, offset, spec, request)
+    if keys is None:
+        return None
+    run = _ColumnarRun(keys, entries, layout, path, offset, segments)
     if segments[-1].lines < 0:
-        at.line = plain.line
+        at.line = segments[-1].first_line + keys.height - run.first_records[-1]  # one record per line
+    return run
 
 
 def _plain_block(

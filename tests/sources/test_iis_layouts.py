@@ -10,6 +10,7 @@ results, rows read and skipped lines.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detector.errors import InputError
 from detector.sources import ReadRequest
 from detector.sources import iis as iis_module
 from detector.sources.iis import IisLogSource
@@ -62,11 +64,54 @@ def _log(draw: st.DrawFn) -> tuple[list[str], str]:
     return lines, "whole"
 
 
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read(folder: Path, pushdown: bool, strict: bool) -> tuple[Any, ...]:
+    """The port rule's findings, rows read and skipped lines (or the error a strict read stops at), and
+    the warnings logged, in order."""
+    logic = HIGH_PORT.logic
+    request = ReadRequest(WINDOW, logic.columns, logic.required_columns, logic.candidate_spec() if pushdown else None)
+    source = IisLogSource(folder, "web01", strict=strict)
+    warnings = _Warnings()
+    logger = logging.getLogger("detector")
+    logger.addHandler(warnings)
+    try:
+        rows = list(source.read(request))
+    except InputError as exc:
+        return ("error", str(exc), warnings.messages)
+    finally:
+        logger.removeHandler(warnings)
+    stats = source.read_stats()
+    findings = json.dumps(logic.evaluate(rows, WINDOW), default=str, sort_keys=True)
+    return (findings, stats["rowsRead"], stats["skippedByFile"], warnings.messages)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(_log(), st.sampled_from([4096, 1 << 16, 1 << 20]), st.sampled_from([300, 16 << 10]), st.sampled_from(["\r\n", "\n"]))
+@given(
+    _log(),
+    st.sampled_from([4096, 1 << 16, 1 << 20]),
+    st.sampled_from([300, 16 << 10]),
+    st.sampled_from(["\r\n", "\n"]),
+    st.booleans(),
+)
 def test_fast_and_plain_reads_agree_whatever_the_layouts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: tuple[list[str], str], block: int, small: int, line_break: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    log: tuple[list[str], str],
+    block: int,
+    small: int,
+    line_break: str,
+    strict: bool,
 ) -> None:
+    """Findings, rows read, skipped lines and the warnings about them, in the plain read's order (a
+    strict read: the same error, at the same line)."""
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", block)
     monkeypatch.setattr(iis_module, "SMALL_RUN_BYTES", small)
     lines, end = log
@@ -74,14 +119,4 @@ def test_fast_and_plain_reads_agree_whatever_the_layouts(
     folder.mkdir(exist_ok=True)
     text = line_break.join(lines) + (line_break if end == "whole" else "")
     (folder / "u_ex261126.log").write_bytes(text.encode("utf-8"))
-    logic = HIGH_PORT.logic
-    outcomes: list[tuple[str, Any, Any]] = []
-    for pushdown in (False, True):
-        source = IisLogSource(tmp_path, "web01")
-        request = ReadRequest(WINDOW, logic.columns, logic.required_columns, logic.candidate_spec() if pushdown else None)
-        rows = list(source.read(request))
-        stats = source.read_stats()
-        outcomes.append(
-            (json.dumps(logic.evaluate(rows, WINDOW), default=str, sort_keys=True), stats["rowsRead"], stats["skippedByFile"])
-        )
-    assert outcomes[0] == outcomes[1]
+    assert _read(tmp_path, True, strict) == _read(tmp_path, False, strict)
