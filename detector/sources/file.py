@@ -117,6 +117,8 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
     """One JSON Lines line as a typed row (None for a blank line); a bad line raises MalformedLine."""
     if not line.strip():
         return None
+    if line.endswith("\n"):  # the plain read's lines keep their LF, the fast read's do not: parse both alike,
+        line = line[:-1]  # so that a line cut inside a string gets the same reason in both
     try:
         raw = nesting_safe(json.loads, line)
     except json.JSONDecodeError as exc:

@@ -271,3 +271,23 @@ def test_after_an_odd_block_a_line_that_is_no_object_skips_the_whole_block_parse
     plain, fast = _reads(path)
     assert fast == plain and sum(plain[2].values()) == 8
     assert tried.count(True) <= file_module.BLOCKS_AHEAD < 8 and len(tried) > 8
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r\n"])
+def test_a_line_cut_inside_a_string_is_reported_alike_by_both_reads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, line_break: str
+) -> None:
+    """The plain read hands json a line with its LF, the fast read without: the same reason either way
+    (not "Invalid control character" from one and "Unterminated string" from the other)."""
+    cut = GOOD_ROW[: GOOD_ROW.index('"web01"') + 3]
+    messages = []
+    for pushdown in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            lines = [json.dumps(_scan_line(i, 1000 + i)) for i in range(29)]
+            lines.insert(12, cut)
+            path = tmp_path / "rows.jsonl"
+            path.write_bytes(_day(lines, line_break).encode("utf-8"))
+            list(FileSource(path).read(_request(pushdown)))
+        messages.append([r.getMessage() for r in caplog.records if "skipped malformed line" in r.getMessage()])
+    assert messages[0] == messages[1] and len(messages[0]) == 1
