@@ -777,7 +777,7 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
         read = 0
         for block in blocks():
             read += block.rows_read
-            taken.add(block, _take(block, parts, [None] * len(parts)))
+            taken.add(block, _take_all([block], parts, [None] * len(parts))[0])
         return CandidateRead(iter(taken.rows), read - taken.lost)
     first = blocks()
     try:
@@ -815,59 +815,40 @@ def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateF
     return [CandidateFinder(part.spec, finish_bins) if part.spec.prunes else None for part in parts]
 
 
-def _take(block: KeyedBlock, parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]) -> list[int]:
-    """The block's kept records: for each part, of its found groups only (all it keeps where `found` is None)."""
-    kept = block.kept()
-    return _take_kept(block, [part.renamed(kept) for part in parts], found)
-
-
 _BLOCK = "_block"  # a block's index among those taken together
 
 
 def _take_all(
     blocks: Sequence[KeyedBlock], parts: Sequence[SpecColumns], found: Sequence[pl.DataFrame | None]
 ) -> list[list[int]]:
-    """_take of each block, with one join per part for all of them: a join costs ~0.4 ms whatever its
-    size (the found groups are hashed each time), more than a small block's records (an IIS folder's
-    directive blocks of a few entries each: 3,787 joins took 1.7 s of the held-out IIS day)."""
+    """Each block's kept records, sorted: for each part, of its found groups only (all it keeps where
+    `found` is None); one join per part for all the blocks, not one per block (a join per block took
+    1.7 s of the held-out IIS day: 3,787 joins, 0.45 ms apiece)."""
     import polars as pl
 
-    if len(blocks) <= 1:
-        return [_take(block, parts, found) for block in blocks]
+    if not blocks:
+        return []
     kept = [block.kept() for block in blocks]
     chosen: list[pl.DataFrame] = []
     for part, groups in zip(parts, found, strict=True):
         if groups is not None and groups.is_empty():
             continue
-        index = (pl.lit(i, dtype=pl.UInt32).alias(_BLOCK) for i in range(len(kept)))
-        own = pl.concat([part.renamed(k).select(BIN, GROUP, RECORD, i) for k, i in zip(kept, index, strict=True)])
+        own = pl.concat(
+            [part.renamed(k).select(BIN, GROUP, RECORD, pl.lit(i, dtype=pl.UInt32).alias(_BLOCK)) for i, k in enumerate(kept)]
+        )
         if groups is not None:
             own = own.join(groups, on=[BIN, GROUP], how="semi")
         chosen.append(own.select(_BLOCK, RECORD))
     records: list[list[int]] = [[] for _ in blocks]
-    if chosen:
-        every = chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique()
-        grouped = every.group_by(_BLOCK).agg(pl.col(RECORD).sort())
-        for i, mine in zip(grouped[_BLOCK].to_list(), grouped[RECORD].to_list(), strict=True):
-            records[i] = mine
-    return records
-
-
-def _take_kept(block: KeyedBlock, kept: Sequence[pl.DataFrame], found: Sequence[pl.DataFrame | None]) -> list[int]:
-    """The block's records that some part keeps (`kept`: the part's kept keys, BIN, GROUP and RECORD at
-    least), of the part's found groups only where `found` is not None; sorted."""
-    import polars as pl
-
-    chosen: list[pl.Series] = []
-    for own, groups in zip(kept, found, strict=True):
-        if groups is not None:
-            if groups.is_empty():
-                continue
-            own = own.join(groups, on=[BIN, GROUP], how="semi")  # noqa: PLW2901 - the part's chosen records
-        chosen.append(own[RECORD])
     if not chosen:
-        return []
-    return list((chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique().sort()).to_list())
+        return records
+    every = chosen[0] if len(chosen) == 1 else pl.concat(chosen).unique()
+    if len(blocks) == 1:
+        return [every[RECORD].sort().to_list()]
+    grouped = every.group_by(_BLOCK).agg(pl.col(RECORD).sort())
+    for i, mine in zip(grouped[_BLOCK].to_list(), grouped[RECORD].to_list(), strict=True):
+        records[i] = mine
+    return records
 
 
 CELL = "_cell"  # the two-pass read's group key: a 32-bit hash of (bin, group)
@@ -891,7 +872,7 @@ class CellFinder:
 
     The tuples are kept in CELL_PARTS parts by cell, each compacted (and decided) alone: dropping the
     duplicates of all tuples at once held them twice for a moment, which was the peak of a long day's
-    read (a 4M-row response body: 28 MB more); a part at a time costs a sixteenth of that.
+    read (the 4M-row response body peaked at 153-158 MB that way, at 144 MB in parts).
     """
 
     def __init__(self, spec: CandidateSpec) -> None:
@@ -1058,8 +1039,14 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
         # quiet site's block may span most of the day, and must not keep the busy sites' blocks behind it.
         if any(decided(waiting) for _, waiting in held):
             found = [None if f is None else f.found() for f in finders]
-            ready = [waiting_block for waiting_block, waiting in held if decided(waiting)]
-            held = deque((waiting_block, waiting) for waiting_block, waiting in held if not decided(waiting))
+            ready: list[KeyedBlock] = []
+            undecided: deque[tuple[KeyedBlock, list[int | None]]] = deque()
+            for waiting_block, waiting in held:
+                if decided(waiting):
+                    ready.append(waiting_block)
+                else:
+                    undecided.append((waiting_block, waiting))
+            held = undecided
             for ready_block, records in zip(ready, _take_all(ready, parts, found), strict=True):
                 taken.add(ready_block, records)
     found = [None if finder is None else finder.result() for finder in finders]

@@ -475,10 +475,9 @@ def _columnar_block(
     data = read_span(fd, offset, length, str(path))
     # One cut into lines for both tries (a blank line is null: only the odd-lines path reads past it).
     lines = polars_lines(data, empty=True) if data.endswith(b"\n") else None
-    whole = lines is not None and not lines.null_count()
-    if lines is not None and whole and wary:
-        whole = bool(lines.rename("line").to_frame().select(_one_object(pl.col("line")).all())["line"][0])
-    cut = _cut(data, lines) if whole else None
+    cut = None
+    if lines is not None and (not wary or lines.to_frame("line").select(_one_object(pl.col("line")).all()).item()):
+        cut = _cut(data, lines)
     parsed = None if cut is None else _columnar_keys(data, spec, request, cut)
     if parsed is None:
         return _odd_lines(data, lines, spec, request)
@@ -894,7 +893,7 @@ def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> t
     the line writes it (_not_written_as_string), as _from_json_strings does."""
     import polars as pl
 
-    odd = pl.Series("odd", [False] * values.height, dtype=pl.Boolean)
+    odd = pl.repeat(False, values.height, dtype=pl.Boolean, eager=True)
     vectorised = None
     for column in values.columns:
         value = values[column]
