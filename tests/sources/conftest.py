@@ -29,20 +29,25 @@ def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return given_up
 
 
+def _calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """One entry per call of owner.name (a module's function), which still runs."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 @pytest.fixture
 def plain_blocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per JSON Lines block the pushed-down read types row by row."""
     import detector.sources.file as file_module
 
-    blocks: list[int] = []
-    plain_rows = file_module._plain_rows
-
-    def counted(*args: Any) -> Any:
-        blocks.append(1)
-        return plain_rows(*args)
-
-    monkeypatch.setattr(file_module, "_plain_rows", counted)
-    return blocks
+    return _calls(monkeypatch, file_module, "_plain_rows")
 
 
 @pytest.fixture
@@ -66,12 +71,4 @@ def two_pass_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per read that took the two-pass strategy (input out of time order)."""
     import detector.sources.candidates as candidates_module
 
-    reads: list[int] = []
-    two_pass = candidates_module._two_pass
-
-    def spy(*args: Any) -> Any:
-        reads.append(1)
-        return two_pass(*args)
-
-    monkeypatch.setattr(candidates_module, "_two_pass", spy)
-    return reads
+    return _calls(monkeypatch, candidates_module, "_two_pass")

@@ -677,7 +677,6 @@ def test_iis_sites_of_one_day_are_merged_by_time(tmp_path: Path, two_pass_reads:
     finished on the way (one pass); a site whose entries go back in time makes it the two-pass read.
     Either way the results are the plain read's. Sites share addresses and scanners, so groups span files,
     and header blocks come every few entries."""
-    two_pass = two_pass_reads
     rng = _rng(17)
     rows = _random_rows(rng, 4000) + _scans(rng) + _scans(rng) + _logon_bursts(rng)
     sites: list[list[dict[str, Any]]] = [[], [], []]
@@ -702,12 +701,12 @@ def test_iis_sites_of_one_day_are_merged_by_time(tmp_path: Path, two_pass_reads:
         (folder / "u_ex261126.log").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
     source = IisLogSource(tmp_path, "web01")
     assert _assert_same(source, rules=[HIGH_PORT]).pruned()
-    assert bool(two_pass) == (shuffled_site is not None)
-    two_pass.clear()
+    assert bool(two_pass_reads) == (shuffled_site is not None)
+    two_pass_reads.clear()
     shared, shared_rows = _shared_results(source)  # every rule in one read: each part's bins finished alike
     assert shared == _own_results(source)[0]
     assert shared_rows < int(str(source.read_stats()["rowsRead"]))  # pruned: the pushdown ran, not the plain read
-    assert bool(two_pass) == (shuffled_site is not None)
+    assert bool(two_pass_reads) == (shuffled_site is not None)
 
 
 RESPONSE_COLUMNS = ["TenantId", "TimeGenerated", "sSiteName", "csMethod", "csUriQuery", "sIP", "sPort", "cIP",
