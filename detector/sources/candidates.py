@@ -122,6 +122,9 @@ def vectorised_times(times: pl.Series) -> pl.Series:
     """
     import polars as pl
 
+    canonical = _canonical_times(times)
+    if canonical is not None:
+        return canonical
     time = pl.col(TIME)
 
     def number(offset: int, length: int = 2) -> pl.Expr:
@@ -174,6 +177,37 @@ def vectorised_times(times: pl.Series) -> pl.Series:
     return stamps.select(pl.when(typed).then(stamp).alias(TIME))[TIME]
 
 
+# The canonical form, `yyyy-mm-ddThh:mm:ss[.f]Z`, inside _EXTENDED_TIME: what Log Analytics and most
+# exporters write, often for every row of a file.
+_CANONICAL_TIME = (
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(?:\.[0-9]{1,9})?Z$"
+)
+
+
+def _canonical_times(times: pl.Series) -> pl.Series | None:
+    """vectorised_times of texts all in the canonical form (nulls aside), in two polars calls instead of
+    its stages (~3 ms a JSON Lines block instead of ~10); None when some text is in another form.
+
+    The same reading as vectorised_times': the clock by strptime (null for a day past the month's end),
+    the fraction's first 6 digits from place 20; no offset can carry a year out of datetime's range."""
+    import polars as pl
+
+    time = pl.col(TIME)
+    frame = times.rename(TIME).to_frame()
+    length = time.str.len_bytes().cast(pl.Int64)
+    in_form = time.str.contains(_CANONICAL_TIME) & ~time.str.starts_with("0000")
+    canonical, longest = frame.select(in_form.all().alias("canonical"), length.max().alias("longest")).row(0)
+    if not canonical or longest is None:
+        return None
+    if longest == 20:  # no text has a fraction
+        stamp = time.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%SZ", strict=False).cast(pl.Int64)
+    else:
+        seconds = time.str.slice(0, 19).str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S", strict=False).cast(pl.Int64)
+        stamp = seconds + time.str.slice(20, (length - 21).clip(0, 6)).str.pad_end(6, "0").str.to_integer()
+    return frame.select(stamp.alias(TIME))[TIME]
+
+
 def _with_parse_datetime(times: pl.Series, stamps: pl.Series, *, all_or_none: bool) -> pl.Series | None:
     """`stamps` with each value still null typed by parse_datetime, once per distinct text (null where
     it refuses one). With all_or_none: None at the first text it refuses."""
@@ -181,6 +215,8 @@ def _with_parse_datetime(times: pl.Series, stamps: pl.Series, *, all_or_none: bo
 
     from detector.kql import parse_datetime
 
+    if not stamps.null_count():
+        return stamps
     others = times.filter(stamps.is_null() & times.is_not_null()).unique()
     if not others.len():
         return stamps

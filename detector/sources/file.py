@@ -49,7 +49,6 @@ must see every column of every line, always takes the plain read.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -584,8 +583,11 @@ def _names_once(data: bytes, lines: pl.Series, frame: pl.DataFrame, required: se
     if not columns:
         return True
     names = lines.str.count_matches("(?:" + "|".join(columns) + ')"')
-    values = frame.select(pl.sum_horizontal(pl.col(c).is_not_null() for c in columns).alias("values"))["values"]
-    unsure = names != values
+    if not any(frame[c].null_count() for c in columns):
+        unsure = names != len(columns)  # every line has a value for every column
+    else:
+        values = frame.select(pl.sum_horizontal(pl.col(c).is_not_null() for c in columns).alias("values"))["values"]
+        unsure = names != values
     for column in columns:
         if column in required and frame[column].null_count():
             unsure = unsure | frame[column].is_null()
@@ -878,7 +880,7 @@ def _key_strings(data: bytes, wanted: tuple[str, ...]) -> pl.DataFrame | None:
     import polars as pl
 
     try:
-        return pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(wanted, pl.String))
+        return pl.read_ndjson(data, schema=dict.fromkeys(wanted, pl.String))  # bytes: no copy into a BytesIO
     except pl.exceptions.PolarsError:
         return None
 
@@ -995,9 +997,10 @@ def _typed(
             continue
         digits = value.str.contains(PLAIN_INTEGER)
         simple = value.is_null() | value.is_in(["", "-"]) | digits
-        odd = frame.filter(~simple)[column].unique()
+        odd = frame.select(value.filter(~simple).unique())[column]
         if not odd.len():
-            out.append(pl.when(digits).then(value).otherwise(None).cast(pl.Int64).alias(column))
+            # Digits (at most 18: Int64's range), "", "-" or null: the cast reads the digits and nulls the rest.
+            out.append(value.cast(pl.Int64, strict=False))
             continue
         # Other text (a sign, spaces, leading zeros past 18 digits: `-1`, ` 8080`, `+81`) is typed by
         # tolong, as coerce_value types it, once per distinct value. A JSON number polars renders so
