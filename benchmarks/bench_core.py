@@ -95,10 +95,9 @@ def compiled() -> None:
     the anchor, a short script, hardly pays at all."""
     import compileall
 
-    for folder in ("detector", "benchmarks"):
-        if not compileall.compile_dir(ROOT / folder, quiet=1):
-            raise BenchError(f"could not compile {folder}/")
-    compileall.compile_file(ROOT / "function_app.py", quiet=1)
+    done = [compileall.compile_dir(ROOT / folder, quiet=1) for folder in ("detector", "benchmarks")]
+    if not all(done) or not compileall.compile_file(ROOT / "function_app.py", quiet=1):
+        raise BenchError("could not compile detector/, benchmarks/ or function_app.py")
 
 
 def measure(command: list[str], timeout: float) -> Figures:
