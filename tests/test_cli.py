@@ -241,6 +241,55 @@ def test_module_entry_point_runs() -> None:
     assert "7 finding(s)" in result.stdout
 
 
+def test_module_entry_point_flushes_what_it_wrote_and_keeps_the_exit_status(tmp_path: Path) -> None:
+    """`python -m detector` leaves by os._exit once main() returns: piped output and sink files are whole,
+    and a bad input's status and message still reach the caller."""
+    out_file = tmp_path / "findings.jsonl"
+    source = f"file:{FILES / 'w3ciislog.jsonl'}"
+    ran = subprocess.run(
+        [sys.executable, "-m", "detector", "run", "--source", source, *DAY_ARGS, "--sink", "stdout", "--sink", f"jsonl:{out_file}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == EXIT_OK, ran.stderr
+    assert ran.stdout.splitlines()[-1].startswith("7 finding(s) of "), ran.stdout[-300:]  # the table's last line
+    assert len(out_file.read_text(encoding="utf-8").splitlines()) == 7
+    assert "rows evaluated" in ran.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "detector", "validate", _bad_rule(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == EXIT_BAD_INPUT
+    assert "field 'severity'" in bad.stderr
+
+
+def test_module_entry_point_skips_the_interpreters_teardown() -> None:
+    """An object alive at exit is not finalised after a command returned (the teardown would); one that
+    raises takes the usual way out, which does finalise it."""
+    probe = (
+        "import os, runpy, sys\n"
+        "class Probe:\n"
+        "    def __del__(self):\n"
+        "        os.write(2, b'finalised')\n"
+        "probe = Probe()\n"
+        "sys.argv = ['detector', *sys.argv[1:]]\n"
+        "runpy.run_module('detector', run_name='__main__')\n"
+    )
+    returned = subprocess.run([sys.executable, "-c", probe, "validate"], cwd=ROOT, capture_output=True, timeout=120, check=False)
+    assert returned.returncode == EXIT_OK, returned.stderr
+    assert b"finalised" not in returned.stderr
+    raised = subprocess.run([sys.executable, "-c", probe, "--no-such-option"], cwd=ROOT, capture_output=True, timeout=120, check=False)
+    assert raised.returncode == 2  # argparse's own exit, from inside main()
+    assert b"finalised" in raised.stderr
+
+
 # -- common options, version, help ---------------------------------------------------------------------
 
 
