@@ -246,8 +246,9 @@ def test_module_entry_point_flushes_what_it_wrote_and_keeps_the_exit_status(tmp_
     and a bad input's status and message still reach the caller."""
     out_file = tmp_path / "findings.jsonl"
     source = f"file:{FILES / 'w3ciislog.jsonl'}"
+    sinks = ["--sink", "stdout", "--sink", f"jsonl:{out_file}"]
     ran = subprocess.run(
-        [sys.executable, "-m", "detector", "run", "--source", source, *DAY_ARGS, "--sink", "stdout", "--sink", f"jsonl:{out_file}"],
+        [sys.executable, "-m", "detector", "run", "--source", source, *DAY_ARGS, *sinks],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -282,10 +283,14 @@ def test_module_entry_point_skips_the_interpreters_teardown() -> None:
         "sys.argv = ['detector', *sys.argv[1:]]\n"
         "runpy.run_module('detector', run_name='__main__')\n"
     )
-    returned = subprocess.run([sys.executable, "-c", probe, "validate"], cwd=ROOT, capture_output=True, timeout=120, check=False)
+
+    def probed(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, capture_output=True, timeout=120, check=False)
+
+    returned = probed("validate")
     assert returned.returncode == EXIT_OK, returned.stderr
     assert b"finalised" not in returned.stderr
-    raised = subprocess.run([sys.executable, "-c", probe, "--no-such-option"], cwd=ROOT, capture_output=True, timeout=120, check=False)
+    raised = probed("--no-such-option")
     assert raised.returncode == 2  # argparse's own exit, from inside main()
     assert b"finalised" in raised.stderr
 
