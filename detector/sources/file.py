@@ -632,6 +632,20 @@ def _from_json_strings(lines: pl.Series, values: pl.Series, column: str) -> bool
     return not _not_written_as_string(lines, values.str.contains(_NOT_FROM_A_STRING).fill_null(False), column).any()
 
 
+def _all_from_json_strings(lines: pl.Series, frame: pl.DataFrame, columns: list[str]) -> bool:
+    """_from_json_strings of each of the frame's `columns`, in one polars call when no value is suspect.
+
+    A block's key columns hold few distinct values (servers, addresses): those are looked at first, all
+    columns in one select (~1.5 ms a JSON Lines block against ~3.6 for every value of each column); only a
+    column with a suspect value is looked at line by line."""
+    import polars as pl
+
+    if not columns:
+        return True
+    suspects = frame.select(pl.col(c).unique().str.contains(_NOT_FROM_A_STRING).any() for c in columns).row(0)
+    return all(_from_json_strings(lines, frame[c], c) for c, suspect in zip(columns, suspects, strict=True) if suspect)
+
+
 def _not_written_as_string(lines: pl.Series, suspect: pl.Series, column: str) -> pl.Series:
     """Per line: `suspect` (its value may not have been a JSON string), and the line does not write the
     column's value once as a JSON string. Only the suspect lines are searched."""
@@ -699,9 +713,8 @@ def _columnar_keys(
             return None  # polars reads a missing key and a null alike; the plain code tells them apart
     if not _names_once(data, lines_frame, frame.select(wanted), required):
         return None
-    for column in wanted:
-        if COLUMN_TYPES[column] == "string" and column != TIME and not _from_json_strings(lines_frame, frame[column], column):
-            return None
+    if not _all_from_json_strings(lines_frame, frame, [c for c in wanted if COLUMN_TYPES[c] == "string" and c != TIME]):
+        return None
     typed = _typed(frame, wanted, lambda: _from_json_strings(lines_frame, frame[TIME], TIME), times)
     return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
 
