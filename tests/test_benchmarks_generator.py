@@ -173,3 +173,16 @@ def test_block_steps_times_every_step_of_the_columnar_read(
     assert first.startswith("5 blocks,") and "(0 with odd lines)" in first, out
     for step in ("read_ndjson", "polars_lines", "_names_once", "_from_json_strings", "_typed", "keys_frame"):
         assert step in out, out
+
+
+def test_the_warm_up_reads_every_input_of_the_shapes_run(day: Day) -> None:
+    from benchmarks.bench_core import shape_files
+
+    every = shape_files(day, {"ordered", "shuffled", "response", "array", "iis-single", "iis-many"})
+    logs = sorted(day.iis_single.rglob("*.log")) + sorted(day.iis_many.rglob("*.log"))
+    assert len(logs) > 2 and all(path.is_file() for path in every)
+    assert set(every) == {day.ordered, day.shuffled, day.response, day.array, *logs} and len(every) == len(set(every))
+    assert shape_files(day, {"ordered"}) == [day.ordered]
+    # A shape compared with DuckDB on the shuffled rows warms that file too (the anchor reads it).
+    assert shape_files(day, {"iis-many"}) == [*sorted(day.iis_many.rglob("*.log")), day.shuffled]
+    assert shape_files(day, {"response"}) == [day.response, day.shuffled]
