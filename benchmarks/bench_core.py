@@ -22,7 +22,8 @@ child's own ru_maxrss via os.wait4):
   on its worker threads, and nothing else), a figure with no goal: how far below it no reader built on
   polars' NDJSON parser gets.
 Before a size's first measured run every input it reads is read once and the anchor runs once, not
-counted (warm_up), so that no run pays for a cold page cache alone. Every run of ours evaluates the port rule alone (the rule DuckDB runs); with `--rules binned` each shape
+counted (warm_up), so that no run pays for a cold page cache alone.
+Every run of ours evaluates the port rule alone (the rule DuckDB runs); with `--rules binned` each shape
 of ours also runs the three binned-threshold rules at once (one shared read of the file), with `--rules
 all` every rule in rules/, its port-rule findings checked identical to DuckDB's, against the goal that
 three rules cost at most 1.5x one rule's time. Every result set is checked identical to DuckDB's, column by column and in order,
