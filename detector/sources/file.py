@@ -108,12 +108,12 @@ if TYPE_CHECKING:
     from detector.config import Settings
 
 BLOCK_BYTES = 8 << 20  # ~20k rows: big enough to amortise polars calls, small enough to keep memory flat
-# Threads parsing key frames, one block each. More threads than the 2 cores measured on: read_ndjson and
-# every frame select run on polars' own pool (as many threads as cores), so while one block's parse holds
-# that pool, a third worker keeps the eager polars and Python steps of another going (7% off a 1M-row
-# JSON Lines day in time order, 2.31 s -> 2.15 s; ~35 MB more peak RSS: see docs/performance.md).
-KEY_WORKERS = 3
-BLOCKS_AHEAD = 3  # blocks read and being parsed ahead of the finder (memory: ~4 blocks' bytes and frames)
+# Threads parsing key frames, one block each. read_ndjson and every frame select run on polars' own pool
+# (a thread per core), so a third worker on 2 cores was 4-7% faster, but it holds a fourth block in
+# flight: ~35 MB more peak RSS on the benchmark's day, ~22 MB more on the held-out one, which is already
+# over the 300 MB budget (docs/performance.md, tenth round). Memory is the scarcer of the two.
+KEY_WORKERS = 2
+BLOCKS_AHEAD = 2  # blocks read and being parsed ahead of the finder (memory: ~3 blocks' bytes and frames)
 
 
 def typed_json_line(line: str, number: int, request: ReadRequest, where: str) -> Row | None:
