@@ -110,8 +110,8 @@ if TYPE_CHECKING:
 BLOCK_BYTES = 8 << 20  # ~20k rows: big enough to amortise polars calls, small enough to keep memory flat
 # Threads parsing key frames, one block each. read_ndjson and every frame select run on polars' own pool
 # (a thread per core), so a third worker on 2 cores was 4-7% faster, but it holds a fourth block in
-# flight: ~35 MB more peak RSS on the benchmark's day, ~22 MB more on the held-out one, which is already
-# over the 300 MB budget (docs/performance.md, tenth round). Memory is the scarcer of the two.
+# flight: ~35 MB more peak RSS on the benchmark's day (docs/performance.md, tenth round), and a Functions
+# instance may have one core and 512 MB. Memory is the scarcer of the two.
 KEY_WORKERS = 2
 BLOCKS_AHEAD = 2  # blocks read and being parsed ahead of the finder (memory: ~3 blocks' bytes and frames)
 
