@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,18 +26,32 @@ STANDARD_OUTPUT = "-"
 _LOCK_POLL_SECONDS = 0.05
 
 
-def _line(record: dict[str, Any]) -> str:
-    """One JSON line.
+def _utf8_json(record: dict[str, Any]) -> bytes:
+    """One record as UTF-8 JSON.
 
     A value UTF-8 cannot carry (a lone surrogate) is written as a JSON escape, so the line stays valid
     UTF-8 JSON and reads back to the same value; it never blocks the other findings.
     """
-    text = json.dumps(record, ensure_ascii=False)
     try:
-        text.encode("utf-8")
+        return json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(record, ensure_ascii=True)
-    return text + "\n"
+        return json.dumps(record, ensure_ascii=True).encode("ascii")
+
+
+def _line(record: dict[str, Any]) -> str:
+    """One JSON line (_utf8_json, as text)."""
+    return _utf8_json(record).decode("utf-8") + "\n"
+
+
+def _encoded_lines(records: Iterable[dict[str, Any] | Finding]) -> Iterator[bytes]:
+    """Each record's JSON line as bytes, one record at a time (a Finding's JSON made only then).
+
+    A finding with a huge value (an attacker's multi-megabyte user agent) costs its text and its bytes,
+    not the four copies of joining every line into one text and encoding that.
+    """
+    for record in records:
+        yield _utf8_json(record if isinstance(record, dict) else record.to_json())
+        yield b"\n"
 
 
 class JsonlSink(Sink):
@@ -72,10 +86,10 @@ class JsonlSink(Sink):
                 return
             target = Path(os.path.realpath(self.path))
             with self._locked(target):
-                records = self._read(target)
+                records: dict[str, dict[str, Any] | Finding] = dict(self._read(target))
                 for finding in findings:
-                    records[finding.id] = finding.to_json()
-                write_atomically(target, "".join(_line(r) for r in records.values()), new_file_mode=0o666)
+                    records[finding.id] = finding  # its JSON made as its line is written, not all held at once
+                write_atomically(target, _encoded_lines(records.values()), new_file_mode=0o666)
         except OSError as exc:
             raise SinkError(
                 f"jsonl:{shown(str(self.path))}: cannot write ({exc.strerror}); check the folder exists and is writable"
