@@ -443,25 +443,25 @@ def _all_blocks(
     files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> Iterator[KeyedBlock]:
     for group in _same_period(files):
+        size = merged_block_bytes(len(group))
         if len(group) == 1:
-            yield from _file_blocks(group[0], computer, request, spec, report)
+            yield from _file_blocks(group[0], computer, request, spec, report, size)
         else:
-            size = merged_block_bytes(len(group))
             yield from time_merged([_file_blocks(path, computer, request, spec, report, size) for path in group])
 
 
 MERGED_FILES = 16  # most files of one period read side by side (each has a reader thread and a block in flight)
 # Bytes of block all the files read side by side share. Each file has about three blocks in memory at once
 # (its read buffer, the block read ahead, the block waiting in the merge): a held-out folder of twelve sites
-# peaked at 870 MB in 16 MB blocks, at 456 MB with this share (2.7 MB blocks), the benchmark's four sites at
-# ~290 MB against ~395 MB (8 MB blocks), in the same time within the noise (docs/performance.md, tenth round).
+# peaked at 850 MB in 16 MB blocks, at 445 MB with this share (2.7 MB blocks), the benchmark's four sites at
+# ~285 MB against ~390 MB (8 MB blocks), in the same time within the noise (docs/performance.md, tenth round).
 MERGED_BYTES = 32 << 20
 
 
 def merged_block_bytes(files: int) -> int:
-    """The block size of each of `files` files read side by side: a share of MERGED_BYTES, at most
+    """The block size of each of `files` (>= 1) files read side by side: a share of MERGED_BYTES, at most
     BLOCK_BYTES (one file alone) and never under 1 MB (~6,000 entries: still one polars call for thousands)."""
-    return min(BLOCK_BYTES, max(1 << 20, MERGED_BYTES // max(1, files)))
+    return min(BLOCK_BYTES, max(1 << 20, MERGED_BYTES // files))
 
 
 def _same_period(files: list[Path]) -> list[list[Path]]:
@@ -475,7 +475,7 @@ def _same_period(files: list[Path]) -> list[list[Path]]:
 
 
 def _file_blocks(
-    path: Path, computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport, block_bytes: int | None = None
+    path: Path, computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport, block_bytes: int
 ) -> Iterator[KeyedBlock]:
     _check_text(path)
     try:
@@ -483,7 +483,7 @@ def _file_blocks(
     except OSError as exc:
         raise InputError(str(path), f"cannot be read ({exc.strerror}); give the detector read access") from None
     at = _Position(W3cLayout.initial(path, request, computer, report), 1)
-    with handle, closing(_scanned_blocks(handle, BLOCK_BYTES if block_bytes is None else block_bytes)) as blocks:
+    with handle, closing(_scanned_blocks(handle, block_bytes)) as blocks:
         for block in blocks:
             if block.lone_cr:
                 raise Unavailable
