@@ -205,8 +205,8 @@ def shape_files(day: Day, shapes: set[str]) -> list[Path]:
 def warm_up(day: Day, shapes: set[str], work: Path, timeout: float) -> None:
     """Before the first measured run of a size: every input read once (into the page cache) and one anchor
     run that is not counted. Without it the first run of a size paid what no later run pays: DuckDB's first
-    run over the 1M ordered file took 2.83-4.08 s where the next took 2.34-2.52 (more system time: the
-    kernel reclaiming page cache for its ~850 MB), which made the first ratio of a run look better than it is."""
+    run over the 1M ordered file took 2.83-4.08 s where the next took 2.34-2.52 (with more system time; most
+    likely the kernel reclaiming page cache for its ~850 MB), which made the first ratio of a run look better."""
     started = time.perf_counter()
     size = 0
     for path in shape_files(day, shapes):
