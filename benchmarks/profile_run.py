@@ -10,7 +10,8 @@ code it called, e.g. polars or json). Percentages are of all samples of all thre
 memory: runs the CLI in this process with a thread that reads the process's RSS every 20 ms together
 with the main thread's stack, then prints the peak RSS, the stack at the peak, and which functions were
 innermost (among the detector's frames) while RSS grew, with the MB grown under each.
-The window is the benchmark day (generate.START/END).
+The window is the benchmark day (generate.START/END) unless --start/--end give another (the held-out
+day of heldout.py is 2026-11-24).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _FRAME = re.compile(r"^(?P<name>.+?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
 def _command(args: argparse.Namespace, out: Path) -> list[str]:
     entry = [str(HERE / "plain_run.py")] if args.plain else ["-m", "detector", "run"]
-    command = [*entry, "--source", args.source, "--start", START, "--end", END, "--sink", f"jsonl:{out}"]
+    command = [*entry, "--source", args.source, "--start", args.start, "--end", args.end, "--sink", f"jsonl:{out}"]
     command += ["--rule", args.rule]
     return [*command, "--computer", args.computer] if args.computer else command
 
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--computer", default="")
     parser.add_argument("--plain", action="store_true", help="the plain path (benchmarks/plain_run.py)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--start", default=START, help=f"the window's start (default: the benchmark day's, {START})")
+    parser.add_argument("--end", default=END, help=f"the window's end (default {END})")
     parser.add_argument(
         "--rule",
         default=PORT_RULE,

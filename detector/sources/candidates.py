@@ -57,6 +57,8 @@ from detector.w3ciislog import COLUMN_TYPES
 if TYPE_CHECKING:
     import polars as pl
 
+    from detector.sources import LineReport
+
 BIN = "bin"  # the name of the bin column (epoch microseconds of the bin start)
 GROUP = "_group"  # the name of the group column: group_hash of the key columns (UInt64)
 VALUE = "_value"  # the DistinctCount column
@@ -597,8 +599,9 @@ class KeyedBlock(ABC):
         return self._read or 0
 
     def drop_keys(self) -> None:
-        """Free the key frame (the two-pass read keeps its own copy of the kept records' keys)."""
-        del self.keys
+        """Free the key frame (the two-pass read keeps its own copy of the kept records' keys); again is
+        nothing."""
+        self.__dict__.pop("keys", None)
         self._kept = None
 
     @abstractmethod
@@ -608,6 +611,12 @@ class KeyedBlock(ABC):
     def detach(self) -> None:  # noqa: B027 - most blocks hold nothing more than their keys
         """Free what rows() can get again (bytes, typed rows): the two-pass read holds every block until
         the end, so a held block must cost little more than its kept records' keys."""
+
+    def hold(self, records: list[int]) -> list[int]:
+        """Keep only what rows() needs for these records (sorted), until they are taken; returns their
+        numbers for rows() from then on. By default the block is detached (its rows are read again)."""
+        self.detach()
+        return records
 
 
 class RowsBlock(KeyedBlock):
@@ -630,6 +639,13 @@ class RowsBlock(KeyedBlock):
     def detach(self) -> None:
         if self.again is not None:
             self._rows = None
+
+    def hold(self, records: list[int]) -> list[int]:
+        if self._rows is None:
+            return records
+        self._rows = [self._rows[i] for i in records]  # typed once: only the records' rows are kept
+        self.again = None
+        return list(range(len(records)))
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         rows = self._rows
@@ -788,11 +804,23 @@ def _no_groups() -> pl.DataFrame:
 
 
 class CandidateRead:
-    """The outcome of candidate_rows: the rows to evaluate and how many rows the source read."""
+    """The outcome of candidate_rows: the rows to evaluate, typed as they are iterated, and how many rows
+    the source read (final once the rows have been iterated: a record whose row the plain code skips is
+    found out then)."""
 
-    def __init__(self, rows: Iterator[Row], rows_read: int) -> None:
-        self.rows = rows
-        self.rows_read = rows_read
+    def __init__(self, taken: _Taken, read: int) -> None:
+        self._taken, self._read = taken, read
+        self.rows: Iterator[Row] = taken.rows()
+
+    @property
+    def rows_read(self) -> int:
+        return self._read - self._taken.lost
+
+    def counted(self, report: LineReport) -> Iterator[Row]:
+        """The rows, with the report's rows read set as they are iterated and final after the last."""
+        report.rows_read = self.rows_read
+        yield from self.rows
+        report.rows_read = self.rows_read
 
 
 def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSpec) -> CandidateRead:
@@ -802,7 +830,10 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
     pass: blocks are held until their bins are finished, then their candidate rows are taken and the
     block is freed. If a row arrives for a finished bin, a second, always-exact strategy runs: one more
     pass finds every candidate while holding each block's kept keys, then the candidates' rows are
-    taken. Every row is taken before this returns, so a caller may still fall back when it raises.
+    taken. Every candidate record is known before this returns, so a caller may still fall back when it
+    raises; their rows are typed (by the reader's plain code, which raises only what the plain read
+    would) as the caller iterates them, block by block, so the rows of a day whose every group is a
+    candidate (a scan of every port) are never all held at once.
 
     A SharedSpec is answered in the same passes: each part has its own finder (or none, when it does not
     prune), and a row is taken when any part takes it.
@@ -814,7 +845,7 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
         for block in blocks():
             read += block.rows_read
             taken.add(block, _take_all([block], parts, [None] * len(parts))[0])
-        return CandidateRead(iter(taken.rows), read - taken.lost)
+        return CandidateRead(taken, read)
     first = blocks()
     try:
         taken, read = _one_pass(first, parts)
@@ -828,23 +859,38 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
         del first
     if not ordered:
         taken, read = _two_pass(blocks(), parts)
-    return CandidateRead(iter(taken.rows), read - taken.lost)
+    return CandidateRead(taken, read)
 
 
 class _Taken:
-    """The rows taken from blocks, and how many requested records gave none: a record whose full row the
-    reader's plain code skips (a malformed detail value) was counted as read from its keys, and the
-    plain read does not count a line it skips."""
+    """The candidate records, block by block, and their rows when iterated; `lost` counts the records
+    that gave no row (a record whose full row the reader's plain code skips, a malformed detail value,
+    was counted as read from its keys, and the plain read does not count a line it skips).
+
+    When its records are added a block keeps only what their rows need (`hold`: where their lines are,
+    which are read again then; a block typed row by row keeps those records' rows) and frees its key
+    frame. Rows typed when iterated live only until the caller (the rule) has taken them.
+    """
 
     def __init__(self) -> None:
-        self.rows: list[Row] = []
+        self._blocks: deque[tuple[KeyedBlock, list[int]]] = deque()
         self.lost = 0
 
     def add(self, block: KeyedBlock, records: list[int]) -> None:
         if records:
-            rows = list(block.rows(records))
-            self.rows.extend(rows)
-            self.lost += len(records) - len(rows)
+            records = block.hold(records)
+            block.drop_keys()
+            self._blocks.append((block, records))
+
+    def rows(self) -> Iterator[Row]:
+        while self._blocks:
+            block, records = self._blocks.popleft()  # freed as soon as its rows are out
+            given = 0
+            for row in block.rows(records):
+                given += 1
+                yield row
+            self.lost += len(records) - given
+            del block, records
 
 
 def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateFinder | None]:

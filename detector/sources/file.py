@@ -167,8 +167,7 @@ class FileSource(Source):
 
             def fast() -> Iterator[Row]:
                 found = read_candidates(self.path, request, spec, report)
-                report.rows_read = found.rows_read
-                return found.rows
+                return found.counted(report)
 
             def plain() -> Iterator[Row]:
                 report.rows_read = 0

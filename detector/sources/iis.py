@@ -187,8 +187,7 @@ class IisLogSource(Source):
 
             def fast() -> Iterator[Row]:
                 found = _read_candidates(files, self.computer, request, spec, report)
-                report.rows_read = found.rows_read
-                return found.rows
+                return found.counted(report)
 
             def plain() -> Iterator[Row]:
                 report.rows_read = 0

@@ -1,0 +1,94 @@
+"""runner.each_over: several rules over one read's rows, in one pass, without holding the rows.
+
+A shared read (the three binned rules of a file source) used to be listed whole and handed to each rule
+in turn: on a day of port scans that was a million typed rows held at once (1.2 GB of RSS for 1,000,000
+JSON Lines rows, 274 MB now). Each rule now takes the rows on a thread of its own as they are read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from detector import runner
+from detector.models import Row
+
+ROWS = 25_000
+
+
+def _rows(produced: list[int], fail_at: int | None = None) -> Iterator[Row]:
+    for number in range(ROWS):
+        if number == fail_at:
+            raise OSError("the disk went away")
+        produced[0] += 1
+        yield {"n": number}
+
+
+def test_every_evaluation_sees_every_row_in_order_and_the_rows_are_never_all_held() -> None:
+    produced = [0]
+    lags: list[int] = []
+
+    def total(rows: Iterator[Row]) -> int:
+        seen = 0
+        for row in rows:
+            assert row["n"] == seen
+            seen += 1
+            lags.append(produced[0] - seen)  # rows read and not yet taken by this evaluation
+        return seen
+
+    def odd(rows: Iterator[Row]) -> list[int]:
+        return [row["n"] for row in rows if row["n"] % 2]
+
+    results, count = runner.each_over(_rows(produced), [total, odd])
+    assert count == ROWS
+    assert results == [ROWS, list(range(1, ROWS, 2))]
+    # The read runs ahead of a rule by at most the chunks queued for it, the one it is taking, and the
+    # one being handed out.
+    assert max(lags) <= (runner.FAN_AHEAD + 2) * runner.FAN_CHUNK < ROWS
+
+
+def test_an_error_of_the_read_is_raised_and_every_rule_thread_ends() -> None:
+    before = threading.active_count()
+    ended: list[str] = []
+
+    def consume(rows: Iterator[Row]) -> int:
+        try:
+            return sum(1 for _ in rows)
+        finally:
+            ended.append("yes")
+
+    with pytest.raises(OSError, match="the disk went away"):
+        runner.each_over(_rows([0], fail_at=12_345), [consume, consume])
+    assert ended == ["yes", "yes"]
+    assert threading.active_count() == before
+
+
+def test_an_error_of_one_rule_is_raised_and_the_read_does_not_wait_for_it() -> None:
+    produced = [0]
+
+    def broken(rows: Iterator[Row]) -> Any:
+        next(rows)
+        raise ValueError("a rule's bug")
+
+    def total(rows: Iterator[Row]) -> int:
+        return sum(1 for _ in rows)
+
+    with pytest.raises(ValueError, match="a rule's bug"):
+        runner.each_over(_rows(produced), [broken, total])
+    assert produced[0] == ROWS  # the read went on to the end for the other rule
+
+
+def test_a_rule_that_stops_taking_rows_early_does_not_stall_the_read() -> None:
+    def first(rows: Iterator[Row]) -> Row:
+        return next(rows)
+
+    results, count = runner.each_over(_rows([0]), [first, lambda rows: sum(1 for _ in rows)])
+    assert results == [{"n": 0}, ROWS]
+    assert count == ROWS
+
+
+def test_no_rows() -> None:
+    assert runner.each_over(iter(()), [list, list]) == ([[], []], 0)
