@@ -186,3 +186,31 @@ def test_the_warm_up_reads_every_input_of_the_shapes_run(day: Day) -> None:
     # A shape compared with DuckDB on the shuffled rows warms that file too (the anchor reads it).
     assert shape_files(day, {"iis-many"}) == [*sorted(day.iis_many.rglob("*.log")), day.shuffled]
     assert shape_files(day, {"response"}) == [day.response, day.shuffled]
+
+
+def test_the_scan_day_is_every_row_a_candidate_in_time_order_and_shuffled(tmp_path: Path) -> None:
+    from benchmarks.scan_day import BINS, SCAN_PORTS, write_scan_day
+
+    rows = 3 * SCAN_PORTS + 17  # a last scanner cut short
+    ordered, shuffled = write_scan_day(rows, tmp_path)
+    lines = ordered.read_bytes().splitlines()
+    assert len(lines) == rows
+    assert sorted(lines) == sorted(shuffled.read_bytes().splitlines()) and lines != shuffled.read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]
+    times = [r["TimeGenerated"] for r in records]
+    assert times == sorted(times)
+    groups: dict[tuple[str, str, str], set[int]] = {}
+    for r in records:
+        minute = int(r["TimeGenerated"][11:13]) * 60 + int(r["TimeGenerated"][14:16])
+        groups.setdefault((r["cIP"], r["Computer"], f"{minute // 10}"), set()).add(r["sPort"])
+    sizes = sorted(len(ports) for ports in groups.values())
+    assert sizes == [17, SCAN_PORTS, SCAN_PORTS, SCAN_PORTS] and len(groups) <= BINS  # one bin per scanner
+    assert set(records[0]) == set(json.loads(_first_line_of_generated_day()))
+
+
+def _first_line_of_generated_day() -> bytes:
+    from benchmarks.generate import _json_line, generate_rows
+
+    row = next(generate_rows(5000))
+    iso = [f"2026-11-26T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(86400)]
+    return _json_line(row, iso)
