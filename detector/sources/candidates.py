@@ -73,6 +73,9 @@ SLACK_BINS = 2
 # one IIS block): one polars group-by per batch, while the blocks waiting for it stay few.
 FINISH_ROWS = 100_000
 DECIDE_ROWS = 100_000  # tuples decided at once by a finder (more are decided in parts)
+# Past this many blocks held, the one-pass read has every finder decide what it may, however few tuples
+# wait (the port rule alone holds up to 16 JSON Lines blocks in its batches of FINISH_ROWS).
+HELD_BLOCKS = 16
 COMPACT_ROWS = 250_000  # the two-pass finder drops duplicate tuples once this many more have come
 BOM = b"\xef\xbb\xbf"
 NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
@@ -735,6 +738,13 @@ class CandidateFinder:
         if self._pending_rows >= FINISH_ROWS or not self._pending:
             self._finish(self._finishable_below)
 
+    def finish_waiting(self) -> None:
+        """Decide the bins that may be finished now, however few tuples wait (the one-pass read asks when
+        it holds many blocks: a rule whose filter admits few rows would otherwise decide nothing until
+        the end, and every block holding one of its rows would wait for it)."""
+        if self._finishable_below is not None:
+            self._finish(self._finishable_below)
+
     def _compact(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
         import polars as pl
 
@@ -1117,6 +1127,10 @@ def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
             finder.add(mine, block.floor)
             highs.append(mine[BIN].max() if not mine.is_empty() else None)  # type: ignore[arg-type]
         held.append((block, highs))
+        if len(held) > HELD_BLOCKS:
+            for finder in finders:
+                if finder is not None:
+                    finder.finish_waiting()
         # Every decided block is taken and freed, not only those before the first undecided one: a
         # quiet site's block may span most of the day, and must not keep the busy sites' blocks behind it.
         if any(decided(waiting) for _, waiting in held):
