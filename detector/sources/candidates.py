@@ -833,7 +833,7 @@ class CandidateRead:
         report.rows_read = self.rows_read
 
 
-def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSpec) -> CandidateRead:
+def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSpec, where: str) -> CandidateRead:
     """Rows of candidate groups that the filter admits. `blocks` opens a fresh pass over the input each call.
 
     A spec that does not prune takes one pass and keeps the admitted rows. Time-ordered input takes one
@@ -850,7 +850,7 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
     """
     parts = spec_columns(spec)
     if not any(part.spec.prunes for part in parts):
-        taken = _Taken()
+        taken = _Taken(where)
         read = 0
         for block in blocks():
             read += block.rows_read
@@ -858,7 +858,7 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
         return CandidateRead(taken, read)
     first = blocks()
     try:
-        taken, read = _one_pass(first, parts)
+        taken, read = _one_pass(first, parts, where)
         ordered = True
     except OutOfOrder:
         ordered = False
@@ -868,7 +868,7 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
             close()  # the first pass's reader (its threads, file and held blocks) ends before the second starts
         del first
     if not ordered:
-        taken, read = _two_pass(blocks(), parts)
+        taken, read = _two_pass(blocks(), parts, where)
     return CandidateRead(taken, read)
 
 
@@ -882,7 +882,8 @@ class _Taken:
     frame. Rows typed when iterated live only until the caller (the rule) has taken them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, where: str) -> None:
+        self.where = where  # the input, for the error of a file that changed under the read
         self._blocks: deque[tuple[KeyedBlock, list[int]]] = deque()
         self.lost = 0
 
@@ -893,12 +894,18 @@ class _Taken:
             self._blocks.append((block, records))
 
     def rows(self) -> Iterator[Row]:
+        import polars as pl
+
         while self._blocks:
             block, records = self._blocks.popleft()  # freed as soon as its rows are out
             given = 0
-            for row in block.rows(records):
-                given += 1
-                yield row
+            try:
+                for row in block.rows(records):
+                    given += 1
+                    yield row
+            except (Unavailable, UnicodeError, OverflowError, pl.exceptions.PolarsError):
+                # What the first pass read is no longer there (rows already went to the rule: no fallback).
+                raise InputError(self.where, "changed while it was read; run again") from None
             self.lost += len(records) - given
             del block, records
 
@@ -1058,7 +1065,7 @@ def _kinds(frames: list[pl.DataFrame]) -> list[list[pl.DataFrame]]:
     return list(kinds.values())
 
 
-def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[_Taken, int]:
+def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], where: str) -> tuple[_Taken, int]:
     """The always-exact strategy for input in any order: every block's kept records go to the finders
     as (cell, value) tuples, and each block is held (detached, with only each part's kept records and
     their cells) until every candidate cell is known; then the candidates' rows are taken. The input is
@@ -1089,7 +1096,7 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
     # them with one of ~2,000 candidates' cells 3% of the time, and those rows, of groups that cannot
     # fire, were a third of what the held-out day took (and the rule then dropped).
     found = [None if finder is None else finder.result().unique() for finder in finders]
-    taken = _Taken()
+    taken = _Taken(where)
     for block, mine in held:
         chosen = [
             (own if RECORD in own.columns else own.with_row_index(RECORD))
@@ -1103,11 +1110,11 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tup
     return taken, read
 
 
-def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[_Taken, int]:
+def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], where: str) -> tuple[_Taken, int]:
     finders = _finders(parts, finish_bins=True)
     # A block is held until every finder has decided the newest bin it holds for that finder's part.
     held: deque[tuple[KeyedBlock, list[int | None]]] = deque()
-    taken = _Taken()
+    taken = _Taken(where)
     read = 0
 
     def decided(highs: list[int | None]) -> bool:

@@ -398,7 +398,7 @@ SNIFF_BYTES = 1 << 16
 
 def _read_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
     """Rows of candidate groups; raises Unavailable (or a polars error) before returning any row."""
-    return candidate_rows(lambda: _blocks(path, request, spec, report), spec)
+    return candidate_rows(lambda: _blocks(path, request, spec, report), spec, str(path))
 
 
 def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Generator[KeyedBlock, None, None]:

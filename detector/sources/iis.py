@@ -431,11 +431,19 @@ def _checks_every_line(request: ReadRequest, strict: bool) -> bool:
     return all(c in read for c in request.read_columns() if COLUMN_TYPES.get(c) in ("int", "long"))
 
 
+def _where(files: list[Path]) -> str:
+    """The logs read, for an error: the one file, or the folders' common parent."""
+    if len(files) == 1:
+        return str(files[0])
+    parents = {file.parent for file in files}
+    return str(parents.pop() if len(parents) == 1 else files[0].parent.parent)
+
+
 def _read_candidates(
     files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> CandidateRead:
     """Rows of candidate groups; raises Unavailable (or a polars error) before returning any row."""
-    return candidate_rows(lambda: _all_blocks(files, computer, request, spec, report), spec)
+    return candidate_rows(lambda: _all_blocks(files, computer, request, spec, report), spec, _where(files))
 
 
 def _all_blocks(

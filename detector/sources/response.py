@@ -428,7 +428,7 @@ RESPONSE_BLOCK_ROWS = 20_000  # rows per key frame: as many as a JSON Lines bloc
 
 def read_response_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
     """Rows of candidate groups of a saved response; raises Unavailable before returning any row."""
-    return candidate_rows(lambda: _response_blocks(path, request, spec, report), spec)
+    return candidate_rows(lambda: _response_blocks(path, request, spec, report), spec, str(path))
 
 
 def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:
@@ -475,7 +475,7 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
 
 def read_array_candidates(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> CandidateRead:
     """Rows of candidate groups of a JSON array of row objects; raises Unavailable before returning any row."""
-    return candidate_rows(lambda: _array_blocks(path, request, spec, report), spec)
+    return candidate_rows(lambda: _array_blocks(path, request, spec, report), spec, str(path))
 
 
 def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineReport) -> Iterator[KeyedBlock]:

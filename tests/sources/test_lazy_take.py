@@ -163,3 +163,20 @@ def test_a_shared_read_in_time_order_holds_few_blocks_whatever_a_rule_admits(
     fired = {rule.id: rule.logic.evaluate(taken, WINDOW) for rule in RULES}
     assert fired == {rule.id: rule.logic.evaluate(every_row, WINDOW) for rule in RULES}
     assert sum(map(len, fired.values())) >= 1
+
+
+def test_a_file_changed_while_its_rows_are_taken_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows are typed after the first pass, while the rule takes them: no fallback is possible then, so
+    bytes that are no longer what the first pass read give the reader's InputError, never a traceback."""
+    from detector.errors import InputError
+
+    monkeypatch.setattr(file_module, "BLOCK_BYTES", 1 << 16)
+    source = _jsonl(tmp_path, False)
+    path = tmp_path / "rows.jsonl"
+    request = ReadRequest(WINDOW, LOGIC.columns, LOGIC.required_columns, LOGIC.candidate_spec())
+    reading = source.read(request)
+    next(reading)
+    path.write_bytes(b"\xff" * path.stat().st_size)  # the same size, no longer UTF-8
+    with pytest.raises(InputError, match="changed while it was read; run again") as caught:
+        list(reading)
+    assert str(path) in str(caught.value)
