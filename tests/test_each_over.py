@@ -92,3 +92,48 @@ def test_a_rule_that_stops_taking_rows_early_does_not_stall_the_read() -> None:
 
 def test_no_rows() -> None:
     assert runner.each_over(iter(()), [list, list]) == ([[], []], 0)
+
+
+def test_a_shared_read_of_several_rules_is_taken_as_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_together hands the shared read to each_over, never a list of it: the read stays within a
+    few chunks of the rules whatever the day holds (a stub source that counts what it has yielded)."""
+    from datetime import UTC, datetime, timedelta
+
+    from detector.models import Window
+    from detector.rules import DEFAULT_RULES_DIR, load_rules
+    from detector.sources import ReadRequest, Source
+    from detector.w3ciislog import COLUMN_TYPES
+
+    day = datetime(2026, 11, 26, tzinfo=UTC)
+    window = Window(day, day + timedelta(days=1))
+    rules = [r for r in load_rules(DEFAULT_RULES_DIR) if not r.logic.whole_window]
+    produced = [0]
+
+    class Day(Source):
+        shares_reads = True
+
+        def describe(self) -> str:
+            return "a day of rows"
+
+        def read(self, request: ReadRequest) -> Iterator[Row]:
+            assert request.window == window
+            blank = {c: 0 if COLUMN_TYPES.get(c, "string") in ("int", "long") else "-" for c in request.read_columns()}
+            for number in range(ROWS):
+                produced[0] += 1
+                yield {**blank, "TimeGenerated": day + timedelta(seconds=3 * number), "cIP": f"203.0.113.{number % 250}"}
+
+    lags: list[int] = []
+    counted = runner._counted
+
+    def watched(rows: Iterator[Row], run: runner.RuleRun) -> Iterator[Row]:
+        for taken, row in enumerate(counted(rows, run), start=1):
+            lags.append(produced[0] - taken)
+            yield row
+
+    monkeypatch.setattr(runner, "_counted", watched)
+    group = [runner.Task(rule, window) for rule in rules]
+    assert len(group) >= 2 and list(runner.read_groups([[t] for t in group], True)) == [group]  # one shared read
+    runs = runner.evaluate_together(group, Day())
+    assert [run.rows_evaluated for run in runs] == [ROWS] * len(group)
+    assert produced[0] == ROWS
+    assert max(lags) <= (runner.FAN_AHEAD + 2) * runner.FAN_CHUNK < ROWS

@@ -76,6 +76,9 @@ DECIDE_ROWS = 100_000  # tuples decided at once by a finder (more are decided in
 # Past this many blocks held, the one-pass read has every finder decide what it may, however few tuples
 # wait (the port rule alone holds up to 16 JSON Lines blocks in its batches of FINISH_ROWS).
 HELD_BLOCKS = 16
+# A block typed row by row keeps the typed rows of at most this many taken records until the rule takes
+# them (typed once); more are typed again then, so a day whose every row is taken is never held typed.
+HOLD_ROWS = 256
 COMPACT_ROWS = 250_000  # the two-pass finder drops duplicate tuples once this many more have come
 BOM = b"\xef\xbb\xbf"
 NO_BIN = -(2**63)  # a block's floor when nothing is known of where later blocks start
@@ -626,7 +629,8 @@ class RowsBlock(KeyedBlock):
     """A block its reader typed row by row (odd lines, a block the columnar parse cannot read exactly).
 
     `again`, when given, types the same rows again (the same list, in the same order), so a detached
-    block keeps no rows.
+    block keeps no rows. Taken (`hold`), it keeps the typed rows of at most HOLD_ROWS records (of any
+    number when it cannot type them again).
     """
 
     def __init__(
@@ -634,6 +638,7 @@ class RowsBlock(KeyedBlock):
     ) -> None:
         self.window, self.again = window, again
         self._rows: list[Row] | None = self._in_window(rows)
+        self._count = len(self._rows)
         self.keys = rows_frame(self._rows, spec, window)
 
     def _in_window(self, rows: list[Row]) -> list[Row]:
@@ -646,14 +651,19 @@ class RowsBlock(KeyedBlock):
     def hold(self, records: list[int]) -> list[int]:
         if self._rows is None:
             return records
+        if self.again is not None and len(records) > HOLD_ROWS:
+            self.detach()  # typed again when taken
+            return records
         self._rows = [self._rows[i] for i in records]  # typed once: only the records' rows are kept
-        self.again = None
+        self._count, self.again = len(records), None
         return list(range(len(records)))
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         rows = self._rows
         if rows is None:
             rows = self._in_window(self.again())  # type: ignore[misc]
+            if len(rows) != self._count:
+                raise Unavailable  # the input changed since it was first read
         return (rows[i] for i in records)
 
 
@@ -818,9 +828,18 @@ class CandidateRead:
     the source read (final once the rows have been iterated: a record whose row the plain code skips is
     found out then)."""
 
-    def __init__(self, taken: _Taken, read: int) -> None:
-        self._taken, self._read = taken, read
-        self.rows: Iterator[Row] = taken.rows()
+    def __init__(self, taken: _Taken, read: int, where: str) -> None:
+        self._taken, self._read, self._where = taken, read, where
+        self.rows: Iterator[Row] = self._typed()
+
+    def _typed(self) -> Iterator[Row]:
+        import polars as pl
+
+        try:
+            yield from self._taken.rows()
+        except (Unavailable, UnicodeError, OverflowError, pl.exceptions.PolarsError):
+            # What the first pass read is no longer there (rows already went to the rule: no fallback).
+            raise InputError(self._where, "changed while it was read; run again") from None
 
     @property
     def rows_read(self) -> int:
@@ -843,22 +862,23 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
     taken. Every candidate record is known before this returns, so a caller may still fall back when it
     raises; their rows are typed (by the reader's plain code, which raises only what the plain read
     would) as the caller iterates them, block by block, so the rows of a day whose every group is a
-    candidate (a scan of every port) are never all held at once.
+    candidate (a scan of every port) are never all held at once. An input that changed after the first
+    pass read it, found out while its rows are typed, is an InputError naming `where`.
 
     A SharedSpec is answered in the same passes: each part has its own finder (or none, when it does not
     prune), and a row is taken when any part takes it.
     """
     parts = spec_columns(spec)
     if not any(part.spec.prunes for part in parts):
-        taken = _Taken(where)
+        taken = _Taken()
         read = 0
         for block in blocks():
             read += block.rows_read
             taken.add(block, _take_all([block], parts, [None] * len(parts))[0])
-        return CandidateRead(taken, read)
+        return CandidateRead(taken, read, where)
     first = blocks()
     try:
-        taken, read = _one_pass(first, parts, where)
+        taken, read = _one_pass(first, parts)
         ordered = True
     except OutOfOrder:
         ordered = False
@@ -868,8 +888,8 @@ def candidate_rows(blocks: Callable[[], Iterator[KeyedBlock]], spec: CandidateSp
             close()  # the first pass's reader (its threads, file and held blocks) ends before the second starts
         del first
     if not ordered:
-        taken, read = _two_pass(blocks(), parts, where)
-    return CandidateRead(taken, read)
+        taken, read = _two_pass(blocks(), parts)
+    return CandidateRead(taken, read, where)
 
 
 class _Taken:
@@ -882,8 +902,7 @@ class _Taken:
     frame. Rows typed when iterated live only until the caller (the rule) has taken them.
     """
 
-    def __init__(self, where: str) -> None:
-        self.where = where  # the input, for the error of a file that changed under the read
+    def __init__(self) -> None:
         self._blocks: deque[tuple[KeyedBlock, list[int]]] = deque()
         self.lost = 0
 
@@ -894,20 +913,13 @@ class _Taken:
             self._blocks.append((block, records))
 
     def rows(self) -> Iterator[Row]:
-        import polars as pl
-
         while self._blocks:
             block, records = self._blocks.popleft()  # freed as soon as its rows are out
             given = 0
-            try:
-                for row in block.rows(records):
-                    given += 1
-                    yield row
-            except (Unavailable, UnicodeError, OverflowError, pl.exceptions.PolarsError):
-                # What the first pass read is no longer there (rows already went to the rule: no fallback).
-                raise InputError(self.where, "changed while it was read; run again") from None
+            for row in block.rows(records):
+                given += 1
+                yield row
             self.lost += len(records) - given
-            del block, records
 
 
 def _finders(parts: Sequence[SpecColumns], finish_bins: bool) -> list[CandidateFinder | None]:
@@ -1065,7 +1077,7 @@ def _kinds(frames: list[pl.DataFrame]) -> list[list[pl.DataFrame]]:
     return list(kinds.values())
 
 
-def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], where: str) -> tuple[_Taken, int]:
+def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[_Taken, int]:
     """The always-exact strategy for input in any order: every block's kept records go to the finders
     as (cell, value) tuples, and each block is held (detached, with only each part's kept records and
     their cells) until every candidate cell is known; then the candidates' rows are taken. The input is
@@ -1096,7 +1108,7 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], where:
     # them with one of ~2,000 candidates' cells 3% of the time, and those rows, of groups that cannot
     # fire, were a third of what the held-out day took (and the rule then dropped).
     found = [None if finder is None else finder.result().unique() for finder in finders]
-    taken = _Taken(where)
+    taken = _Taken()
     for block, mine in held:
         chosen = [
             (own if RECORD in own.columns else own.with_row_index(RECORD))
@@ -1110,11 +1122,11 @@ def _two_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], where:
     return taken, read
 
 
-def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns], where: str) -> tuple[_Taken, int]:
+def _one_pass(blocks: Iterator[KeyedBlock], parts: Sequence[SpecColumns]) -> tuple[_Taken, int]:
     finders = _finders(parts, finish_bins=True)
     # A block is held until every finder has decided the newest bin it holds for that finder's part.
     held: deque[tuple[KeyedBlock, list[int | None]]] = deque()
-    taken = _Taken(where)
+    taken = _Taken()
     read = 0
 
     def decided(highs: list[int | None]) -> bool:

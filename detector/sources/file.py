@@ -556,7 +556,9 @@ class _ColumnarBlock(KeyedBlock):
             except MalformedLine as exc:
                 self.report.skip(exc)
                 continue
-            if row is not None and self.request.window.contains(row[TIME]):
+            if row is None:
+                raise Unavailable  # the first pass read a row on this line, which is blank now: the file changed
+            if self.request.window.contains(row[TIME]):
                 yield row
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 import socket
 import stat
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field, replace
@@ -186,7 +186,7 @@ class IisLogSource(Source):
         if columnar_applies(spec) and spec is not None and _columnar_fields(spec) and _checks_every_line(request, self.strict):
 
             def fast() -> Iterator[Row]:
-                found = _read_candidates(files, self.computer, request, spec, report)
+                found = _read_candidates(self.path, files, self.computer, request, spec, report)
                 return found.counted(report)
 
             def plain() -> Iterator[Row]:
@@ -431,19 +431,12 @@ def _checks_every_line(request: ReadRequest, strict: bool) -> bool:
     return all(c in read for c in request.read_columns() if COLUMN_TYPES.get(c) in ("int", "long"))
 
 
-def _where(files: list[Path]) -> str:
-    """The logs read, for an error: the one file, or the folders' common parent."""
-    if len(files) == 1:
-        return str(files[0])
-    parents = {file.parent for file in files}
-    return str(parents.pop() if len(parents) == 1 else files[0].parent.parent)
-
-
 def _read_candidates(
-    files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
+    where: Path, files: list[Path], computer: str, request: ReadRequest, spec: CandidateSpec, report: LineReport
 ) -> CandidateRead:
-    """Rows of candidate groups; raises Unavailable (or a polars error) before returning any row."""
-    return candidate_rows(lambda: _all_blocks(files, computer, request, spec, report), spec, _where(files))
+    """Rows of candidate groups from `files` (the logs found at `where`, the path the source was given);
+    raises Unavailable (or a polars error) before returning any row."""
+    return candidate_rows(lambda: _all_blocks(files, computer, request, spec, report), spec, str(where))
 
 
 def _all_blocks(
@@ -603,11 +596,28 @@ class _Parts(KeyedBlock):
         for part in self.parts:
             part.detach()
 
+    def _mine(self, records: list[int]) -> list[list[int]]:
+        """The records (sorted) of each part, in the part's numbers."""
+        cuts = [bisect_left(records, first) for first in self.firsts] + [len(records)]
+        return [[r - low for r in records[a:b]] for low, a, b in zip(self.firsts, cuts, cuts[1:], strict=False)]
+
+    def hold(self, records: list[int]) -> list[int]:
+        """Each part holds its own records (a run typed row by row keeps only their rows), numbered on."""
+        kept: list[KeyedBlock] = []
+        firsts: list[int] = []
+        numbers: list[int] = []
+        for part, mine in zip(self.parts, self._mine(records), strict=True):
+            if mine:
+                held = part.hold(mine)
+                at = numbers[-1] + 1 if numbers else 0
+                kept.append(part)
+                firsts.append(at)
+                numbers += [at + n for n in held]
+        self.parts, self.firsts = kept, firsts
+        return numbers
+
     def rows(self, records: list[int]) -> Iterator[Row]:
-        for index, part in enumerate(self.parts):
-            low = self.firsts[index]
-            high = self.firsts[index + 1] if index + 1 < len(self.firsts) else None
-            mine = [record - low for record in records if record >= low and (high is None or record < high)]
+        for part, mine in zip(self.parts, self._mine(records), strict=True):
             if mine:
                 yield from part.rows(mine)
 
@@ -814,6 +824,8 @@ class _ColumnarRun(KeyedBlock):
         data = self._bytes()
         times: dict[str, datetime] = {}
         for index, text in zip(records, _lines(data, records, self.height), strict=True):
+            if not text or text.startswith("#"):
+                raise Unavailable  # the first pass read an entry on this line: the log changed since
             row = self.layout.line(text, self._line_of(index), times)
             if row is not None and not isinstance(row, W3cLayout):
                 yield row
@@ -831,6 +843,8 @@ def _lines(data: bytes, records: list[int], height: int) -> list[str]:
     if lines is not None and lines.len() == min(height, records[-1] + 1):
         return lines.gather(records).to_list()
     split = data.split(b"\n", records[-1] + 1)
+    if len(split) <= records[-1]:
+        raise Unavailable  # fewer lines than the first pass counted: the log changed since it was read
     return [split[index].decode("utf-8", errors="replace").rstrip("\r\n") for index in records]
 
 

@@ -22,9 +22,9 @@ import pytest
 import detector.sources.file as file_module
 import detector.sources.iis as iis_module
 import detector.sources.response as response_module
-from detector.sources import ReadRequest, Source
+from detector.sources import ReadRequest, Source, candidates
 from detector.sources.file import FileSource
-from tests.sources.test_candidates import DAY, HIGH_PORT, IIS_FIELDS_A, WINDOW, _iis_line, _write_iis
+from tests.sources.test_candidates import DAY, HIGH_PORT, IIS_FIELDS_A, IIS_FIELDS_B, WINDOW, _iis_line, _write_iis
 
 LOGIC = HIGH_PORT.logic
 CLIENTS, PORTS = 60, 80  # every client reaches 80 ports in its bin: every group is a candidate
@@ -70,16 +70,37 @@ def _response(tmp_path: Path, shuffle: bool) -> Source:
     return FileSource(path)
 
 
+def _array(tmp_path: Path, shuffle: bool) -> Source:
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(_scan_rows(shuffle)), encoding="utf-8")
+    return FileSource(path)
+
+
 def _iis(tmp_path: Path, shuffle: bool) -> Source:
     head = ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {IIS_FIELDS_A}"]
     return _write_iis(tmp_path, head + [_iis_line(row, IIS_FIELDS_A) for row in _scan_rows(shuffle)])
+
+
+def _iis_headers(tmp_path: Path, shuffle: bool) -> Source:
+    """A log whose server switches between two layouts every few entries: in each block one layout's runs
+    are read as a frame, the other's typed row by row (too few for a frame), the two as one block."""
+    lines = []
+    for number, row in enumerate(_scan_rows(shuffle)):
+        fields = IIS_FIELDS_B if number % 50 >= 40 else IIS_FIELDS_A
+        if number % 50 in (0, 40):
+            lines += ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {fields}"]
+        lines.append(_iis_line(row, fields))
+    return _write_iis(tmp_path, lines)
 
 
 SHAPES = {
     "JSON Lines in time order": (_jsonl, False),
     "JSON Lines in no order": (_jsonl, True),
     "a saved response": (_response, False),
+    "a JSON array in no order": (_array, True),
     "an IIS log": (_iis, False),
+    "an IIS log in no order (the two-pass read)": (_iis, True),
+    "an IIS log switching layouts every few entries": (_iis_headers, False),
 }
 
 
@@ -89,6 +110,7 @@ def test_a_scan_days_rows_are_typed_as_the_rule_takes_them(tmp_path: Path, monke
     monkeypatch.setattr(file_module, "BLOCK_BYTES", 1 << 16)
     monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 16)
     monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 200)
+    monkeypatch.setattr(candidates, "HOLD_ROWS", 16)  # rows typed row by row: fewer than a block's
     write, shuffle = SHAPES[shape]
     source = write(tmp_path, shuffle)
     request = ReadRequest(WINDOW, LOGIC.columns, LOGIC.required_columns, LOGIC.candidate_spec())
@@ -122,7 +144,6 @@ def test_a_shared_read_in_time_order_holds_few_blocks_whatever_a_rule_admits(
     339 MB of peak RSS for the three rules against 217 MB now). It now has the finders decide what they
     may once it holds HELD_BLOCKS."""
     from detector.pushdown import SharedSpec
-    from detector.sources import candidates
     from tests.sources.test_candidates import RULES
 
     monkeypatch.setattr(file_module, "BLOCK_BYTES", 1 << 13)
@@ -165,18 +186,64 @@ def test_a_shared_read_in_time_order_holds_few_blocks_whatever_a_rule_admits(
     assert sum(map(len, fired.values())) >= 1
 
 
-def test_a_file_changed_while_its_rows_are_taken_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+CHANGES = {
+    "no longer UTF-8": lambda size: b"\xff" * size,
+    "blank lines": lambda size: b"\n" * size,
+    "cut short": lambda size: b"\n" * (size // 4),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_file_changed_while_its_rows_are_taken_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str, change: str
+) -> None:
     """The rows are typed after the first pass, while the rule takes them: no fallback is possible then, so
-    bytes that are no longer what the first pass read give the reader's InputError, never a traceback."""
+    bytes that are no longer what the first pass read (another encoding, fewer lines, fewer bytes) give
+    the reader's InputError naming the input it was given (an IIS source's folder), never a traceback."""
     from detector.errors import InputError
 
     monkeypatch.setattr(file_module, "BLOCK_BYTES", 1 << 16)
-    source = _jsonl(tmp_path, False)
-    path = tmp_path / "rows.jsonl"
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(response_module, "RESPONSE_BLOCK_ROWS", 200)
+    write, shuffle = SHAPES[shape]
+    source = write(tmp_path, shuffle)
+    given = tmp_path if shape.startswith("an IIS") else next(tmp_path.iterdir())
     request = ReadRequest(WINDOW, LOGIC.columns, LOGIC.required_columns, LOGIC.candidate_spec())
     reading = source.read(request)
     next(reading)
-    path.write_bytes(b"\xff" * path.stat().st_size)  # the same size, no longer UTF-8
-    with pytest.raises(InputError, match="changed while it was read; run again") as caught:
+    for path in tmp_path.rglob("*.*"):
+        path.write_bytes(CHANGES[change](path.stat().st_size))
+    with pytest.raises(InputError, match=r"changed while it was read( \(it is shorter now\))?; run again") as caught:
         list(reading)
-    assert str(path) in str(caught.value)
+    assert str(caught.value).startswith(str(given))
+
+
+def test_rows_typed_row_by_row_are_kept_when_few_and_typed_again_when_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block's runs typed row by row (the layout a server switches to for a few entries) keep the
+    rows the rule takes when they are few (typed once), and are typed again when taken when they are
+    more than HOLD_ROWS (a day whose every row is taken is never held typed)."""
+    monkeypatch.setattr(iis_module, "BLOCK_BYTES", 1 << 16)
+    typed = [0]
+    plain_run = iis_module._plain_run
+
+    def counted(*args: Any) -> Any:
+        typed[0] += 1
+        return plain_run(*args)
+
+    monkeypatch.setattr(iis_module, "_plain_run", counted)
+    source = _iis_headers(tmp_path, False)
+    request = ReadRequest(WINDOW, LOGIC.columns, LOGIC.required_columns, LOGIC.candidate_spec())
+    typings = []
+    for hold_rows in (256, 16):  # more than, then fewer than a block's rows of the layout switched to
+        monkeypatch.setattr(candidates, "HOLD_ROWS", hold_rows)
+        typed[0] = 0
+        rows = list(source.read(request))
+        typings.append(typed[0])
+        assert len(rows) == source.read_stats()["rowsRead"] == CLIENTS * PORTS
+        assert len(LOGIC.evaluate(rows, WINDOW)) == CLIENTS
+    runs = CLIENTS * PORTS // 50  # of the layout switched to (one cut by a block's end is two)
+    assert runs <= typings[0] < 2 * runs
+    assert typings[1] == 2 * typings[0]
