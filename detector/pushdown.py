@@ -17,7 +17,8 @@ Fields (all keyword-only):
 - `filter`: a `Predicate` over W3CIISLog columns, or None for every row. Nodes: `Compare` (==, !=, =~,
   !~), `InSet` (in, !in, in~, !in~), `StartsWith` (startswith, !startswith: case-insensitive as in KQL;
   startswith_cs, !startswith_cs), `Term` (has, hasprefix, contains and their negations, with Kusto's
-  term rules; `has_any` is an `Or` of `has`), `And`, `Or`, `Not`, and `Opaque(reason)` for a condition the rule
+  term rules; `has_any` is an `Or` of `has`), `StringSize` (string_size(column) < <= > >= == != an
+  integer), `And`, `Or`, `Not`, and `Opaque(reason)` for a condition the rule
   applies itself that no source can push down. Build them with `column(name)` and `&`, `|`, `~`.
   String columns compare with strings (a missing string is "" as KQL has no null string); int/long
   columns compare with integers, only with ==, != and (!)in, and a null there is never equal to a value
@@ -333,6 +334,65 @@ class StartsWith(Predicate):
         return f"{self.column} {self.op} {string_literal(self.prefix)}"
 
 
+SizeOp = Literal["<", "<=", ">", ">=", "==", "!="]
+_NEGATED_SIZE: dict[str, SizeOp] = {"<": ">=", ">=": "<", "<=": ">", ">": "<=", "==": "!=", "!=": "=="}
+_SIZE_TESTS: dict[str, Any] = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+@dataclass(frozen=True)
+class StringSize(Predicate):
+    """string_size(column) op value, an integer: the column's size in bytes of UTF-8.
+
+    As KQL's string_size; a missing string is "", size 0.
+    """
+
+    column: str
+    op: SizeOp
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.op not in _NEGATED_SIZE:
+            raise ValueError(f"unknown comparison {self.op!r}; use one of {', '.join(_NEGATED_SIZE)}")
+        if COLUMN_TYPES.get(self.column) != "string":
+            raise ValueError(f"string_size needs a string column, not {self.column!r}")
+        if not isinstance(self.value, int) or isinstance(self.value, bool):
+            raise TypeError(f"string_size compares with an integer, not {self.value!r}")
+
+    def columns(self) -> frozenset[str]:
+        return frozenset((self.column,))
+
+    def negated(self) -> Predicate:
+        return StringSize(self.column, _NEGATED_SIZE[self.op], self.value)
+
+    def normal(self) -> Predicate:
+        return self
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        from detector.kql_terms import string_size
+
+        return bool(_SIZE_TESTS[self.op](string_size(str(row.get(self.column) or "")), self.value))
+
+    def _admits(self, row: Mapping[str, Any]) -> bool:
+        return self.matches(row)
+
+    def _polars(self) -> pl.Expr:
+        import polars as pl
+
+        # Exact: polars holds valid UTF-8 only, and a lone surrogate (which the plain code would count as
+        # three bytes) never reaches a frame (the first passes refuse such blocks).
+        return _SIZE_TESTS[self.op](pl.col(self.column).fill_null("").str.len_bytes(), self.value)  # type: ignore[no-any-return]
+
+    def _kql(self) -> str:
+        return f"string_size({self.column}) {self.op} {int(self.value)}"
+
+
 @dataclass(frozen=True)
 class Term(Predicate):
     """column op needle, op one of has, hasprefix, contains and their negations (case-insensitive, as in KQL).
@@ -600,6 +660,10 @@ class ColumnRef:
         """contains (case-insensitive substring)."""
         return Term(self.name, "contains", needle)
 
+    def size(self, op: SizeOp, value: int) -> Predicate:
+        """string_size(column) op value (bytes of UTF-8)."""
+        return StringSize(self.name, op, value)
+
 
 def column(name: str) -> ColumnRef:
     """A column to build filter leaves from."""
@@ -755,9 +819,14 @@ class CandidateSpec:
         """True when some part of the filter can be pushed down."""
         return self.filter is not None and self.filter.kql_admits() is not None
 
+    @property
+    def pruning_keys(self) -> tuple[str, ...]:
+        """The keys a source groups by: `keys` when the spec prunes, none when it only filters rows."""
+        return self.keys if self.prunes else ()
+
     def columns(self) -> tuple[str, ...]:
-        """Every column the pushdown reads: TimeGenerated, keys, the measure's and the filter's columns."""
-        wanted = [TIME, *self.keys, *sorted(self.measure.columns())]
+        """Every column the pushdown reads: TimeGenerated, keys (when it prunes), measure and filter columns."""
+        wanted = [TIME, *self.pruning_keys, *sorted(self.measure.columns())]
         if self.filter is not None:
             wanted += sorted(self.filter.columns())
         if self.first_phase is not None:

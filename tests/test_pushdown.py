@@ -36,6 +36,7 @@ from detector.logic import (
     Or,
     Predicate,
     StartsWith,
+    StringSize,
     Term,
     Threshold,
     column,
@@ -48,7 +49,7 @@ from detector.sources.iis import IisLogSource
 from detector.sources.kql_query import candidates_query
 from detector.sources.loganalytics import LogAnalyticsSource, RequestPacer
 from tests.fakes import tls
-from tests.fakes.loganalytics import LogAnalyticsFake, serve_log_analytics
+from tests.fakes.loganalytics import LogAnalyticsFake, serve_log_analytics, string_size_emulated
 from tests.fakes.server import FakeServer
 
 DAY = datetime(2026, 11, 26, tzinfo=UTC)
@@ -175,6 +176,7 @@ def _leaves() -> st.SearchStrategy[Predicate]:
         ),
         st.builds(InSet, st.just("sPort"), st.sampled_from(["in", "!in"]), st.lists(ports, min_size=1, max_size=2).map(tuple)),
         st.builds(StartsWith, text_column, st.sampled_from(["", "a", "MAIL", "4", "é", "-"]), st.booleans(), st.booleans()),
+        st.builds(StringSize, text_column, st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), st.integers(0, 16)),
         st.builds(
             Term,
             text_column,
@@ -218,7 +220,9 @@ def _kql_keeps(text: str | None, rows: list[dict[str, Any]]) -> list[bool]:
         )
     if text is None:
         return [True] * len(rows)
-    sql = str(duckdb_kql.to_sql(f"T | where {text} | project n", schema=kql_engine.schema(_CON)))
+    text, sizes = string_size_emulated(text)
+    _CON.sql(f"CREATE OR REPLACE VIEW V AS SELECT *{sizes} FROM T")
+    sql = str(duckdb_kql.to_sql(f"V | where {text} | project n", schema=kql_engine.schema(_CON)))
     kept = {n for (n,) in _CON.sql(sql).fetchall()}
     return [i in kept for i in range(len(rows))]
 

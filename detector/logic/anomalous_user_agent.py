@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from detector.kql_terms import not_in_ci, not_startswith, string_size
-from detector.logic import CandidateSpec, Count, Opaque, RuleLogic, Threshold, column, register
+from detector.logic import CandidateSpec, Count, RuleLogic, Threshold, column, register
 from detector.logic.window_rows import positive_int, rows_in
 from detector.models import Row, Window
 
@@ -89,13 +89,14 @@ class AnomalousUserAgent(RuleLogic):
         return logic
 
     def candidate_spec(self) -> CandidateSpec:
-        # The two `where` lines, string_size left to the rule; `ConnectionCount < 100` prunes nothing.
+        # The two `where` lines, exactly; `ConnectionCount < 100` prunes nothing (the keys group nothing).
+        agent = column("csUserAgent")
         return CandidateSpec(
             filter=column("cIP").not_startswith("192.168.")
             & column("cIP").ne("::1")
-            & column("csUserAgent").ne("")
-            & column("csUserAgent").not_in_ci(*IGNORED_AGENTS)
-            & Opaque("string_size(csUserAgent) <= short or >= long", reads=("csUserAgent",)),
+            & agent.ne("")
+            & agent.not_in_ci(*IGNORED_AGENTS)
+            & (agent.size("<=", self.short_ua_length) | agent.size(">=", self.long_ua_length)),
             keys=tuple(c for c in GROUP_KEYS if c != "csUserAgent_size"),
             measure=Count(),
             threshold=Threshold("<", self.connection_threshold),

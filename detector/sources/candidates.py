@@ -289,7 +289,7 @@ def columnar_applies(spec: CandidateSpec | None) -> bool:
         return all(columnar_applies(part) for part in spec.specs)
     if spec is None or not (spec.prunes or spec.filter is not None):
         return False
-    if any(COLUMN_TYPES[key] != "string" for key in spec.keys):
+    if any(COLUMN_TYPES[key] != "string" for key in spec.pruning_keys):
         return False
     return importlib.util.find_spec("polars") is not None
 
@@ -549,7 +549,7 @@ def keys_frame(typed: pl.DataFrame, spec: CandidateSpec, window: Window) -> pl.D
             bin_us = span_microseconds(part.spec.time_bin)
             bin_expr = t // bin_us * bin_us
         keep = in_window if part.spec.filter is None else in_window & part.spec.filter.polars_admits()
-        columns += [bin_expr.alias(part.bin), group_hash(list(part.spec.keys)).alias(part.group)]
+        columns += [bin_expr.alias(part.bin), group_hash(list(part.spec.pruning_keys)).alias(part.group)]
         if isinstance(part.spec.measure, DistinctCount):
             columns.append(pl.col(part.spec.measure.column).alias(part.value))
         if part.keep != KEEP:

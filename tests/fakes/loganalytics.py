@@ -8,9 +8,13 @@ answer at a row or byte limit with a 200 + PartialError carrying the rows that f
 request. Tests script faults: 429 with Retry-After, 5xx, 204, a delay past the client's timeout, a
 partial answer with or without its rows, a body cut short.
 
-Emulated narrowly, because duckdb-kql 1.1.2 lacks it: `ingestion_time()`. Each row carries a hidden
-`_IngestionTime` column (TimeGenerated + 5 min unless a test sets it) and the query text's
-`ingestion_time()` is replaced by that column name before translation. Nothing else is rewritten.
+Emulated narrowly, because duckdb-kql 1.1.2 lacks them:
+- `ingestion_time()`. Each row carries a hidden `_IngestionTime` column (TimeGenerated + 5 min unless a
+  test sets it) and the query text's `ingestion_time()` is replaced by that column name before
+  translation.
+- `string_size(<column>)` of a column named in the query (`string_size_emulated`): replaced by a column
+  the view adds, DuckDB's strlen (bytes of UTF-8, as KQL counts) of the column, "" when null.
+Nothing else is rewritten.
 Datetimes are written with 7 fractional digits when they have a fraction, as Kusto prints them.
 """
 
@@ -41,6 +45,17 @@ _DUCKDB_TYPES = {"datetime": "TIMESTAMPTZ", "string": "VARCHAR", "int": "INTEGER
 _PATH = re.compile(r"^/v1/workspaces/([^/?]+)/query$")
 _INGESTION_TIME = re.compile(r"\bingestion_time\(\s*\)")
 INGESTION_COLUMN = "_IngestionTime"
+_STRING_SIZE = re.compile(r"\bstring_size\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)")
+
+
+def string_size_emulated(query: str) -> tuple[str, str]:
+    """The query with each `string_size(column)` read from a column `column__string_size`, and the SQL
+    select list (", ..." or "") that adds those columns to a table's rows."""
+    names = sorted(set(_STRING_SIZE.findall(query)))
+    added = "".join(f', strlen(coalesce("{name}", \'\')) AS "{name}__string_size"' for name in names)
+    return _STRING_SIZE.sub(lambda m: f"{m.group(1)}__string_size", query), added
+
+
 DEFAULT_INGESTION_DELAY = timedelta(minutes=5)
 
 
@@ -196,7 +211,7 @@ class LogAnalyticsFake:
     def run_json(self, query: str, timespan: str | None) -> tuple[list[dict[str, str]], list[str]]:
         """Columns, and each row as the JSON text of its wire form. DuckDB writes the JSON (fast at 1M rows)."""
         bounds = _timespan_bounds(timespan)
-        text = _INGESTION_TIME.sub(INGESTION_COLUMN, query)
+        text, sizes = string_size_emulated(_INGESTION_TIME.sub(INGESTION_COLUMN, query))
         with self.lock:
             where = ""
             if bounds is not None:
@@ -205,7 +220,7 @@ class LogAnalyticsFake:
                 where = f""" WHERE "TimeGenerated" >= TIMESTAMPTZ '{first}' AND "TimeGenerated" <= TIMESTAMPTZ '{last}'"""
             # A view of the main database, not a TEMP one: duckdb-kql resolves a table named inside `union`
             # or `let` through the schema, which gives bare names only to the current database's tables.
-            self.con.execute(f'CREATE OR REPLACE VIEW "{self.table}" AS SELECT * FROM "{self._base}"{where}')
+            self.con.execute(f'CREATE OR REPLACE VIEW "{self.table}" AS SELECT *{sizes} FROM "{self._base}"{where}')
             translated = str(duckdb_kql.to_sql(text, schema=kql_engine.schema(self.con)))
             self.con.execute("SET TimeZone = 'UTC'")
             shape = self.con.execute(f"SELECT * FROM ({translated}) LIMIT 0")
