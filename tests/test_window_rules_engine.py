@@ -21,10 +21,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.config import LogAnalyticsSettings, Settings
 from detector.evaluate import evaluate
 from detector.kql import parse_datetime
+from detector.logic.anomalous_user_agent import AnomalousUserAgent
 from detector.logic.silk_typhoon import TABLE_COLUMNS, SilkTyphoon
 from detector.models import Finding, Row, Window
 from detector.rules import Rule, load_rules
@@ -232,6 +235,55 @@ def test_the_row_level_filter_is_pushed_down(workspace: tuple[LogAnalyticsFake, 
     window = step(RULES["proxyshell"])
     in_window = [r for r in ROWS if window.contains(r["TimeGenerated"])]
     assert rows_query.rows < len(in_window) / 4
+
+
+def _selected(rule: Rule) -> int:
+    """Rows of the rule's step that pass its `where` lines (the rule's own code, not the pushdown)."""
+    logic = rule.logic
+    assert isinstance(logic, AnomalousUserAgent)
+    return sum(1 for row in ROWS if step(rule).contains(row["TimeGenerated"]) and logic.selects(row))
+
+
+def test_the_user_agent_rules_where_is_pushed_down_whole(
+    iis_logs: dict[str, Path], workspace: tuple[LogAnalyticsFake, FakeServer], azure_env: FakeServer
+) -> None:
+    """string_size included: the file first pass, the IIS first pass and Log Analytics hand the rule only
+    the rows its `where` lines keep (the findings are checked against every row above)."""
+    rule = RULES["agents"]
+    wanted = _selected(rule)
+    assert 0 < wanted < len(ROWS) / 4
+    assert evaluate_window(rule, FileSource(FIXTURE), step(rule)).rows_evaluated == wanted
+    computers = {row["Computer"] for row in ROWS if step(rule).contains(row["TimeGenerated"]) and rule.logic.selects(row)}
+    on_iis = sum(evaluate_window(rule, IisLogSource(iis_logs[c], c), step(rule)).rows_evaluated for c in computers)
+    assert on_iis == wanted
+    fake, server = workspace
+    start = len(fake.requests)
+    evaluate_window(rule, _la_source(server), step(rule))
+    (rows_query,) = [r for r in fake.requests[start:] if "| project" in r.query]
+    assert "(string_size(csUserAgent) <= 5 or string_size(csUserAgent) >= 1000)" in rows_query.query
+    assert rows_query.rows == wanted
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "cIP": st.sampled_from(["", "::1", "192.168.1.4", "192.169.0.1", "10.0.0.4", "2001:db8::1"]),
+            "csUserAgent": st.one_of(
+                st.sampled_from(["", "-", "msrpc", "MSRPC", "curl", "abcde", "abcdef", "ab\u20ac", "abcd\u20ac"]),
+                st.text(min_size=0, max_size=8),
+                st.integers(990, 1010).flatmap(lambda n: st.sampled_from(["a" * n, "\u00e9" * (n // 2)])),
+            ),
+        }
+    )
+)
+def test_the_user_agent_rules_pushdown_filter_is_its_where(row: dict[str, Any]) -> None:
+    """Exact, not a superset: every source may hand the rule only these rows."""
+    logic = RULES["agents"].logic
+    assert isinstance(logic, AnomalousUserAgent)
+    spec = logic.candidate_spec()
+    assert spec.filter is not None and spec.filter.pushable()
+    assert spec.filter.matches(row) == logic.selects(row)
 
 
 def test_log_analytics_findings_carry_azure_resource_and_account_entities(
