@@ -237,11 +237,11 @@ def test_the_row_level_filter_is_pushed_down(workspace: tuple[LogAnalyticsFake, 
     assert rows_query.rows < len(in_window) / 4
 
 
-def _selected(rule: Rule) -> int:
+def _selected(rule: Rule) -> list[Row]:
     """Rows of the rule's step that pass its `where` lines (the rule's own code, not the pushdown)."""
     logic = rule.logic
     assert isinstance(logic, AnomalousUserAgent)
-    return sum(1 for row in ROWS if step(rule).contains(row["TimeGenerated"]) and logic.selects(row))
+    return [row for row in ROWS if step(rule).contains(row["TimeGenerated"]) and logic.selects(row)]
 
 
 def test_the_user_agent_rules_where_is_pushed_down_whole(
@@ -250,10 +250,11 @@ def test_the_user_agent_rules_where_is_pushed_down_whole(
     """string_size included: the file first pass, the IIS first pass and Log Analytics hand the rule only
     the rows its `where` lines keep (the findings are checked against every row above)."""
     rule = RULES["agents"]
-    wanted = _selected(rule)
+    selected = _selected(rule)
+    wanted = len(selected)
     assert 0 < wanted < len(ROWS) / 4
     assert evaluate_window(rule, FileSource(FIXTURE), step(rule)).rows_evaluated == wanted
-    computers = {row["Computer"] for row in ROWS if step(rule).contains(row["TimeGenerated"]) and rule.logic.selects(row)}
+    computers = {row["Computer"] for row in selected}
     on_iis = sum(evaluate_window(rule, IisLogSource(iis_logs[c], c), step(rule)).rows_evaluated for c in computers)
     assert on_iis == wanted
     fake, server = workspace
