@@ -70,6 +70,7 @@ from detector.sources import (
     ReadRequest,
     Source,
     files_changed_after,
+    json_object,
     nesting_safe,
     register_source,
     typed,
@@ -123,7 +124,7 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
     if line.endswith("\n"):  # the plain read's lines keep their LF, the fast read's do not: parse both alike,
         line = line[:-1]  # so that a line cut inside a string gets the same reason in both
     try:
-        raw = nesting_safe(json.loads, line)
+        raw, clean = json_object(line)
     except json.JSONDecodeError as exc:
         raise MalformedLine(where, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
     except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
@@ -132,7 +133,7 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
         raise MalformedLine(where, number, "JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise MalformedLine(where, number, f"a JSON {type(raw).__name__} where an object of W3CIISLog columns belongs")
-    return typed(raw, request, where, number)
+    return typed(raw, request, where, number, clean=clean)
 
 
 class FileSource(Source):
