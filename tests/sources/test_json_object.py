@@ -43,7 +43,7 @@ def _same(a: Any, b: Any) -> bool:
         elif isinstance(x, list):
             if len(x) != len(y):
                 return False
-            pairs.extend(zip(x, y))
+            pairs.extend(zip(x, y, strict=True))
         elif isinstance(x, float):
             if not ((math.isnan(x) and math.isnan(y)) or (x == y and math.copysign(1, x) == math.copysign(1, y))):
                 return False
@@ -80,14 +80,47 @@ NUMBERS = st.one_of(
     st.integers(min_value=2**63 - 3, max_value=2**64 + 3).map(str),
     st.integers(min_value=-(2**63) - 3, max_value=-(2**63) + 3).map(str),
     st.floats(allow_nan=False).map(repr).filter(lambda s: "inf" not in s),
-    st.sampled_from(["1E400", "-1e400", "1e-400", "-0", "-0.0", "0.1e1", "1.7976931348623157e309", "NaN", "Infinity",
-                     "-Infinity", "01", "1.", ".5", "+1", "0x10", "1e", "2.2250738585072011e-308"]),  # fmt: skip
+    st.sampled_from(
+        [
+            "1E400",
+            "-1e400",
+            "1e-400",
+            "-0",
+            "-0.0",
+            "0.1e1",
+            "1.7976931348623157e309",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "0x10",
+            "1e",
+            "2.2250738585072011e-308",
+        ]
+    ),
 )
 STRINGS = st.one_of(
     st.text().map(json.dumps),
     st.text().map(lambda s: json.dumps(s, ensure_ascii=False)),
-    st.sampled_from(['"\\ud800"', '"\\udc00\\ud800"', '"\\ud83d\\ude00"', '"a\\u0000b"', '"\\x41"', '"\t"', '"\\/"',
-                     '"\ud800"', '"\u2028"', '"\\uD83D"', '"\\u12"', '"\\"']),  # fmt: skip
+    st.sampled_from(
+        [
+            '"\\ud800"',
+            '"\\udc00\\ud800"',
+            '"\\ud83d\\ude00"',
+            '"a\\u0000b"',
+            '"\\x41"',
+            '"\t"',
+            '"\\/"',
+            '"\ud800"',
+            '"\u2028"',
+            '"\\uD83D"',
+            '"\\u12"',
+            '"\\"',
+        ]
+    ),
 )
 SCALARS = st.one_of(NUMBERS, STRINGS, st.sampled_from(["true", "false", "null", "True", "nul"]))
 SPACE = st.sampled_from(["", " ", "\t", "\r", "\n", "\x0b", "\xa0", "\ufeff"])
