@@ -66,6 +66,8 @@ from detector.w3ciislog import COLUMN_TYPES
 if TYPE_CHECKING:
     import polars as pl
 
+    from detector.models import Window
+
 TIME = "TimeGenerated"
 CompareOp = Literal["==", "!=", "=~", "!~"]
 InOp = Literal["in", "!in", "in~", "!in~"]
@@ -902,20 +904,46 @@ class SharedSpec(CandidateSpec):
     """
 
     specs: tuple[CandidateSpec, ...] = ()
+    # Each spec's own window, when it is not the read's: a spec is pruned, and a whole-window spec's one
+    # group formed, over its own window's rows only, exactly as its own read would (None: the read's window).
+    windows: tuple[Window | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.windows and len(self.windows) != len(self.specs):
+            raise ValueError("a shared description gives a window for each of its specs, or none")
 
     @classmethod
-    def of(cls, specs: Iterable[CandidateSpec]) -> SharedSpec:
-        """The shared description of these specs (a SharedSpec among them is flattened)."""
+    def of(cls, specs: Iterable[CandidateSpec], windows: Iterable[Window | None] | None = None) -> SharedSpec:
+        """The shared description of these specs, each over its own window when `windows` gives one.
+
+        A SharedSpec among them is flattened, its parts keeping their own windows.
+        """
+        specs = list(specs)
+        given = list(windows) if windows is not None else [None] * len(specs)
+        if len(given) != len(specs):
+            raise ValueError("a shared description gives a window for each of its specs, or none")
         flat: list[CandidateSpec] = []
-        for spec in specs:
-            flat.extend(spec.specs if isinstance(spec, SharedSpec) else (spec,))
+        flat_windows: list[Window | None] = []
+        for spec, window in zip(specs, given, strict=True):
+            if isinstance(spec, SharedSpec):
+                flat.extend(spec.specs)
+                flat_windows.extend(spec.window_of(i) or window for i in range(len(spec.specs)))
+            else:
+                flat.append(spec)
+                flat_windows.append(window)
         if not flat:
             raise ValueError("a shared description needs at least one spec")
         filters = [spec.filter for spec in flat]
         union: Predicate | None = None
         if all(f is not None for f in filters):
             union = filters[0] if len(filters) == 1 else Or(tuple(f for f in filters if f is not None))
-        return cls(filter=union, measure=Opaque("the measures of several rules"), specs=tuple(flat))
+        kept = tuple(flat_windows) if any(w is not None for w in flat_windows) else ()
+        return cls(filter=union, measure=Opaque("the measures of several rules"), specs=tuple(flat), windows=kept)
+
+    def window_of(self, index: int) -> Window | None:
+        """The window of the spec at `index`, or None when it is the read's."""
+        return self.windows[index] if self.windows else None
 
     def columns(self) -> tuple[str, ...]:
         """Every column any of the specs reads."""

@@ -173,6 +173,18 @@ def _counted(rows: Iterator[Row], run: RuleRun) -> Iterator[Row]:
         yield row
 
 
+def _reads(rule: Rule, window: Window) -> list[Window]:
+    """What a rule reads and evaluates for a window.
+
+    The window itself for a binned rule; for a rule without a bin, each step's query period (windows.read_windows).
+    """
+    return read_windows(window, rule.logic.time_bin, rule.query_period, rule.logic.whole_window)
+
+
+def _span(windows: Sequence[Window]) -> Window:
+    return Window(min(w.start for w in windows), max(w.end for w in windows))
+
+
 def _request(rule: Rule, window: Window) -> ReadRequest:
     logic = rule.logic
     return ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())
@@ -181,8 +193,7 @@ def _request(rule: Rule, window: Window) -> ReadRequest:
 def evaluate_window(rule: Rule, source: Source, window: Window, kind: RunKind = "window") -> RuleRun:
     """Read the rows one rule needs for a window and evaluate it. Raises if the source cannot answer whole."""
     run = RuleRun(rule.id, window, kind)
-    # A binned rule reads the window itself; a rule without a bin reads each step's query period.
-    for read in read_windows(window, rule.logic.time_bin, rule.query_period, rule.logic.whole_window):
+    for read in _reads(rule, window):
         run.findings += evaluate(rule, _counted(source.read(_request(rule, read)), run), read)
         stats = source.read_stats()
         run.source_stats = {
@@ -221,24 +232,28 @@ def due_windows(rule: Rule, checkpoint: datetime | None, now: datetime, settings
 def _shareable(task: Task) -> bool:
     """A rule whose description filters or prunes: its share of a read is a small part of the rows.
 
-    A rule without a bin reads its whole query period for each step, not its window: it reads alone.
+    A rule without a bin shares the read with its query period (each step's), as its own part.
     """
-    if task.rule.logic.whole_window:
-        return False
     spec = task.rule.logic.candidate_spec()
     return spec is not None and (spec.prunes or spec.filters)
 
 
+def _read_span(task: Task) -> Window:
+    """The time a task reads: its window, or for a rule without a bin the query periods of its steps."""
+    return _span(_reads(task.rule, task.window))
+
+
 def _joins(group: Sequence[Task], span: Window, task: Task) -> bool:
-    """Whether one more rule's window may be read with the group's: it overlaps the span, and the span
-    grows by at most one step of the group's rules beyond its longest window (a read of a few extra
-    rows, never of another day).
+    """Whether one more rule's read may be shared with the group's: it overlaps the span, and the span
+    grows by at most one step of the group's rules beyond its longest read (a read of a few extra rows,
+    never of another day).
     """
-    if not (task.window.start < span.end and span.start < task.window.end):
+    mine = _read_span(task)
+    if not (mine.start < span.end and span.start < mine.end):
         return False
-    merged = Window(min(span.start, task.window.start), max(span.end, task.window.end))
+    merged = Window(min(span.start, mine.start), max(span.end, mine.end))
     members = [*group, task]
-    longest = max(t.window.end - t.window.start for t in members)
+    longest = max(read.end - read.start for read in map(_read_span, members))
     return merged.end - merged.start <= longest + max(rule_step(t.rule) for t in members)
 
 
@@ -249,13 +264,13 @@ def read_groups(queues: Sequence[Sequence[Task]], shares_reads: bool) -> Iterato
     pending = [list(queue) for queue in queues if queue]
     while pending:
         heads = [queue[0] for queue in pending]
-        first = min(heads, key=lambda t: (t.window.start, t.window.end))
-        group, span = [first], first.window
+        first = min(heads, key=lambda t: (_read_span(t).start, _read_span(t).end))
+        group, span = [first], _read_span(first)
         if shares_reads and _shareable(first):
             for task in heads:
                 if task is not first and _shareable(task) and _joins(group, span, task):
                     group.append(task)
-                    span = Window(min(span.start, task.window.start), max(span.end, task.window.end))
+                    span = _span([span, _read_span(task)])
         for queue in pending:
             if queue[0] in group:
                 queue.pop(0)
@@ -331,39 +346,51 @@ def each_over(rows: Iterator[Row], evaluations: Sequence[Callable[[Iterator[Row]
 
 
 def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
-    """Evaluate each task of a group; several tasks are read once, over the span of their windows.
+    """Evaluate each task of a group; several tasks are read once, over the span of their reads (and so
+    are the several reads of one task, one per step of a rule without a bin, from a source that
+    `shares_reads`).
 
-    The shared read asks for every rule's columns and pushdown (SharedSpec), so each rule gets a
-    superset of its own candidate rows and its result is the one its own read gives; the rules take
+    The shared read asks for every rule's columns and pushdown (SharedSpec, each read's spec over its
+    own window), so each rule gets a superset of its own candidate rows and its result is the one its
+    own read gives; the rules take
     the rows as they are read (each_over). One exception is checked: a line that read skipped may be one
     that a rule reading fewer columns (or requiring fewer) would have used; when the shared read
     skipped lines, such rules are read again on their own.
     """
-    if len(group) == 1:
+    if len(group) == 1 and (not source.shares_reads or len(_reads(group[0].rule, group[0].window)) == 1):
         task = group[0]
         return [evaluate_window(task.rule, source, task.window, task.kind)]
     requests = [_request(t.rule, t.window) for t in group]
-    specs = [r.candidates for r in requests]
-    span = Window(min(t.window.start for t in group), max(t.window.end for t in group))
+    # One evaluation per read of each task (a rule without a bin reads each step's query period), each
+    # a part of the shared description over its own window, so each is pruned exactly as its own read.
+    reads = [(index, read) for index, task in enumerate(group) for read in _reads(task.rule, task.window)]
+    span = _span([read for _, read in reads])
+    parts = [(requests[i].candidates, read) for i, read in reads]
     shared = ReadRequest(
         span,
         tuple(dict.fromkeys(c for r in requests for c in r.read_columns())),
         tuple(dict.fromkeys(c for r in requests for c in r.required)),
-        SharedSpec.of(s for s in specs if isinstance(s, CandidateSpec)),
+        SharedSpec.of(
+            [s for s, _ in parts if isinstance(s, CandidateSpec)],
+            [None if read == span else read for s, read in parts if isinstance(s, CandidateSpec)],
+        ),
     )
     number = next(_SHARED_READS)
     runs = [RuleRun(t.rule.id, t.window, t.kind, shared_read=number) for t in group]
 
-    def evaluation(task: Task, run: RuleRun) -> Callable[[Iterator[Row]], list[Finding]]:
+    def evaluation(task: Task, run: RuleRun, read: Window) -> Callable[[Iterator[Row]], list[Finding]]:
         def evaluated(rows: Iterator[Row]) -> list[Finding]:
-            mine = rows if task.window == span else (row for row in rows if task.window.contains(row[TIME]))
-            return evaluate(task.rule, _counted(mine, run), task.window)
+            mine = rows if read == span else (row for row in rows if read.contains(row[TIME]))
+            return evaluate(task.rule, _counted(mine, run), read)
 
         return evaluated
 
-    found, count = each_over(source.read(shared), [evaluation(t, r) for t, r in zip(group, runs, strict=True)])
+    results, count = each_over(source.read(shared), [evaluation(group[i], runs[i], read) for i, read in reads])
+    found: list[list[Finding]] = [[] for _ in group]
+    for (index, _), findings in zip(reads, results, strict=True):
+        found[index] += findings
     stats = dict(source.read_stats())
-    log.info("one read of %s for %d rules: %d rows", span, len(group), count)
+    log.info("one read of %s for %d rules (%d evaluations): %d rows", span, len(group), len(reads), count)
     done = []
     for task, request, run, findings in zip(group, requests, runs, found, strict=True):
         same_read = set(request.read_columns()) == set(shared.read_columns()) and set(request.required) == set(shared.required)

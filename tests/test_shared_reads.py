@@ -1,11 +1,14 @@
 """Many rules, one read: rules due for the same window are evaluated from one read of a file source, with
-every rule's pushdown (a SharedSpec), and find exactly what each finds from its own read; a rule whose
-step has not closed is not due and not read; Log Analytics gets each rule's own requests."""
+every rule's pushdown (a SharedSpec, each read's spec over its own window), and find exactly what each
+finds from its own read; so do the rules without a time bin, whose reads are their steps' query periods
+(ProxyShell's two 12-hour steps of a day, Silk Typhoon's 14 days); a rule whose step has not closed is
+not due and not read; Log Analytics gets each rule's own requests."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from detector.config import Settings
 from detector.kql import parse_datetime
@@ -25,9 +30,10 @@ from detector.sources.file import FileSource
 from detector.state.file import FileStateStore
 from tests.helpers import FILES
 
-RULES = [r for r in load_rules(DEFAULT_RULES_DIR) if not r.logic.whole_window]
-# The binned-threshold rules (those that prune and share reads); the whole-window rules read alone and have
-# their own tests (tests/test_window_rules_engine.py).
+EVERY_RULE = load_rules(DEFAULT_RULES_DIR)
+RULES = [r for r in EVERY_RULE if not r.logic.whole_window]
+# The binned-threshold rules (those that prune); the whole-window rules share reads too (the tests at the
+# end), and have their own tests (tests/test_window_rules_engine.py).
 BY_CLIENT, BY_USER, PORTS = (next(r for r in RULES if r.id.startswith(p)) for p in ("19e01883", "884c4957", "44a555d8"))
 NOW = parse_datetime("2026-11-27T00:35:00Z")
 SETTINGS = Settings.from_env({"DETECTOR_SOURCE": "file:unused", "DETECTOR_INGESTION_DELAY": "30m"})
@@ -156,7 +162,89 @@ def test_read_groups_join_overlapping_windows_and_keep_each_rules_order() -> Non
     assert list(read_groups([[c2], [d1]], shares_reads=True)) == [[c2], [d1]]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id[:8])
+@pytest.mark.parametrize("rule", EVERY_RULE, ids=lambda r: r.id[:8])
 def test_every_rule_in_rules_takes_part_in_shared_reads(rule: Rule) -> None:
     spec = rule.logic.candidate_spec()
     assert spec is not None and (spec.prunes or spec.filters)
+
+
+# ---- every bundled rule, the rules without a bin among them --------------------------------------------
+
+FIXTURE_LINES = [
+    line
+    for name in ("exchange_w3ciislog.jsonl", "w3ciislog.jsonl", "w3ciislog_logons.jsonl")
+    for line in (FILES / name).read_text(encoding="utf-8").splitlines()
+]  # Exchange traffic over 15 days (user agents, ProxyShell, Silk Typhoon), port scans and failed logons
+DAY = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    return path
+
+
+def test_every_bundled_rule_is_read_once_and_finds_what_each_finds_alone(tmp_path: Path) -> None:
+    """The CLI's `run` over a day: one read of Silk Typhoon's 14 days for all six rules, ProxyShell's two
+    12-hour steps as two parts of it, each part pruned over its own window."""
+    lines = sorted(FIXTURE_LINES, key=lambda line: json.loads(line)["TimeGenerated"])
+    path = _write(tmp_path / "all.jsonl", lines)
+    shared, alone = CountingFileSource(path), OwnReadsFileSource(path)
+    together = run([(rule, DAY) for rule in EVERY_RULE], shared, [])
+    apart = run([(rule, DAY) for rule in EVERY_RULE], alone, [])
+    assert together.ok and apart.ok
+    assert {f["RuleId"] for f in _findings(together)} == {r.id for r in EVERY_RULE}  # every rule finds something
+    assert _findings(together) == _findings(apart)
+    assert len(alone.requests) == 7  # ProxyShell reads each 12-hour step on its own
+    (request,) = shared.requests
+    spec = request.candidates
+    assert isinstance(spec, SharedSpec) and len(spec.specs) == 7
+    assert request.window == Window(DAY.end - timedelta(days=14), DAY.end)  # Silk Typhoon's query period
+    windows = sorted(w for w in spec.windows if w is not None)
+    half = DAY.start + timedelta(hours=12)
+    assert windows == [Window(DAY.start, half), *[DAY] * 4, Window(half, DAY.end)]  # all but Silk's own
+    data = together.to_json()
+    in_span = sum(request.window.contains(parse_datetime(json.loads(line)["TimeGenerated"])) for line in lines)
+    assert data["rowsRead"] == in_span  # the one read, counted once
+    assert apart.to_json()["rowsRead"] > 2 * in_span
+
+
+def test_every_bundled_rule_scheduled_from_one_read_finds_what_each_finds_alone(tmp_path: Path) -> None:
+    """The function's run at 00:35 with a 30-minute delay: every rule's first step ends at midnight."""
+    lines = FIXTURE_LINES[:]
+    random.Random(7).shuffle(lines)  # out of order: the two-pass read
+    path = _write(tmp_path / "all.jsonl", lines)
+    shared, alone = CountingFileSource(path), OwnReadsFileSource(path)
+    together = run_incremental(EVERY_RULE, shared, [], FileStateStore(tmp_path / "shared"), NOW, SETTINGS)
+    apart = run_incremental(EVERY_RULE, alone, [], FileStateStore(tmp_path / "apart"), NOW, SETTINGS)
+    assert together.ok and apart.ok
+    assert _findings(together) and _findings(together) == _findings(apart)
+    assert len(shared.requests) < len(alone.requests)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    share=st.sampled_from([0.05, 0.3, 0.7, 0.97, 1.0]),
+    seed=st.integers(0, 2**16),
+    start_hours=st.integers(-24, 23),
+    hours=st.sampled_from([1, 6, 12, 24, 36]),
+    rules=st.sets(st.sampled_from(range(len(EVERY_RULE))), min_size=2),
+)
+def test_any_rules_over_any_rows_and_window_find_from_one_read_what_each_finds_alone(
+    tmp_path_factory: pytest.TempPathFactory, share: float, seed: int, start_hours: int, hours: int, rules: set[int]
+) -> None:
+    """A random part of the rows in any order, any whole-hour window (aligned to a rule's step or not), any
+    rules: the shared read and each rule's own reads give the same findings."""
+    rng = random.Random(seed)
+    lines = [line for line in FIXTURE_LINES if rng.random() < share]
+    rng.shuffle(lines)
+    path = _write(tmp_path_factory.mktemp("any") / "rows.jsonl", lines)
+    start = DAY.start + timedelta(hours=start_hours)
+    window = Window(start, start + timedelta(hours=hours))
+    chosen = [EVERY_RULE[i] for i in sorted(rules)]
+    shared, alone = CountingFileSource(path), OwnReadsFileSource(path)
+    together = run([(rule, window) for rule in chosen], shared, [])
+    apart = run([(rule, window) for rule in chosen], alone, [])
+    assert together.ok and apart.ok
+    assert _findings(together) == _findings(apart)

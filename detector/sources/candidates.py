@@ -504,13 +504,15 @@ def _polars_type(column: str) -> Any:
 @dataclass(frozen=True)
 class SpecColumns:
     """Where one spec's columns are in a key frame: BIN, GROUP, VALUE, KEEP for a lone spec; suffixed by
-    the spec's index for each part of a SharedSpec (whose KEEP is then "kept by any part")."""
+    the spec's index for each part of a SharedSpec (whose KEEP is then "kept by any part"). `window`: the
+    part's own window (SharedSpec.windows), when it is not the read's."""
 
     spec: CandidateSpec
     bin: str = BIN
     group: str = GROUP
     value: str = VALUE
     keep: str = KEEP
+    window: Window | None = None
 
     def renamed(self, kept: pl.DataFrame) -> pl.DataFrame:
         """This spec's kept rows of a key frame, with its columns under the lone-spec names."""
@@ -528,13 +530,15 @@ def spec_columns(spec: CandidateSpec) -> tuple[SpecColumns, ...]:
     if not isinstance(spec, SharedSpec):
         return (SpecColumns(spec),)
     return tuple(
-        SpecColumns(part, f"{BIN}_{i}", f"{GROUP}_{i}", f"{VALUE}_{i}", f"{KEEP}_{i}") for i, part in enumerate(spec.specs)
+        SpecColumns(part, f"{BIN}_{i}", f"{GROUP}_{i}", f"{VALUE}_{i}", f"{KEEP}_{i}", spec.window_of(i))
+        for i, part in enumerate(spec.specs)
     )
 
 
 def keys_frame(typed: pl.DataFrame, spec: CandidateSpec, window: Window) -> pl.DataFrame:
     """A KeyedBlock.keys frame from a frame typed like rows: `_t` (epoch microseconds) and every column
-    spec.columns() names but TimeGenerated (strings "" when missing, integers null), one row per record."""
+    spec.columns() names but TimeGenerated (strings "" when missing, integers null), one row per record.
+    IN_WINDOW is the read's window; a part with a window of its own keeps, and bins, only its rows."""
     import polars as pl
 
     t = pl.col("_t")
@@ -543,12 +547,16 @@ def keys_frame(typed: pl.DataFrame, spec: CandidateSpec, window: Window) -> pl.D
     columns: list[pl.Expr] = []
     keeps: list[pl.Expr] = []
     for part in spec_columns(spec):
+        own_low, in_own = low, in_window
+        if part.window is not None:
+            own_low, own_high = microseconds(part.window.start), microseconds(part.window.end)
+            in_own = in_window & (t >= own_low) & (t < own_high)
         if part.spec.time_bin is None:
-            bin_expr = pl.lit(low, dtype=pl.Int64)
+            bin_expr = pl.lit(own_low, dtype=pl.Int64)
         else:
             bin_us = span_microseconds(part.spec.time_bin)
             bin_expr = t // bin_us * bin_us
-        keep = in_window if part.spec.filter is None else in_window & part.spec.filter.polars_admits()
+        keep = in_own if part.spec.filter is None else in_own & part.spec.filter.polars_admits()
         columns += [bin_expr.alias(part.bin), group_hash(list(part.spec.pruning_keys)).alias(part.group)]
         if isinstance(part.spec.measure, DistinctCount):
             columns.append(pl.col(part.spec.measure.column).alias(part.value))
