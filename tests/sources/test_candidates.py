@@ -807,6 +807,38 @@ def test_one_shared_read_gives_every_rule_its_own_results(tmp_path: Path, seed: 
     assert _shared_results(source, window)[0] == _own_results(source, window)[0]
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("shape", ["jsonl", "iis"])
+def test_each_part_of_a_shared_read_is_pruned_over_its_own_window(tmp_path: Path, seed: int, shape: str) -> None:
+    """SharedSpec.windows: each rule's part over a window of its own (what a rule without a bin, or a rule
+    due for another window, brings to a shared read) gives that rule its own read's results there, and
+    keeps no row outside every part's window."""
+    rng = _rng(300 + seed)
+    rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
+    if seed % 2:
+        rng.shuffle(rows)
+    else:
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    source: Source
+    if shape == "jsonl":
+        path = tmp_path / "rows.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        source = FileSource(path)
+    else:
+        lines = ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {IIS_FIELDS_A}"]
+        source = _write_iis(tmp_path, lines + [_iis_line(r, IIS_FIELDS_A) for r in rows])
+    starts = sorted(rng.sample(range(0, 20 * 60, 10), len(RULES)))
+    own_windows = [Window(DAY + timedelta(minutes=s), DAY + timedelta(minutes=s + rng.choice([10, 60, 240]))) for s in starts]
+    specs = [rule.logic.candidate_spec() for rule in RULES]
+    columns = tuple(dict.fromkeys(c for rule in RULES for c in rule.logic.columns))
+    required = tuple(dict.fromkeys(c for rule in RULES for c in rule.logic.required_columns))
+    spec = SharedSpec.of([s for s in specs if s is not None], own_windows)
+    rows_read = list(source.read(ReadRequest(WINDOW, columns, required, spec)))
+    assert all(any(w.contains(row["TimeGenerated"]) for w in own_windows) for row in rows_read)
+    for rule, own in zip(RULES, own_windows, strict=True):
+        assert rule.logic.evaluate(rows_read, own) == _results(source, own, pushdown=True, rule=rule)[0], rule.id
+
+
 def test_a_shared_description_read_as_a_plain_one_is_a_superset_for_every_rule() -> None:
     """A source that does not know SharedSpec sees the union of the filters and no pruning."""
     from detector.pushdown import CandidateSpec, Count, Threshold, column
@@ -818,6 +850,13 @@ def test_a_shared_description_read_as_a_plain_one_is_a_superset_for_every_rule()
     assert both.specs == (a, a) and both.filter is not None
     assert both.admits({"scStatus": "404"}) and not both.admits({"scStatus": "200"})
     assert set(SharedSpec.of([a, b]).columns()) == {"TimeGenerated", "cIP", "scStatus"}
+    # Windows: one per spec or none; a flattened SharedSpec keeps its parts' own windows.
+    day = Window(DAY, DAY + timedelta(days=1))
+    hour = Window(DAY, DAY + timedelta(hours=1))
+    assert SharedSpec.of([a, b]).windows == () and SharedSpec.of([a, b], [None, None]).windows == ()
+    assert SharedSpec.of([SharedSpec.of([a, b], [hour, None]), a], [day, None]).windows == (hour, day, None)
+    with pytest.raises(ValueError, match="a window for each"):
+        SharedSpec.of([a, b], [hour])
 
 
 def _stats_and_results(path: Path, rule: Rule) -> list[tuple[Any, ...]]:
