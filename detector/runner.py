@@ -10,8 +10,9 @@ Planning, one function per concern:
 - `rule_step` and `due_windows`: which windows one rule evaluates now (whole steps from its checkpoint);
   a rule with no whole step since its checkpoint is not due and is not read.
 - `read_groups`: which of the due evaluations one read serves. A source that `shares_reads` (files)
-  reads overlapping windows of several rules once, with every rule's pushdown (a SharedSpec); any other
-  source gets one request per rule and window.
+  reads the overlapping reads of several rules once (a rule's window, or for a rule without a bin each
+  step's query period), with every rule's pushdown over its own window (a SharedSpec); any other source
+  gets one request per rule and read.
 - `evaluate_together`: the read(s) of one group and each rule's evaluation of its own window.
 """
 
