@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -139,6 +139,10 @@ class Predicate(ABC):
     def admits(self, row: Mapping[str, Any]) -> bool:
         """False only when the row surely fails the filter (what a source may drop)."""
         return self.normal()._admits(row)
+
+    def admitter(self) -> Callable[[Mapping[str, Any]], bool]:
+        """`admits` for many rows: the normal form is worked out once."""
+        return self.normal()._admits
 
     def polars_admits(self) -> pl.Expr:
         """A polars Boolean expression: False only for rows that surely fail the filter.

@@ -379,14 +379,26 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
     number = next(_SHARED_READS)
     runs = [RuleRun(t.rule.id, t.window, t.kind, shared_read=number) for t in group]
 
-    def evaluation(task: Task, run: RuleRun, read: Window) -> Callable[[Iterator[Row]], list[Finding]]:
+    def evaluation(
+        task: Task, run: RuleRun, read: Window, spec: CandidateSpec | None
+    ) -> Callable[[Iterator[Row]], list[Finding]]:
+        # The rows of the rule's own read: in its window and admitted by its own filter (a superset of
+        # what it needs, by the pushdown contract), so a rule that holds its rows (Silk Typhoon lists
+        # them) holds no more than alone; the other rules' candidates are dropped here.
+        admits = spec.filter.admitter() if spec is not None and spec.filter is not None else None
+
         def evaluated(rows: Iterator[Row]) -> list[Finding]:
-            mine = rows if read == span else (row for row in rows if read.contains(row[TIME]))
+            mine: Iterator[Row] = rows
+            if read != span:
+                mine = (row for row in mine if read.contains(row[TIME]))
+            if admits is not None:
+                mine = filter(admits, mine)
             return evaluate(task.rule, _counted(mine, run), read)
 
         return evaluated
 
-    results, count = each_over(source.read(shared), [evaluation(group[i], runs[i], read) for i, read in reads])
+    evaluations = [evaluation(group[i], runs[i], read, requests[i].candidates) for i, read in reads]
+    results, count = each_over(source.read(shared), evaluations)
     found: list[list[Finding]] = [[] for _ in group]
     for (index, _), findings in zip(reads, results, strict=True):
         found[index] += findings
