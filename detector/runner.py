@@ -239,6 +239,18 @@ def _shareable(task: Task) -> bool:
     return spec is not None and (spec.prunes or spec.filters)
 
 
+def _prunes(task: Task) -> bool:
+    """Whether the task's rule prunes groups.
+
+    A read is shared by rules that prune or by rules that only filter, never both: a pruning rule's
+    candidates may be every row of the day (a day of port scans), and a rule that only filters would
+    have to look at each of them to drop it (on the scan day, every rule over one read took 28.2 s
+    against 18.3 s with the filtering rules reading on their own).
+    """
+    spec = task.rule.logic.candidate_spec()
+    return spec is not None and spec.prunes
+
+
 def _read_span(task: Task) -> Window:
     """The time a task reads: its window, or for a rule without a bin the query periods of its steps."""
     return _span(_reads(task.rule, task.window))
@@ -269,7 +281,7 @@ def read_groups(queues: Sequence[Sequence[Task]], shares_reads: bool) -> Iterato
         group, span = [first], _read_span(first)
         if shares_reads and _shareable(first):
             for task in heads:
-                if task is not first and _shareable(task) and _joins(group, span, task):
+                if task is not first and _shareable(task) and _prunes(task) == _prunes(first) and _joins(group, span, task):
                     group.append(task)
                     span = _span([span, _read_span(task)])
         for queue in pending:
