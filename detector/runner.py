@@ -37,7 +37,7 @@ from detector.models import Finding, Row, Window
 from detector.pushdown import TIME, CandidateSpec, SharedSpec
 from detector.rules import Rule, load_rules
 from detector.sinks import Sink
-from detector.sources import ReadRequest, Source
+from detector.sources import EVERY_READ, ReadRequest, Source
 from detector.state import MAX_REJECTIONS, LeaseLostError, OutboxEntry, RuleState, StateStore, new_owner
 from detector.windows import (
     WindowPlan,
@@ -358,6 +358,21 @@ def each_over(rows: Iterator[Row], evaluations: Sequence[Callable[[Iterator[Row]
     return results, count
 
 
+def _may_keep_skipped(request: ReadRequest, shared: ReadRequest, causes: frozenset[tuple[str, str]] | None) -> bool:
+    """Whether a rule's own read might have kept a line the shared read skipped.
+
+    It might for a line skipped for a column the rule does not read (a value its type cannot hold) or
+    does not require (missing), or for a cause not known; never for a line every read skips (not JSON),
+    nor when the rule reads as the shared read did.
+    """
+    if set(request.read_columns()) == set(shared.read_columns()) and set(request.required) == set(shared.required):
+        return False
+    if causes is None:
+        return True
+    read, required = set(request.read_columns()), set(request.required)
+    return any(column not in (read if kind == "value" else required) for kind, column in causes)
+
+
 def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
     """Evaluate each task of a group; several tasks are read once, over the span of their reads (and so
     are the several reads of one task, one per step of a rule without a bin, from a source that
@@ -415,11 +430,11 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
     for (index, _), findings in zip(reads, results, strict=True):
         found[index] += findings
     stats = dict(source.read_stats())
+    causes = source.skip_causes() if int(stats.get("skippedLines", 0)) else EVERY_READ
     log.info("one read of %s for %d rules (%d evaluations): %d rows", span, len(group), len(reads), count)
     done = []
     for task, request, run, findings in zip(group, requests, runs, found, strict=True):
-        same_read = set(request.read_columns()) == set(shared.read_columns()) and set(request.required) == set(shared.required)
-        if int(stats.get("skippedLines", 0)) and not same_read:
+        if _may_keep_skipped(request, shared, causes):
             done.append(evaluate_window(task.rule, source, task.window, task.kind))
             continue
         run.findings, run.source_stats = findings, stats

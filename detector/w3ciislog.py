@@ -80,11 +80,27 @@ def coerce_value(column: str, value: Any, where: str) -> Any:
         raise InputError(where, f"column {column}: {exc}") from None
 
 
+class ColumnError(InputError):
+    """A row refused because of one column.
+
+    `cause`: ("missing", column) for a required column it lacks, ("value", column) for a value the
+    column's type cannot hold. A read of other columns, or one that requires fewer, might keep the row.
+    """
+
+    def __init__(self, where: str, problem: str, cause: tuple[str, str]) -> None:
+        super().__init__(where, problem)
+        self.cause = cause
+
+
 def coerce_row(raw: Mapping[str, Any], columns: Iterable[str], required: Iterable[str], where: str) -> Row:
-    """Typed row holding `columns` from a raw mapping; a missing `required` column is an InputError."""
+    """Typed row holding `columns` from a raw mapping.
+
+    A missing `required` column, or a value that does not fit its column, is a ColumnError (an InputError).
+    """
     for column in required:
         if column not in raw:
-            raise InputError(where, f"missing required column '{column}'; W3CIISLog rows need {', '.join(required)}")
+            problem = f"missing required column '{column}'; W3CIISLog rows need {', '.join(required)}"
+            raise ColumnError(where, problem, ("missing", column))
     row: Row = {}
     get = raw.get
     for column in columns:
@@ -93,7 +109,10 @@ def coerce_row(raw: Mapping[str, Any], columns: Iterable[str], required: Iterabl
         if value.__class__ is str and COLUMN_TYPES.get(column, "string") == "string":
             row[column] = value
         else:
-            row[column] = coerce_value(column, value, where)
+            try:
+                row[column] = coerce_value(column, value, where)
+            except InputError as exc:
+                raise ColumnError(exc.where, exc.problem, ("value", column)) from None
     return row
 
 

@@ -144,6 +144,29 @@ def test_a_line_the_shared_read_skips_is_read_again_by_the_rules_that_can_use_it
     assert isinstance(shared.requests[0].candidates, SharedSpec)
 
 
+def test_a_line_every_read_skips_is_not_read_again(tmp_path: Path) -> None:
+    """Lines that no read of any columns keeps (cut short, not JSON, a time that is no time) are skipped by
+    the shared read and need no rule read again; a value only some rules read sends those that do not
+    read it back to the file."""
+    lines = (FILES / "w3ciislog.jsonl").read_text(encoding="utf-8").splitlines()
+    bad = [lines[3][:40], "[1, 2]", json.dumps({**json.loads(lines[5]), "TimeGenerated": "yesterday"})]
+    path = _write(tmp_path / "rows.jsonl", [*lines, *bad])
+    shared = CountingFileSource(path)
+    together = run([(rule, DAY) for rule in RULES], shared, [])
+    assert together.ok and together.to_json()["skippedLines"] == 3
+    assert len(shared.requests) == 1
+    # A value no rule can type (csUserName as an object: every binned rule reads it) needs no read again; a
+    # missing column only some rules require (sPort: the port rule) sends the others back to the file.
+    for changed, again in (({"csUserName": {"a": 1}}, 0), ({"sPort": None}, 2)):
+        row = {**json.loads(lines[7]), **changed}
+        odd = json.dumps({k: v for k, v in row.items() if not (k == "sPort" and v is None)})
+        path = _write(tmp_path / "odd.jsonl", [*lines, odd])
+        shared, alone = CountingFileSource(path), OwnReadsFileSource(path)
+        together = run([(rule, DAY) for rule in RULES], shared, [])
+        assert _findings(together) == _findings(run([(rule, DAY) for rule in RULES], alone, []))
+        assert together.to_json()["skippedLines"] == 1 and len(shared.requests) == 1 + again, changed
+
+
 def _task(rule: Rule, start: str, end: str) -> Task:
     return Task(rule, Window(parse_datetime(start), parse_datetime(end)))
 
@@ -234,8 +257,32 @@ def test_every_bundled_rule_scheduled_from_one_read_finds_what_each_finds_alone(
     assert len(shared.requests) < len(alone.requests)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Ways a line goes bad: for every read (not JSON, a bad time), or only for a read of some columns (a value
+# a column's type cannot hold, a missing column that some rules require and others do not read).
+DAMAGE = ("cut", "time", "port-text", "port-huge", "agent-object", "status-list", "no-cIP", "no-sPort", "no-user")
+
+
+def _damaged(line: str, kind: str) -> str:
+    row = json.loads(line)
+    if kind == "cut":
+        return line[: len(line) // 2]
+    if kind == "port-huge":
+        return json.dumps({**row, "sPort": 0}).replace('"sPort": 0', '"sPort": 1e400')
+    changes: dict[str, Any] = {
+        "time": {"TimeGenerated": "yesterday"},
+        "port-text": {"sPort": "http"},
+        "agent-object": {"csUserAgent": {"a": 1}},
+        "status-list": {"scStatus": ["401"]},
+    }
+    if kind in changes:
+        return json.dumps({**row, **changes[kind]})
+    row.pop({"no-cIP": "cIP", "no-sPort": "sPort", "no-user": "csUserName"}[kind], None)
+    return json.dumps(row)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
+    damage=st.lists(st.tuples(st.integers(0, len(FIXTURE_LINES) - 1), st.sampled_from(DAMAGE)), max_size=40),
     share=st.sampled_from([0.05, 0.3, 0.7, 0.97, 1.0]),
     seed=st.integers(0, 2**16),
     start_hours=st.integers(-24, 23),
@@ -243,12 +290,22 @@ def test_every_bundled_rule_scheduled_from_one_read_finds_what_each_finds_alone(
     rules=st.sets(st.sampled_from(range(len(EVERY_RULE))), min_size=2),
 )
 def test_any_rules_over_any_rows_and_window_find_from_one_read_what_each_finds_alone(
-    tmp_path_factory: pytest.TempPathFactory, share: float, seed: int, start_hours: int, hours: int, rules: set[int]
+    tmp_path_factory: pytest.TempPathFactory,
+    damage: list[tuple[int, str]],
+    share: float,
+    seed: int,
+    start_hours: int,
+    hours: int,
+    rules: set[int],
 ) -> None:
-    """A random part of the rows in any order, any whole-hour window (aligned to a rule's step or not), any
-    rules: the shared read and each rule's own reads give the same findings."""
+    """A random part of the rows, some damaged, in any order, any whole-hour window (aligned to a rule's
+    step or not), any rules: the shared read and each rule's own reads give the same findings (a line the
+    shared read skips is read again by the rules that might keep it)."""
     rng = random.Random(seed)
-    lines = [line for line in FIXTURE_LINES if rng.random() < share]
+    source_lines = FIXTURE_LINES[:]
+    for index, kind in damage:
+        source_lines[index] = _damaged(FIXTURE_LINES[index], kind)
+    lines = [line for line in source_lines if rng.random() < share]
     rng.shuffle(lines)
     path = _write(tmp_path_factory.mktemp("any") / "rows.jsonl", lines)
     start = DAY.start + timedelta(hours=start_hours)

@@ -29,7 +29,7 @@ import orjson
 from detector.errors import ConfigError, InputError, shown
 from detector.models import Row, Window
 from detector.pushdown import CandidateSpec
-from detector.w3ciislog import coerce_row
+from detector.w3ciislog import ColumnError, coerce_row
 
 if TYPE_CHECKING:
     from detector.config import Settings
@@ -92,14 +92,28 @@ class Source(ABC):
         read, before any pushdown), `skippedLines` and `skippedByFile`, and source-specific counters."""
         return {}
 
+    def skip_causes(self) -> frozenset[tuple[str, str]] | None:
+        """Why the last read skipped lines (LineReport.causes): which a read of other columns might have
+        kept. None when not known, as here: a caller must assume any other read would keep them."""
+        return None
+
+
+# MalformedLine.causes of a line that every read skips, whatever columns it reads (not JSON, not an object).
+EVERY_READ: frozenset[tuple[str, str]] = frozenset()
+
 
 class MalformedLine(InputError):  # noqa: N818 - a skipped line, an error only when reading is strict
     """One line (or row) of input cannot be read; skipped and counted unless reading is strict."""
 
-    def __init__(self, file: str, line: int | str | None, reason: str) -> None:
+    def __init__(
+        self, file: str, line: int | str | None, reason: str, *, causes: frozenset[tuple[str, str]] | None = None
+    ) -> None:
         self.file = file
         self.line = line
         self.reason = reason
+        # Why, for a read of other columns: ColumnError causes ("missing"/"value", column); empty when every
+        # read skips the line (not JSON, not an object, cut short); None when not known (assume any read may not).
+        self.causes = causes
         where = file if line is None else f"{file}:{line}" if isinstance(line, int) else f"{file}: {line}"
         super().__init__(where, reason)
 
@@ -120,11 +134,16 @@ class LineReport:
         self.rows_read = 0
         self._seen: dict[str, set[int | str | None]] = {}
         self._notices: set[str] = set()
+        self._causes: set[tuple[str, str]] | None = set()
 
     def skip(self, error: MalformedLine) -> None:
         """Skip the line (or raise it, when strict)."""
         if self.strict:
             raise InputError(error.where, f"{error.reason} (strict reading: malformed lines are errors)")
+        if error.causes is None:
+            self._causes = None
+        elif self._causes is not None:
+            self._causes.update(error.causes)
         seen = self._seen.setdefault(error.file, set())
         if error.line in seen:
             return
@@ -145,6 +164,10 @@ class LineReport:
     def skipped(self) -> dict[str, int]:
         """Skipped lines per file."""
         return {file: len(lines) for file, lines in self._seen.items() if lines}
+
+    def causes(self) -> frozenset[tuple[str, str]] | None:
+        """Why the skipped lines were skipped (MalformedLine.causes, every line's); None when not known for one."""
+        return None if self._causes is None else frozenset(self._causes)
 
     def stats(self) -> dict[str, Any]:
         """The read_stats() figures."""
@@ -229,16 +252,19 @@ def typed(raw: Mapping[str, Any], request: ReadRequest, where: str, line: int | 
     `clean`: the raw values are known to hold no lone surrogate (json_object said so), so none is looked for.
     """
     label = where if line is None else f"{where}:{line}" if isinstance(line, int) else f"{where}: {line}"
+    causes: frozenset[tuple[str, str]] | None = None
     try:
         row = coerce_row(raw, request.read_columns(), request.required, label)
         return row if clean else representable(row)
     except InputError as exc:
         reason = str(exc).removeprefix(f"{label}: ")
+        if isinstance(exc, ColumnError):
+            causes = frozenset({exc.cause})
     except OverflowError:
-        reason = "a datetime out of range (before year 1 or after 9999 in UTC)"
+        reason = "a datetime out of range (before year 1 or after 9999 in UTC)"  # causes not known: None
     # Raised outside the handler: no __context__, whose traceback would hold the caller's frames (a
     # reader that keeps the error a moment, as an explanation, keeps its whole block alive in a cycle).
-    raise MalformedLine(where, line, reason)
+    raise MalformedLine(where, line, reason, causes=causes)
 
 
 def files_changed_after(paths: list[Path], moment: datetime) -> bool:

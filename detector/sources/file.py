@@ -65,6 +65,7 @@ from detector.kql import tolong
 from detector.models import Row, Window
 from detector.pushdown import TIME, CandidateSpec
 from detector.sources import (
+    EVERY_READ,
     LineReport,
     MalformedLine,
     ReadRequest,
@@ -126,13 +127,15 @@ def typed_json_line(line: str, number: int, request: ReadRequest, where: str) ->
     try:
         raw, clean = json_object(line)
     except json.JSONDecodeError as exc:
-        raise MalformedLine(where, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+        raise MalformedLine(where, number, f"not valid JSON ({exc.msg}, column {exc.colno})", causes=EVERY_READ) from None
     except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
-        raise MalformedLine(where, number, f"a value Python cannot read ({exc})") from None
+        raise MalformedLine(where, number, f"a value Python cannot read ({exc})", causes=EVERY_READ) from None
     except RecursionError:
-        raise MalformedLine(where, number, "JSON nested too deeply") from None
+        raise MalformedLine(where, number, "JSON nested too deeply", causes=EVERY_READ) from None
     if not isinstance(raw, dict):
-        raise MalformedLine(where, number, f"a JSON {type(raw).__name__} where an object of W3CIISLog columns belongs")
+        raise MalformedLine(
+            where, number, f"a JSON {type(raw).__name__} where an object of W3CIISLog columns belongs", causes=EVERY_READ
+        )
     return typed(raw, request, where, number, clean=clean)
 
 
@@ -155,6 +158,9 @@ class FileSource(Source):
 
     def read_stats(self) -> dict[str, Any]:
         return self._report.stats()
+
+    def skip_causes(self) -> frozenset[tuple[str, str]] | None:
+        return self._report.causes()
 
     def read(self, request: ReadRequest) -> Iterator[Row]:
         self._report = report = LineReport(self.strict)
@@ -288,7 +294,7 @@ class FileSource(Source):
                 row = typed_json_line(line, number, request, where)
             except MalformedLine as exc:
                 if not line.endswith("\n"):
-                    exc = MalformedLine(where, number, f"truncated last line ({exc.reason})")
+                    exc = MalformedLine(where, number, f"truncated last line ({exc.reason})", causes=exc.causes)
                 report.skip(exc)
                 continue
             if row is not None:
@@ -503,7 +509,7 @@ def _plain_rows(data: bytes, first_line: int, request: ReadRequest, where: str, 
             row = typed_json_line(text, first_line + index, request, where)
         except MalformedLine as exc:
             if index == len(lines) - 1 and raw_line:
-                exc = MalformedLine(where, first_line + index, f"truncated last line ({exc.reason})")
+                exc = MalformedLine(where, first_line + index, f"truncated last line ({exc.reason})", causes=exc.causes)
             report.skip(exc)
             continue
         if row is not None:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Literal
 from detector.errors import InputError
 from detector.models import Row, Window
 from detector.pushdown import TIME, CandidateSpec
-from detector.sources import LineReport, MalformedLine, ReadRequest, Source, files_changed_after, register_source
+from detector.sources import EVERY_READ, LineReport, MalformedLine, ReadRequest, Source, files_changed_after, register_source
 from detector.sources.candidates import (
     PLAIN_INTEGER,
     RECORD,
@@ -133,6 +133,9 @@ class IisLogSource(Source):
 
     def read_stats(self) -> dict[str, object]:
         return self._report.stats()
+
+    def skip_causes(self) -> frozenset[tuple[str, str]] | None:
+        return self._report.causes()
 
     def files(self, report: LineReport | None = None) -> list[Path]:
         """The web log files to read: the file itself, or every *.log below the folder, in name order."""
@@ -218,7 +221,7 @@ class IisLogSource(Source):
                 if not raw_line.endswith("\n"):
                     problem = _unfinished(raw_line)
                     if problem:
-                        report.skip(MalformedLine(str(path), number, problem))
+                        report.skip(MalformedLine(str(path), number, problem, causes=EVERY_READ))
                     continue
                 row = layout.line(raw_line.rstrip("\r\n"), number, times)
                 if isinstance(row, W3cLayout):
@@ -282,7 +285,7 @@ class W3cLayout:
         if line.startswith("\x00"):
             stripped = line.lstrip("\x00")
             if not stripped.strip():
-                self.report.skip(MalformedLine(str(self.path), number, "NUL bytes"))
+                self.report.skip(MalformedLine(str(self.path), number, "NUL bytes", causes=EVERY_READ))
                 return None
             self.report.notice(f"{self.path}:{number}: NUL padding before the line (a crash of the writer?) dropped")
             line = stripped
@@ -365,17 +368,17 @@ class W3cLayout:
         """One log entry as a typed row, or None when it falls outside the window (or is not a web entry)."""
         path, fields = str(self.path), self.fields
         if fields is None:
-            raise MalformedLine(path, number, "log entry before any #Fields directive")
+            raise MalformedLine(path, number, "log entry before any #Fields directive", causes=EVERY_READ)
         if self.unusable:
             return None
         if "\x00" in line:
-            raise MalformedLine(path, number, "NUL bytes")
+            raise MalformedLine(path, number, "NUL bytes", causes=EVERY_READ)
         values = line.split(" ")
         if len(values) != len(fields):
             while len(values) > len(fields) and values[-1] == "":
                 values.pop()  # trailing spaces after the last field
             if len(values) != len(fields):
-                raise MalformedLine(path, number, f"{len(values)} fields but #Fields declares {len(fields)}")
+                raise MalformedLine(path, number, f"{len(values)} fields but #Fields declares {len(fields)}", causes=EVERY_READ)
         day = values[self.date_index] if self.date_index is not None else self.directive_date
         stamp = f"{day} {values[self.time_index]}"  # type: ignore[index]
         moment = times.get(stamp)
@@ -383,7 +386,9 @@ class W3cLayout:
             try:
                 moment = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
             except ValueError:
-                raise MalformedLine(path, number, f"date/time {_short(stamp)} is not yyyy-mm-dd hh:mm:ss") from None
+                raise MalformedLine(
+                    path, number, f"date/time {_short(stamp)} is not yyyy-mm-dd hh:mm:ss", causes=EVERY_READ
+                ) from None
             if len(times) > 100_000:
                 times.clear()
             times[stamp] = moment
@@ -401,7 +406,9 @@ class W3cLayout:
                 elif text.isascii() and text.isdigit() and len(text) <= 18:
                     row[column] = int(text)
                 else:
-                    raise MalformedLine(path, number, f"{column} is {_short(text)}, not a number")
+                    raise MalformedLine(
+                        path, number, f"{column} is {_short(text)}, not a number", causes=frozenset({("value", column)})
+                    )
             else:
                 row[column] = values[index]
         return row
@@ -549,7 +556,7 @@ def _block_runs(
         if spaces < 0:
             text = data[start:end].decode("utf-8", errors="replace")
             if not text.endswith("\n"):
-                report.skip(MalformedLine(str(path), at.line, _unfinished(text) or "truncated last line"))
+                report.skip(MalformedLine(str(path), at.line, _unfinished(text) or "truncated last line", causes=EVERY_READ))
                 continue
             changed = at.layout.line(text.rstrip("\r\n"), at.line, {})
             if isinstance(changed, W3cLayout):
@@ -716,7 +723,7 @@ def _plain_run(data: bytes, first_line: int, layout: W3cLayout) -> tuple[list[Ro
         if index == len(lines) - 1:
             problem = _unfinished(raw_line.decode("utf-8", errors="replace"))
             if problem:
-                layout.report.skip(MalformedLine(str(layout.path), first_line + index, problem))
+                layout.report.skip(MalformedLine(str(layout.path), first_line + index, problem, causes=EVERY_READ))
             break
         text = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
         row = layout.line(text, first_line + index, times)
