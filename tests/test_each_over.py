@@ -120,7 +120,15 @@ def test_a_shared_read_of_several_rules_is_taken_as_it_is_read(monkeypatch: pyte
             blank = {c: 0 if COLUMN_TYPES.get(c, "string") in ("int", "long") else "-" for c in request.read_columns()}
             for number in range(ROWS):
                 produced[0] += 1
-                yield {**blank, "TimeGenerated": day + timedelta(seconds=3 * number), "cIP": f"203.0.113.{number % 250}"}
+                # Failed logons (every rule's filter admits them: each rule is handed only what its own admits)
+                moment = day + timedelta(seconds=3 * number)
+                yield {
+                    **blank,
+                    "TimeGenerated": moment,
+                    "cIP": f"203.0.113.{number % 250}",
+                    "scStatus": "401",
+                    "csUserName": "bob",
+                }
 
     lags: list[int] = []
     counted = runner._counted
