@@ -435,7 +435,7 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
     done = []
     for task, request, run, findings in zip(group, requests, runs, found, strict=True):
         if _may_keep_skipped(request, shared, causes):
-            done.append(evaluate_window(task.rule, source, task.window, task.kind))
+            done.append(evaluate_together([task], source)[0])  # its several step reads, if any, as one
             continue
         run.findings, run.source_stats = findings, stats
         log.info("rule %s %s %s: %d rows, %d findings", run.rule_id, run.kind, run.window, run.rows_evaluated, len(findings))
