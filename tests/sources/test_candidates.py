@@ -781,23 +781,27 @@ def _own_results(source: Source, window: Window = WINDOW) -> tuple[dict[str, lis
     return results, largest
 
 
+def _day_of_every_rule(tmp_path: Path, rng: random.Random, *, shuffled: bool, shape: str) -> Source:
+    """Random rows with scans and logon bursts (every rule finds something), as JSON Lines or an IIS log;
+    shuffled, bins are seen again: the two-pass strategy, for every part at once."""
+    rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
+    if shuffled:
+        rng.shuffle(rows)
+    else:
+        rows.sort(key=lambda r: r["TimeGenerated"])
+    if shape == "jsonl":
+        path = tmp_path / "rows.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return FileSource(path)
+    lines = ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {IIS_FIELDS_A}"]
+    return _write_iis(tmp_path, lines + [_iis_line(r, IIS_FIELDS_A) for r in rows])
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("shape", ["jsonl", "iis"])
 def test_one_shared_read_gives_every_rule_its_own_results(tmp_path: Path, seed: int, shape: str) -> None:
     rng = _rng(200 + seed)
-    rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
-    if seed % 2:
-        rng.shuffle(rows)  # bins seen again: the two-pass strategy, for every part at once
-    else:
-        rows.sort(key=lambda r: r["TimeGenerated"])
-    source: Source
-    if shape == "jsonl":
-        path = tmp_path / "rows.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        source = FileSource(path)
-    else:
-        lines = ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {IIS_FIELDS_A}"]
-        source = _write_iis(tmp_path, lines + [_iis_line(r, IIS_FIELDS_A) for r in rows])
+    source = _day_of_every_rule(tmp_path, rng, shuffled=bool(seed % 2), shape=shape)
     shared, shared_rows = _shared_results(source)
     own, largest_own = _own_results(source)
     assert shared == own
@@ -814,19 +818,7 @@ def test_each_part_of_a_shared_read_is_pruned_over_its_own_window(tmp_path: Path
     due for another window, brings to a shared read) gives that rule its own read's results there, and
     keeps no row outside every part's window."""
     rng = _rng(300 + seed)
-    rows = _random_rows(rng, 3000) + _scans(rng) + _logon_bursts(rng)
-    if seed % 2:
-        rng.shuffle(rows)
-    else:
-        rows.sort(key=lambda r: r["TimeGenerated"])
-    source: Source
-    if shape == "jsonl":
-        path = tmp_path / "rows.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        source = FileSource(path)
-    else:
-        lines = ["#Software: Microsoft Internet Information Services 10.0", f"#Fields: {IIS_FIELDS_A}"]
-        source = _write_iis(tmp_path, lines + [_iis_line(r, IIS_FIELDS_A) for r in rows])
+    source = _day_of_every_rule(tmp_path, rng, shuffled=bool(seed % 2), shape=shape)
     starts = sorted(rng.sample(range(0, 20 * 60, 10), len(RULES)))
     own_windows = [Window(DAY + timedelta(minutes=s), DAY + timedelta(minutes=s + rng.choice([10, 60, 240]))) for s in starts]
     specs = [rule.logic.candidate_spec() for rule in RULES]
