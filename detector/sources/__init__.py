@@ -209,6 +209,7 @@ def nesting_safe(parse: Callable[..., _T], *args: Any) -> _T:
 
 
 _PLAIN_VALUES = frozenset({str, int, bool, type(None)})
+_JSON_DEPTH = 900  # fewer opening brackets than this cannot nest as deep as json refuses
 
 
 def json_object(text: str) -> tuple[Any, bool]:
@@ -228,7 +229,13 @@ def json_object(text: str) -> tuple[Any, bool]:
     except orjson.JSONDecodeError:
         pass
     else:
-        if value.__class__ is dict and _PLAIN_VALUES.issuperset(map(type, value.values())):
+        # A duplicate key can hide a value nested deeper than json takes (orjson allows 1,024 levels, json
+        # ~990): a line with that many brackets goes to json, which refuses it as it always did.
+        if (
+            value.__class__ is dict
+            and _PLAIN_VALUES.issuperset(map(type, value.values()))
+            and (len(text) < _JSON_DEPTH or text.count("[") + text.count("{") < _JSON_DEPTH)
+        ):
             return value, True
     return nesting_safe(json.loads, text), False
 

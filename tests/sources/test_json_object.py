@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,3 +178,13 @@ def test_where_orjson_and_json_read_accepted_text_differently_json_decides() -> 
     assert json_object('{"a": 1, "b": "x", "c": null, "d": true}') == ({"a": 1, "b": "x", "c": None, "d": True}, True)
     assert json_object('{"a": "\\ud800"}') == ({"a": "\ud800"}, False)  # from json: looked at by typed
     assert json_object('{"a": 18446744073709551616}') == ({"a": 18446744073709551616}, False)
+
+
+@pytest.mark.parametrize("depth", [995, 1000, 1020])
+def test_a_duplicate_key_cannot_hide_nesting_json_refuses(depth: int) -> None:
+    """orjson takes 1,024 levels, json ~990: behind a duplicate key, orjson's answer is a plain object."""
+    text = '{"a":' + "[" * depth + "]" * depth + ',"a":1}'
+    with pytest.raises(RecursionError):
+        nesting_safe(json.loads, text)
+    with pytest.raises(RecursionError):
+        json_object(text)
