@@ -380,28 +380,27 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
 
     The shared read asks for every rule's columns and pushdown (SharedSpec, each read's spec over its
     own window), so each rule gets a superset of its own candidate rows and its result is the one its
-    own read gives; the rules take
-    the rows as they are read (each_over). One exception is checked: a line that read skipped may be one
-    that a rule reading fewer columns (or requiring fewer) would have used; when the shared read
-    skipped lines, such rules are read again on their own.
+    own read gives; the rules take the rows as they are read (each_over). One exception is checked: a
+    line the shared read skipped may be one that a rule reading fewer columns (or requiring fewer) would
+    have used (`_may_keep_skipped`); such rules are read again on their own.
     """
-    if len(group) == 1 and (not source.shares_reads or len(_reads(group[0].rule, group[0].window)) == 1):
+    if len(group) == 1:
         task = group[0]
-        return [evaluate_window(task.rule, source, task.window, task.kind)]
+        if not (source.shares_reads and _shareable(task) and len(_reads(task.rule, task.window)) > 1):
+            return [evaluate_window(task.rule, source, task.window, task.kind)]
     requests = [_request(t.rule, t.window) for t in group]
     # One evaluation per read of each task (a rule without a bin reads each step's query period), each
     # a part of the shared description over its own window, so each is pruned exactly as its own read.
+    # Every task here is _shareable: it has a spec.
     reads = [(index, read) for index, task in enumerate(group) for read in _reads(task.rule, task.window)]
     span = _span([read for _, read in reads])
-    parts = [(requests[i].candidates, read) for i, read in reads]
+    specs = [spec for i, _ in reads if (spec := requests[i].candidates) is not None]
+    assert len(specs) == len(reads)  # noqa: S101 - _shareable tasks only
     shared = ReadRequest(
         span,
         tuple(dict.fromkeys(c for r in requests for c in r.read_columns())),
         tuple(dict.fromkeys(c for r in requests for c in r.required)),
-        SharedSpec.of(
-            [s for s, _ in parts if isinstance(s, CandidateSpec)],
-            [None if read == span else read for s, read in parts if isinstance(s, CandidateSpec)],
-        ),
+        SharedSpec.of(specs, [None if read == span else read for _, read in reads]),
     )
     number = next(_SHARED_READS)
     runs = [RuleRun(t.rule.id, t.window, t.kind, shared_read=number) for t in group]

@@ -316,3 +316,19 @@ def test_any_rules_over_any_rows_and_window_find_from_one_read_what_each_finds_a
     apart = run([(rule, window) for rule in chosen], alone, [])
     assert together.ok and apart.ok
     assert _findings(together) == _findings(apart)
+
+
+def test_a_rule_without_a_description_reads_each_step_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule without a bin and without a pushdown description (a user's rule may have none) has nothing
+    to share: over a day of two 12-hour steps it reads each step alone, as before, and finds what it finds."""
+    (proxyshell,) = [r for r in EVERY_RULE if r.id.startswith("968358d6")]
+    path = _write(tmp_path / "exchange.jsonl", (FILES / "exchange_w3ciislog.jsonl").read_text(encoding="utf-8").splitlines())
+    described = run([(proxyshell, DAY)], CountingFileSource(path), [])
+    monkeypatch.setattr(type(proxyshell.logic), "candidate_spec", lambda self: None)
+    source = CountingFileSource(path)
+    bare = run([(proxyshell, DAY)], source, [])
+    assert bare.ok and _findings(bare) == _findings(described) and _findings(bare)
+    assert [r.window for r in source.requests] == [
+        Window(DAY.start, DAY.start + timedelta(hours=12)),
+        Window(DAY.start + timedelta(hours=12), DAY.end),
+    ]
