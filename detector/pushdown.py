@@ -830,6 +830,10 @@ class CandidateSpec:
         """The keys a source groups by: `keys` when the spec prunes, none when it only filters rows."""
         return self.keys if self.prunes else ()
 
+    def group_keys(self) -> tuple[str, ...]:
+        """The columns the rule groups by (whether or not the spec prunes on them)."""
+        return self.keys
+
     def columns(self) -> tuple[str, ...]:
         """Every column the pushdown reads: TimeGenerated, keys (when it prunes), measure and filter columns."""
         wanted = [TIME, *self.pruning_keys, *sorted(self.measure.columns())]
@@ -948,6 +952,10 @@ class SharedSpec(CandidateSpec):
     def window_of(self, index: int) -> Window | None:
         """The window of the spec at `index`, or None when it is the read's."""
         return self.windows[index] if self.windows else None
+
+    def group_keys(self) -> tuple[str, ...]:
+        """The columns any of the specs groups by."""
+        return tuple(dict.fromkeys(key for spec in self.specs for key in spec.group_keys()))
 
     def columns(self) -> tuple[str, ...]:
         """Every column any of the specs reads."""

@@ -343,7 +343,8 @@ class W3cLayout:
         # A column the rule groups, filters or must have: a WARNING for each block. A detail column
         # (IIS does not log s-sitename by default, and logs write a header block every few entries):
         # said once per file, at INFO.
-        keys = set(self.request.required) | set(self.request.candidates.columns() if self.request.candidates else ())
+        spec = self.request.candidates
+        keys = set(self.request.required) | set((*spec.columns(), *spec.group_keys()) if spec is not None else ())
         notices = []
         for important in (True, False):
             columns = [c for c in missing if (c in keys) == important]

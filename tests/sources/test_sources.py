@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from detector.errors import ConfigError, InputError
 from detector.evaluate import evaluate
 from detector.logic.failed_logons import FailedLogonCount
 from detector.models import Row, Window
+from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
 from detector.sources import ReadRequest, open_source
 from tests.helpers import DAY, FILES, RULE, expected_findings, open_for_test, summarize
@@ -198,6 +200,30 @@ def test_iis_fields_without_a_column_the_rule_reads_are_read_with_it_empty(
     assert len(warnings) == 1  # one per block, not one per entry
     assert "s-ip" in warnings[0]
     assert str(path) in warnings[0]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_iis_fields_without_a_key_the_rule_groups_by_warn_though_its_spec_does_not_prune(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, shared: bool
+) -> None:
+    # The user-agent rule groups by sSiteName and csUserName but its threshold prunes nothing: a block
+    # without those fields changes its groups, which is a WARNING, not a detail column's INFO.
+    (agent,) = [r for r in load_rules(DEFAULT_RULES_DIR) if r.id == "f845881e-2500-44dc-8ed7-b372af3e1e25"]
+    spec = agent.logic.candidate_spec()
+    assert spec is not None and not spec.prunes and "sSiteName" in spec.keys
+    if shared:
+        spec = SharedSpec.of([spec, RULE.logic.candidate_spec()])
+    path = tmp_path / "u_ex261126.log"
+    path.write_text(
+        "#Fields: date time s-ip cs-method cs-uri-stem s-port c-ip cs(User-Agent) sc-status sc-substatus "
+        "sc-win32-status\n2026-11-26 10:00:00 10.0.0.4 GET / 80 1.2.3.4 x 200 0 0\n"
+    )
+    request = ReadRequest(DAY, agent.logic.columns, agent.logic.required_columns, spec)
+    with caplog.at_level(logging.INFO):
+        assert len(list(open_for_test(f"iis:{path}", "web01").read(request))) == 1
+    (record,) = [r for r in caplog.records if "lacks" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "s-sitename" in record.getMessage() and "cs-username" in record.getMessage()
 
 
 def test_iis_fields_without_time_skip_their_entries_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
