@@ -54,6 +54,7 @@ from detector.models import Row, Window
 from detector.pushdown import TIME, CandidateSpec
 from detector.sources import EVERY_READ, LineReport, MalformedLine, ReadRequest, Source, files_changed_after, register_source
 from detector.sources.candidates import (
+    BOM,
     PLAIN_INTEGER,
     RECORD,
     CandidateRead,
@@ -920,6 +921,9 @@ def _read_fields(data: bytes, names: list[str], read: list[int], used: list[int]
     plain code.
     """
     import polars as pl
+
+    if data.startswith(BOM):
+        return None  # polars drops a leading BOM; the plain code reads it into the first field (a run after a directive)
 
     def parse(encoding: Literal["utf8", "utf8-lossy"]) -> pl.DataFrame:
         schema = dict.fromkeys(names, pl.String)
