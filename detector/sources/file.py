@@ -425,7 +425,9 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
         try:
             start = skip_bom(handle)
             fd = handle.fileno()
-            spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
+            status = os.fstat(fd)
+            read_as = (status.st_size, status.st_mtime_ns)
+            spans = line_spans(fd, start, status.st_size, BLOCK_BYTES)
             pending: deque[tuple[int, int, Future[_ColumnarBlock | _OddLines | None]]] = deque()
 
             def fill(wary: bool) -> None:
@@ -446,7 +448,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                 if isinstance(block, _OddLines):
                     block = block.completed(path, offset, length, line, request, report)
                 if block is not None:
-                    block.first_line = line
+                    block.first_line, block.read_as = line, read_as
                     line += block.keys.height  # a columnar block: one record per line
                     yield block
                     continue
@@ -543,16 +545,27 @@ class _ColumnarBlock(KeyedBlock):
         self.keys, self.ends = parsed
         self.path, self.offset, self.length = path, offset, length
         self.first_line, self.request, self.report = first_line, request, report
+        self.read_as: tuple[int, int] | None = None  # the file's size and mtime when the first pass read it
 
     def _lines(self, records: list[int]) -> Iterator[bytes]:
         """Each record's line, without its LF (a CRLF line keeps its CR, which JSON reads as whitespace)."""
         if self.ends is None:
             lines = read_range(self.path, self.offset, self.length).split(b"\n")
+            if records and max(records) >= len(lines):  # (a line now blank reads as no row: also Unavailable)
+                raise Unavailable  # fewer lines than the first pass read, in as many bytes: the file changed
             yield from (lines[index] for index in records)
             return
         ends = self.ends.to_list()
         pieces = [(ends[index - 1] if index else 0, ends[index] - 1) for index in records]  # each line less its LF
         yield from read_pieces(self.path, self.offset, self.length, pieces)
+
+    def _changed(self) -> bool:
+        """Whether the file is no longer the one the first pass read (another size or modification time)."""
+        try:
+            status = self.path.stat()
+        except OSError:
+            return True
+        return self.read_as is not None and (status.st_size, status.st_mtime_ns) != self.read_as
 
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)
@@ -561,6 +574,8 @@ class _ColumnarBlock(KeyedBlock):
             try:
                 row = typed_json_line(line.decode("utf-8"), self.first_line + index, self.request, where)
             except MalformedLine as exc:
+                if exc.causes == EVERY_READ and self._changed():
+                    raise Unavailable from None  # the first pass read a row here; now it is no JSON row at all
                 self.report.skip(exc)
                 continue
             if row is None:

@@ -60,6 +60,15 @@ def _jsonl(tmp_path: Path, shuffle: bool) -> Source:
     return FileSource(path)
 
 
+def _jsonl_mixed_ends(tmp_path: Path, shuffle: bool) -> Source:
+    """JSON Lines whose lines end in LF and CRLF both (files joined together): the blocks keep no line
+    ends, and their candidates' lines are cut again from the block's bytes."""
+    path = tmp_path / "rows.jsonl"
+    lines = [json.dumps(row) + ("\r\n" if number % 7 == 0 else "\n") for number, row in enumerate(_scan_rows(shuffle))]
+    path.write_text("".join(lines), encoding="utf-8", newline="")
+    return FileSource(path)
+
+
 def _response(tmp_path: Path, shuffle: bool) -> Source:
     rows = _scan_rows(shuffle)
     names = list(rows[0])
@@ -96,6 +105,7 @@ def _iis_headers(tmp_path: Path, shuffle: bool) -> Source:
 SHAPES = {
     "JSON Lines in time order": (_jsonl, False),
     "JSON Lines in no order": (_jsonl, True),
+    "JSON Lines ending in LF and CRLF, in no order": (_jsonl_mixed_ends, True),
     "a saved response": (_response, False),
     "a JSON array in no order": (_array, True),
     "an IIS log": (_iis, False),
@@ -190,6 +200,7 @@ CHANGES = {
     "no longer UTF-8": lambda size: b"\xff" * size,
     "blank lines": lambda size: b"\n" * size,
     "cut short": lambda size: b"\n" * (size // 4),
+    "fewer lines in as many bytes": lambda size: b"x" * (size - 1) + b"\n",
 }
 
 

@@ -211,8 +211,9 @@ def test_iis_fields_without_a_key_the_rule_groups_by_warn_though_its_spec_does_n
     (agent,) = [r for r in load_rules(DEFAULT_RULES_DIR) if r.id == "f845881e-2500-44dc-8ed7-b372af3e1e25"]
     spec = agent.logic.candidate_spec()
     assert spec is not None and not spec.prunes and "sSiteName" in spec.keys
-    if shared:
-        spec = SharedSpec.of([spec, RULE.logic.candidate_spec()])
+    port = RULE.logic.candidate_spec()
+    if shared and port is not None:
+        spec = SharedSpec.of([spec, port])
     path = tmp_path / "u_ex261126.log"
     path.write_text(
         "#Fields: date time s-ip cs-method cs-uri-stem s-port c-ip cs(User-Agent) sc-status sc-substatus "
