@@ -431,15 +431,40 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
     stats = dict(source.read_stats())
     causes = source.skip_causes() if int(stats.get("skippedLines", 0)) else EVERY_READ
     log.info("one read of %s for %d rules (%d evaluations): %d rows", span, len(group), len(reads), count)
-    done = []
-    for task, request, run, findings in zip(group, requests, runs, found, strict=True):
+    done: list[RuleRun | None] = []
+    again: dict[object, list[int]] = {}  # the rules read again, by what their reads skip
+    for index, (request, run, findings) in enumerate(zip(requests, runs, found, strict=True)):
         if _may_keep_skipped(request, shared, causes):
-            done.append(evaluate_together([task], source)[0])  # its several step reads, if any, as one
+            again.setdefault(_skips_alike(request, causes) if causes is not None else index, []).append(index)
+            done.append(None)
             continue
         run.findings, run.source_stats = findings, stats
         log.info("rule %s %s %s: %d rows, %d findings", run.rule_id, run.kind, run.window, run.rows_evaluated, len(findings))
         done.append(run)
-    return done
+    # Rules whose own reads skip the same lines (they agree on reading, and on requiring, each column the
+    # lines were skipped for) are read again together; this ends, as a group whose rules agree on every
+    # column the next read skips for sends none of them back (that read types only columns they read).
+    # A group as large as this one (which that argument rules out) would be read rule by rule.
+    for indexes in again.values():
+        tasks = [group[i] for i in indexes]
+        reruns = (
+            evaluate_together(tasks, source) if len(tasks) < len(group) else [evaluate_together([t], source)[0] for t in tasks]
+        )
+        for index, rerun in zip(indexes, reruns, strict=True):
+            done[index] = rerun
+    return [run for run in done if run is not None]
+
+
+def _skips_alike(request: ReadRequest, causes: frozenset[tuple[str, str]]) -> tuple[frozenset[str], frozenset[str]]:
+    """The columns lines were skipped for that this request reads (a bad value) and requires (missing).
+
+    Requests that agree on them skip the same lines, alone or read together.
+    """
+    read, required = set(request.read_columns()), set(request.required)
+    return (
+        frozenset(c for kind, c in causes if kind == "value" and c in read),
+        frozenset(c for kind, c in causes if kind == "missing" and c in required),
+    )
 
 
 def printable(text: str, limit: int = 2000) -> str:
