@@ -382,7 +382,8 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
     own window), so each rule gets a superset of its own candidate rows and its result is the one its
     own read gives; the rules take the rows as they are read (each_over). One exception is checked: a
     line the shared read skipped may be one that a rule reading fewer columns (or requiring fewer) would
-    have used (`_may_keep_skipped`); such rules are read again on their own.
+    have used (`_may_keep_skipped`); such rules are read again, together when their own reads would
+    skip the same lines (`_skips_alike`), else each on its own.
     """
     if len(group) == 1:
         task = group[0]
