@@ -443,9 +443,10 @@ def evaluate_together(group: Sequence[Task], source: Source) -> list[RuleRun]:
         log.info("rule %s %s %s: %d rows, %d findings", run.rule_id, run.kind, run.window, run.rows_evaluated, len(findings))
         done.append(run)
     # Rules whose own reads skip the same lines (they agree on reading, and on requiring, each column the
-    # lines were skipped for) are read again together; this ends, as a group whose rules agree on every
-    # column the next read skips for sends none of them back (that read types only columns they read).
-    # A group as large as this one (which that argument rules out) would be read rule by rule.
+    # lines were skipped for) are read again together. That read may skip a line for another column
+    # (a read reports the first bad value it types) and send some back again, but always fewer: every
+    # cause it reports is a column one of them reads or requires, so if all were sent back they would
+    # disagree on one, and be split. A group as large as this one is read rule by rule all the same.
     for indexes in again.values():
         tasks = [group[i] for i in indexes]
         reruns = (

@@ -425,9 +425,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
         try:
             start = skip_bom(handle)
             fd = handle.fileno()
-            status = os.fstat(fd)
-            read_as = (status.st_size, status.st_mtime_ns)
-            spans = line_spans(fd, start, status.st_size, BLOCK_BYTES)
+            spans = line_spans(fd, start, os.fstat(fd).st_size, BLOCK_BYTES)
             pending: deque[tuple[int, int, Future[_ColumnarBlock | _OddLines | None]]] = deque()
 
             def fill(wary: bool) -> None:
@@ -448,7 +446,7 @@ def _blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report: LineR
                 if isinstance(block, _OddLines):
                     block = block.completed(path, offset, length, line, request, report)
                 if block is not None:
-                    block.first_line, block.read_as = line, read_as
+                    block.first_line = line
                     line += block.keys.height  # a columnar block: one record per line
                     yield block
                     continue
@@ -545,7 +543,6 @@ class _ColumnarBlock(KeyedBlock):
         self.keys, self.ends = parsed
         self.path, self.offset, self.length = path, offset, length
         self.first_line, self.request, self.report = first_line, request, report
-        self.read_as: tuple[int, int] | None = None  # the file's size and mtime when the first pass read it
 
     def _lines(self, records: list[int]) -> Iterator[bytes]:
         """Each record's line, without its LF (a CRLF line keeps its CR, which JSON reads as whitespace)."""
@@ -559,14 +556,6 @@ class _ColumnarBlock(KeyedBlock):
         pieces = [(ends[index - 1] if index else 0, ends[index] - 1) for index in records]  # each line less its LF
         yield from read_pieces(self.path, self.offset, self.length, pieces)
 
-    def _changed(self) -> bool:
-        """Whether the file is no longer the one the first pass read (another size or modification time)."""
-        try:
-            status = self.path.stat()
-        except OSError:
-            return True
-        return self.read_as is not None and (status.st_size, status.st_mtime_ns) != self.read_as
-
     def rows(self, records: list[int]) -> Iterator[Row]:
         where = str(self.path)
         for index, line in zip(records, self._lines(records), strict=True):
@@ -574,7 +563,7 @@ class _ColumnarBlock(KeyedBlock):
             try:
                 row = typed_json_line(line.decode("utf-8"), self.first_line + index, self.request, where)
             except MalformedLine as exc:
-                if exc.causes == EVERY_READ and self._changed():
+                if exc.causes == EVERY_READ and not _polars_reads(line):
                     raise Unavailable from None  # the first pass read a row here; now it is no JSON row at all
                 self.report.skip(exc)
                 continue
@@ -582,6 +571,19 @@ class _ColumnarBlock(KeyedBlock):
                 raise Unavailable  # the first pass read a row on this line, which is blank now: the file changed
             if self.request.window.contains(row[TIME]):
                 yield row
+
+
+def _polars_reads(line: bytes) -> bool:
+    """Whether polars still parses the line as one JSON object, as the first pass did: a line json refuses
+    and polars reads (nesting of ~1000 levels) is the same line, skipped as the plain read skips it; a line
+    neither reads is not the one the first pass read (judged by content, not by the file's size or mtime,
+    which an append changes and a copy that keeps times does not)."""
+    import polars as pl
+
+    try:
+        return pl.read_ndjson(line + b"\n", schema={TIME: pl.String}).height == 1
+    except pl.exceptions.PolarsError:
+        return False
 
 
 def _names_once(data: bytes, lines: pl.Series, frame: pl.DataFrame, required: set[str]) -> bool:
