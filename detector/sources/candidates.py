@@ -57,7 +57,7 @@ from detector.w3ciislog import COLUMN_TYPES
 if TYPE_CHECKING:
     import polars as pl
 
-    from detector.sources import LineReport
+    from detector.sources import LineReport, ReadRequest
 
 BIN = "bin"  # the name of the bin column (epoch microseconds of the bin start)
 GROUP = "_group"  # the name of the group column: group_hash of the key columns (UInt64)
@@ -281,6 +281,14 @@ def typed_times(times: pl.Series, were_strings: Callable[[], bool], vectorised: 
 def span_microseconds(span: timedelta) -> int:
     """A timedelta in whole microseconds."""
     return (span.days * 86400 + span.seconds) * 1_000_000 + span.microseconds
+
+
+def first_pass_columns(spec: CandidateSpec, request: ReadRequest) -> tuple[str, ...]:
+    """The columns a first pass reads, and checks on every line: the description's and those the read
+    requires. The plain read skips a line missing a required column, or holding a value of its type it
+    cannot read, whether or not the line is a candidate: so must the first pass, or the two would count
+    different rows read and lines skipped (a rule that only filters reads few columns of its own)."""
+    return tuple(dict.fromkeys((*spec.columns(), *request.required)))
 
 
 def columnar_applies(spec: CandidateSpec | None) -> bool:

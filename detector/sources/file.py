@@ -87,6 +87,7 @@ from detector.sources.candidates import (
     candidate_rows,
     columnar_applies,
     describe_binary,
+    first_pass_columns,
     keys_frame,
     line_spans,
     open_input,
@@ -733,7 +734,7 @@ def _columnar_keys(
     if cut is None and (cut := _cut(data)) is None:
         return None
     lines_frame, ends = cut
-    wanted = spec.columns()
+    wanted = first_pass_columns(spec, request)
     frame = _key_strings(data, wanted) if parsed is None else parsed
     if frame is None or frame.height != lines_frame.len():
         return None  # blank lines: the plain code decides
@@ -824,7 +825,7 @@ def _odd_lines(data: bytes, lines: pl.Series | None, spec: CandidateSpec, reques
 
     if not data.endswith(b"\n") or lines is None:
         return None
-    wanted = spec.columns()
+    wanted = first_pass_columns(spec, request)
     if not all(_PLAIN_NAME.fullmatch(c) for c in wanted):
         return None
     crlf = _crlf_count(data, lines)
@@ -878,7 +879,7 @@ def _good_lines(
     """Which lines are good (`keep`, per line: the lines not guessed odd), less those whose JSON polars
     refuses or whose values the columnar typing refuses, and their keys (_columnar_keys on them alone);
     or None. What changes from step to step is the mask, not filtered copies of the lines' texts."""
-    wanted = spec.columns()
+    wanted = first_pass_columns(spec, request)
     view = memoryview(data)
 
     def text(keep: pl.Series) -> bytes:

@@ -64,6 +64,7 @@ from detector.sources.candidates import (
     candidate_rows,
     columnar_applies,
     describe_binary,
+    first_pass_columns,
     keys_frame,
     line_blocks,
     microseconds,
@@ -187,7 +188,8 @@ class IisLogSource(Source):
         self._report = report = LineReport(self.strict)
         files = self.files(report)
         spec = request.candidates
-        if columnar_applies(spec) and spec is not None and _columnar_fields(spec) and _checks_every_line(request, self.strict):
+        columnar = columnar_applies(spec) and spec is not None and _columnar_fields(spec, request)
+        if columnar and spec is not None and _checks_every_line(request, self.strict):
 
             def fast() -> Iterator[Row]:
                 found = _read_candidates(self.path, files, self.computer, request, spec, report)
@@ -425,9 +427,9 @@ def _short(text: str, limit: int = 40) -> str:
 # -- the columnar first pass -----------------------------------------------------------------------------
 
 
-def _columnar_fields(spec: CandidateSpec) -> bool:
-    """Every column the description reads but Computer is a logged field, of a type the first pass reads."""
-    return all(c in (TIME, "Computer") or c in _COLUMN_TO_FIELD for c in spec.columns())
+def _columnar_fields(spec: CandidateSpec, request: ReadRequest) -> bool:
+    """Every column the first pass reads but Computer is a logged field, of a type the first pass reads."""
+    return all(c in (TIME, "Computer") or c in _COLUMN_TO_FIELD for c in first_pass_columns(spec, request))
 
 
 def _checks_every_line(request: ReadRequest, strict: bool) -> bool:
@@ -436,7 +438,7 @@ def _checks_every_line(request: ReadRequest, strict: bool) -> bool:
     it does not read is checked only in the candidates' entries."""
     if not strict or request.candidates is None:
         return True
-    read = set(request.candidates.columns())
+    read = set(first_pass_columns(request.candidates, request))
     return all(c in read for c in request.read_columns() if COLUMN_TYPES.get(c) in ("int", "long"))
 
 
@@ -877,7 +879,8 @@ def _columnar_keys(data: bytes, spaces: int, layout: W3cLayout, spec: CandidateS
     used = {layout.time_index}  # the fields whose values are used (the last one is read only for its count)
     if layout.date_index is not None:
         used.add(layout.date_index)
-    wanted = [c for c in spec.columns() if c not in (TIME, "Computer")]
+    read = first_pass_columns(spec, request)
+    wanted = [c for c in read if c not in (TIME, "Computer")]
     for column in wanted:
         index = index_of.get(column)
         if index is not None:
@@ -890,7 +893,7 @@ def _columnar_keys(data: bytes, spaces: int, layout: W3cLayout, spec: CandidateS
         return None
     frame = frame.with_columns(moments.alias("_t"))
     typed: list[pl.Expr] = [pl.col("_t")]
-    if "Computer" in spec.columns():
+    if "Computer" in read:
         typed.append(pl.lit(layout.computer).alias("Computer"))
     for column in wanted:
         index = index_of.get(column)

@@ -40,6 +40,7 @@ from detector.sources.candidates import (
     Unavailable,
     candidate_rows,
     describe_binary,
+    first_pass_columns,
     keys_frame,
     microseconds,
     open_input,
@@ -439,7 +440,7 @@ def _response_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, repo
     stream cannot follow) raises Unavailable: the plain read then reads the file and says what it says."""
     where = str(path)
     handle = open_input(path)
-    wanted = list(spec.columns())
+    wanted = list(first_pass_columns(spec, request))
     with handle:
         stream = JsonStream(handle, skip_bom(handle), where, count_lines=False)
         names: list[str] = []
@@ -486,7 +487,7 @@ def _array_blocks(path: Path, request: ReadRequest, spec: CandidateSpec, report:
     raises Unavailable: the plain read then says what it says."""
     where = str(path)
     handle = open_input(path)
-    wanted = list(spec.columns())
+    wanted = list(first_pass_columns(spec, request))
     take = object_taker(wanted, list(request.required))
     positions = list(range(len(wanted)))
     with handle:
