@@ -596,6 +596,8 @@ def _read_settings_file(path: Path, where: str) -> dict[str, str]:
         raise ConfigError("", f"{shown(exc.key)}: appears twice; keep one", source=_line_of(text, exc.key, where)) from None
     except RecursionError:
         raise ConfigError("", "is nested too deeply to be a settings file", source=where) from None
+    except ValueError as exc:  # a number json will not convert (4,300 digits or more)
+        raise ConfigError("", f"is not a settings file ({shown(str(exc), 200)})", source=where) from None
     if not isinstance(document, dict):
         raise ConfigError("", 'must be a JSON object {"IsEncrypted": false, "Values": {...}}', source=where)
     if _depth(document) > MAX_SETTINGS_FILE_NESTING:

@@ -332,6 +332,7 @@ def test_a_bad_value_from_the_file_names_the_file(tmp_path: Path) -> None:
         ("[1, 2]", "must be a JSON object"),
         ('{"Values": {"DETECTOR_RULES": "a\\u0000b"}}', "NUL"),
         ("[" * 100_000 + "]" * 100_000, "nested"),
+        ('{"Values": {"A": ' + "9" * 5000 + "}}", "is not a settings file (Exceeds the limit"),  # json's digit limit
     ],
 )
 def test_a_bad_settings_file_is_one_error_naming_file_and_key(tmp_path: Path, content: str, message: str) -> None:

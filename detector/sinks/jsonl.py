@@ -172,7 +172,7 @@ class JsonlSink(Sink):
                     try:
                         record = json.loads(line)
                         finding_id = record["FindingId"]
-                    except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
+                    except (ValueError, KeyError, TypeError, RecursionError):  # ValueError: a number of 4,300+ digits too
                         finding_id = None
                     if not isinstance(finding_id, str):
                         raise SinkError(

@@ -111,22 +111,21 @@ class FileStateStore(StateStore):
             handle.flush()
             yield  # the lock goes with the handle's close
 
-    def _read(self, path: Path) -> dict[str, Any]:
+    def _read(self, path: Path, hint: str = RESET_HINT) -> dict[str, Any]:
+        """The JSON object a state file holds ({} when there is none); `hint`: what to do when it is damaged."""
         try:
             text = path.read_bytes().decode("utf-8")
             data = json.loads(text)
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise StateError(str(path), f"is unreadable ({exc.strerror or exc})", RESET_HINT) from None
+            raise StateError(str(path), f"is unreadable ({exc.strerror or exc})", hint) from None
         except UnicodeDecodeError as exc:
-            raise StateError(
-                str(path), f"is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})", RESET_HINT
-            ) from None
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise StateError(str(path), f"is not valid JSON ({str(exc)[:100]})", RESET_HINT) from None
+            raise StateError(str(path), f"is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})", hint) from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number of 4,300+ digits
+            raise StateError(str(path), f"is not valid JSON ({str(exc)[:100]})", hint) from None
         if not isinstance(data, dict):
-            raise StateError(str(path), f"holds a JSON {type(data).__name__}, not an object", RESET_HINT)
+            raise StateError(str(path), f"holds a JSON {type(data).__name__}, not an object", hint)
         return data
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
@@ -200,7 +199,7 @@ class FileStateStore(StateStore):
     # -- outbox -------------------------------------------------------------------------------------
     def _outbox(self, sink: str, create: bool) -> tuple[Path, dict[str, Any]]:
         path = self._outbox_path(sink)
-        data = self._read(path)
+        data = self._read(path, _OUTBOX_HINT)
         if not data:
             if not create:
                 return path, {}

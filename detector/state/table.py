@@ -218,7 +218,7 @@ class TableStateStore(StateStore):
             raise StateError(where, f"State is {type(raw).__name__}, not JSON text", RESET_HINT)
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number of 4,300+ digits
             raise StateError(where, f"State is not valid JSON ({str(exc)[:100]})", RESET_HINT) from None
         return RuleState.from_json(data, time_bin, where)
 
@@ -313,7 +313,7 @@ class TableStateStore(StateStore):
         text = "".join(entity[f"Finding{i}"] for i in range(chunks))
         try:
             raw = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number of 4,300+ digits
             raise StateError(where, f"the stored finding is not valid JSON ({str(exc)[:100]})", _OUTBOX_HINT) from None
         return OutboxEntry(
             sink, finding_from_state(raw, where), digest, delivered or None, attempts, parked, str(entity.get("Error") or "")

@@ -171,6 +171,7 @@ def test_a_file_locked_by_another_writer_is_a_sink_error_not_a_hang(tmp_path: Pa
         (b"\xff\xfe{}", "is not a findings file (not UTF-8 text)"),
         (b"[" * 100_000 + b"\n", "is not a findings file line"),
         (b'{"FindingId": ["x"]}\n', "is not a findings file line"),
+        (b'{"FindingId": "x", "n": ' + b"9" * 5000 + b"}\n", "is not a findings file line"),  # json's digit limit
     ],
 )
 def test_a_foreign_file_is_never_overwritten(tmp_path: Path, content: bytes, message: str) -> None:

@@ -24,8 +24,10 @@ from detector.sources.iis import IisLogSource
 
 RULES = load_rules(DEFAULT_RULES_DIR)
 WINDOW = Window(parse_datetime("2026-11-26T00:00:00Z"), parse_datetime("2026-11-27T00:00:00Z"))
-COLUMNS = ("TimeGenerated", "Computer", "sIP", "sPort", "cIP", "csMethod", "csUriStem", "csUriQuery", "csUserName")
-COLUMNS += ("csUserAgent", "scStatus", "sSiteName")
+COLUMNS = (
+    *("TimeGenerated", "Computer", "sIP", "sPort", "cIP", "csMethod", "csUriStem", "csUriQuery", "csUserName"),
+    *("csUserAgent", "scStatus", "sSiteName"),
+)
 IIS_FIELDS = "date time s-sitename s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip cs(User-Agent) sc-status"
 # A value of the column's type no reader can type (JSON); an IIS log can only hold a port that is no number.
 WRONG_TYPE = {"sPort": "x443", "TimeGenerated": "yesterday", "cIP": {"a": 1}, "Computer": ["web01"], "sIP": {"ip": 1}}

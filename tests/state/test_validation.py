@@ -56,6 +56,7 @@ def _write(path: Path, content: bytes | str | dict[str, Any]) -> None:
 FILE_CASES: dict[str, tuple[FileCorruption, str]] = {
     "binary garbage": (lambda s: _write(rule_file(s), b"\xff\xfe\x00\x9c garbage"), "is not UTF-8 text"),
     "not JSON": (lambda s: _write(rule_file(s), "{checkpoint: tomorrow"), "is not valid JSON"),
+    "a number json will not read": (lambda s: _write(rule_file(s), '{"x": ' + "9" * 5000 + "}"), "is not valid JSON"),
     "a JSON list": (lambda s: _write(rule_file(s), "[1, 2]"), "holds a JSON list"),
     "checkpoint a number": (lambda s: _write(rule_file(s), {"state": {"checkpoint": 12}}), "checkpoint is int"),
     "checkpoint not a date": (lambda s: _write(rule_file(s), {"state": {"checkpoint": "soon"}}), "is not a date"),
@@ -73,6 +74,8 @@ FILE_CASES: dict[str, tuple[FileCorruption, str]] = {
     ),
     "rules folder is a file": (lambda s: _write(s / "rules", "x"), "unreadable|cannot be written"),
     "outbox garbage": (lambda s: _write(outbox_file(s), {"id": "x", "entries": []}), "is not an outbox"),
+    # An outbox is restored, never deleted to start over: that would drop the findings it holds.
+    "outbox not JSON": (lambda s: _write(outbox_file(s), "{entries"), "is not valid JSON.*deleting it drops the findings"),
     "outbox entry malformed": (
         lambda s: _write(
             outbox_file(s), {"id": "x", "entries": {"f1": {"digest": "d", "delivered_digest": None, "finding": {"id": 1}}}}
@@ -207,6 +210,10 @@ TABLE_CASES: dict[str, tuple[Callable[[TableClient], None], str]] = {
     "stored finding not JSON": (
         lambda t: _merge_all(t, OUTBOX_ENTRIES, Finding0="{x"),
         "stored finding is not valid JSON",
+    ),
+    "State a number json will not read": (
+        lambda t: _merge(t, _rule_entity(t), State='{"x": ' + "9" * 5000 + "}"),
+        "State is not valid JSON",
     ),
 }
 
