@@ -6,7 +6,8 @@ Slack link `<https://evil.example|sign in>`, a markdown link, HTML, NUL bytes, n
 Each sink therefore renders values through one of the functions here, never verbatim:
 
 * `visible`: control characters become their visible Unicode pictures (NUL is shown as U+2400, a line
-  feed as U+240A), so a value can never start a new line or hide text; long values are cut.
+  feed as U+240A), so a value can never start a new line or hide text; the bidi controls, which would
+  reorder the text around them, are shown as escapes (`\u202e`); long values are cut.
 * `chat_text`: for Slack's `text` and Teams' markdown: `&`, `<`, `>` as HTML entities (what Slack asks
   for, and what stops HTML and `<...>` links in Teams), and backslash before the characters that build
   markdown links, images and code spans.
@@ -28,6 +29,9 @@ VALUE_LIMIT = 200  # characters of one value shown in a message; the sinks' stru
 LIST_LIMIT = 600  # characters of one list of values shown in a message before "... (+n more)"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]")
+# The bidi controls, which reorder the text around them: a client IP "\u202e9.311.0.302" would read as
+# 203.0.113.9. Shown as their escapes (as the terminal display shows them), so the analyst sees them.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _CHAT_SPECIAL = re.compile(r"[\\`\[\]]")
 # Values never start a line (a label always comes first), so only the characters that act inside a line.
 _MARKDOWN_SPECIAL = re.compile(r"[\\`*_\[\]~|]")
@@ -50,6 +54,7 @@ def visible(value: Any, limit: int = VALUE_LIMIT) -> str:
     # Lone surrogates (undecodable bytes kept by a lossy reader) cannot be encoded in a JSON body's UTF-8.
     text = text.encode("utf-8", "replace").decode("utf-8")
     text = _CONTROL.sub(_picture, text)
+    text = _BIDI.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
     if len(text) > limit:
         text = text[: limit - 1] + "\u2026"
     return text

