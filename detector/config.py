@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from detector.errors import ConfigError, shown
-from detector.kql import format_timespan, parse_datetime, parse_timespan
+from detector.kql import format_timespan, parse_datetime, parse_timespan, plain_int
 
 
 @dataclass(frozen=True)
@@ -370,7 +370,7 @@ def check_schedule(name: str, text: str) -> None:
                 continue
             bounds = []
             for item in match.group("range").split("-"):
-                number = names.get(item.lower()) if not item.isdigit() else int(item)
+                number = names.get(item.lower()) if plain_int(item) is None else plain_int(item)
                 if number is None or not low <= number <= high:
                     raise ConfigError(name, f"{label} field '{shown(value)}': {shown(item)} is not from {low} to {high}")
                 bounds.append(number)

@@ -102,6 +102,15 @@ def strcat(*parts: Any) -> str:
     return "".join(tostring(part) for part in parts)
 
 
+def plain_int(text: str, digits: int = 18) -> int | None:
+    """`text` as a whole number when it is 1 to `digits` ASCII digits and nothing else, else None.
+
+    str.isdigit() alone also takes "²" and "١٢" (which int() then refuses or reads), and any length
+    (int() refuses 4,300 digits or more): input and settings go through this instead.
+    """
+    return int(text) if 0 < len(text) <= digits and text.isascii() and text.isdigit() else None
+
+
 def tolong(value: Any) -> int | None:
     """KQL tolong(): a signed 64-bit integer, or null when conversion fails.
 
@@ -121,7 +130,11 @@ def tolong(value: Any) -> int | None:
         match = _LONG.match(value)
         if not match:
             return None
-        number = int(match.group(1))
+        text = match.group(1)
+        digits = text.lstrip("+-").lstrip("0") or "0"
+        if len(digits) > 19:
+            return None  # out of range (and int() refuses 4,300 digits or more)
+        number = -int(digits) if text.startswith("-") else int(digits)
         return number if _INT64_MIN <= number <= _INT64_MAX else None
     return None
 

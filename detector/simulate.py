@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, shown
 from detector.evaluate import evaluate
-from detector.kql import bin_datetime, format_datetime
+from detector.kql import bin_datetime, format_datetime, plain_int
 from detector.logic import logic_class
 from detector.models import Finding, Row, Window
 from detector.rules import Rule
@@ -78,9 +78,10 @@ def parse_thresholds(text: str | None) -> tuple[int, ...]:
     values = []
     for raw in text.split(","):
         part = raw.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise ConfigError("--threshold", f"'{part}' is not a positive whole number; write e.g. --threshold 20,30,50")
-        values.append(int(part))
+        value = plain_int(part, 9)
+        if not value:
+            raise ConfigError("--threshold", f"'{shown(part)}' is not a positive whole number; write e.g. --threshold 20,30,50")
+        values.append(value)
     return tuple(sorted(set(values)))
 
 

@@ -215,6 +215,8 @@ def test_bad_state_settings(values: dict[str, str], message: str) -> None:
         ("0 5-1 * * * *", "range"),
         ("00:05:00", "NCRONTAB"),
         ("@daily", "6 fields"),
+        ("0 \u00b2 * * * *", "minute"),  # isdigit() takes "²"
+        ("0 " + "9" * 4000 + " * * * *", "minute"),  # many digits (a value holds at most 4096 characters)
     ],
 )
 def test_a_schedule_that_is_not_ncrontab_is_refused(value: str, message: str) -> None:

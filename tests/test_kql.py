@@ -64,6 +64,8 @@ def test_tostring_of_null_is_empty() -> None:
         ("1_000", None),  # Python int() accepts this; Kusto does not
         ("١٢", None),  # non-ASCII digits: int() accepts them; Kusto does not
         ("12 3", None),
+        ("9" * 5000, None),  # beyond int()'s digit limit: still just out of range
+        ("0" * 5000 + "7", 7),
         (None, None),
         (5, 5),
         (5.9, 5),

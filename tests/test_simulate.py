@@ -166,6 +166,11 @@ def test_bad_thresholds_and_parameters(capsys: pytest.CaptureFixture[str]) -> No
         capsys.readouterr().err.strip()
         == "error: setting --threshold: 'x' is not a positive whole number; write e.g. --threshold 20,30,50"
     )
+    for odd in ("\u00b2", "9" * 5000, "\x1b[31m"):  # isdigit() takes "²"; int() refuses 4,300 digits
+        assert main([*base, "--threshold", odd]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: setting --threshold: '") and error.endswith("write e.g. --threshold 20,30,50")
+        assert "\x1b" not in error and len(error) < 300
     assert main([*base, "--threshold", "500"]) == 2
     assert "portThreshold=500: portThreshold above maxSetSize" in capsys.readouterr().err
     assert main([*base, "--parameter", "timeBin"]) == 2

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from detector.display import evidence_of, item_texts, printable, shorten, shorten_texts, title_of, value_text
 from detector.errors import ConfigError
-from detector.kql import format_datetime
+from detector.kql import format_datetime, plain_int
 from detector.models import Finding
 from detector.sinks import Sink, register_sink
 
@@ -37,7 +37,8 @@ def _columns_env() -> int:
     from detector.config import environment
 
     text = environment().get("COLUMNS", "")
-    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_WIDTH
+    width = plain_int(text, 6)
+    return width if width else DEFAULT_WIDTH
 
 
 def in_rule_order(findings: Sequence[Finding]) -> list[Finding]:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from detector.deadline import current_deadline
 from detector.errors import ConfigError, DeadlineReachedError, SourceError
 from detector.identity import credential_failure, credential_for
-from detector.kql import bin_datetime, format_datetime, parse_datetime
+from detector.kql import bin_datetime, format_datetime, parse_datetime, plain_int
 from detector.models import Row, Window
 from detector.pushdown import CandidateSpec, Capabilities
 from detector.sources import LineReport, MalformedLine, ReadRequest, Source, register_source, typed
@@ -569,7 +569,7 @@ class LogAnalyticsSource(Source):
         http = response.http_response
         self._last_status = http.status_code
         length = http.headers.get("Content-Length")
-        self.stats.bytes_received += int(length) if length and length.isdigit() else len(http.body() or b"")
+        self.stats.bytes_received += plain_int(length or "") or len(http.body() or b"")
 
     # -- plumbing --------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detector.errors import ConfigError, DetectorError, StateError
-from detector.kql import format_datetime, parse_datetime
+from detector.kql import format_datetime, parse_datetime, plain_int
 from detector.models import Finding
 
 if TYPE_CHECKING:
@@ -92,9 +92,9 @@ def holder_is_dead(owner: str) -> bool:
     _, at, where = owner.partition("@")
     host, _, process = where.partition("/")
     pid_text, _, started = process.partition("/")
-    if not at or host != _host_identity() or not pid_text.isdigit():
+    pid = plain_int(pid_text, 9)
+    if not at or host != _host_identity() or pid is None:
         return False  # another host (or an owner without a process): trusted until its lease lapses
-    pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
