@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from detector.errors import StateError
 from detector.models import Finding
 from detector.sinks import Sink
 from detector.state import OutboxEntry, RuleState, StateStore
@@ -122,7 +123,12 @@ def dry_store(real: StateStore) -> Iterator[StateStore]:
                 # The lock file belongs to a live run of the real folder, not to the copy.
                 shutil.copytree(real.folder, copy, ignore=shutil.ignore_patterns(".lock"))
                 _drop_leases(copy)
-            yield FileStateStore(copy)
+            try:
+                yield FileStateStore(copy)
+            except StateError as exc:  # a damaged record of the copy is one of the real folder: named so
+                exc.args = tuple(str(arg).replace(str(copy), str(real.folder)) for arg in exc.args)
+                exc.where = exc.where.replace(str(copy), str(real.folder))
+                raise
         return
     yield OverlayStore(real)
 
@@ -130,7 +136,10 @@ def dry_store(real: StateStore) -> Iterator[StateStore]:
 def _drop_leases(folder: Path) -> None:
     """Free the copied leases: a live run's lease must not make the dry run step aside from a copy."""
     for path in (folder / "rules").glob("*.json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue  # damaged: left as it is, for the store to name when the run reads it
         if isinstance(data, dict) and data.get("lease"):
             data["lease"] = None
             path.write_text(json.dumps(data), encoding="utf-8")

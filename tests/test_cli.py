@@ -453,6 +453,22 @@ def test_dry_run_plans_reads_and_evaluates_but_writes_nothing(
     assert summary["findings"] == 7 and summary["deliveries"] == {f"jsonl:{tmp_path / 'f.jsonl'}": 7}
 
 
+@pytest.mark.parametrize("damage", ["{checkpoint: tomorrow", '{"x": ' + "9" * 5000 + "}"])
+def test_a_dry_run_over_a_damaged_state_file_names_the_real_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    state = _scheduled_env(monkeypatch, tmp_path, now="2026-11-26T00:35:00Z")
+    assert main(["scheduled"]) == EXIT_OK
+    (rule_file,) = (state / "rules").glob("44a555d8-*.json")
+    rule_file.write_text(damage, encoding="utf-8")
+    capsys.readouterr()
+    code, _, err = run_cli(["scheduled", "--dry-run"], capsys)
+    assert code == EXIT_BAD_INPUT
+    assert err.strip().startswith(f"error: state {rule_file}: is not valid JSON"), err
+    assert "Traceback" not in err and "detector-dry-run-" not in err
+    assert rule_file.read_text(encoding="utf-8") == damage
+
+
 def test_dry_run_of_an_unchanged_delivered_day_stages_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
