@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # rules.py expands rows with this module while it loads; it m
 # Keys of an example row that are not W3CIISLog columns but say how to repeat the row.
 REPEAT, EACH = "repeat", "each"
 _MAX_EXPANDED_ROWS = 100_000
-_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
+_RANGE = re.compile(r"^\s*(-?[0-9]{1,18})\s*-\s*(-?[0-9]{1,18})\s*$")  # ASCII: int() would read other digits
 
 
 class ExampleRowError(ValueError):
@@ -27,12 +27,13 @@ class ExampleRowError(ValueError):
         self.key = key
 
 
-def _each_values(column: str, spec: Any) -> list[Any]:
+def _each_values(column: str, spec: Any) -> Sequence[Any]:
     if isinstance(spec, list) and spec:
         return spec
-    match = _RANGE.match(str(spec)) if isinstance(spec, str | int) and not isinstance(spec, bool) else None
+    text = spec if isinstance(spec, str) else ""  # an int is a value, not a range (YAML reads 8000-8029 as text)
+    match = _RANGE.match(text)
     if match and int(match.group(1)) <= int(match.group(2)):
-        return list(range(int(match.group(1)), int(match.group(2)) + 1))
+        return range(int(match.group(1)), int(match.group(2)) + 1)  # counted before any row is built
     problem = "must be a non-empty list of values or an integer range like 8000-8029 (first <= last)"
     raise ExampleRowError(f"{EACH}.{column}", problem)
 

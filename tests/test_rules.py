@@ -307,6 +307,23 @@ def test_examples_that_expand_to_too_many_rows_are_refused(tmp_path: Path) -> No
         load_rule(_write(tmp_path, data))
 
 
+@pytest.mark.parametrize(
+    ("each", "message"),
+    [
+        ("1-100000000000", r"each': stands for 100000000000 rows"),  # counted, never built
+        ("1-" + "9" * 5000, r"each\.sPort': must be a non-empty list"),  # int() refuses 4,300 digits
+        ("\u0661-\u0663", r"each\.sPort': must be a non-empty list"),  # int() reads Arabic digits; a range is ASCII
+    ],
+)
+def test_an_each_range_that_cannot_be_expanded_is_one_error(tmp_path: Path, each: str, message: str) -> None:
+    data = _base()
+    row = dict(data["examples"][0]["rows"][0])
+    row["each"] = {"sPort": each}
+    data["examples"][0]["rows"] = [row]
+    with pytest.raises(RuleError, match=message):
+        load_rule(_write(tmp_path, data))
+
+
 def _rule_error(path: Path) -> str | None:
     """None when the file loads, else the RuleError's text; any other exception fails the test."""
     try:
