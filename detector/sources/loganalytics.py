@@ -520,6 +520,8 @@ class LogAnalyticsSource(Source):
             except json.JSONDecodeError:
                 # The SDK parses an error body even when there is none, as on a 204 No Content.
                 problem = f"HTTP {self._last_status} without a body"
+            except (ValueError, RecursionError) as exc:  # a body json refuses: a 4,300-digit number, deep nesting
+                problem = f"HTTP {self._last_status} with a body that cannot be read ({_one_line(str(exc))[:120]})"
             except HttpResponseError as exc:
                 failure = credential_failure(exc)
                 if failure is not None:
@@ -635,7 +637,7 @@ def _table_rows(table: Any, window: Window) -> list[dict[str, Any]]:
         for i in dynamic:
             if isinstance(values[i], str):
                 # A dynamic string scalar that is not JSON text stays the string it is.
-                with suppress(json.JSONDecodeError):
+                with suppress(ValueError, RecursionError):  # JSONDecodeError, 4,300 digits, deep nesting
                     values[i] = json.loads(values[i])
         for i in dates:
             value = values[i]

@@ -420,6 +420,14 @@ def test_dynamic_columns_and_seven_digit_datetimes(workspace: Workspace) -> None
     assert row == {"d": [1, "a"], "t": DAY.replace(microsecond=123456), "n": None}
 
 
+@pytest.mark.parametrize("text", ["not json", "9" * 5000, "[" * 100_000])
+def test_a_dynamic_value_json_refuses_stays_the_text_it_is(text: str) -> None:
+    from types import SimpleNamespace
+
+    table = SimpleNamespace(columns=["d"], columns_types=["dynamic"], rows=[[text]])
+    assert _table_rows(table, WINDOW) == [{"d": text}]
+
+
 def test_late_bins(workspace: Workspace) -> None:
     source = workspace.source()
     # Every bin with rows, when everything arrived after the cutoff.
