@@ -27,7 +27,7 @@ from tests.sink_support import findings as fixture_findings
 
 # --- the reference: the code before it was made quick -------------------------------------------------
 
-_REFERENCE_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_REFERENCE_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def reference_printable(text: str) -> str:
@@ -151,7 +151,8 @@ def _reference_blocks(findings: list[Finding], width: int) -> list[str]:
 SPECIAL = (
     " ", " ", " ", "-", "-", "--", "a", "Z", "9", "_", ".", ",", "!", '"', "'", "&", "?", "/", "(", ")", ":",
     "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x07", "\x1b", "\x1b[2J", "\x1b]0;pwned\x07",
-    "\x7f", "\x85", "\x9b", "\xa0", "\u1680", "\u2003", "\u200e", "\u202e", "\u2028", "\u2066", "\u2069",
+    "\x7f", "\x85", "\x9b", "\xa0", "\u1680", "\u2003", "\u200e", "\u202e", "\u2028", "\u2029", "\u061c", "\u2066",
+    "\u2069",
     "\u3000", "é", "中文", "\U0001f600", "\udcff",
 )  # fmt: skip
 pieces = st.one_of(st.sampled_from(SPECIAL), st.characters())
