@@ -2,7 +2,8 @@
 
 No network and no script: styles are inline, the chart is SVG drawn here. Every value that comes from
 the data or the rule is escaped (html.escape, quotes included), so a query string such as
-`<script>` shows as text. The numbers carry data- attributes so tests (and people) can read them back.
+`<script>` shows as text, and control and bidi characters are shown as escapes, as on the terminal.
+The numbers carry data- attributes so tests (and people) can read them back.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from html import escape
 
-from detector.display import evidence_of, shorten_list, summary_of, title_of, value_text
+from detector.display import evidence_of, printable, shorten_list, summary_of, title_of, value_text
 from detector.kql import format_datetime
 from detector.simulate import Simulation, activity_start, counts_by_label
 
@@ -22,7 +23,8 @@ MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP = 48, 64, 16
 
 
 def _e(value: object) -> str:
-    return escape(str(value), quote=True)
+    """Text for HTML: controls and bidi controls escaped as the terminal shows them, then HTML-escaped."""
+    return escape(printable(str(value)), quote=True)
 
 
 def render_chart(sim: Simulation) -> str:

@@ -140,6 +140,19 @@ def test_html_report_numbers_chart_and_safety() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # a query string of the fixture, shown as text
 
 
+def test_html_report_shows_bidi_and_control_characters_as_escapes(tmp_path: Path) -> None:
+    """A client IP that would display reversed (U+202E then "9.311.0.302" reads 203.0.113.9) is shown escaped."""
+    hostile = "\u202e9.311.0.302\u2066\x1b[31m"
+    lines = (FILES / "w3ciislog.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    scanner = next(e["cIP"] for e in expected_findings())
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({**r, "cIP": hostile if r["cIP"] == scanner else r["cIP"]}) + "\n" for r in rows))
+    html = render_html(simulate(RULE, FileSource(path), DAY, THRESHOLDS))
+    assert "\\u202e9.311.0.302\\u2066\\x1b[31m" in html
+    assert not any(c in html for c in "\u202e\u2066\x1b")
+
+
 def test_the_example_report_in_docs_is_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     out = tmp_path / "report.html"

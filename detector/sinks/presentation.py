@@ -7,7 +7,7 @@ Each sink therefore renders values through one of the functions here, never verb
 
 * `visible`: control characters become their visible Unicode pictures (NUL is shown as U+2400, a line
   feed as U+240A), so a value can never start a new line or hide text; the bidi controls, which would
-  reorder the text around them, are shown as escapes (`\u202e`); long values are cut.
+  reorder the text around them, are shown as escapes (U+202E as a backslash and u202e); long values are cut.
 * `chat_text`: for Slack's `text` and Teams' markdown: `&`, `<`, `>` as HTML entities (what Slack asks
   for, and what stops HTML and `<...>` links in Teams), and backslash before the characters that build
   markdown links, images and code spans.

@@ -231,7 +231,7 @@ def test_evidence_query_with_markup_in_a_value_still_selects_the_same_value() ->
 
 @pytest.mark.parametrize("odd", ["\u202e", "\u2066", "\u200f", "\u061c", "\u2028", "\x85", "\x9b"])
 def test_evidence_query_with_a_bidi_or_c1_control_in_a_key_reads_as_it_runs(odd: str) -> None:
-    """A client IP that would display reversed ("\u202e9.311.0.302" reads 203.0.113.9) is written as its
+    """A client IP that would display reversed (U+202E then "9.311.0.302" reads 203.0.113.9) is written as its
     code points in the query, so the description's code block shows what the query matches."""
     (finding, *_) = hostile_findings()
     hostile = f"{odd}9.311.0.302"
