@@ -50,7 +50,8 @@ class InputError(DetectorError):
 
     def __init__(self, where: str, problem: str) -> None:
         self.where, self.problem = where, problem
-        super().__init__(f"{where}: {problem}")
+        # A path is the user's, but may hold an escape sequence or a newline (a file named so by others).
+        super().__init__(f"{where if where.isprintable() else shown(where, 2000)}: {problem}")
 
 
 class SourceError(DetectorError):

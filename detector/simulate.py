@@ -90,7 +90,9 @@ def threshold_parameter(rule: Rule, requested: str | None) -> str:
     if requested:
         if not isinstance(rule.parameters.get(requested), int) or isinstance(rule.parameters.get(requested), bool):
             names = ", ".join(k for k, v in rule.parameters.items() if isinstance(v, int) and not isinstance(v, bool))
-            raise ConfigError("--parameter", f"rule {rule.id} has no integer parameter '{requested}'; it has: {names or 'none'}")
+            raise ConfigError(
+                "--parameter", f"rule {rule.id} has no integer parameter '{shown(requested)}'; it has: {names or 'none'}"
+            )
         return requested
     spec = rule.logic.candidate_spec()
     threshold = spec.threshold.value if spec is not None and spec.threshold is not None else None

@@ -526,3 +526,35 @@ def test_two_sinks_on_standard_output_are_refused(json_sink: str, capsys: pytest
         f"error: setting --sink: stdout and {json_sink} would both write to standard output; keep one "
         "(for JSON Lines on standard output, drop stdout: --sink jsonl:- alone)"
     )
+
+
+HOSTILE_ARGUMENT = "\x1b[31mRED\u202eLTR\u061cx\nNEXT"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--source", f"{HOSTILE_ARGUMENT}:x"],
+        ["--source", f"file:/nonexistent/{HOSTILE_ARGUMENT}"],
+        ["--source", f"file:{FILES / 'w3ciislog.jsonl'}", "--sink", HOSTILE_ARGUMENT],
+        ["--source", f"file:{FILES / 'w3ciislog.jsonl'}", "--rule", HOSTILE_ARGUMENT],
+        ["--source", f"file:{FILES / 'w3ciislog.jsonl'}", "--start", HOSTILE_ARGUMENT, "--end", "2026-11-27T00:00:00Z"],
+    ],
+    ids=["scheme", "path", "sink", "rule", "start"],
+)
+def test_an_argument_quoted_in_an_error_is_shown_escaped_on_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    window = [] if "--start" in args else ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
+    code, _, err = run_cli(["run", *args, *window], capsys)
+    assert code == EXIT_BAD_INPUT
+    (line,) = err.strip().split("\n")
+    assert line.startswith("error: ") and "RED" in line
+    assert not any(c in line for c in "\x1b\u202e\u061c")
+
+
+@pytest.mark.parametrize("parameter", [HOSTILE_ARGUMENT])
+def test_simulate_quotes_a_parameter_it_lacks_escaped(parameter: str, capsys: pytest.CaptureFixture[str]) -> None:
+    source, window = f"file:{FILES / 'w3ciislog.jsonl'}", ["--start", "2026-11-26T00:00:00Z", "--end", "2026-11-27T00:00:00Z"]
+    code, _, err = run_cli(["simulate", "--source", source, "--rule", PORT_RULE_ID, "--parameter", parameter, *window], capsys)
+    assert code == EXIT_BAD_INPUT
+    (line,) = err.strip().split("\n")
+    assert "has no integer parameter '\\x1b[31mRED\\u202eLTR\\u061cx\\nNEXT'" in line

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, shown
 from detector.models import Finding
 
 if TYPE_CHECKING:
@@ -53,7 +53,9 @@ def open_sink(spec: str, settings: Settings | None = None, setting: str = "--sin
     name, _, argument = spec.partition(":")
     _load_builtin(name)
     if name not in _FACTORIES:
-        raise ConfigError(setting, f"unknown sink '{spec}'; use one of {', '.join(sorted(set(_FACTORIES) | set(_BUILTIN)))}")
+        raise ConfigError(
+            setting, f"unknown sink '{shown(spec)}'; use one of {', '.join(sorted(set(_FACTORIES) | set(_BUILTIN)))}"
+        )
     return _FACTORIES[name](argument, settings)
 
 

@@ -306,7 +306,7 @@ def open_source(spec: str, settings: Settings | None = None, *, setting: str = "
     _load_builtin(scheme)
     if not sep or scheme not in _FACTORIES or not argument:
         known = sorted(set(_FACTORIES) | set(_BUILTIN))
-        raise ConfigError(setting, f"unknown source '{spec}'; use one of {', '.join(f'{s}:<...>' for s in known)}")
+        raise ConfigError(setting, f"unknown source '{shown(spec)}'; use one of {', '.join(f'{s}:<...>' for s in known)}")
     return _FACTORIES[scheme](argument, settings_or_env(settings))
 
 
