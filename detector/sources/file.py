@@ -632,15 +632,23 @@ def _names_once(data: bytes, lines: pl.Series, frame: pl.DataFrame, required: se
         named = line.str.count_matches(f'"{column}"', literal=True)
         if column in required and look[column].null_count():
             good.append(named == 1)
-            # `"name":null` is the line's own key unless it is a nested object's (a "{" after the line's
-            # first) or the end of a key with an escaped quote, like "a\\"name" (a quote before the name
-            # that is escaped): then the line goes to the plain code, which tells a missing column from a null.
-            flat = ~line.str.contains(f'\\"{column}"', literal=True) & ~line.str.slice(1).str.contains("{", literal=True)
-            written_null = line.str.count_matches(f'"{column}":\\s*null') == 1
-            good.append(pl.col(column).is_not_null() | (written_null & flat))
+            good.append(pl.col(column).is_not_null() | _written_null(line, column))
         else:
             good.append((named == 1) | (pl.col(column).is_null() & (named == 0)))
     return bool(look.select(pl.all_horizontal(good).all().alias("ok"))["ok"][0])
+
+
+def _written_null(line: pl.Expr, column: str) -> pl.Expr:
+    """Per line: the line writes `"column": null` as its own key, once.
+
+    It is the line's own key unless it is a nested object's (a "{" after the line's first) or the end of
+    a key with an escaped quote, like "a\\"name" (a quote before the name that is escaped): such a line
+    is not taken for one, and goes to the plain code, which tells a missing column from a null.
+    """
+    flat = ~line.str.contains(f'\\"{column}"', literal=True) & ~line.str.slice(1).str.contains("{", literal=True)
+    return (
+        (line.str.count_matches(f'"{column}"', literal=True) == 1) & (line.str.count_matches(f'"{column}":\\s*null') == 1) & flat
+    )
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -739,9 +747,10 @@ def _columnar_keys(
     if frame is None or frame.height != lines_frame.len():
         return None  # blank lines: the plain code decides
     required = set(request.required) | {TIME}
-    for column in wanted:
-        if frame[column].null_count() and column in required and (column == TIME or COLUMN_TYPES[column] == "string"):
-            return None  # polars reads a missing key and a null alike; the plain code tells them apart
+    if frame[TIME].null_count():
+        return None  # a row without its time: the plain code says which
+    # A required column null: polars reads a missing key and a null alike; _names_once tells them apart
+    # (the plain code skips a line missing it, and reads `"column": null` as "" or null, as _typed does).
     if not _names_once(data, lines_frame, frame.select(wanted), required):
         return None
     if not _all_from_json_strings(lines_frame, frame, [c for c in wanted if COLUMN_TYPES[c] == "string" and c != TIME]):
@@ -943,8 +952,13 @@ def _odd_values(lines: pl.Series, values: pl.DataFrame, required: set[str]) -> t
     vectorised = None
     for column in values.columns:
         value = values[column]
-        if column in required:
+        if column == TIME:
             odd = odd | value.is_null()
+        elif column in required and value.null_count():
+            # Null or missing: only a line that writes `"column": null` is read so (the rest: the plain code's).
+            nulls = value.is_null()
+            written = lines.filter(nulls).to_frame("line").select(_written_null(pl.col("line"), column).alias("w"))["w"]
+            odd = odd | nulls.scatter(nulls.arg_true().filter(written), False)
         if column == TIME:
             # A time parse_datetime refuses, or one outside the set typed in polars not written as a JSON string.
             vectorised = vectorised_times(value)

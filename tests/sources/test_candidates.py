@@ -237,7 +237,7 @@ def test_random_json_lines_give_the_same_results(tmp_path: Path, seed: int, monk
         rng.shuffle(rows)  # unordered: the finder sees a finished bin again and reads twice
     lines = [json.dumps(r, separators=(",", ":") if seed % 3 else (", ", ": ")) for r in rows]
     if seed == 2:
-        lines[100] = lines[100].replace('"cIP":"', '"cIP":null, "x":"')  # a null key: that block is read row by row
+        lines[100] = lines[100].replace('"cIP":"', '"cIP":null, "x":"')  # a null key written so: "" to both reads
         lines.insert(200, "")  # a blank line
         lines[300] = lines[300].replace('"sPort":', '"sPort":"0042", "y":')  # a port as a string
     if seed == 4:
@@ -249,7 +249,7 @@ def test_random_json_lines_give_the_same_results(tmp_path: Path, seed: int, monk
     assert compared.pruned()
     assert compared.fired() == {r.id for r in RULES}
     assert any(columnar)  # most blocks took the columnar path...
-    assert not all(columnar) or seed not in (2, 4)  # ...and the odd ones were read row by row
+    assert not all(columnar) or seed != 4  # ...and the odd ones were read row by row
 
 
 @pytest.mark.parametrize("endings", ["lf", "crlf", "mixed"])
