@@ -34,11 +34,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from detector.deadline import current_deadline
-from detector.errors import ConfigError, DeadlineReachedError, SourceError
+from detector.errors import ConfigError, DeadlineReachedError, SourceError, shown
 from detector.identity import credential_failure, credential_for
 from detector.kql import bin_datetime, format_datetime, parse_datetime, plain_int
 from detector.models import Row, Window
-from detector.pushdown import CandidateSpec, Capabilities
+from detector.pushdown import TIME, CandidateSpec, Capabilities
 from detector.sources import LineReport, MalformedLine, ReadRequest, Source, register_source, typed
 from detector.sources.kql_query import (
     TOTAL,
@@ -164,6 +164,7 @@ class _Piece:
     query: str
     halves: Callable[[], tuple[_Piece, ...]]
     counts_window: bool = False  # the query carries its range's row count (kql_query.window_total)
+    columns: tuple[str, ...] = ()  # the columns every row of the answer must have (a query of rows projects them)
 
     def __str__(self) -> str:
         return f"{self.kind} [{format_datetime(self.start)}, {format_datetime(self.end)})"
@@ -278,6 +279,7 @@ class LogAnalyticsSource(Source):
                 end,
                 bin_counts_query(table, start, end, size, row_filter),
                 lambda: self._split_anywhere(start, end, size, counts),
+                columns=(TIME, "rows", "total"),
             )
 
         def rows(start: datetime, end: datetime) -> _Piece:
@@ -287,6 +289,7 @@ class LogAnalyticsSource(Source):
                 end,
                 raw_query(table, start, end, columns, row_filter),
                 lambda: self._split_anywhere(start, end, size, rows),
+                columns=tuple(columns),
             )
 
         per_bin: dict[datetime, int] = {}
@@ -312,7 +315,8 @@ class LogAnalyticsSource(Source):
                 return () if cut is None else (candidates(start, cut), candidates(cut, end))
 
             query = candidates_query(table, start, end, spec)
-            return _Piece("candidates", start, end, query, halves, counts_window=True)
+            wanted = (*spec.keys, "rows", *((TIME,) if size is not None else ()))
+            return _Piece("candidates", start, end, query, halves, counts_window=True, columns=wanted)
 
         found: list[_Candidate] = []
         for row in self._fetch_whole(candidates(window.start, window.end), window):
@@ -352,12 +356,20 @@ class LogAnalyticsSource(Source):
                 first_phase_query(table, start, end, first, columns),
                 lambda: self._split_anywhere(start, end, size, keys),
                 counts_window=True,
+                columns=tuple(columns),
             )
 
         def rows(names: tuple[str, ...]) -> Callable[[datetime, datetime], _Piece]:
             def make(start: datetime, end: datetime) -> _Piece:
                 query = second_phase_query(table, start, end, first.key, names, columns, spec.filter)
-                return _Piece("second phase", start, end, query, lambda: self._split_anywhere(start, end, size, make))
+                return _Piece(
+                    "second phase",
+                    start,
+                    end,
+                    query,
+                    lambda: self._split_anywhere(start, end, size, make),
+                    columns=tuple(columns),
+                )
 
             return make
 
@@ -394,7 +406,7 @@ class LogAnalyticsSource(Source):
         start, end = min(c.start for c in batch), max(c.end for c in batch)
         row_filter = request.candidates.filter if request.candidates is not None else None
         query = details_query(self.settings.table, ranges, request.read_columns(), row_filter)
-        return _Piece("details", start, end, query, halves)
+        return _Piece("details", start, end, query, halves, columns=request.read_columns())
 
     def _plan_batches(self, ranges: Sequence[_Candidate]) -> Iterator[list[_Candidate]]:
         """Pack group ranges, in time order, into queries of bounded rows and query size."""
@@ -545,6 +557,12 @@ class LogAnalyticsSource(Source):
                     return None
                 tables = getattr(result, "tables", None)
                 if tables:
+                    wrong = _wrong_shape(tables[0], piece.columns)
+                    if wrong:  # the same query gets the same answer: no retry
+                        raise SourceError(
+                            f"{self.describe()} window {window}: the answer to {piece} {wrong}; the window is not "
+                            f"evaluated (check DETECTOR_LOGS_TABLE names a table with the W3CIISLog columns and types)"
+                        )
                     rows = _table_rows(tables[0], window)
                     self.stats.rows += len(rows)
                     return rows
@@ -623,6 +641,26 @@ def _merge_adjacent(candidates: Sequence[_Candidate]) -> list[_Candidate]:
         else:
             merged.append(item)
     return merged
+
+
+_SAME_KIND = {"int": "integer", "long": "integer", "string": "string", "datetime": "datetime"}
+
+
+def _wrong_shape(table: Any, wanted: Sequence[str]) -> str:
+    """What makes an answer not the one asked for (empty when nothing does): a column asked for is missing,
+    a W3CIISLog column has another type (a string sPort would make every row a skipped line, a run that
+    reports nothing and succeeds), or a row has another length than the columns."""
+    names, types = list(table.columns), list(table.columns_types)
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        return f"lacks column(s) {', '.join(shown(c) for c in missing)}"
+    for name, kind in zip(names, types, strict=False):
+        expected = COLUMN_TYPES.get(name)
+        if expected and name != TIME and _SAME_KIND.get(str(kind)) != _SAME_KIND[expected]:
+            return f"gives {shown(name)} as {shown(str(kind))}, where W3CIISLog has {expected}"
+    if len(types) != len(names) or any(len(row) != len(names) for row in table.rows):
+        return f"holds a row whose values do not match its {len(names)} columns"
+    return ""
 
 
 def _table_rows(table: Any, window: Window) -> list[dict[str, Any]]:

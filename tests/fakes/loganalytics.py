@@ -69,13 +69,18 @@ class Fault:
     the service's 504, at once, since waiting would only slow the test), "partial_without_data"
     (200 + PartialError and no tables), "partial_with_data" (200 + PartialError with every row of the
     answer, as when a part of the service failed after the rows were sent), "no_tables" (200 with an
-    empty tables list), "cut_body" (send half of the body, then close the connection).
+    empty tables list), "cut_body" (send half of the body, then close the connection), "reshaped" (the
+    answer to a query that projects `column`, with that column dropped when `change` is "drop", typed
+    `change` otherwise ("string", "real"), or its first row one value short when `change` is "ragged":
+    a service answering from a table of another schema; other queries are answered as usual).
     """
 
     kind: str
     status: int = 0
     retry_after: float | None = None
     seconds: float = 0.0
+    column: str = ""
+    change: str = ""
 
 
 @dataclass
@@ -437,6 +442,22 @@ class LogAnalyticsHandler(JsonHandler):
             columns, rows = self.state["fake"].run_json(record.query, record.timespan)
             record.rows, record.partial = len(rows), True
             self._send(record, 200, _body(columns, rows, _partial_error("A part of the query failed after its rows were sent.")))
+        elif fault.kind == "reshaped":
+            columns, rows = self.state["fake"].run_json(record.query, record.timespan)
+            names = [c["name"] for c in columns]
+            if fault.column not in names or "| project" not in record.query:
+                return False
+            at, table = names.index(fault.column), [json.loads(row) for row in rows]
+            if fault.change == "drop":
+                del columns[at]
+                for row in table:
+                    del row[at]
+            elif fault.change == "ragged" and table:
+                table[0] = table[0][:-1]
+            else:
+                columns[at] = {"name": fault.column, "type": fault.change}
+            record.rows = len(table)
+            self._send(record, 200, _body(columns, [json.dumps(row) for row in table], None))
         elif fault.kind == "no_tables":
             self._answer(record, 200, {"tables": []})
         elif fault.kind == "cut_body":

@@ -369,6 +369,29 @@ def test_persistent_faults_fail_the_window_loudly(
     assert len(workspace.fake.requests) <= 40
 
 
+RESHAPED = [
+    pytest.param("sPort", "drop", "lacks column\\(s\\) sPort", id="sPort-missing"),
+    pytest.param("cIP", "drop", "lacks column\\(s\\) cIP", id="cIP-missing"),
+    pytest.param("sPort", "string", "gives sPort as string, where W3CIISLog has int", id="sPort-a-string"),
+    pytest.param("sPort", "real", "gives sPort as real", id="sPort-a-real"),
+    pytest.param("sPort", "ragged", "holds a row whose values do not match its", id="a-ragged-row"),
+]
+
+
+@pytest.mark.parametrize("mode", ["two-step", "raw"])
+@pytest.mark.parametrize(("column", "change", "message"), RESHAPED)
+def test_an_answer_of_another_shape_fails_the_window_loudly(
+    workspace: Workspace, rule: Rule, mode: str, column: str, change: str, message: str
+) -> None:
+    """A table of another schema (a custom DETECTOR_LOGS_TABLE whose sPort is text) would make every row
+    a skipped line: a run that finds nothing and succeeds. It is one error naming the column instead."""
+    workspace.fake.fail_always(Fault("reshaped", column=column, change=change))
+    with pytest.raises(SourceError, match=r"window \[2026-11-26T00:00:00Z, 2026-11-27T00:00:00Z\)") as caught:
+        findings_of(rule, workspace.source(mode=mode))
+    assert re.search(message, str(caught.value)), str(caught.value)
+    assert "DETECTOR_LOGS_TABLE" in str(caught.value)
+
+
 def test_retry_waits_are_bounded(workspace: Workspace, rule: Rule) -> None:
     workspace.fake.script(Fault("status", 429, retry_after=500))
     with pytest.raises(SourceError, match="exceeds the retry budget"):
