@@ -298,8 +298,11 @@ def test_parse_timespan_rejects_other_forms(text: str) -> None:
 
 
 def test_format_timespan_round_trips() -> None:
-    for text in ("10m", "1d", "2h", "45s"):
+    for text in ("10m", "1d", "2h", "45s", "1500ms", "500ms", "25h", "0s"):
         assert format_timespan(parse_timespan(text)) == text
+    # Exact, never cut to whole seconds (a 1.5 s bin written as 1s bins another way on the server).
+    assert format_timespan(parse_timespan("1.5s")) == "1500ms"
+    assert parse_timespan(format_timespan(parse_timespan("0.0015s"))) == parse_timespan("0.0015s")
 
 
 def add_all(capped: CappedSet[Any], values: Iterable[Any]) -> None:

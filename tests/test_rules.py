@@ -104,6 +104,7 @@ def _base() -> dict[str, Any]:
             "not an output column",
         ),
         ("parameters", {"timeBin": "7m", "portThreshold": 30, "maxSetSize": 128}, "divides a day"),
+        ("parameters", {"timeBin": "1.5ms", "portThreshold": 30, "maxSetSize": 128}, "whole milliseconds"),
         ("parameters", {"timeBin": "10m", "portThreshold": 200, "maxSetSize": 128}, "can never fire"),
         ("parameters", {"timeBin": "10m", "portThreshold": 30}, "missing parameter"),
         ("parameters", {"timeBin": "10m", "portThreshold": 30, "maxSetSize": 128, "x": 1}, "unknown parameter"),

@@ -153,6 +153,8 @@ def bin_parameter(parameters: Mapping[str, Any], name: str, example: str) -> tim
         raise ValueError(f"{name}: {exc}") from None
     if time_bin <= timedelta(0) or timedelta(days=1) % time_bin:
         raise ValueError(f"{name} must be a positive timespan that divides a day, e.g. {example}")
+    if time_bin % timedelta(milliseconds=1):
+        raise ValueError(f"{name} must be whole milliseconds (a KQL bin is written as one), e.g. {example}")
     return time_bin
 
 

@@ -451,6 +451,32 @@ def test_a_dynamic_value_json_refuses_stays_the_text_it_is(text: str) -> None:
     assert _table_rows(table, WINDOW) == [{"d": text}]
 
 
+@pytest.mark.parametrize("mode", ["two-step", "raw"])
+def test_a_time_bin_of_a_fraction_of_a_second_bins_the_same_server_side(
+    workspace: Workspace, rule: Rule, mode: str, tmp_path: Path
+) -> None:
+    """A 1500ms bin is sent as 1500ms, not cut to 1s: 30 ports of one client within one 1.5 s bin (15 in
+    its first second, 15 after) are one finding in the workspace as in a file."""
+    import dataclasses
+
+    logic = type(rule.logic).from_parameters({**rule.parameters, "timeBin": "1500ms"})
+    fast = dataclasses.replace(rule, logic=logic)
+    start = DAY + timedelta(hours=9)
+    rows = [
+        {"TimeGenerated": format_datetime(start + timedelta(milliseconds=50 * i)), "Computer": "web09", "sIP": "10.0.0.9"}
+        | {"sPort": 9000 + i, "cIP": "203.0.113.250", "scStatus": "200"}
+        for i in range(30)
+    ]
+    workspace.fake.add_rows(rows)
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    window = Window(start, start + timedelta(minutes=30))
+    expected = as_json(evaluate_window(fast, FileSource(path), window).findings)
+    assert len(expected) == 1
+    assert findings_of(fast, workspace.source(mode=mode), window) == expected
+    assert "bin(TimeGenerated, 1500ms)" in workspace.fake.requests[0].query
+
+
 def test_late_bins(workspace: Workspace) -> None:
     source = workspace.source()
     # Every bin with rows, when everything arrived after the cutoff.
