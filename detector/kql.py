@@ -51,12 +51,17 @@ def parse_timespan(text: str) -> timedelta:
 
 
 def format_timespan(span: timedelta) -> str:
-    """Render a timedelta as the shortest KQL timespan literal (1d, 10m, 90s, 1500ms), exactly: a span of
-    whole seconds in the largest unit that divides it, else in milliseconds (a fraction of one only for
-    display: time bins are whole milliseconds, bin_parameter)."""
+    """Render a timedelta as the shortest KQL timespan literal (1d, 10m, 90s, 1500ms), exactly.
+
+    A span of whole seconds is written in the largest unit that divides it, any other in milliseconds,
+    with the microseconds as a decimal fraction (1.5ms) when there are some (time bins are whole
+    milliseconds: bin_parameter).
+    """
     micros = span // timedelta(microseconds=1)
     if micros % 1_000_000:
-        return f"{micros // 1000}ms" if micros % 1000 == 0 else f"{micros / 1000:g}ms"
+        whole, fraction = divmod(abs(micros), 1000)
+        text = f"{whole}.{fraction:03d}".rstrip("0").rstrip(".")
+        return f"{'-' if micros < 0 else ''}{text}ms"
     seconds = micros // 1_000_000
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:

@@ -302,7 +302,8 @@ def test_format_timespan_round_trips() -> None:
         assert format_timespan(parse_timespan(text)) == text
     # Exact, never cut to whole seconds (a 1.5 s bin written as 1s bins another way on the server).
     assert format_timespan(parse_timespan("1.5s")) == "1500ms"
-    assert parse_timespan(format_timespan(parse_timespan("0.0015s"))) == parse_timespan("0.0015s")
+    for text in ("0.0015s", "1.234567s", "16.6666667m", "1000.000001s"):  # a fraction of a millisecond too
+        assert parse_timespan(format_timespan(parse_timespan(text))) == parse_timespan(text), text
 
 
 def add_all(capped: CappedSet[Any], values: Iterable[Any]) -> None:

@@ -264,7 +264,7 @@ def typed(raw: Mapping[str, Any], request: ReadRequest, where: str, line: int | 
         row = coerce_row(raw, request.read_columns(), request.required, label)
         return row if clean else representable(row)
     except InputError as exc:
-        reason = str(exc).removeprefix(f"{label}: ")
+        reason = exc.problem  # (str(exc) starts with the label, escaped when the path holds a control character)
         if isinstance(exc, ColumnError):
             causes = frozenset({exc.cause})
     except OverflowError:

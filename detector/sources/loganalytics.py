@@ -533,7 +533,12 @@ class LogAnalyticsSource(Source):
                 # The SDK parses an error body even when there is none, as on a 204 No Content.
                 problem = f"HTTP {self._last_status} without a body"
             except (ValueError, RecursionError) as exc:  # a body json refuses: a 4,300-digit number, deep nesting
-                problem = f"HTTP {self._last_status} with a body that cannot be read ({_one_line(str(exc))[:120]})"
+                problem = f"a body that cannot be read ({_one_line(str(exc))[:120]})"
+            except (IndexError, KeyError) as exc:  # the SDK building a table from rows longer than its columns
+                raise SourceError(
+                    f"{self.describe()} window {window}: the answer to {piece} is not a table the SDK can read "
+                    f"({type(exc).__name__}: {_one_line(str(exc))[:120]}); {_NOT_EVALUATED}"
+                ) from None
             except HttpResponseError as exc:
                 failure = credential_failure(exc)
                 if failure is not None:
@@ -559,10 +564,7 @@ class LogAnalyticsSource(Source):
                 if tables:
                     wrong = _wrong_shape(tables[0], piece.columns)
                     if wrong:  # the same query gets the same answer: no retry
-                        raise SourceError(
-                            f"{self.describe()} window {window}: the answer to {piece} {wrong}; the window is not "
-                            f"evaluated (check DETECTOR_LOGS_TABLE names a table with the W3CIISLog columns and types)"
-                        )
+                        raise SourceError(f"{self.describe()} window {window}: the answer to {piece} {wrong}; {_NOT_EVALUATED}")
                     rows = _table_rows(tables[0], window)
                     self.stats.rows += len(rows)
                     return rows
@@ -643,6 +645,7 @@ def _merge_adjacent(candidates: Sequence[_Candidate]) -> list[_Candidate]:
     return merged
 
 
+_NOT_EVALUATED = "the window is not evaluated (check DETECTOR_LOGS_TABLE names a table with the W3CIISLog columns and types)"
 _SAME_KIND = {"int": "integer", "long": "integer", "string": "string", "datetime": "datetime"}
 
 

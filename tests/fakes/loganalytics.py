@@ -71,7 +71,7 @@ class Fault:
     answer, as when a part of the service failed after the rows were sent), "no_tables" (200 with an
     empty tables list), "cut_body" (send half of the body, then close the connection), "reshaped" (the
     answer to a query that projects `column`, with that column dropped when `change` is "drop", typed
-    `change` otherwise ("string", "real"), or its first row one value short when `change` is "ragged":
+    `change` otherwise ("string", "real"), or its first row one value short ("ragged") or long ("ragged+"):
     a service answering from a table of another schema; other queries are answered as usual).
     """
 
@@ -454,6 +454,8 @@ class LogAnalyticsHandler(JsonHandler):
                     del row[at]
             elif fault.change == "ragged" and table:
                 table[0] = table[0][:-1]
+            elif fault.change == "ragged+" and table:
+                table[0] = [*table[0], "one too many"]
             else:
                 columns[at] = {"name": fault.column, "type": fault.change}
             record.rows = len(table)

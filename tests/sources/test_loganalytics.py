@@ -374,7 +374,8 @@ RESHAPED = [
     pytest.param("cIP", "drop", "lacks column\\(s\\) cIP", id="cIP-missing"),
     pytest.param("sPort", "string", "gives sPort as string, where W3CIISLog has int", id="sPort-a-string"),
     pytest.param("sPort", "real", "gives sPort as real", id="sPort-a-real"),
-    pytest.param("sPort", "ragged", "holds a row whose values do not match its", id="a-ragged-row"),
+    pytest.param("sPort", "ragged", "holds a row whose values do not match its", id="a-row-too-short"),
+    pytest.param("sPort", "ragged+", "holds a row whose values|not a table the SDK can read", id="a-row-too-long"),
 ]
 
 

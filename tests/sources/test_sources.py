@@ -15,6 +15,7 @@ from detector.models import Row, Window
 from detector.pushdown import SharedSpec
 from detector.rules import DEFAULT_RULES_DIR, Rule, load_rules
 from detector.sources import ReadRequest, open_source
+from detector.sources.file import FileSource
 from tests.helpers import DAY, FILES, RULE, expected_findings, open_for_test, summarize
 
 REQUEST = ReadRequest(DAY, RULE.logic.columns, RULE.logic.required_columns, RULE.logic.candidate_spec())
@@ -225,6 +226,24 @@ def test_iis_fields_without_a_key_the_rule_groups_by_warn_though_its_spec_does_n
     (record,) = [r for r in caplog.records if "lacks" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert "s-sitename" in record.getMessage() and "cs-username" in record.getMessage()
+
+
+@pytest.mark.parametrize("pushdown", [False, True])
+def test_a_malformed_line_of_a_file_with_a_control_character_in_its_name_names_it_once_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pushdown: bool
+) -> None:
+    path = tmp_path / "esc\x1b[31m.jsonl"
+    path.write_text(json.dumps({"TimeGenerated": "2026-11-26T05:00:00Z", "Computer": "w", "cIP": "1.2.3.4"}) + "\n")
+    shown_path = str(path).replace("\x1b", "\\x1b")
+    # (A setting refuses a control character: a source built in code, as a caller of the package may.)
+    request = ReadRequest(DAY, REQUEST.columns, REQUEST.required, REQUEST.candidates if pushdown else None)
+    with pytest.raises(InputError) as caught:
+        list(FileSource(path, strict=True).read(request))
+    assert str(caught.value).startswith(f"{shown_path}:1: missing required column 'sIP'"), str(caught.value)
+    assert str(caught.value).count(shown_path) == 1 and "\x1b" not in str(caught.value)
+    assert list(FileSource(path).read(request)) == []
+    (warning,) = [r.getMessage() for r in caplog.records if "skipped malformed line" in r.getMessage()]
+    assert warning.count(shown_path) == 1 and "\x1b" not in warning
 
 
 def test_iis_fields_without_time_skip_their_entries_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
