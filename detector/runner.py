@@ -620,7 +620,11 @@ def _deliver_isolating(
     Returns (delivered, rejected: finding id -> (entry, reason), outage): an outage (a SinkError for the
     sink as a whole: down, throttled, no access) leaves what was not delivered pending without counting
     against it. Any other exception means the sink could not take some finding (a value it cannot carry):
-    the entries are then offered one at a time, and each one that fails alone is rejected.
+    the entries are then offered one at a time, and each one that fails alone is rejected. A first
+    rejection needs proof that the sink works (another finding got through in the same offer): when none
+    does (a sink answering HTML for JSON), the sink is what fails, an outage too; parking every finding
+    would lose them all while the runs looked ok. A finding rejected before counts again when it fails
+    alone (a lone finding the sink cannot carry is still parked).
     """
     try:
         sink.deliver([e.finding for e in entries])
@@ -638,6 +642,7 @@ def _deliver_isolating(
     else:
         return entries, {}, None
     delivered, rejected = [], {}
+    failures: set[str] = set()  # rejected for an exception, not by the sink's own word (SinkError.rejected)
     for index, entry in enumerate(entries):
         deadline = current_deadline()
         if deadline is not None and deadline.reached():
@@ -654,6 +659,14 @@ def _deliver_isolating(
                 return delivered, rejected, printable(str(exc))
         except Exception as exc:
             rejected[entry.finding.id] = (entry, printable(f"{type(exc).__name__}: {exc}"))
+            failures.add(entry.finding.id)
+    unproven = [fid for fid in failures if rejected[fid][0].attempts == 0] if not delivered else []
+    if unproven:
+        reason = rejected[unproven[0]][1]
+        for fid in unproven:
+            del rejected[fid]
+        outage = f"{len(unproven)} finding(s) failed when offered alone and none got through, so the sink is taken as failing"
+        return delivered, rejected, f"{outage}: {reason}"
     return delivered, rejected, None
 
 

@@ -165,3 +165,27 @@ def test_a_sink_that_is_down_parks_nothing(tmp_path: Path) -> None:
         deliver_outbox(store, [Down()], summary, wall_clock)
         assert summary.parked == [] and "503" in summary.delivery_errors["down"]
     assert len(store.pending("down")) == len(FINDINGS)  # an outage counts against no finding
+
+
+def test_a_sink_that_fails_every_finding_alone_parks_none_of_them(tmp_path: Path) -> None:
+    """A sink answering HTML where JSON belongs fails every finding with a json error, not a SinkError:
+    no finding got through, so the sink is what fails (an outage), and no finding is parked and lost."""
+    from detector.runner import deliver_outbox, wall_clock
+    from detector.state import MAX_REJECTIONS
+    from detector.state.file import FileStateStore
+    from tests.state.test_stores import FINDINGS
+
+    class Html(Sink):
+        name = "html"
+
+        def deliver(self, findings: Sequence[Finding]) -> None:
+            json.loads("<html>Service Unavailable</html>")
+
+    store = FileStateStore(tmp_path / "state")
+    store.stage(["html"], FINDINGS)
+    for _ in range(MAX_REJECTIONS + 2):
+        summary = runner.RunSummary(source="test")
+        deliver_outbox(store, [Html()], summary, wall_clock)
+        assert summary.parked == [] and not summary.ok
+        assert "none got through, so the sink is taken as failing: JSONDecodeError" in summary.delivery_errors["html"]
+    assert len(store.pending("html")) == len(FINDINGS) and store.parked("html") == []
