@@ -497,9 +497,17 @@ class LogsIngestionSink(Sink):
         failed_ids = {str(row.get("FindingId")) for _, chunk in failed for row in chunk}
         delivered = frozenset(f.id for f in findings if f.id not in failed_ids)
         reasons = sorted({self._explain(error, len(chunk)) for error, chunk in failed})
+        # A row refused as too large on its own is that finding's, whatever the service's state: counted
+        # against it (parked after a few runs), never retried for ever. Anything else is the sink's.
+        too_large = {
+            str(chunk[0].get("FindingId")): self._explain(error, 1)
+            for error, chunk in failed
+            if _status(error) == 413 and len(chunk) == 1
+        }
         raise SinkError(
             f"{self.describe()}: {len(failed_ids)} of {len(findings)} rows not ingested: " + "; ".join(reasons),
             delivered=delivered,
+            rejected=too_large,
         )
 
 

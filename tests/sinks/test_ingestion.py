@@ -218,6 +218,9 @@ def test_a_row_too_large_for_any_call_is_reported_and_the_rest_delivered(ingesti
     assert small.id in caught.value.delivered
     assert caught.value.delivered == {r["FindingId"] for r in state(ingestion)["rows"]}
     assert len(caught.value.delivered) < len(found)
+    # Each row too large alone is rejected (the runner parks it after a few runs), not left pending for ever.
+    assert set(caught.value.rejected) == {f.id for f in found} - caught.value.delivered
+    assert all("it cannot be delivered" in reason for reason in caught.value.rejected.values())
 
 
 def test_429_waits_for_retry_after_then_delivers(ingestion: FakeServer) -> None:
