@@ -370,7 +370,8 @@ def check_schedule(name: str, text: str) -> None:
                 continue
             bounds = []
             for item in match.group("range").split("-"):
-                number = names.get(item.lower()) if plain_int(item) is None else plain_int(item)
+                number = plain_int(item)
+                number = names.get(item.lower()) if number is None else number
                 if number is None or not low <= number <= high:
                     raise ConfigError(name, f"{label} field '{shown(value)}': {shown(item)} is not from {low} to {high}")
                 bounds.append(number)

@@ -18,8 +18,11 @@ from detector.models import Finding
 
 # Characters that would act on a terminal instead of being shown: C0 and C1 controls, DEL, and the bidi
 # controls that reorder text. Values come from requests an attacker sends, so they are shown escaped.
-# U+2028 and U+2029 end a line for some terminals and editors; U+061C is the Arabic letter mark, a bidi control too.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# The bidi controls (UAX #9: marks, embeddings, overrides, isolates), as a regex character class's
+# members: every human-facing output escapes them (here, detector/sinks/presentation.py and the
+# evidence query of detector/sinks/sentinel.py). U+2028 and U+2029 end a line for some terminals.
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
 
 def printable(text: str) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from detector.display import BIDI_CONTROLS
 from detector.kql import format_datetime
 from detector.models import Finding
 
@@ -31,7 +32,7 @@ LIST_LIMIT = 600  # characters of one list of values shown in a message before "
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]")
 # The bidi controls, which reorder the text around them: a client IP "\u202e9.311.0.302" would read as
 # 203.0.113.9. Shown as their escapes (as the terminal display shows them), so the analyst sees them.
-_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
 _CHAT_SPECIAL = re.compile(r"[\\`\[\]]")
 # Values never start a line (a label always comes first), so only the characters that act inside a line.
 _MARKDOWN_SPECIAL = re.compile(r"[\\`*_\[\]~|]")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from detector.display import BIDI_CONTROLS
 from detector.errors import ConfigError, SinkError
 from detector.kql import format_datetime, parse_datetime, string_literal
 from detector.models import FINDING_NAMESPACE, Finding
@@ -90,7 +91,7 @@ LITERAL_LIMIT = 256
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Characters that would be markup in the description's code block if a renderer took it for HTML, and
 # those that would change how the block reads: C1 controls, line and paragraph separators, bidi controls.
-_MARKUP = re.compile("[<>&`\x80-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_MARKUP = re.compile(f"[<>&`\x80-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -535,10 +535,8 @@ class LogAnalyticsSource(Source):
             except (ValueError, RecursionError) as exc:  # a body json refuses: a 4,300-digit number, deep nesting
                 problem = f"a body that cannot be read ({_one_line(str(exc))[:120]})"
             except (IndexError, KeyError) as exc:  # the SDK building a table from rows longer than its columns
-                raise SourceError(
-                    f"{self.describe()} window {window}: the answer to {piece} is not a table the SDK can read "
-                    f"({type(exc).__name__}: {_one_line(str(exc))[:120]}); {_NOT_EVALUATED}"
-                ) from None
+                wrong = f"is not a table the SDK can read ({type(exc).__name__}: {_one_line(str(exc))[:120]})"
+                raise self._wrong_answer(window, piece, wrong) from None
             except HttpResponseError as exc:
                 failure = credential_failure(exc)
                 if failure is not None:
@@ -563,9 +561,12 @@ class LogAnalyticsSource(Source):
                 tables = getattr(result, "tables", None)
                 if tables:
                     wrong = _wrong_shape(tables[0], piece.columns)
+                    try:
+                        rows = [] if wrong else _table_rows(tables[0], window)
+                    except ValueError:  # zip(strict=True): a row shorter than the columns (longer: IndexError above)
+                        wrong = f"holds a row whose values do not match its {len(tables[0].columns)} columns"
                     if wrong:  # the same query gets the same answer: no retry
-                        raise SourceError(f"{self.describe()} window {window}: the answer to {piece} {wrong}; {_NOT_EVALUATED}")
-                    rows = _table_rows(tables[0], window)
+                        raise self._wrong_answer(window, piece, wrong)
                     self.stats.rows += len(rows)
                     return rows
                 problem = "an answer without a result table"
@@ -592,6 +593,10 @@ class LogAnalyticsSource(Source):
         self._last_status = http.status_code
         length = http.headers.get("Content-Length")
         self.stats.bytes_received += plain_int(length or "") or len(http.body() or b"")
+
+    def _wrong_answer(self, window: Window, piece: _Piece, wrong: str) -> SourceError:
+        """The error for an answer that is not the table asked for (`wrong` says how)."""
+        return SourceError(f"{self.describe()} window {window}: the answer to {piece} {wrong}; {_NOT_EVALUATED}")
 
     # -- plumbing --------------------------------------------------------------------------------------
 
@@ -650,9 +655,9 @@ _SAME_KIND = {"int": "integer", "long": "integer", "string": "string", "datetime
 
 
 def _wrong_shape(table: Any, wanted: Sequence[str]) -> str:
-    """What makes an answer not the one asked for (empty when nothing does): a column asked for is missing,
-    a W3CIISLog column has another type (a string sPort would make every row a skipped line, a run that
-    reports nothing and succeeds), or a row has another length than the columns."""
+    """What makes an answer's columns not the ones asked for (empty when nothing does): a column asked for
+    is missing, or a W3CIISLog column has another type (a string sPort would make every row a skipped
+    line, a run that reports nothing and succeeds). A row of another length: _table_rows."""
     names, types = list(table.columns), list(table.columns_types)
     missing = [c for c in wanted if c not in names]
     if missing:
@@ -661,8 +666,8 @@ def _wrong_shape(table: Any, wanted: Sequence[str]) -> str:
         expected = COLUMN_TYPES.get(name)
         if expected and name != TIME and _SAME_KIND.get(str(kind)) != _SAME_KIND[expected]:
             return f"gives {shown(name)} as {shown(str(kind))}, where W3CIISLog has {expected}"
-    if len(types) != len(names) or any(len(row) != len(names) for row in table.rows):
-        return f"holds a row whose values do not match its {len(names)} columns"
+    if len(types) != len(names):
+        return f"gives {len(types)} types for its {len(names)} columns"
     return ""
 
 
