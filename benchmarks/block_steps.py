@@ -2,11 +2,13 @@
 
     POLARS_MAX_THREADS=1 python benchmarks/block_steps.py benchmarks/data/w3ciislog-1000000/ordered.jsonl
     POLARS_MAX_THREADS=1 python benchmarks/block_steps.py <rows.jsonl> --blocks 40
+    POLARS_MAX_THREADS=1 python benchmarks/block_steps.py <rows.jsonl> --key-reader polars
 
 The file's first blocks are cut as the detector cuts them (file.BLOCK_BYTES, at line breaks) and each is
 read by the detector's own `file._columnar_block` for the port rule, with the steps it calls timed in
 place (each step's own time, less the steps it calls): the read, the cut into lines, polars' parse of the
-key columns (the floor, see parse_floor.py), the exactness checks, the typing, the key frame, and what
+key columns (msgspec's decode, or with `--key-reader polars` polars' parse, the floor of
+parse_floor.py, and the exactness checks it needs), the typing, the key frame, and what
 is left of `_columnar_block` itself (line_profiler finds ~1 ms a block on its lines: the rest is spent
 as it returns). Prints milliseconds per block and each step's share, so a change to
 one step can be measured without the noise of threads (with POLARS_MAX_THREADS=1, polars runs each step
@@ -37,6 +39,7 @@ STEPS = {
     "read_span": "read (pread)",
     "polars_lines": "cut into lines (polars_lines)",
     "_cut": "line ends, CRs (_cut)",
+    "decoded_keys": "decode the key columns (msgspec: decoded_keys)",
     "_key_strings": "parse the key columns (read_ndjson)",
     "_names_once": "each key named once (_names_once)",
     "_all_from_json_strings": "keys were JSON strings (_all_from_json_strings)",
@@ -80,7 +83,15 @@ def main() -> int:
     parser.add_argument("path", type=Path)
     parser.add_argument("--blocks", type=int, default=30, help="blocks from the file's start (default 30)")
     parser.add_argument("--block-bytes", type=int, default=f.BLOCK_BYTES, help=f"block size (default {f.BLOCK_BYTES:,})")
+    parser.add_argument(
+        "--key-reader",
+        choices=("msgspec", "polars"),
+        default="msgspec",
+        help="msgspec first, as a read does (default), or polars' parse alone (what reads a block msgspec cannot)",
+    )
     args = parser.parse_args()
+    if args.key_reader == "polars":
+        setattr(f, "decoded_keys", lambda *_: None)  # noqa: B010 - the name is a module global the read looks up
     logic = HighPortCountByClientIP(timedelta(minutes=10), 30, 128)
     window = Window(datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
     request = ReadRequest(window, logic.columns, logic.required_columns, logic.candidate_spec())

@@ -102,6 +102,7 @@ from detector.sources.candidates import (
     typed_times,
     vectorised_times,
 )
+from detector.sources.keys_json import decoded_keys
 from detector.sources.response import JsonStream, NotStreamable, not_utf8, read_array_candidates, read_response_candidates
 from detector.w3ciislog import COLUMN_TYPES
 
@@ -743,10 +744,16 @@ def _columnar_keys(
         return None
     lines_frame, ends = cut
     wanted = first_pass_columns(spec, request)
+    required = set(request.required) | {TIME}
+    if parsed is None and (decoded := decoded_keys(data, lines_frame, wanted, required)) is not None:
+        # Decoded as json.loads decodes it: every key value was read from its own key, strings from strings.
+        if decoded[TIME].null_count():
+            return None  # a row without its time: the plain code says which
+        typed = _typed(decoded, wanted, lambda: True, times)
+        return None if typed is None else _BlockKeys(keys_frame(typed, spec, request.window), ends)
     frame = _key_strings(data, wanted) if parsed is None else parsed
     if frame is None or frame.height != lines_frame.len():
         return None  # blank lines: the plain code decides
-    required = set(request.required) | {TIME}
     if frame[TIME].null_count():
         return None  # a row without its time: the plain code says which
     # A required column null: polars reads a missing key and a null alike; _names_once tells them apart

@@ -72,3 +72,15 @@ def two_pass_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     import detector.sources.candidates as candidates_module
 
     return _calls(monkeypatch, candidates_module, "_two_pass")
+
+
+@pytest.fixture(params=["msgspec", "polars"])
+def key_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which parse reads a whole JSON Lines block's keys: msgspec first, as a read does
+    (detector/sources/keys_json.py), or polars' alone, which reads every block msgspec cannot (so its
+    guards are tested on the same lines)."""
+    import detector.sources.file as file_module
+
+    if request.param == "polars":
+        monkeypatch.setattr(file_module, "decoded_keys", lambda *args: None)
+    return str(request.param)

@@ -307,7 +307,13 @@ def json_line(draw: st.DrawFn, scanner: dict[str, str]) -> str:
     st.fixed_dictionaries({key: st.sampled_from(KEYS) for key in ("cIP", "Computer", "sIP")}),
 )
 def test_json_lines_fast_and_plain_reads_agree_on_any_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: st.DataObject, strict: bool, block: int, scanner: dict[str, str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    key_reader: str,
+    data: st.DataObject,
+    strict: bool,
+    block: int,
+    scanner: dict[str, str],
 ) -> None:
     lines = data.draw(st.lists(json_line(scanner), min_size=1, max_size=120))
     import detector.sources.file as file_module

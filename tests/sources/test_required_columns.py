@@ -102,7 +102,7 @@ CASES = [
 @pytest.mark.parametrize("agent", ["curl/8", "ab"])
 @pytest.mark.parametrize(("shape", "rule", "column", "damage"), CASES)
 def test_a_json_line_with_a_bad_required_column_is_skipped_by_both_reads(
-    tmp_path: Path, shape: str, agent: str, rule: Any, column: str, damage: str, bad: int
+    tmp_path: Path, shape: str, agent: str, rule: Any, column: str, damage: str, bad: int, key_reader: str
 ) -> None:
     path = _write(tmp_path, shape, _rows(agent, bad, column, damage))
     plain, fast = _outcome(FileSource(path), rule, False), _outcome(FileSource(path), rule, True)
