@@ -25,8 +25,13 @@ hypothesis on hostile lines):
 `decode_lines` reads a stream of JSON values, not lines: it would read two objects on one line as two
 rows and an object spanning two lines as one. So a block is decoded here only when every line (as
 polars cut it, without its CR) starts with `{` and ends with `}` and the values equal the lines in
-number: a line break inside an object would follow a `}` and precede a `{`, which JSON never allows
-inside an object or array, so no value spans lines, and as many values as lines means one a line.
+number. A line break cannot be inside a string (msgspec, like json, refuses a raw LF there), so one
+inside a value is between two tokens: after a line's last `}` and before the next line's first `{`,
+which JSON never allows inside an object or array. So no value spans lines, every line holds at least
+one value, and as many values as lines means one a line.
+
+msgspec does not check UTF-8 inside the strings it skips; the block is valid UTF-8 all the same, since
+polars_lines, which cut it, refuses invalid UTF-8 (the plain read refuses such a file too).
 """
 
 from __future__ import annotations
