@@ -1,7 +1,8 @@
 """`webhook`: findings as JSON POSTs to a URL from DETECTOR_WEBHOOK_URL (Teams workflow, Slack, a SOAR...).
 
-DETECTOR_WEBHOOK_MODE=per-finding (default) sends one POST per finding; per-run sends the run's findings
-in as few POSTs as possible (at most RUN_BATCH findings each). Every body has a `text` field that Slack
+DETECTOR_WEBHOOK_MODE=per-finding (default) sends one POST per finding; per-run sends the run's
+findings in batches: the findings of one rule and window, in the rule's order, RUN_BATCH at most to a
+POST. Every body has a `text` field that Slack
 incoming webhooks and Teams workflows show, plus the structured finding(s). `text` is built from the
 rule's title, summary and evidence fields; every value in it is escaped (presentation.chat_text), because
 values from the logs are the attacker's: a user agent of `<!channel>` must not ping a channel.
@@ -11,7 +12,10 @@ Vault reference in Azure), is never logged, and is removed from every error mess
 
 Retries: connection errors, 429 and 5xx are retried with exponential backoff, honouring Retry-After up to
 a bound. A retried POST can reach the receiver twice, so each carries an Idempotency-Key header (the
-finding id, or a digest of a batch's ids) that receivers may use to drop the repeat.
+finding id, or a digest of a batch's ids) that receivers may use to drop the repeat. A batch is the same
+whenever its findings are retried, in this run or a later one (run_batches): a rule's window is staged
+once, whole, so its findings never share a batch with findings staged later, and a POST that timed out
+after the receiver took it is repeated with its own key, not merged into a new batch with a new key.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -91,6 +96,24 @@ def batch_key(findings: Sequence[Finding]) -> str:
     """Idempotency key of a batch: the same findings always give the same key (uuid5 of the sorted ids)."""
     digest = hashlib.sha256("\n".join(sorted(f.id for f in findings)).encode()).hexdigest()
     return str(uuid.uuid5(FINDING_NAMESPACE, f"webhook-batch/{digest}"))
+
+
+def run_batches(findings: Sequence[Finding]) -> list[list[Finding]]:
+    """The per-run POSTs' batches: per rule and window, in window order, RUN_BATCH findings at a time.
+
+    Within a window the findings are in the rule's order (rank, then id). A batch depends only on its
+    rule's window and on which of the window's findings are still to deliver, never on findings of other
+    windows: what a retry sends again is the batch it sent before (the batches before it having been
+    delivered), so its key is the one the receiver saw.
+    """
+    windows: dict[tuple[datetime, datetime, str], list[Finding]] = {}
+    for finding in findings:
+        windows.setdefault((finding.window.start, finding.window.end, finding.rule_id), []).append(finding)
+    batches: list[list[Finding]] = []
+    for key in sorted(windows):
+        ordered = sorted(windows[key], key=lambda f: (f.rank, f.id))
+        batches += [ordered[i : i + RUN_BATCH] for i in range(0, len(ordered), RUN_BATCH)]
+    return batches
 
 
 def run_payload(findings: Sequence[Finding], part: int = 1, parts: int = 1) -> dict[str, Any]:
@@ -205,7 +228,7 @@ class WebhookSink(Sink):
         if self.mode == "per-finding":
             posts = [(f.id, [f.id], finding_payload(f)) for f in findings]
         else:
-            batches = [list(findings[i : i + RUN_BATCH]) for i in range(0, len(findings), RUN_BATCH)]
+            batches = run_batches(findings)
             posts = [
                 (batch_key(batch), [f.id for f in batch], run_payload(batch, n, len(batches)))
                 for n, batch in enumerate(batches, start=1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +12,7 @@ import pytest
 
 from detector.config import Settings
 from detector.errors import ConfigError, SinkError
+from detector.models import FINDING_NAMESPACE, Window
 from detector.sinks import open_sink
 from detector.sinks.http_delivery import RetrySettings
 from detector.sinks.webhook import RUN_BATCH, WebhookSink, batch_key, redact
@@ -76,6 +79,42 @@ def test_per_run_mode_posts_batches_keyed_by_their_findings(receiver: FakeServer
     open_sink("webhook", settings_for(receiver, "per-run")).deliver(many)
     parts = [p["body"]["part"] for p in state(receiver)["received"]]
     assert parts == [1, 2]
+
+
+def test_a_per_run_batch_retried_beside_later_findings_keeps_its_key(receiver: FakeServer) -> None:
+    """A batch whose POST failed (or timed out after the receiver took it) is sent again on the next run
+    with its own Idempotency-Key, even when the next run has new findings of a later window to deliver
+    with it: they go in a batch of their own, so a receiver that honours the key shows nothing twice."""
+    first = findings()
+    span = first[0].window.end - first[0].window.start
+    later_window = Window(first[0].window.end, first[0].window.end + span)
+    later = [
+        dataclasses.replace(f, id=str(uuid.uuid5(FINDING_NAMESPACE, f"later/{f.id}")), window=later_window) for f in first[:3]
+    ]
+    sink = WebhookSink(url_of(receiver), mode="per-run", retry=RetrySettings(sleep=lambda _: None, attempts=1))
+    state(receiver)["script"] = [(500, {})]
+    with pytest.raises(SinkError):
+        sink.deliver(first)
+    (failed,) = state(receiver)["received"]
+    state(receiver)["received"].clear()
+    sink.deliver([*later, *reversed(first)])  # the outbox's order is no promise
+    retried, new = state(receiver)["received"]
+    assert retried["headers"]["idempotency-key"] == failed["headers"]["idempotency-key"] == batch_key(first)
+    assert [f["FindingId"] for f in retried["body"]["findings"]] == [f["FindingId"] for f in failed["body"]["findings"]]
+    assert new["headers"]["idempotency-key"] == batch_key(later)
+    # A window's findings past RUN_BATCH: the batches still delivered after the first went through are
+    # the ones that were sent before.
+    many = [
+        dataclasses.replace(first[0], id=str(uuid.uuid5(FINDING_NAMESPACE, f"many/{i}")), rank=i) for i in range(RUN_BATCH + 7)
+    ]
+    state(receiver)["received"].clear()
+    state(receiver)["script"] = [(200, {}), (500, {})]
+    with pytest.raises(SinkError):
+        sink.deliver(many)
+    sent = [r["headers"]["idempotency-key"] for r in state(receiver)["received"]]
+    state(receiver)["received"].clear()
+    sink.deliver(many[RUN_BATCH:])  # what the outbox still holds: the second batch
+    assert [r["headers"]["idempotency-key"] for r in state(receiver)["received"]] == sent[1:]
 
 
 def test_retries_5xx_and_429_honouring_retry_after(receiver: FakeServer) -> None:
