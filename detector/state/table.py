@@ -79,20 +79,44 @@ def _utc(value: datetime) -> datetime:
 def _stored_text(finding: Finding) -> str:
     """The finding as stored JSON, shortened to fit one entity.
 
-    If it would not fit, long set values are shortened (halving their kept length until it fits),
-    keeping their start and a marker.
+    If it would not fit, long texts are shortened (halving their kept length until it fits), keeping
+    their start and a marker: a set's values, a column's value, a title or summary quoting it, an entity
+    field. A 9 MB user agent is one value an attacker can write into a log; left whole, the service
+    refused the entity and every run failed at staging. The finding's identity (id, rule, window), its
+    times and names are never shortened.
     """
     state = finding.to_state()
     text = json.dumps(state)
     keep = _SHORTENED_VALUE_CHARS
-    original = dict(state["columns"])
     while len(text) > _MAX_STORED_CHARS and keep >= 16:
-        for column, value in original.items():
-            if isinstance(value, list):
-                state["columns"][column] = [v[:keep] + _SHORTENED if isinstance(v, str) and len(v) > keep else v for v in value]
-        text = json.dumps(state)
+        text = json.dumps(_shortened_texts(state, keep))
         keep //= 2
     return text
+
+
+def _shortened(value: str, keep: int) -> str:
+    return value[:keep] + _SHORTENED if len(value) > keep else value
+
+
+_TEXTS = ("columns", "entities", "title", "summary", "rule_name")  # what a log's values can make long
+
+
+def _shortened_texts(state: dict[str, Any], keep: int) -> dict[str, Any]:
+    """The state with every long text of its values (_TEXTS, at any depth) shortened to `keep` characters.
+
+    Names (column names, evidence), times and the finding's identity stay whole.
+    """
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return _shortened(value, keep)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return value if "$dt" in value else {k: walk(v) for k, v in value.items()}
+        return value
+
+    return {key: walk(value) if key in _TEXTS else value for key, value in state.items()}
 
 
 class TableStateStore(StateStore):

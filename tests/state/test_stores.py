@@ -186,6 +186,46 @@ def test_a_finding_too_big_for_one_table_entity_is_stored_shortened(azure_env: F
     assert all(v.startswith(f"{i:03d}éé") for i, v in enumerate(entry.finding.columns["set_a"]))
 
 
+def test_a_finding_with_one_huge_text_is_stored_shortened(azure_env: FakeServer, azurite_table: str) -> None:
+    """One value past the entity's 1 MiB (a 9 MB user agent an attacker wrote into the log), quoted by
+    the title and the summary too: stored shortened, not refused by the service at every run's staging."""
+    from detector.state.table import _stored_text
+
+    agent = "Mozilla/5.0 " + "A" * 9_000_000
+    big = replace(
+        FINDINGS[0],
+        columns={**FINDINGS[0].columns, "UserAgent": agent},
+        title=f"agent {agent}",
+        summary=f"saw {agent}",
+    )
+    text = _stored_text(big)
+    assert len(text.encode("utf-16-le")) < 1024 * 1024 * 0.9
+    table = f"state{next(_tables)}"
+    create_state_table(azurite_table, table)
+    store = open_state_store(
+        Settings.from_env(
+            {
+                "DETECTOR_SOURCE": "file:x",
+                "DETECTOR_STATE": "table",
+                "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table,
+                "DETECTOR_STATE_TABLE_NAME": table,
+            }
+        )
+    )
+    store.stage(["s"], [big])
+    (entry,) = store.pending("s")
+    assert entry.digest == big.digest()
+    assert (entry.finding.id, entry.finding.window, entry.finding.evidence) == (big.id, big.window, big.evidence)
+    assert entry.finding.first_activity == big.first_activity
+    for value in (entry.finding.columns["UserAgent"], entry.finding.title, entry.finding.summary):
+        assert len(value) <= 1000 + 40 and "shortened to fit" in value
+    assert entry.finding.columns["UserAgent"].startswith("Mozilla/5.0 AAA")
+    assert entry.finding.columns["portCount"] == big.columns["portCount"]
+    assert {k: v for k, v in entry.finding.columns.items() if k != "UserAgent"} == {
+        k: v for k, v in big.columns.items() if k != "UserAgent"
+    }
+
+
 def test_restaging_the_delivered_version_is_not_pending(store: StateStore) -> None:
     original = FINDINGS[0]
     store.stage(["s"], [original])
