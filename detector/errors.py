@@ -65,12 +65,22 @@ class SinkError(DetectorError):
     delivery); every other finding passed to the sink counts as not delivered and is retried later.
     `rejected` maps ids of findings the service refused for what they hold (not an outage: say a 400 for
     that one payload) to the reason; the runner counts those against the finding and parks it after a
-    few runs, so it never holds back the others.
+    few runs, so it never holds back the others. `refused` maps ids of findings the service refused as
+    far as it says (a 400 for the payload) where it may be refusing every payload alike (a retired API
+    version, a policy): the runner counts those only with proof that it is the finding, another finding
+    delivered in the same offer or an earlier rejection of this one.
     """
 
-    def __init__(self, message: str, delivered: frozenset[str] = frozenset(), rejected: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        delivered: frozenset[str] = frozenset(),
+        rejected: Mapping[str, str] | None = None,
+        refused: Mapping[str, str] | None = None,
+    ) -> None:
         self.delivered = delivered
         self.rejected: Mapping[str, str] = rejected or {}
+        self.refused: Mapping[str, str] = refused or {}
         super().__init__(message)
 
 

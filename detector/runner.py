@@ -631,6 +631,12 @@ def _deliver_isolating(
     except SinkError as exc:
         delivered = [e for e in entries if e.finding.id in exc.delivered]
         rejected = {e.finding.id: (e, printable(exc.rejected[e.finding.id])) for e in entries if e.finding.id in exc.rejected}
+        # Refused, with proof that it is the finding: another got through, or this one was rejected before.
+        rejected |= {
+            e.finding.id: (e, printable(exc.refused[e.finding.id]))
+            for e in entries
+            if e.finding.id in exc.refused and e.finding.id not in rejected and (delivered or e.attempts > 0)
+        }
         return delivered, rejected, printable(str(exc), 20_000)
     except Exception as exc:
         log.warning(

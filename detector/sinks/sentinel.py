@@ -282,7 +282,18 @@ def update_comment(finding: Finding, owned: Mapping[str, Any]) -> tuple[str, str
 
 
 class _FindingFailedError(Exception):
-    """This finding could not be delivered; the others may still be."""
+    """This finding could not be delivered; the others may still be.
+
+    `refused`: the service refused what the finding's incident holds (400, 413, 422), which a retry will
+    not change.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+_REFUSED = (400, 413, 422)  # the service refused the request's body: this finding's incident, not the sink
 
 
 class _SinkBrokenError(Exception):
@@ -387,7 +398,7 @@ class SentinelSink(Sink):
             return _SinkBrokenError(f"cannot {action}: {throttled_text(response.headers, self._retry)}{ids}")
         if status >= 500:
             return _SinkBrokenError(f"cannot {action}: the service answered {status} ({detail}){ids}; retried next run")
-        return _FindingFailedError(f"cannot {action}: {status} {detail}{ids}")
+        return _FindingFailedError(f"cannot {action}: {status} {detail}{ids}", refused=status in _REFUSED)
 
     # -- delivery
 
@@ -435,13 +446,23 @@ class SentinelSink(Sink):
         )
 
     def deliver(self, findings: Sequence[Finding]) -> None:
+        """Each finding's incident, created or updated.
+
+        The findings the service refused (400, 413, 422) are `refused`: the runner parks such a finding
+        after a few runs once it has proof that it is the finding, not the API or the workspace, that is
+        refused (another finding got through in the same offer, or this one was rejected before). A
+        systemic 400 (every finding refused from the start) leaves them all pending, reported every run.
+        """
         delivered: set[str] = set()
         failures: list[str] = []
+        refused: dict[str, str] = {}
         for finding in findings:
             try:
                 self._deliver_one(finding)
             except _FindingFailedError as exc:
                 failures.append(str(exc))
+                if exc.refused:
+                    refused[finding.id] = str(exc)
                 continue
             except _SinkBrokenError as exc:
                 left = len(findings) - len(delivered)
@@ -454,6 +475,7 @@ class SentinelSink(Sink):
             raise SinkError(
                 f"{self.describe()}: {len(failures)} of {len(findings)} findings not delivered: " + "; ".join(failures),
                 delivered=frozenset(delivered),
+                refused=refused,
             )
 
 

@@ -189,3 +189,49 @@ def test_a_sink_that_fails_every_finding_alone_parks_none_of_them(tmp_path: Path
         assert summary.parked == [] and not summary.ok
         assert "none got through, so the sink is taken as failing: JSONDecodeError" in summary.delivery_errors["html"]
     assert len(store.pending("html")) == len(FINDINGS) and store.parked("html") == []
+
+
+@pytest.mark.parametrize("broken", [1, 7], ids=["one finding refused", "every finding refused"])
+def test_a_finding_sentinel_refuses_is_parked_only_when_others_get_through(
+    pki: TestPki, azure_env: FakeServer, tmp_path: Path, broken: int
+) -> None:
+    """The incidents API answers 400 for an incident it cannot take (here: a severity it does not know).
+    When other findings get through in the same run, that finding is rejected and parked after
+    MAX_REJECTIONS runs instead of being retried for ever; when every finding is refused, the API or
+    the workspace is what fails (a retired API version, a policy), and nothing is parked and lost."""
+    from detector.runner import deliver_outbox, wall_clock
+    from detector.state import MAX_REJECTIONS
+    from detector.state.file import FileStateStore
+    from tests.sink_support import findings
+
+    found = findings()
+    bad = {f.id for f in found[:broken]}
+    staged = [replace(f, severity="Severe") if f.id in bad else f for f in found]
+    with serve(ArmHandler, pki, workspaces={WORKSPACE.lower()}) as arm:
+        arm.state["audience"] = arm.url
+        settings = Settings.from_env(
+            {
+                "DETECTOR_SOURCE": "file:unused",
+                "AZURE_CLIENT_ID": CLIENT_ID,
+                "DETECTOR_ARM_ENDPOINT": arm.url,
+                "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE,
+            }
+        )
+        sink = open_sink("sentinel", settings)
+        store = FileStateStore(tmp_path / "state")
+        store.stage([sink.describe()], staged)
+        summaries = []
+        for _ in range(MAX_REJECTIONS + 1):
+            summary = runner.RunSummary(source="test")
+            deliver_outbox(store, [sink], summary, wall_clock)
+            summaries.append(summary)
+        incidents = {key[1] for key in arm.state["incidents"]}
+    assert incidents == {f.id for f in found} - bad
+    assert all("400" in s.delivery_errors[sink.describe()] for s in summaries[:MAX_REJECTIONS])
+    if broken < len(found):
+        assert [p["findingId"] for p in summaries[MAX_REJECTIONS - 1].parked] == sorted(bad)
+        assert [e.finding.id for e in store.parked(sink.describe())] == sorted(bad)
+        assert summaries[MAX_REJECTIONS].deliveries[sink.describe()] == 0
+    else:
+        assert all(s.parked == [] for s in summaries)
+        assert store.parked(sink.describe()) == [] and len(store.pending(sink.describe())) == len(found)

@@ -239,6 +239,7 @@ def test_a_bad_finding_does_not_stop_the_others(arm: FakeServer) -> None:
     with pytest.raises(SinkError, match="1 of 7 findings not delivered") as caught:
         open_sink("sentinel", settings_for(arm)).deliver(found)
     assert caught.value.delivered == frozenset(f.id for f in found) - {broken.id}
+    assert list(caught.value.refused) == [broken.id] and "400" in caught.value.refused[broken.id]
     assert len(state(arm)["incidents"]) == 6
 
 
