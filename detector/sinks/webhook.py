@@ -148,7 +148,18 @@ def redact(text: str, url: str) -> str:
 
 
 class _PostFailedError(Exception):
-    """A POST failed for good; the message is already free of the URL."""
+    """A POST failed for good; the message is already free of the URL.
+
+    `refused`: the receiver refused this body (400, 413, 422). In per-finding mode that is the one
+    finding's, and the other POSTs go on; in per-run mode no one finding of the batch is known to be it.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+_REFUSED = (400, 413, 422)
 
 
 class WebhookSink(Sink):
@@ -220,7 +231,7 @@ class WebhookSink(Sink):
             410: "the receiver was deleted: create a new webhook and update DETECTOR_WEBHOOK_URL",
             413: "the body is too large for the receiver: use DETECTOR_WEBHOOK_MODE=per-finding",
         }.get(status, "retried next run")
-        raise _PostFailedError(f"the webhook answered {status}{f' ({body})' if body else ''}: {hint}")
+        raise _PostFailedError(f"the webhook answered {status}{f' ({body})' if body else ''}: {hint}", refused=status in _REFUSED)
 
     def deliver(self, findings: Sequence[Finding]) -> None:
         if not findings:
@@ -234,15 +245,27 @@ class WebhookSink(Sink):
                 for n, batch in enumerate(batches, start=1)
             ]
         delivered: set[str] = set()
+        refused: dict[str, str] = {}  # the runner parks these once it has proof it is them (SinkError.refused)
         for key, ids, payload in posts:
             try:
                 self._post(key, payload)
             except _PostFailedError as exc:
+                if exc.refused and self.mode == "per-finding":
+                    refused.update(dict.fromkeys(ids, str(exc)))
+                    continue
                 raise SinkError(
                     f"{self.describe()}: {exc} ({len(findings) - len(delivered)} of {len(findings)} findings not delivered)",
                     delivered=frozenset(delivered),
+                    refused=refused,
                 ) from None
             delivered.update(ids)
+        if refused:
+            reasons = sorted(set(refused.values()))
+            raise SinkError(
+                f"{self.describe()}: {reasons[0]} ({len(refused)} of {len(findings)} findings not delivered)",
+                delivered=frozenset(delivered),
+                refused=refused,
+            )
         log.info("webhook: %d finding(s) posted in %d request(s)", len(findings), len(posts))
 
 

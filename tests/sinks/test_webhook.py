@@ -187,3 +187,22 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="DETECTOR_WEBHOOK_URL: the value is not an https") as caught:
         Settings.from_env({"DETECTOR_SOURCE": "file:x", "DETECTOR_WEBHOOK_URL": f"http://hooks.example.com{SECRET_PATH}"})
     assert SECRET_PATH not in str(caught.value)
+
+
+def test_a_body_the_receiver_refuses_does_not_stop_the_other_posts(receiver: FakeServer) -> None:
+    """Per finding, a 400 is that finding's: the others are posted, and the refused one is reported as
+    refused (the runner parks it once it has proof, see tests/sinks/test_isolation.py). Per run, a
+    refused batch says nothing about which finding it is: the delivery stops there, as for an outage."""
+    found = findings()
+    sink = WebhookSink(url_of(receiver), retry=RetrySettings(sleep=lambda _: None, attempts=1))
+    state(receiver)["script"] = [(200, {}), (400, {})]
+    with pytest.raises(SinkError, match="answered 400") as caught:
+        sink.deliver(found)
+    assert caught.value.delivered == frozenset(f.id for f in found) - {found[1].id}
+    assert list(caught.value.refused) == [found[1].id]
+    many = [dataclasses.replace(found[0], id=str(uuid.uuid5(FINDING_NAMESPACE, f"refused/{i}")), rank=i) for i in range(60)]
+    run = WebhookSink(url_of(receiver), mode="per-run", retry=RetrySettings(sleep=lambda _: None, attempts=1))
+    state(receiver)["script"] = [(400, {})]
+    with pytest.raises(SinkError, match="answered 400") as caught:
+        run.deliver(many)
+    assert caught.value.delivered == frozenset() and caught.value.refused == {}
