@@ -156,6 +156,22 @@ def test_a_missing_state_table_is_a_clear_error(azure_env: FakeServer, azurite_t
         open_state_store(settings)
 
 
+def _new_table_store(endpoint: str) -> StateStore:
+    """A table state store on a table of its own (the identity from the test's managed-identity fake)."""
+    table = f"state{next(_tables)}"
+    create_state_table(endpoint, table)
+    return open_state_store(
+        Settings.from_env(
+            {
+                "DETECTOR_SOURCE": "file:x",
+                "DETECTOR_STATE": "table",
+                "DETECTOR_STATE_TABLE_ENDPOINT": endpoint,
+                "DETECTOR_STATE_TABLE_NAME": table,
+            }
+        )
+    )
+
+
 def test_a_finding_too_big_for_one_table_entity_is_stored_shortened(azure_env: FakeServer, azurite_table: str) -> None:
     from detector.state.table import _stored_text
 
@@ -165,18 +181,7 @@ def test_a_finding_too_big_for_one_table_entity_is_stored_shortened(azure_env: F
     text = _stored_text(big)
     assert len(text.encode("utf-16-le")) < 1024 * 1024 * 0.9  # under Azure Table's 1 MiB per entity
     assert "shortened to fit" in text
-    table = f"state{next(_tables)}"
-    create_state_table(azurite_table, table)
-    store = open_state_store(
-        Settings.from_env(
-            {
-                "DETECTOR_SOURCE": "file:x",
-                "DETECTOR_STATE": "table",
-                "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table,
-                "DETECTOR_STATE_TABLE_NAME": table,
-            }
-        )
-    )
+    store = _new_table_store(azurite_table)
     store.stage(["s"], [big])
     (entry,) = store.pending("s")
     assert entry.finding.id == big.id
@@ -200,18 +205,7 @@ def test_a_finding_with_one_huge_text_is_stored_shortened(azure_env: FakeServer,
     )
     text = _stored_text(big)
     assert len(text.encode("utf-16-le")) < 1024 * 1024 * 0.9
-    table = f"state{next(_tables)}"
-    create_state_table(azurite_table, table)
-    store = open_state_store(
-        Settings.from_env(
-            {
-                "DETECTOR_SOURCE": "file:x",
-                "DETECTOR_STATE": "table",
-                "DETECTOR_STATE_TABLE_ENDPOINT": azurite_table,
-                "DETECTOR_STATE_TABLE_NAME": table,
-            }
-        )
-    )
+    store = _new_table_store(azurite_table)
     store.stage(["s"], [big])
     (entry,) = store.pending("s")
     assert entry.digest == big.digest()
