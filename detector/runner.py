@@ -623,20 +623,23 @@ def _deliver_isolating(
     the entries are then offered one at a time, and each one that fails alone is rejected. A first
     rejection needs proof that the sink works (another finding got through in the same offer): when none
     does (a sink answering HTML for JSON), the sink is what fails, an outage too; parking every finding
-    would lose them all while the runs looked ok. A finding rejected before counts again when it fails
-    alone (a lone finding the sink cannot carry is still parked).
+    would lose them all while the runs looked ok. A finding rejected before for an exception counts
+    again when it fails alone (a lone finding the sink cannot carry is still parked); a finding the
+    service refused (SinkError.refused) counts only beside a finding that got through.
     """
     try:
         sink.deliver([e.finding for e in entries])
     except SinkError as exc:
         delivered = [e for e in entries if e.finding.id in exc.delivered]
         rejected = {e.finding.id: (e, printable(exc.rejected[e.finding.id])) for e in entries if e.finding.id in exc.rejected}
-        # Refused, with proof that it is the finding: another got through, or this one was rejected before.
-        rejected |= {
-            e.finding.id: (e, printable(exc.refused[e.finding.id]))
-            for e in entries
-            if e.finding.id in exc.refused and e.finding.id not in rejected and (delivered or e.attempts > 0)
-        }
+        # Refused, with proof that it is the finding: another got through in this very offer. (A finding
+        # refused before is no proof: a receiver that starts refusing every body would park them all.)
+        if delivered:
+            rejected |= {
+                e.finding.id: (e, printable(exc.refused[e.finding.id]))
+                for e in entries
+                if e.finding.id in exc.refused and e.finding.id not in rejected
+            }
         return delivered, rejected, printable(str(exc), 20_000)
     except Exception as exc:
         log.warning(
@@ -649,31 +652,57 @@ def _deliver_isolating(
         return entries, {}, None
     delivered, rejected = [], {}
     failures: set[str] = set()  # rejected for an exception, not by the sink's own word (SinkError.rejected)
+    refusals: set[str] = set()  # refused by the service as far as it says (SinkError.refused)
+    outage = None
     for index, entry in enumerate(entries):
         deadline = current_deadline()
         if deadline is not None and deadline.reached():
-            return delivered, rejected, f"run deadline reached with {len(entries) - index} finding(s) not yet offered"
+            outage = f"run deadline reached with {len(entries) - index} finding(s) not yet offered"
+            break
         try:
             sink.deliver([entry.finding])
             delivered.append(entry)
         except SinkError as exc:
-            if entry.finding.id in exc.delivered:
+            fid = entry.finding.id
+            if fid in exc.delivered:
                 delivered.append(entry)
-            elif entry.finding.id in exc.rejected:
-                rejected[entry.finding.id] = (entry, printable(exc.rejected[entry.finding.id]))
+            elif fid in exc.rejected:
+                rejected[fid] = (entry, printable(exc.rejected[fid]))
+            elif fid in exc.refused:
+                rejected[fid] = (entry, printable(exc.refused[fid]))
+                refusals.add(fid)
             else:  # the sink itself is failing now: the rest waits for the next run
-                return delivered, rejected, printable(str(exc))
+                outage = printable(str(exc))
+                break
         except Exception as exc:
             rejected[entry.finding.id] = (entry, printable(f"{type(exc).__name__}: {exc}"))
             failures.add(entry.finding.id)
-    unproven = [fid for fid in failures if rejected[fid][0].attempts == 0] if not delivered else []
-    if unproven:
-        reason = rejected[unproven[0]][1]
-        for fid in unproven:
-            del rejected[fid]
-        outage = f"{len(unproven)} finding(s) failed when offered alone and none got through, so the sink is taken as failing"
-        return delivered, rejected, f"{outage}: {reason}"
-    return delivered, rejected, None
+    return _with_proof(delivered, rejected, failures, refusals, outage)
+
+
+def _with_proof(
+    delivered: list[OutboxEntry],
+    rejected: dict[str, tuple[OutboxEntry, str]],
+    failures: set[str],
+    refusals: set[str],
+    outage: str | None,
+) -> tuple[list[OutboxEntry], dict[str, tuple[OutboxEntry, str]], str | None]:
+    """The one-at-a-time offer's outcome, its rejections kept only with proof that the sink works.
+
+    The proof is a finding that got through. Without one, a finding refused counts never, and one that
+    failed with an exception only if it was rejected before; what is dropped leaves the sink taken as
+    failing.
+    """
+    if delivered:
+        return delivered, rejected, outage
+    unproven = [fid for fid in rejected if fid in refusals or (fid in failures and rejected[fid][0].attempts == 0)]
+    if not unproven:
+        return delivered, rejected, outage
+    reason = rejected[unproven[0]][1]
+    for fid in unproven:
+        del rejected[fid]
+    failing = f"{len(unproven)} finding(s) failed when offered alone and none got through, so the sink is taken as failing"
+    return delivered, rejected, f"{failing}: {reason}" + (f"; {outage}" if outage else "")
 
 
 def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock: Clock) -> None:

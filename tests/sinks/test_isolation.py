@@ -192,13 +192,14 @@ def test_a_sink_that_fails_every_finding_alone_parks_none_of_them(tmp_path: Path
 
 
 @pytest.mark.parametrize("broken", [1, 7], ids=["one finding refused", "every finding refused"])
-def test_a_finding_sentinel_refuses_is_parked_only_when_others_get_through(
+def test_a_finding_sentinel_refuses_is_parked_only_beside_findings_that_get_through(
     pki: TestPki, azure_env: FakeServer, tmp_path: Path, broken: int
 ) -> None:
     """The incidents API answers 400 for an incident it cannot take (here: a severity it does not know).
-    When other findings get through in the same run, that finding is rejected and parked after
-    MAX_REJECTIONS runs instead of being retried for ever; when every finding is refused, the API or
-    the workspace is what fails (a retired API version, a policy), and nothing is parked and lost."""
+    A refusal counts against the finding only in a run where another finding got through: so a finding
+    refused beside others is parked after MAX_REJECTIONS such runs instead of being retried for ever,
+    and when every finding is refused (a retired API version, a policy, a receiver that starts refusing
+    everything) nothing is parked and lost: it stays pending and every run says why."""
     from detector.runner import deliver_outbox, wall_clock
     from detector.state import MAX_REJECTIONS
     from detector.state.file import FileStateStore
@@ -206,7 +207,8 @@ def test_a_finding_sentinel_refuses_is_parked_only_when_others_get_through(
 
     found = findings()
     bad = {f.id for f in found[:broken]}
-    staged = [replace(f, severity="Severe") if f.id in bad else f for f in found]
+    refused = [replace(f, severity="Severe") for f in found if f.id in bad]
+    good = [f for f in found if f.id not in bad]
     with serve(ArmHandler, pki, workspaces={WORKSPACE.lower()}) as arm:
         arm.state["audience"] = arm.url
         settings = Settings.from_env(
@@ -219,19 +221,97 @@ def test_a_finding_sentinel_refuses_is_parked_only_when_others_get_through(
         )
         sink = open_sink("sentinel", settings)
         store = FileStateStore(tmp_path / "state")
-        store.stage([sink.describe()], staged)
         summaries = []
-        for _ in range(MAX_REJECTIONS + 1):
+        for run in range(MAX_REJECTIONS + 2):
+            # Each run has a new finding that gets through (one at most: the others were found before).
+            fresh = [good[run]] if run < len(good) else []
+            store.stage([sink.describe()], [*refused, *fresh])
             summary = runner.RunSummary(source="test")
             deliver_outbox(store, [sink], summary, wall_clock)
             summaries.append(summary)
         incidents = {key[1] for key in arm.state["incidents"]}
-    assert incidents == {f.id for f in found} - bad
+    assert incidents == {f.id for f in good[: MAX_REJECTIONS + 2]}
     assert all("400" in s.delivery_errors[sink.describe()] for s in summaries[:MAX_REJECTIONS])
-    if broken < len(found):
+    if good:
         assert [p["findingId"] for p in summaries[MAX_REJECTIONS - 1].parked] == sorted(bad)
         assert [e.finding.id for e in store.parked(sink.describe())] == sorted(bad)
-        assert summaries[MAX_REJECTIONS].deliveries[sink.describe()] == 0
     else:
         assert all(s.parked == [] for s in summaries)
         assert store.parked(sink.describe()) == [] and len(store.pending(sink.describe())) == len(found)
+
+
+def test_a_refused_finding_alone_is_retried_not_parked(pki: TestPki, azure_env: FakeServer, tmp_path: Path) -> None:
+    """Once the others are delivered, the refused finding is offered alone: no proof that it is the
+    finding rather than the API, so it is reported every run and stays pending, never parked."""
+    from detector.runner import deliver_outbox, wall_clock
+    from detector.state import MAX_REJECTIONS
+    from detector.state.file import FileStateStore
+    from tests.sink_support import findings
+
+    found = findings()
+    staged = [replace(found[0], severity="Severe"), *found[1:]]
+    with serve(ArmHandler, pki, workspaces={WORKSPACE.lower()}) as arm:
+        arm.state["audience"] = arm.url
+        sink = open_sink(
+            "sentinel",
+            Settings.from_env(
+                {
+                    "DETECTOR_SOURCE": "file:unused",
+                    "AZURE_CLIENT_ID": CLIENT_ID,
+                    "DETECTOR_ARM_ENDPOINT": arm.url,
+                    "DETECTOR_SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE,
+                }
+            ),
+        )
+        store = FileStateStore(tmp_path / "state")
+        store.stage([sink.describe()], staged)
+        for _ in range(MAX_REJECTIONS + 2):
+            summary = runner.RunSummary(source="test")
+            deliver_outbox(store, [sink], summary, wall_clock)
+            assert summary.parked == [] and "400" in summary.delivery_errors[sink.describe()]
+    assert [e.finding.id for e in store.pending(sink.describe())] == [found[0].id]
+
+
+@pytest.mark.parametrize("others_get_through", [True, False])
+def test_offered_one_at_a_time_a_refused_finding_does_not_stop_the_others(tmp_path: Path, others_get_through: bool) -> None:
+    """After a failure that is no SinkError, the findings are offered alone; one the service refuses
+    there (SinkError.refused) is counted like the finding that failed, not taken for an outage that
+    leaves the rest unoffered; and when nothing gets through, neither counts (the sink is failing)."""
+    from detector.errors import SinkError
+    from detector.runner import deliver_outbox, wall_clock
+    from detector.state import MAX_REJECTIONS
+    from detector.state.file import FileStateStore
+    from tests.state.test_stores import FINDINGS
+
+    broken, refused = FINDINGS[0].id, FINDINGS[1].id
+    taken: list[str] = []
+
+    class Picky(Sink):
+        name = "picky"
+
+        def deliver(self, findings: Sequence[Finding]) -> None:
+            ids = [f.id for f in findings]
+            if broken in ids:
+                raise TypeError("cannot carry it")
+            if refused in ids:
+                raise SinkError("picky: 400", refused={refused: "400 BadRequest"})
+            if not others_get_through:
+                raise TypeError("nothing gets through")
+            taken.extend(ids)
+
+    store = FileStateStore(tmp_path / "state")
+    store.stage(["picky"], FINDINGS)
+    summaries = []
+    for _ in range(MAX_REJECTIONS):
+        summary = runner.RunSummary(source="test")
+        deliver_outbox(store, [Picky()], summary, wall_clock)
+        summaries.append(summary)
+    if others_get_through:
+        assert sorted(taken) == sorted(f.id for f in FINDINGS[2:])
+        assert "400" in summaries[0].delivery_errors["picky"]
+        # The one that cannot be carried counts alone too; the refused one only beside a delivery (run 1).
+        assert {p["findingId"] for p in summaries[-1].parked} == {broken}
+        assert [e.finding.id for e in store.pending("picky")] == [refused]
+    else:
+        assert taken == [] and all(s.parked == [] for s in summaries)
+        assert len(store.pending("picky")) == len(FINDINGS)
