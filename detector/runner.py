@@ -705,7 +705,8 @@ def _with_proof(
     return delivered, rejected, f"{failing}: {reason}" + (f"; {outage}" if outage else "")
 
 
-def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock: Clock) -> None:
+def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock: Clock) -> set[str]:
+    """Offer the sink its pending entries and record the outcome; returns the ids of the entries offered."""
     name = sink.describe()
     entries = store.pending(name)
     delivered: list[OutboxEntry] = []
@@ -744,10 +745,14 @@ def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock:
                 problems.append(f"{len(mine)} finding(s) parked after {MAX_REJECTIONS} rejections")
             if problems:
                 summary.delivery_errors[name] = "; ".join(problems)
-    summary.deliveries[name] = len(delivered)
+    summary.deliveries[name] = summary.deliveries.get(name, 0) + len(delivered)
     held = len(store.parked(name))
     if held:
         summary.parked_held[name] = held
+    return {e.finding.id for e in entries}
+
+
+_OUTBOX_PASSES = 3  # deliveries in one run: the first, then the findings staged meanwhile by runs that stepped aside
 
 
 def deliver_outbox(
@@ -757,34 +762,48 @@ def deliver_outbox(
 
     Runs under the "outbox" lease, so two overlapping runs do not both deliver the same entries, and
     within the current deadline: sinks not reached in time keep their findings pending for the next run.
+    A run that stages findings while another holds the lease steps aside and leaves them to it, so the
+    holder looks again once it has released the lease: findings it has not seen (staged after it read
+    a sink's pending entries) are delivered in another pass, under the lease again. A run staging after
+    that look finds the lease free and delivers them itself.
     """
     own_keeper = keeper is None
     keeper = keeper or LeaseKeeper(store, clock)
     if own_keeper:
         keeper.__enter__()
     try:
-        if not keeper.acquire(OUTBOX_LEASE):
-            _step_aside(store, OUTBOX_LEASE, "that run delivers the pending findings", summary)
-            return
-        try:
-            for sink in sinks:
-                name = sink.describe()
-                deadline = current_deadline()
-                if deadline is not None and deadline.reached():
-                    left = len(store.pending(name))
-                    _reach_deadline(
-                        summary, f"sink {name}: run deadline reached; {left} finding(s) left pending for the next run"
-                    )
-                    continue
-                # Renewed before each sink; a run that lost it stops and leaves the rest to the new holder.
-                try:
-                    keeper.renew(OUTBOX_LEASE)
-                except LeaseLostError:
-                    _step_aside(store, OUTBOX_LEASE, f"lease lost before delivering to {name}; that run delivers", summary)
-                    return
-                _deliver_one_sink(store, sink, summary, clock)
-        finally:
-            keeper.release(OUTBOX_LEASE)
+        seen: dict[str, set[str]] = {}
+        for delivery in range(_OUTBOX_PASSES):
+            if not keeper.acquire(OUTBOX_LEASE):
+                if not delivery:
+                    _step_aside(store, OUTBOX_LEASE, "that run delivers the pending findings", summary)
+                return  # (a later pass: the run that holds it now delivers what is new)
+            late = False
+            try:
+                for sink in sinks:
+                    name = sink.describe()
+                    deadline = current_deadline()
+                    if deadline is not None and deadline.reached():
+                        left = len(store.pending(name))
+                        _reach_deadline(
+                            summary, f"sink {name}: run deadline reached; {left} finding(s) left pending for the next run"
+                        )
+                        late = True
+                        continue
+                    # Renewed before each sink; a run that lost it stops and leaves the rest to the new holder.
+                    try:
+                        keeper.renew(OUTBOX_LEASE)
+                    except LeaseLostError:
+                        _step_aside(store, OUTBOX_LEASE, f"lease lost before delivering to {name}; that run delivers", summary)
+                        return
+                    seen.setdefault(name, set()).update(_deliver_one_sink(store, sink, summary, clock))
+            finally:
+                keeper.release(OUTBOX_LEASE)
+            if late:
+                return
+            sinks = [s for s in sinks if {e.finding.id for e in store.pending(s.describe())} - seen.get(s.describe(), set())]
+            if not sinks:
+                return
     finally:
         if own_keeper:
             keeper.__exit__(None, None, None)

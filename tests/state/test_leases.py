@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,3 +243,42 @@ def test_a_run_that_steps_aside_for_a_live_run_says_so_and_exits_3(
     assert f"warning: {RULE.id}: stepped aside: its lease is held by run {live_owner}" in err
     summary = json.loads(err.splitlines()[0])
     assert summary["steppedAside"] and summary["ok"] and not summary["complete"]
+
+
+def test_findings_staged_while_another_run_delivers_are_delivered_by_it(tmp_path: Path) -> None:
+    """Run B, delivering, has read a sink's pending findings when run A stages new ones; A cannot take
+    the outbox lease and steps aside ("that run delivers the pending findings"). B must then deliver
+    them: it looks again once it has released the lease (an outside hunt found them left for the next
+    timer run, with both runs saying complete)."""
+    from detector.runner import RunSummary, deliver_outbox, wall_clock
+    from detector.sinks.jsonl import JsonlSink
+    from tests.state.test_stores import FINDINGS
+
+    sink = JsonlSink(tmp_path / "findings.jsonl")
+    name = sink.describe()
+    early, late = FINDINGS[:2], FINDINGS[2:]
+    a_summary = RunSummary(source="A")
+
+    class Busy(FileStateStore):
+        """B's view of the state: while B reads the sink's pending entries, run A stages and delivers."""
+
+        fired = False
+
+        def pending(self, sink_name: str) -> list[Any]:
+            entries = super().pending(sink_name)
+            if not Busy.fired:
+                Busy.fired = True
+                a_store = FileStateStore(tmp_path / "state")
+                a_store.stage([name], late)
+                deliver_outbox(a_store, [sink], a_summary, wall_clock)
+            return entries
+
+    b_store = Busy(tmp_path / "state")
+    b_store.stage([name], early)
+    b_summary = RunSummary(source="B")
+    deliver_outbox(b_store, [sink], b_summary, wall_clock)
+    assert a_summary.stepped_aside and "that run delivers the pending findings" in a_summary.stepped_aside[0]
+    written = [json.loads(line)["FindingId"] for line in sink.path.read_text(encoding="utf-8").splitlines()]
+    assert sorted(written) == sorted(f.id for f in FINDINGS)
+    assert FileStateStore(tmp_path / "state").pending(name) == []
+    assert b_summary.deliveries == {name: len(FINDINGS)}
