@@ -551,8 +551,17 @@ class LeaseKeeper:
 
     def renew(self, name: str) -> None:
         """Renew now and check: raise LeaseLostError when another run has taken the lease."""
-        if name in self.lost or not self.store.acquire_lease(name, self.owner, self.ttl, self.clock()):
+        if name in self.lost or not self._renewed(name):
             raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
+
+    def _renewed(self, name: str) -> bool:
+        """Renew the lease if it still names this run. A lease that lapsed while this run stalled (a
+        paused VM, a debugger) may have been taken, used and released by another run meanwhile: it is
+        free again, but this run's view of the state is stale, so it is lost, not taken again."""
+        held = self.store.lease_holder(name)
+        if held is None or held[0] != self.owner:
+            return False
+        return self.store.acquire_lease(name, self.owner, self.ttl, self.clock())
 
     def release(self, name: str) -> None:
         with self._lock:
@@ -565,7 +574,7 @@ class LeaseKeeper:
             names = sorted(self._names)
         for name in names:
             try:
-                renewed = self.store.acquire_lease(name, self.owner, self.ttl, self.clock())
+                renewed = self._renewed(name)
             except Exception as exc:
                 log.warning("lease heartbeat for %s failed, retrying: %s", name, exc)
                 continue

@@ -282,3 +282,24 @@ def test_findings_staged_while_another_run_delivers_are_delivered_by_it(tmp_path
     assert sorted(written) == sorted(f.id for f in FINDINGS)
     assert FileStateStore(tmp_path / "state").pending(name) == []
     assert b_summary.deliveries == {name: len(FINDINGS)}
+
+
+@pytest.mark.parametrize("renewal", ["before a write", "by the heartbeat first"])
+def test_a_lease_that_lapsed_and_was_used_meanwhile_is_lost_not_taken_again(store: StateStore, renewal: str) -> None:  # noqa: F811 - the fixture
+    """Run A stalls past its lease (a paused VM); run B takes the lease, does the work and gives it back;
+    A wakes. The lease is free, but A's view of the state is stale: renewing must not take it again (an
+    outside hunt had A stage its older finding over B's, and the sinks got it), whether A's next write
+    or its heartbeat renews first. A lease that lapsed while nobody else took it is still A's."""
+    now = [datetime.now(UTC)]
+    a = LeaseKeeper(store, lambda: now[0])
+    assert a.acquire("rule-x") and a.acquire("rule-y")
+    now[0] += LEASE_TTL + timedelta(seconds=1)
+    b = LeaseKeeper(store, lambda: now[0])
+    assert b.acquire("rule-x")
+    b.release("rule-x")
+    if renewal == "by the heartbeat first":
+        a.beat()
+    with pytest.raises(LeaseLostError):
+        a.renew("rule-x")
+    a.renew("rule-y")  # lapsed, but nobody took it: still A's
+    assert store.lease_holder("rule-y")[0] == a.owner  # type: ignore[index]
