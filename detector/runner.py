@@ -555,9 +555,12 @@ class LeaseKeeper:
             raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
 
     def _renewed(self, name: str) -> bool:
-        """Renew the lease if it still names this run. A lease that lapsed while this run stalled (a
-        paused VM, a debugger) may have been taken, used and released by another run meanwhile: it is
-        free again, but this run's view of the state is stale, so it is lost, not taken again."""
+        """Renew the lease if it still names this run.
+
+        A lease that lapsed while this run stalled (a paused VM, a debugger) may have been taken, used
+        and released by another run meanwhile: it is free again, but this run's view of the state is
+        stale, so it is lost, not taken again.
+        """
         held = self.store.lease_holder(name)
         if held is None or held[0] != self.owner:
             return False
