@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,24 @@ Row = dict[str, Any]
 # Namespace of finding ids (uuid5). Never change it: ids must stay stable across versions, because
 # sinks (Sentinel incident ids, the outbox) key on them.
 FINDING_NAMESPACE = uuid.UUID("5f0c3a52-8f7e-4c8e-9d0b-2a1f44a555d8")
+
+SHORTENED_TAIL = "shortened to fit the state store"
+_SHORTENED = re.compile(rf"…\[{SHORTENED_TAIL}; sha256 ([0-9a-f]{{64}})\]\Z")
+
+
+def shortened_text(value: str, keep: int) -> str:
+    """The value's first `keep` characters and a marker holding the SHA-256 of the whole value (UTF-8).
+
+    For a stored copy too long to keep whole (the Azure Table state store's 1 MiB entities).
+    """
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{value[:keep]}…[{SHORTENED_TAIL}; sha256 {digest}]"
+
+
+def shortened_digest(value: str) -> str | None:
+    """The SHA-256 of the whole value a shortened_text stands for, or None when it is no such text."""
+    match = _SHORTENED.search(value)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True, order=True)

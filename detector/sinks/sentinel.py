@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from detector.display import BIDI_CONTROLS
 from detector.errors import ConfigError, SinkError
 from detector.kql import format_datetime, parse_datetime, string_literal
-from detector.models import FINDING_NAMESPACE, Finding
+from detector.models import FINDING_NAMESPACE, Finding, shortened_digest
 from detector.sinks import Sink, register_sink
 from detector.sinks.presentation import evidence_lines, markdown_text, summary_of, title_of, visible
 from detector.w3ciislog import COLUMN_TYPES as W3CIISLOG_TYPES
@@ -123,6 +123,9 @@ def activity_span(finding: Finding) -> tuple[datetime, datetime]:
 
 def key_condition(column: str, value: str) -> str:
     """`column == <value>`, or the same test on the value's SHA-256 when its literal would be long."""
+    stored = shortened_digest(value)  # a value the state store kept shortened: its whole text's hash
+    if stored is not None:
+        return f'hash_sha256({column}) == "{stored}"'
     literal = inert_literal(value)
     if len(literal) <= LITERAL_LIMIT:
         return f"{column} == {literal}"
@@ -469,6 +472,7 @@ class SentinelSink(Sink):
                 raise SinkError(
                     f"{self.describe()}: {exc} ({left} of {len(findings)} findings not delivered)",
                     delivered=frozenset(delivered),
+                    refused=refused,
                 ) from None
             delivered.add(finding.id)
         if failures:

@@ -36,7 +36,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from detector.errors import ConfigError, DetectorError, StateError
 from detector.identity import build_credential
-from detector.models import Finding
+from detector.models import SHORTENED_TAIL, Finding, shortened_text
 from detector.state import (
     DELIVERED_RETENTION,
     RESET_HINT,
@@ -59,7 +59,7 @@ _CHUNK = 30_000  # characters per property: a property holds at most 64 KiB, str
 # service counts strings (UTF-16): 300,000 characters stay well under 1 MiB either way.
 _MAX_STORED_CHARS = 300_000
 _SHORTENED_VALUE_CHARS = 1_000
-_SHORTENED = "…[shortened to fit the state store]"
+_MARKER_CHARS = 120  # what shortened_text adds: the marker and the SHA-256, as JSON
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _RULE_PARTITION = "rule"
 _OUTBOXES_PARTITION = "outboxes"
@@ -79,44 +79,72 @@ def _utc(value: datetime) -> datetime:
 def _stored_text(finding: Finding) -> str:
     """The finding as stored JSON, shortened to fit one entity.
 
-    If it would not fit, long texts are shortened (halving their kept length until it fits), keeping
-    their start and a marker: a set's values, a column's value, a title or summary quoting it, an entity
-    field. A 9 MB user agent is one value an attacker can write into a log; left whole, the service
-    refused the entity and every run failed at staging. The finding's identity (id, rule, window), its
-    times and names are never shortened.
+    If it would not fit, its longest texts are shortened first, one at a time, each to its start and a
+    marker holding the whole text's SHA-256 (`shortened_text`; the Sentinel sink's evidence query tests
+    that hash, so it still finds the rows): a set's values, a column's value, a title or summary quoting
+    it, an entity field. A 9 MB user agent is one value an attacker can write into a log; left whole,
+    the service refused the entity and every run failed at staging. Short texts (the group's keys, such
+    as Computer) stay whole unless the long ones are not enough, and names, times and the finding's
+    identity never change. Should even that not fit (thousands of short values), the longest lists
+    keep their first values and a marker; a finding that still does not fit is a StateError.
     """
     state = finding.to_state()
     text = json.dumps(state)
-    keep = _SHORTENED_VALUE_CHARS
-    while len(text) > _MAX_STORED_CHARS and keep >= 16:
-        text = json.dumps(_shortened_texts(state, keep))
-        keep //= 2
+    if len(text) <= _MAX_STORED_CHARS:
+        return text
+    excess = len(text) - _MAX_STORED_CHARS
+    state = json.loads(text)  # a copy to shorten: to_state shares the finding's own lists
+    leaves = _text_leaves(state)
+    for keep in (_SHORTENED_VALUE_CHARS >> halved for halved in range(7)):  # 1,000 characters down to 15
+        for container, key, original in sorted(leaves, key=lambda leaf: len(leaf[2]), reverse=True):
+            if excess <= 0 or len(original) <= keep + _MARKER_CHARS:
+                break
+            current, shortened = container[key], shortened_text(original, keep)
+            excess -= len(json.dumps(current)) - len(json.dumps(shortened))
+            container[key] = shortened
+    while excess > 0:
+        lists = [(column, v) for column, v in state["columns"].items() if isinstance(v, list) and len(v) > 1]
+        if not lists:
+            break
+        column, values = max(lists, key=lambda item: len(json.dumps(item[1])))
+        half = [*values[: len(values) // 2], f"…[{len(values) - len(values) // 2} more values {SHORTENED_TAIL}]"]
+        excess -= len(json.dumps(values)) - len(json.dumps(half))
+        state["columns"][column] = half
+    text = json.dumps(state)
+    if len(text) > _MAX_STORED_CHARS:
+        raise StateError(
+            f"finding {finding.id} of rule {finding.rule_id}",
+            f"does not fit one Azure Table entity even shortened ({len(text):,} characters of JSON)",
+            "use the file state store (DETECTOR_STATE=file) for this rule, or lower its set sizes",
+        )
     return text
 
 
-def _shortened(value: str, keep: int) -> str:
-    return value[:keep] + _SHORTENED if len(value) > keep else value
+_TEXTS = ("columns", "entities", "title", "summary")  # what a log's values can make long
 
 
-_TEXTS = ("columns", "entities", "title", "summary", "rule_name")  # what a log's values can make long
+def _text_leaves(state: dict[str, Any]) -> list[tuple[Any, Any, str]]:
+    """(container, key, text) of every text in the state's values (_TEXTS, at any depth).
 
-
-def _shortened_texts(state: dict[str, Any], keep: int) -> dict[str, Any]:
-    """The state with every long text of its values (_TEXTS, at any depth) shortened to `keep` characters.
-
-    Names (column names, evidence), times and the finding's identity stay whole.
+    Not the column names, times (`{"$dt": ...}`), evidence names or the finding's identity.
     """
+    leaves: list[tuple[Any, Any, str]] = []
 
-    def walk(value: Any) -> Any:
+    def visit(container: Any, key: Any) -> None:
+        value = container[key]
         if isinstance(value, str):
-            return _shortened(value, keep)
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        if isinstance(value, dict):
-            return value if "$dt" in value else {k: walk(v) for k, v in value.items()}
-        return value
+            leaves.append((container, key, value))
+        elif isinstance(value, list):
+            for index in range(len(value)):
+                visit(value, index)
+        elif isinstance(value, dict) and "$dt" not in value:
+            for name in value:
+                visit(value, name)
 
-    return {key: walk(value) if key in _TEXTS else value for key, value in state.items()}
+    for key in _TEXTS:
+        if key in state:
+            visit(state, key)
+    return leaves
 
 
 class TableStateStore(StateStore):

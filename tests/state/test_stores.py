@@ -4,6 +4,7 @@ real managed-identity credential and azure-data-tables client)."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -187,7 +188,14 @@ def test_a_finding_too_big_for_one_table_entity_is_stored_shortened(azure_env: F
     assert entry.finding.id == big.id
     assert entry.digest == big.digest()  # the outbox still tracks the real finding
     assert entry.finding.columns["portCount"] == big.columns["portCount"]
-    assert all(len(v) <= 1000 + 40 for v in entry.finding.columns["set_a"])
+    stored = [v for c in "abcde" for v in entry.finding.columns[f"set_{c}"]]
+    whole = [v for c in "abcde" for v in big.columns[f"set_{c}"]]
+    # The longest texts are shortened first, only as many as it takes: every value is whole or its start.
+    assert any(s != w for s, w in zip(stored, whole, strict=True))
+    assert all(
+        s == w or (len(s) <= 1000 + 120 and s.startswith(w[:15]) and "shortened to fit" in s)
+        for s, w in zip(stored, whole, strict=True)
+    )
     assert all(v.startswith(f"{i:03d}éé") for i, v in enumerate(entry.finding.columns["set_a"]))
 
 
@@ -212,12 +220,30 @@ def test_a_finding_with_one_huge_text_is_stored_shortened(azure_env: FakeServer,
     assert (entry.finding.id, entry.finding.window, entry.finding.evidence) == (big.id, big.window, big.evidence)
     assert entry.finding.first_activity == big.first_activity
     for value in (entry.finding.columns["UserAgent"], entry.finding.title, entry.finding.summary):
-        assert len(value) <= 1000 + 40 and "shortened to fit" in value
+        assert len(value) <= 1000 + 120 and "shortened to fit" in value
     assert entry.finding.columns["UserAgent"].startswith("Mozilla/5.0 AAA")
     assert entry.finding.columns["portCount"] == big.columns["portCount"]
     assert {k: v for k, v in entry.finding.columns.items() if k != "UserAgent"} == {
         k: v for k, v in big.columns.items() if k != "UserAgent"
-    }
+    }  # the short texts (the group's keys among them) stay whole
+    assert big.columns["UserAgent"] == agent  # the finding itself is not shortened, only its stored copy
+    # The evidence query still finds the attacker's rows: it tests the whole user agent's hash.
+    from detector.sinks.sentinel import key_condition
+
+    assert key_condition("csUserAgent", entry.finding.columns["UserAgent"]) == key_condition("csUserAgent", agent)
+
+
+def test_a_finding_of_thousands_of_short_values_keeps_its_first_values() -> None:
+    """Short texts cannot be shortened much: a set of 20,000 short non-BMP values (12 characters of JSON
+    each) keeps its first values and says how many more there were; it still fits."""
+    from detector.state.table import _MAX_STORED_CHARS, _stored_text
+
+    many = [f"\U0001d54f{i}" for i in range(20_000)]
+    big = replace(FINDINGS[0], columns={**FINDINGS[0].columns, "set_many": many})
+    text = _stored_text(big)
+    assert len(text) <= _MAX_STORED_CHARS
+    stored = json.loads(text)["columns"]["set_many"]
+    assert stored[:-1] == many[: len(stored) - 1] and stored[-1].endswith("more values shortened to fit the state store]")
 
 
 def test_restaging_the_delivered_version_is_not_pending(store: StateStore) -> None:
