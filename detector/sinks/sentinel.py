@@ -123,13 +123,14 @@ def activity_span(finding: Finding) -> tuple[datetime, datetime]:
 
 def key_condition(column: str, value: str) -> str:
     """`column == <value>`, or the same test on the value's SHA-256 when its literal would be long."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     stored = shortened_digest(value)  # a value the state store kept shortened: its whole text's hash
     if stored is not None:
-        return f'hash_sha256({column}) == "{stored}"'
+        # Or the value as it reads: an attacker may write a text that only looks shortened into a log.
+        return f'hash_sha256({column}) in ("{stored}", "{digest}")'
     literal = inert_literal(value)
     if len(literal) <= LITERAL_LIMIT:
         return f"{column} == {literal}"
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     return f'hash_sha256({column}) == "{digest}"'
 
 

@@ -276,3 +276,21 @@ def test_kql_string_literals(value: str, literal: str) -> None:
 def test_kql_string_literals_evaluate_to_the_value(value: str) -> None:
     con = duckdb_kql.connect()
     assert duckdb_kql.kql(con, f"print v = {kql_string(value)}").fetchall() == [(value,)]
+
+
+def test_a_value_the_state_store_shortened_still_finds_its_rows_and_a_forged_one_its_own() -> None:
+    """A stored copy's value shortened to fit a table entity keeps the whole value's SHA-256, which the
+    evidence condition tests; a value an attacker wrote to look shortened still finds the rows it is in."""
+    import pyarrow as pa
+
+    from detector.models import shortened_text
+    from detector.sinks.sentinel import key_condition
+
+    real = "Mozilla/" + "A" * 5000
+    forged = "curl…[shortened to fit the state store; sha256 " + "0" * 64 + "]"
+    rows = pa.table({"csUserAgent": [real, forged, "other", real]})  # noqa: F841 - DuckDB reads it by name
+    con = duckdb_kql.connect()
+    con.execute("CREATE TABLE W3CIISLog AS SELECT * FROM rows")
+    for value, count in ((shortened_text(real, 100), 2), (forged, 1), (real, 2)):
+        query = f"W3CIISLog | where {key_condition('csUserAgent', value)} | count"
+        assert duckdb_kql.kql(con, query).fetchall() == [(count,)], value[:60]
