@@ -537,22 +537,27 @@ class LeaseKeeper:
         self._names: set[str] = set()
         self.lost: dict[str, str] = {}
         self._lock = threading.Lock()
+        # Held across each lease's store calls (take, renew, give back), so that the heartbeat never
+        # renews a lease this run is giving back, nor finds it free between a release and a new take.
+        self._store_calls = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self, name: str) -> bool:
         """Take the lease `name` and keep it renewed; False when a live run holds it."""
-        if not self.store.acquire_lease(name, self.owner, self.ttl, self.clock()):
-            return False
-        with self._lock:
-            self._names.add(name)
-            self.lost.pop(name, None)
-        return True
+        with self._store_calls:
+            if not self.store.acquire_lease(name, self.owner, self.ttl, self.clock()):
+                return False
+            with self._lock:
+                self._names.add(name)
+                self.lost.pop(name, None)
+            return True
 
     def renew(self, name: str) -> None:
         """Renew now and check: raise LeaseLostError when another run has taken the lease."""
-        if name in self.lost or not self._renewed(name):
-            raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
+        with self._store_calls:
+            if name in self.lost or not self._renewed(name):
+                raise LeaseLostError(f"lease on {name} was taken by another run; this run stops writing its state")
 
     def _renewed(self, name: str) -> bool:
         """Renew the lease if it still names this run.
@@ -567,25 +572,30 @@ class LeaseKeeper:
         return self.store.acquire_lease(name, self.owner, self.ttl, self.clock())
 
     def release(self, name: str) -> None:
-        with self._lock:
-            self._names.discard(name)
-        self.store.release_lease(name, self.owner)
+        with self._store_calls:
+            with self._lock:
+                self._names.discard(name)
+            self.store.release_lease(name, self.owner)
 
     def beat(self) -> None:
         """Renew every lease held (what the thread does each interval)."""
         with self._lock:
             names = sorted(self._names)
         for name in names:
-            try:
-                renewed = self._renewed(name)
-            except Exception as exc:
-                log.warning("lease heartbeat for %s failed, retrying: %s", name, exc)
-                continue
-            if not renewed:
+            with self._store_calls:
                 with self._lock:
-                    self._names.discard(name)
-                    self.lost[name] = "taken by another run"
-                log.error("lease on %s was taken by another run; this run stops writing its state", name)
+                    if name not in self._names:
+                        continue  # given back meanwhile (and perhaps taken again: then it is renewed next beat)
+                try:
+                    renewed = self._renewed(name)
+                except Exception as exc:
+                    log.warning("lease heartbeat for %s failed, retrying: %s", name, exc)
+                    continue
+                if not renewed:
+                    with self._lock:
+                        self._names.discard(name)
+                        self.lost[name] = "taken by another run"
+                    log.error("lease on %s was taken by another run; this run stops writing its state", name)
 
     def _loop(self) -> None:
         while not self._wait(self._stop, self.interval.total_seconds()):
@@ -717,10 +727,22 @@ def _with_proof(
     return delivered, rejected, f"{failing}: {reason}" + (f"; {outage}" if outage else "")
 
 
-def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock: Clock) -> set[str]:
-    """Offer the sink its pending entries and record the outcome; returns the ids of the entries offered."""
+def _offered(entries: Sequence[OutboxEntry]) -> set[tuple[str, str]]:
+    """What identifies an offer of these entries: (finding id, digest); a re-staged version is new."""
+    return {(e.finding.id, e.digest) for e in entries}
+
+
+def _deliver_one_sink(
+    store: StateStore, sink: Sink, summary: RunSummary, clock: Clock, offered: set[tuple[str, str]] | None = None
+) -> set[tuple[str, str]]:
+    """Offer the sink its pending entries but those `offered` already in this run, and record the outcome.
+
+    A finding that failed is not offered again until the next run (each run counts one rejection).
+    Returns what it offered (_offered).
+    """
     name = sink.describe()
-    entries = store.pending(name)
+    entries = [e for e in store.pending(name) if (e.finding.id, e.digest) not in (offered or set())]
+    parked_before = len(summary.parked)
     delivered: list[OutboxEntry] = []
     if entries:
         delivered, rejected, outage = _deliver_isolating(sink, entries)
@@ -751,17 +773,18 @@ def _deliver_one_sink(store: StateStore, sink: Sink, summary: RunSummary, clock:
             left = len(entries) - len(delivered) - len(rejected)
             problems.append(f"{left} of {len(entries)} not delivered: {outage}")
             log.error("delivery to %s failed, will retry next run: %s", name, outage)
-        if problems or summary.parked:
-            mine = [p for p in summary.parked if p["sink"] == name]
+        if problems or summary.parked[parked_before:]:
+            mine = [p for p in summary.parked[parked_before:] if p["sink"] == name]
             if mine:
                 problems.append(f"{len(mine)} finding(s) parked after {MAX_REJECTIONS} rejections")
             if problems:
-                summary.delivery_errors[name] = "; ".join(problems)
+                earlier = summary.delivery_errors.get(name)  # a pass before this one, in the same run
+                summary.delivery_errors[name] = "; ".join([earlier, *problems] if earlier else problems)
     summary.deliveries[name] = summary.deliveries.get(name, 0) + len(delivered)
     held = len(store.parked(name))
     if held:
         summary.parked_held[name] = held
-    return {e.finding.id for e in entries}
+    return _offered(entries)
 
 
 _OUTBOX_PASSES = 3  # deliveries in one run: the first, then the findings staged meanwhile by runs that stepped aside
@@ -784,7 +807,7 @@ def deliver_outbox(
     if own_keeper:
         keeper.__enter__()
     try:
-        seen: dict[str, set[str]] = {}
+        seen: dict[str, set[tuple[str, str]]] = {}  # per sink: (finding id, digest) of the entries offered
         for delivery in range(_OUTBOX_PASSES):
             if not keeper.acquire(OUTBOX_LEASE):
                 if not delivery:
@@ -808,12 +831,12 @@ def deliver_outbox(
                     except LeaseLostError:
                         _step_aside(store, OUTBOX_LEASE, f"lease lost before delivering to {name}; that run delivers", summary)
                         return
-                    seen.setdefault(name, set()).update(_deliver_one_sink(store, sink, summary, clock))
+                    seen.setdefault(name, set()).update(_deliver_one_sink(store, sink, summary, clock, seen.get(name, set())))
             finally:
                 keeper.release(OUTBOX_LEASE)
             if late:
                 return
-            sinks = [s for s in sinks if {e.finding.id for e in store.pending(s.describe())} - seen.get(s.describe(), set())]
+            sinks = [s for s in sinks if _offered(store.pending(s.describe())) - seen.get(s.describe(), set())]
             if not sinks:
                 return
     finally:

@@ -103,12 +103,16 @@ def _stored_text(finding: Finding) -> str:
             excess -= len(json.dumps(current)) - len(json.dumps(shortened))
             container[key] = shortened
     while excess > 0:
-        lists = [(column, v) for column, v in state["columns"].items() if isinstance(v, list) and len(v) > 1]
+        # Halving a list of two would leave two (a value and the marker): only longer lists shrink.
+        lists = [(column, v) for column, v in state["columns"].items() if isinstance(v, list) and len(v) > 2]
         if not lists:
             break
         column, values = max(lists, key=lambda item: len(json.dumps(item[1])))
         half = [*values[: len(values) // 2], f"…[{len(values) - len(values) // 2} more values {SHORTENED_TAIL}]"]
-        excess -= len(json.dumps(values)) - len(json.dumps(half))
+        saved = len(json.dumps(values)) - len(json.dumps(half))
+        if saved <= 0:
+            break
+        excess -= saved
         state["columns"][column] = half
     text = json.dumps(state)
     if len(text) > _MAX_STORED_CHARS:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,71 @@ def test_a_lease_that_lapsed_and_was_used_meanwhile_is_lost_not_taken_again(stor
         a.renew("rule-x")
     a.renew("rule-y")  # lapsed, but nobody took it: still A's
     assert store.lease_holder("rule-y")[0] == a.owner  # type: ignore[index]
+
+
+def test_the_second_look_delivers_new_versions_and_counts_one_rejection_a_run(tmp_path: Path) -> None:
+    """The stepped-aside run stages a new version of a finding B is delivering, and B's sink cannot
+    carry another finding: B's next pass delivers the new version (what it offered was the old one),
+    and does not offer the refused finding again, which would count a second rejection in one run
+    (three passes parked it in a single run: found by a review)."""
+    from detector.runner import RunSummary, deliver_outbox, wall_clock
+    from detector.sinks import Sink
+    from tests.state.test_stores import FINDINGS
+
+    poison, kept, *_ = FINDINGS
+    updated = replace(kept, columns={**kept.columns, "ConnectionsCount": 999})
+    got: list[tuple[str, Any]] = []
+
+    class Picky(Sink):
+        name = "picky"
+
+        def deliver(self, findings: Any) -> None:
+            if any(f.id == poison.id for f in findings):
+                raise TypeError("cannot carry it")
+            got.extend((f.id, f.columns["ConnectionsCount"]) for f in findings)
+
+    class Busy(FileStateStore):
+        fired = False
+
+        def pending(self, sink_name: str) -> list[Any]:
+            entries = super().pending(sink_name)
+            if not Busy.fired:
+                Busy.fired = True
+                a_store = FileStateStore(tmp_path / "state")
+                a_store.stage(["picky"], [updated])
+                deliver_outbox(a_store, [Picky()], RunSummary(source="A"), wall_clock)
+            return entries
+
+    b_store = Busy(tmp_path / "state")
+    b_store.stage(["picky"], [poison, kept])
+    summary = RunSummary(source="B")
+    deliver_outbox(b_store, [Picky()], summary, wall_clock)
+    assert got[-1] == (kept.id, 999)  # the new version went out, after the old one
+    (left,) = FileStateStore(tmp_path / "state").pending("picky")
+    assert left.finding.id == poison.id and left.attempts == 1 and summary.parked == []
+    assert "rejected" in summary.delivery_errors["picky"]
+
+
+def test_the_heartbeat_never_takes_back_a_lease_being_given_back(tmp_path: Path) -> None:
+    """The heartbeat renews a lease at the moment the run gives it back: the release waits for the
+    renewal, so the lease ends up free (a review found it re-taken by the heartbeat and held by nobody
+    who would give it back, so other runs stepped aside for two minutes)."""
+    import threading
+
+    releasing: list[threading.Thread] = []
+
+    class Racy(FileStateStore):
+        def lease_holder(self, name: str) -> Any:
+            held = super().lease_holder(name)
+            if not releasing:  # the heartbeat's renewal has read the lease: now the run gives it back
+                releasing.append(threading.Thread(target=keeper.release, args=("outbox",)))
+                releasing[0].start()
+                releasing[0].join(0.3)
+            return held
+
+    racy = Racy(tmp_path / "state")
+    keeper = LeaseKeeper(racy, lambda: datetime.now(UTC))
+    assert keeper.acquire("outbox")
+    keeper.beat()
+    releasing[0].join()
+    assert racy.lease_holder("outbox") is None

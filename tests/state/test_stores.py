@@ -3,17 +3,19 @@ real managed-identity credential and azure-data-tables client)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from detector.config import Settings
-from detector.errors import ConfigError, DetectorError
+from detector.errors import ConfigError, DetectorError, StateError
 from detector.evaluate import evaluate
 from detector.kql import parse_datetime
 from detector.models import Finding
@@ -230,7 +232,10 @@ def test_a_finding_with_one_huge_text_is_stored_shortened(azure_env: FakeServer,
     # The evidence query still finds the attacker's rows: it tests the whole user agent's hash.
     from detector.sinks.sentinel import key_condition
 
-    assert key_condition("csUserAgent", entry.finding.columns["UserAgent"]) == key_condition("csUserAgent", agent)
+    whole = hashlib.sha256(agent.encode()).hexdigest()
+    as_read = hashlib.sha256(entry.finding.columns["UserAgent"].encode()).hexdigest()
+    condition = key_condition("csUserAgent", entry.finding.columns["UserAgent"])
+    assert condition == f'hash_sha256(csUserAgent) in ("{whole}", "{as_read}")'
 
 
 def test_a_finding_of_thousands_of_short_values_keeps_its_first_values() -> None:
@@ -244,6 +249,24 @@ def test_a_finding_of_thousands_of_short_values_keeps_its_first_values() -> None
     assert len(text) <= _MAX_STORED_CHARS
     stored = json.loads(text)["columns"]["set_many"]
     assert stored[:-1] == many[: len(stored) - 1] and stored[-1].endswith("more values shortened to fit the state store]")
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"set_nested": [["x" * 100] * 3000, ["y" * 100] * 3000]},  # a list of two big lists
+        {f"c{i}": "z" * 100 for i in range(4000)},  # many short texts, no list
+    ],
+    ids=["two big lists", "many short texts"],
+)
+def test_a_finding_that_cannot_be_shortened_enough_is_one_state_error(columns: dict[str, Any]) -> None:
+    """What no shortening brings under an entity's size is one clear StateError, never a hang (a review
+    found the list halving looping for ever on a list of two)."""
+    from detector.state.table import _stored_text
+
+    big = replace(FINDINGS[0], columns={**FINDINGS[0].columns, **columns})
+    with pytest.raises(StateError, match="does not fit one Azure Table entity even shortened"):
+        _stored_text(big)
 
 
 def test_restaging_the_delivered_version_is_not_pending(store: StateStore) -> None:
