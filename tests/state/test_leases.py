@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -246,6 +246,23 @@ def test_a_run_that_steps_aside_for_a_live_run_says_so_and_exits_3(
     assert summary["steppedAside"] and summary["ok"] and not summary["complete"]
 
 
+def _busy_store(folder: Path, run_a: Callable[[FileStateStore], object]) -> FileStateStore:
+    """Run B's view of the state: the first time B reads a sink's pending entries, run A works on the same
+    folder (`run_a` gets A's own store), as a run started meanwhile would."""
+
+    class Busy(FileStateStore):
+        fired = False
+
+        def pending(self, sink_name: str) -> list[Any]:
+            entries = super().pending(sink_name)
+            if not Busy.fired:
+                Busy.fired = True
+                run_a(FileStateStore(folder))
+            return entries
+
+    return Busy(folder)
+
+
 def test_findings_staged_while_another_run_delivers_are_delivered_by_it(tmp_path: Path) -> None:
     """Run B, delivering, has read a sink's pending findings when run A stages new ones; A cannot take
     the outbox lease and steps aside ("that run delivers the pending findings"). B must then deliver
@@ -260,21 +277,11 @@ def test_findings_staged_while_another_run_delivers_are_delivered_by_it(tmp_path
     early, late = FINDINGS[:2], FINDINGS[2:]
     a_summary = RunSummary(source="A")
 
-    class Busy(FileStateStore):
-        """B's view of the state: while B reads the sink's pending entries, run A stages and delivers."""
+    def run_a(a_store: FileStateStore) -> None:
+        a_store.stage([name], late)
+        deliver_outbox(a_store, [sink], a_summary, wall_clock)
 
-        fired = False
-
-        def pending(self, sink_name: str) -> list[Any]:
-            entries = super().pending(sink_name)
-            if not Busy.fired:
-                Busy.fired = True
-                a_store = FileStateStore(tmp_path / "state")
-                a_store.stage([name], late)
-                deliver_outbox(a_store, [sink], a_summary, wall_clock)
-            return entries
-
-    b_store = Busy(tmp_path / "state")
+    b_store = _busy_store(tmp_path / "state", run_a)
     b_store.stage([name], early)
     b_summary = RunSummary(source="B")
     deliver_outbox(b_store, [sink], b_summary, wall_clock)
@@ -327,19 +334,11 @@ def test_the_second_look_delivers_new_versions_and_counts_one_rejection_a_run(tm
                 raise TypeError("cannot carry it")
             got.extend((f.id, f.columns["ConnectionsCount"]) for f in findings)
 
-    class Busy(FileStateStore):
-        fired = False
+    def run_a(a_store: FileStateStore) -> None:
+        a_store.stage(["picky"], [updated])
+        deliver_outbox(a_store, [Picky()], RunSummary(source="A"), wall_clock)
 
-        def pending(self, sink_name: str) -> list[Any]:
-            entries = super().pending(sink_name)
-            if not Busy.fired:
-                Busy.fired = True
-                a_store = FileStateStore(tmp_path / "state")
-                a_store.stage(["picky"], [updated])
-                deliver_outbox(a_store, [Picky()], RunSummary(source="A"), wall_clock)
-            return entries
-
-    b_store = Busy(tmp_path / "state")
+    b_store = _busy_store(tmp_path / "state", run_a)
     b_store.stage(["picky"], [poison, kept])
     summary = RunSummary(source="B")
     deliver_outbox(b_store, [Picky()], summary, wall_clock)
