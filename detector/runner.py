@@ -784,6 +784,8 @@ def _deliver_one_sink(
     held = len(store.parked(name))
     if held:
         summary.parked_held[name] = held
+    else:  # a later pass: a new version staged meanwhile may have taken a parked finding's place
+        summary.parked_held.pop(name, None)
     return _offered(entries)
 
 
