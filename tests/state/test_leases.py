@@ -371,3 +371,46 @@ def test_the_heartbeat_never_takes_back_a_lease_being_given_back(tmp_path: Path)
     keeper.beat()
     releasing[0].join()
     assert racy.lease_holder("outbox") is None
+
+
+def test_parked_held_is_what_the_last_pass_leaves(tmp_path: Path) -> None:
+    """A finding was parked; while run B delivers, run A stages a new version of it (no longer parked)
+    and steps aside; B's next pass delivers it, and B's summary holds no parked finding any more."""
+    from detector.runner import RunSummary, deliver_outbox, wall_clock
+    from detector.sinks import Sink
+    from detector.state import MAX_REJECTIONS
+    from tests.state.test_stores import FINDINGS
+
+    poison, other, *_ = FINDINGS
+    fixed = replace(poison, columns={**poison.columns, "ConnectionsCount": 12345})
+
+    class Takes(Sink):
+        name = "takes"
+
+        def deliver(self, findings: Any) -> None:
+            pass
+
+    first = FileStateStore(tmp_path / "state")
+    first.stage(["takes"], [poison])
+    (entry,) = first.pending("takes")
+    for _ in range(MAX_REJECTIONS):
+        first.record_rejections("takes", {poison.id: (entry, "bad")}, MAX_REJECTIONS)
+    first.stage(["takes"], [other])
+    assert len(first.parked("takes")) == 1
+
+    class Busy(FileStateStore):
+        fired = False
+
+        def parked(self, sink_name: str) -> list[Any]:
+            held = super().parked(sink_name)
+            if not Busy.fired:  # the end of B's first pass
+                Busy.fired = True
+                a_store = FileStateStore(tmp_path / "state")
+                a_store.stage(["takes"], [fixed])
+                deliver_outbox(a_store, [Takes()], RunSummary(source="A"), wall_clock)
+            return held
+
+    summary = RunSummary(source="B")
+    deliver_outbox(Busy(tmp_path / "state"), [Takes()], summary, wall_clock)
+    assert summary.deliveries == {"takes": 2} and summary.parked_held == {}
+    assert FileStateStore(tmp_path / "state").parked("takes") == []
