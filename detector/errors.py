@@ -67,8 +67,8 @@ class SinkError(DetectorError):
     that one payload) to the reason; the runner counts those against the finding and parks it after a
     few runs, so it never holds back the others. `refused` maps ids of findings the service refused as
     far as it says (a 400 for the payload) where it may be refusing every payload alike (a retired API
-    version, a policy): the runner counts those only with proof that it is the finding, another finding
-    delivered in the same offer or an earlier rejection of this one.
+    version, a policy): the runner counts those only with proof that it is the finding: another finding
+    delivered in the same offer.
     """
 
     def __init__(

@@ -22,6 +22,8 @@ from detector.deadline import current_deadline
 
 # Methods azure-core retries by default, plus POST for services where a repeated POST is harmless
 # (webhooks get an Idempotency-Key; Logs Ingestion rows carry FindingId and the alert query dedups).
+# Statuses of a service refusing a request's body (not the sink failing): what a retry will not change.
+REFUSED_STATUSES = (400, 413, 422)
 _IDEMPOTENT_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
 

@@ -123,14 +123,14 @@ def activity_span(finding: Finding) -> tuple[datetime, datetime]:
 
 def key_condition(column: str, value: str) -> str:
     """`column == <value>`, or the same test on the value's SHA-256 when its literal would be long."""
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     stored = shortened_digest(value)  # a value the state store kept shortened: its whole text's hash
+    literal = inert_literal(value)
+    if stored is None and len(literal) <= LITERAL_LIMIT:
+        return f"{column} == {literal}"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     if stored is not None:
         # Or the value as it reads: an attacker may write a text that only looks shortened into a log.
         return f'hash_sha256({column}) in ("{stored}", "{digest}")'
-    literal = inert_literal(value)
-    if len(literal) <= LITERAL_LIMIT:
-        return f"{column} == {literal}"
     return f'hash_sha256({column}) == "{digest}"'
 
 
@@ -297,9 +297,6 @@ class _FindingFailedError(Exception):
         self.refused = refused
 
 
-_REFUSED = (400, 413, 422)  # the service refused the request's body: this finding's incident, not the sink
-
-
 class _SinkBrokenError(Exception):
     """Nothing more can be delivered this run (permissions, wrong workspace, throttling, network)."""
 
@@ -378,7 +375,7 @@ class SentinelSink(Sink):
 
     def _problem(self, response: HttpResponse, action: str) -> Exception:
         """Turn a failed response into the error to raise, with the message that says what to do."""
-        from detector.sinks.http_delivery import request_ids, service_error, throttled_text
+        from detector.sinks.http_delivery import REFUSED_STATUSES, request_ids, service_error, throttled_text
 
         status, detail, ids = response.status_code, service_error(response.content), request_ids(response.headers)
         if status == 401:
@@ -402,7 +399,7 @@ class SentinelSink(Sink):
             return _SinkBrokenError(f"cannot {action}: {throttled_text(response.headers, self._retry)}{ids}")
         if status >= 500:
             return _SinkBrokenError(f"cannot {action}: the service answered {status} ({detail}){ids}; retried next run")
-        return _FindingFailedError(f"cannot {action}: {status} {detail}{ids}", refused=status in _REFUSED)
+        return _FindingFailedError(f"cannot {action}: {status} {detail}{ids}", refused=status in REFUSED_STATUSES)
 
     # -- delivery
 
@@ -454,8 +451,8 @@ class SentinelSink(Sink):
 
         The findings the service refused (400, 413, 422) are `refused`: the runner parks such a finding
         after a few runs once it has proof that it is the finding, not the API or the workspace, that is
-        refused (another finding got through in the same offer, or this one was rejected before). A
-        systemic 400 (every finding refused from the start) leaves them all pending, reported every run.
+        refused: another finding got through in the same offer. A systemic 400 (every finding refused)
+        leaves them all pending, reported every run.
         """
         delivered: set[str] = set()
         failures: list[str] = []

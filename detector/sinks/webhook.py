@@ -12,10 +12,10 @@ Vault reference in Azure), is never logged, and is removed from every error mess
 
 Retries: connection errors, 429 and 5xx are retried with exponential backoff, honouring Retry-After up to
 a bound. A retried POST can reach the receiver twice, so each carries an Idempotency-Key header (the
-finding id, or a digest of a batch's ids) that receivers may use to drop the repeat. A batch is the same
-whenever its findings are retried, in this run or a later one (run_batches): a rule's window is staged
-once, whole, so its findings never share a batch with findings staged later, and a POST that timed out
-after the receiver took it is repeated with its own key, not merged into a new batch with a new key.
+finding id, or a digest of a batch's ids) that receivers may use to drop the repeat. A batch holds one
+rule's window (run_batches), so findings of later windows never join a batch that was sent before: a
+POST that timed out after the receiver took it is repeated with its own key. Only a re-check for late
+rows that adds or updates a finding of a window already sent changes that window's batch (and key).
 """
 
 from __future__ import annotations
@@ -159,9 +159,6 @@ class _PostFailedError(Exception):
         self.refused = refused
 
 
-_REFUSED = (400, 413, 422)
-
-
 class WebhookSink(Sink):
     """POSTs findings to the webhook URL."""
 
@@ -203,7 +200,7 @@ class WebhookSink(Sink):
         from azure.core.exceptions import AzureError
         from azure.core.rest import HttpRequest
 
-        from detector.sinks.http_delivery import throttled_text
+        from detector.sinks.http_delivery import REFUSED_STATUSES, throttled_text
 
         request = HttpRequest("POST", self._url, json=payload, headers={"Idempotency-Key": key})
         try:
@@ -231,7 +228,9 @@ class WebhookSink(Sink):
             410: "the receiver was deleted: create a new webhook and update DETECTOR_WEBHOOK_URL",
             413: "the body is too large for the receiver: use DETECTOR_WEBHOOK_MODE=per-finding",
         }.get(status, "retried next run")
-        raise _PostFailedError(f"the webhook answered {status}{f' ({body})' if body else ''}: {hint}", refused=status in _REFUSED)
+        raise _PostFailedError(
+            f"the webhook answered {status}{f' ({body})' if body else ''}: {hint}", refused=status in REFUSED_STATUSES
+        )
 
     def deliver(self, findings: Sequence[Finding]) -> None:
         if not findings:

@@ -59,7 +59,7 @@ _CHUNK = 30_000  # characters per property: a property holds at most 64 KiB, str
 # service counts strings (UTF-16): 300,000 characters stay well under 1 MiB either way.
 _MAX_STORED_CHARS = 300_000
 _SHORTENED_VALUE_CHARS = 1_000
-_MARKER_CHARS = 120  # what shortened_text adds: the marker and the SHA-256, as JSON
+_MARKER_CHARS = len(json.dumps(shortened_text("", 0))) - 2  # what shortened_text adds, as JSON (no quotes)
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _RULE_PARTITION = "rule"
 _OUTBOXES_PARTITION = "outboxes"
